@@ -1,0 +1,206 @@
+"""The management API under /veil/v1: groups, privacy groups, admins, viewers, reveal
+sessions and the governance log. Views parse, call one storage function, and render."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from veil import schemas
+from veil.app import caller, require_admin, services
+from veil.errors import BadRequest, InvalidBody
+from veil.identity import normalize_principal
+from veil.storage import rfc3339
+
+blueprint = Blueprint("api", __name__, url_prefix="/veil/v1")
+
+_GROUP_ID = re.compile(schemas.GROUP_ID)
+
+
+def body(schema: dict[str, Any]) -> dict[str, Any]:
+    """The request's JSON body, validated; a bad body is a 400 naming the field."""
+    if not request.is_json:
+        raise InvalidBody("send a JSON body with 'Content-Type: application/json'")
+    document = request.get_json(silent=True)
+    if document is None:
+        raise InvalidBody("the request body is not valid JSON")
+    problem = schemas.body_error(schema, document)
+    if problem is not None:
+        field, message = problem
+        raise InvalidBody(message, field=field)
+    return dict(document)
+
+
+def group_id(value: str) -> str:
+    if not _GROUP_ID.match(value):
+        raise BadRequest(f"group id {value!r} must match {schemas.GROUP_ID}", field="id")
+    return value
+
+
+def created(payload: Any) -> tuple[Response, int]:
+    return jsonify(payload), 201
+
+
+def no_content() -> Response:
+    return Response(status=204)
+
+
+# ---- groups -----------------------------------------------------------------------------
+
+@blueprint.get("/groups")
+def list_groups() -> Response:
+    return jsonify(groups=services().storage.list_groups())
+
+
+@blueprint.put("/groups/<gid>")
+def put_group(gid: str) -> tuple[Response, int]:
+    actor = require_admin()
+    doc = body(schemas.GROUP_BODY)
+    was_created, group = services().storage.put_group(group_id(gid), doc["name"],
+                                                      doc["members"], actor)
+    return jsonify(group), 201 if was_created else 200
+
+
+@blueprint.delete("/groups/<gid>")
+def delete_group(gid: str) -> Response:
+    services().storage.delete_group(group_id(gid), require_admin())
+    return no_content()
+
+
+# ---- privacy groups ---------------------------------------------------------------------
+
+@blueprint.get("/privacy-groups")
+def list_privacy_groups() -> Response:
+    return jsonify(privacy_groups=services().storage.list_privacy_groups())
+
+
+@blueprint.post("/privacy-groups")
+def add_privacy_group() -> tuple[Response, int]:
+    actor = require_admin()
+    doc = body(schemas.PRIVACY_GROUP_BODY)
+    return created(services().storage.add_privacy_group(doc["group"], actor))
+
+
+@blueprint.delete("/privacy-groups/<gid>")
+def remove_privacy_group(gid: str) -> Response:
+    services().storage.remove_privacy_group(group_id(gid), require_admin())
+    return no_content()
+
+
+# ---- admins and the view-private permission ---------------------------------------------
+
+@blueprint.get("/admins")
+def list_admins() -> Response:
+    require_admin()
+    return jsonify(admins=services().storage.list_admins())
+
+
+@blueprint.post("/admins")
+def add_admin() -> tuple[Response, int]:
+    actor = require_admin()
+    principal = normalize_principal(body(schemas.PRINCIPAL_BODY)["principal"])
+    services().storage.add_admin(principal, actor)
+    return created({"principal": principal})
+
+
+@blueprint.delete("/admins/<principal>")
+def remove_admin(principal: str) -> Response:
+    services().storage.remove_admin(normalize_principal(principal), require_admin())
+    return no_content()
+
+
+@blueprint.get("/private-viewers")
+def list_viewers() -> Response:
+    require_admin()
+    return jsonify(private_viewers=services().storage.list_viewers())
+
+
+@blueprint.post("/private-viewers")
+def grant_viewer() -> tuple[Response, int]:
+    actor = require_admin()
+    principal = normalize_principal(body(schemas.PRINCIPAL_BODY)["principal"])
+    services().storage.grant_viewer(principal, actor)
+    return created({"principal": principal})
+
+
+@blueprint.delete("/private-viewers/<principal>")
+def revoke_viewer(principal: str) -> Response:
+    services().storage.revoke_viewer(normalize_principal(principal), require_admin())
+    return no_content()
+
+
+# ---- reveal sessions --------------------------------------------------------------------
+
+@blueprint.post("/reveal-sessions")
+def open_session() -> tuple[Response, int]:
+    svc = services()
+    doc = body(schemas.REVEAL_SESSION_BODY)
+    justification = doc.get("justification")
+    if svc.config.reveal.require_justification and not (justification or "").strip():
+        raise InvalidBody("field 'justification' is required: say why you need to see "
+                          "private activities", field="justification")
+    session = svc.storage.open_session(caller(), justification, svc.config.reveal.session_ttl_s)
+    return created({"id": session["id"], "expires_at": session["expires_at"],
+                    "owner": session["owner"]})
+
+
+@blueprint.delete("/reveal-sessions/<sid>")
+def end_session(sid: str) -> Response:
+    svc = services()
+    principal = caller()
+    svc.storage.end_session(sid, principal, svc.storage.is_admin(principal))
+    return no_content()
+
+
+# ---- governance log ---------------------------------------------------------------------
+
+def _time_filter(name: str) -> str | None:
+    value = request.args.get(name)
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"query parameter {name!r} must be an RFC 3339 time",
+                         field=name) from None
+    if moment.tzinfo is None:
+        raise BadRequest(f"query parameter {name!r} needs a time zone offset", field=name)
+    return rfc3339(int(moment.timestamp() * 1_000_000) * 1000)
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    value = request.args.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise BadRequest(f"query parameter {name!r} must be an integer from {low} to {high}",
+                         field=name)
+    return int(value)
+
+
+@blueprint.get("/governance-log")
+def governance_log() -> Response:
+    require_admin()
+    unknown = set(request.args) - {"since", "until", "action", "actor", "cursor", "limit"}
+    if unknown:
+        raise BadRequest(f"unknown query parameter {sorted(unknown)[0]!r}",
+                         field=sorted(unknown)[0])
+    limit = _int_arg("limit", 100, 1, 1000)
+    actor = request.args.get("actor")
+    records = services().storage.log_page(
+        since=_time_filter("since"), until=_time_filter("until"),
+        action=request.args.get("action"),
+        actor=normalize_principal(actor) if actor else None,
+        after=_int_arg("cursor", 0, 0, 2**62), limit=limit,
+    )
+    next_cursor = str(records[-1]["seq"]) if len(records) == limit else None
+    return jsonify(records=records, next_cursor=next_cursor)
+
+
+@blueprint.get("/governance-log/verify")
+def verify_log() -> Response:
+    require_admin()
+    return jsonify(services().storage.verify_log().as_dict())

@@ -1,0 +1,108 @@
+"""The app factory: wires config, storage, engine, upstream and the blueprints."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flask import Flask, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
+
+from veil.config import Config
+from veil.errors import Forbidden, VeilError, problem
+from veil.identity import Authenticator
+from veil.metrics import Metrics
+from veil.policy import Engine, create_engine
+from veil.query import QueryService
+from veil.storage import Storage, open_storage
+from veil.upstream import Upstream
+
+log = logging.getLogger("veil")
+
+OPEN_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "health.metrics"})
+
+
+@dataclass
+class Services:
+    config: Config
+    storage: Storage
+    engine: Engine
+    upstream: Upstream
+    auth: Authenticator
+    metrics: Metrics
+    query: QueryService
+
+
+def services() -> Services:
+    found: Services = current_app.extensions["veil"]
+    return found
+
+
+def caller() -> str:
+    principal: str = g.principal
+    return principal
+
+
+def require_admin() -> str:
+    principal = caller()
+    if not services().storage.is_admin(principal):
+        raise Forbidden(f"{principal} is not an admin; this call needs an admin")
+    return principal
+
+
+def create_app(config: Config, *, storage: Storage | None = None,
+               engine: Engine | None = None) -> Flask:
+    app = Flask("veil")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    storage = storage or open_storage(config.storage.url, config.storage.timeout_s,
+                                      config.identity.bootstrap_admins)
+    engine = engine or create_engine(config.policy.engine, config.policy.dir,
+                                     config.policy.opa_url, config.policy.timeout_s,
+                                     config.policy.opa_bundle)
+    upstream = Upstream(config.upstream)
+    metrics = Metrics()
+    app.extensions["veil"] = Services(
+        config=config, storage=storage, engine=engine, upstream=upstream,
+        auth=Authenticator(config.identity), metrics=metrics,
+        query=QueryService(config, upstream, engine, storage, metrics),
+    )
+
+    from veil import api, health, openapi, proxy
+
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(api.blueprint)
+    app.register_blueprint(openapi.blueprint)
+    app.register_blueprint(proxy.blueprint)
+
+    @app.before_request
+    def authenticate() -> None:
+        if request.endpoint in OPEN_ENDPOINTS:
+            return
+        g.principal = services().auth.principal(request.headers)
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.requests.labels(route=route, status=str(response.status_code)).inc()
+        return response
+
+    @app.errorhandler(VeilError)
+    def veil_error(exc: VeilError) -> Response:
+        if exc.status >= 500:
+            log.warning("%s: %s", exc.code, exc.detail)
+        return exc.to_response()
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return problem(status, exc.name or "Error", exc.description or "", code)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error")
+        return problem(500, "Internal error", "Veil failed unexpectedly; see its log",
+                       "internal_error")
+
+    app.teardown_appcontext(lambda _exc: None)
+    return app

@@ -1,0 +1,236 @@
+"""The ``veil`` command line: serve, demo, policy, governance, and management for scripts."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from veil import __version__
+from veil.errors import VeilError
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from veil import config
+
+    path = args.config or os.environ.get("VEIL_CONFIG")
+    if not path:
+        raise VeilError("give --config FILE or set VEIL_CONFIG")
+    return config.load(path)
+
+
+def _storage(args: argparse.Namespace) -> Any:
+    from veil.storage import open_storage
+
+    cfg = _config(args)
+    return open_storage(cfg.storage.url, cfg.storage.timeout_s, cfg.identity.bootstrap_admins)
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from veil.server import serve
+
+    path = args.config or os.environ.get("VEIL_CONFIG")
+    if not path:
+        raise VeilError("give --config FILE or set VEIL_CONFIG")
+    serve(path, args.host, args.port)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from veil.demo import run_demo
+
+    return run_demo(host=args.host, port=args.port, store_port=args.store_port,
+                    data_dir=args.data_dir, policy_dir=args.policy_dir)
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from veil import policytools
+
+    directory = Path(args.dir) if args.dir else _policy_dir(args)
+    if args.policy_command == "test":
+        return policytools.run_tests(directory, pattern=args.run, coverage=args.coverage,
+                                     threshold=args.threshold)
+    return policytools.check(directory)
+
+
+def _policy_dir(args: argparse.Namespace) -> Path:
+    if args.config or os.environ.get("VEIL_CONFIG"):
+        directory: Path = _config(args).policy.dir
+        return directory
+    return Path("policies")
+
+
+def cmd_governance(args: argparse.Namespace) -> int:
+    from veil import governance
+
+    if args.file:
+        verdict = governance.verify(governance.read_jsonl(Path(args.file)))
+        _print(verdict.as_dict())
+        return 0 if verdict.ok else 1
+    storage = _storage(args)
+    if args.governance_command == "verify":
+        verdict = storage.verify_log()
+        _print(verdict.as_dict())
+        return 0 if verdict.ok else 1
+    lines = (governance.canonical(record).decode() + "\n" for record in storage.iter_log())
+    if args.output in (None, "-"):
+        sys.stdout.writelines(lines)
+    else:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.writelines(lines)
+    return 0
+
+
+def _actor(args: argparse.Namespace) -> str:
+    from veil.identity import normalize_principal
+
+    return normalize_principal(args.actor or f"cli:{getpass.getuser()}")
+
+
+def cmd_manage(args: argparse.Namespace) -> int:
+    from veil.identity import normalize_principal
+
+    storage = _storage(args)
+    actor = _actor(args)
+    kind, action = args.command, args.action
+    if kind == "groups":
+        if action == "list":
+            _print(storage.list_groups())
+        elif action == "put":
+            members = [m.strip() for m in Path(args.members_file).read_text().splitlines()
+                       if m.strip()] if args.members_file else list(args.members)
+            _print(storage.put_group(args.id, args.name or args.id, members, actor)[1])
+        else:
+            storage.delete_group(args.id, actor)
+    elif kind == "privacy-groups":
+        if action == "list":
+            _print(storage.list_privacy_groups())
+        elif action == "add":
+            _print(storage.add_privacy_group(args.group, actor))
+        else:
+            storage.remove_privacy_group(args.group, actor)
+    else:
+        principal = normalize_principal(args.principal) if action != "list" else ""
+        lister, adder, remover = {
+            "admins": (storage.list_admins, storage.add_admin, storage.remove_admin),
+            "private-viewers": (storage.list_viewers, storage.grant_viewer,
+                                storage.revoke_viewer),
+        }[kind]
+        if action == "list":
+            _print(lister())
+        elif action == "add":
+            adder(principal, actor)
+        else:
+            remover(principal, actor)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="veil", description=(
+        "Veil: a policy-as-code privacy sidecar for activity logs. It hides private "
+        "activities from every answer and audits every reveal."))
+    top.add_argument("--version", action="version", version=f"veil {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", help="configuration file (default: $VEIL_CONFIG)")
+        return p
+
+    serve = with_config(sub.add_parser("serve", help="run Veil under gunicorn"))
+    serve.add_argument("--host", help="bind address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="port (overrides server.port)")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="run a demo activity store with Veil in front of it")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080, help="Veil's port (default 8080)")
+    demo.add_argument("--store-port", type=int, default=9000,
+                      help="the demo store's port (default 9000)")
+    demo.add_argument("--data-dir", help="where the demo keeps its SQLite file "
+                      "(default: a new temporary directory)")
+    demo.add_argument("--policy-dir", help="policy directory (default: ./policies, else the "
+                      "policies shipped with Veil)")
+    demo.set_defaults(func=cmd_demo)
+
+    policy = sub.add_parser("policy", help="test and check Rego policies")
+    psub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    ptest = with_config(psub.add_parser("test", help="run the Rego unit tests"))
+    ptest.add_argument("dir", nargs="?", help="policy directory (default: the configured one)")
+    ptest.add_argument("--run", help="only tests whose package.rule matches this regex")
+    ptest.add_argument("--coverage", action="store_true", help="print per-file coverage")
+    ptest.add_argument("--threshold", type=float, help="fail below this coverage percentage")
+    pcheck = with_config(psub.add_parser("check", help="parse, compile and check entry points"))
+    pcheck.add_argument("dir", nargs="?", help="policy directory (default: the configured one)")
+    policy.set_defaults(func=cmd_policy)
+
+    gov = sub.add_parser("governance", help="verify or export the governance log")
+    gsub = gov.add_subparsers(dest="governance_command", required=True, metavar="ACTION")
+    gverify = with_config(gsub.add_parser("verify", help="verify the hash chain"))
+    gverify.add_argument("--file", help="verify an exported JSON Lines file instead")
+    gexport = with_config(gsub.add_parser("export", help="export as JSON Lines"))
+    gexport.add_argument("--output", "-o", help="file to write (default: standard output)")
+    gexport.set_defaults(file=None)
+    gov.set_defaults(func=cmd_governance)
+
+    def manage(name: str, help_: str, build: Callable[[argparse._SubParsersAction[Any]], None]
+               ) -> None:
+        p = sub.add_parser(name, help=help_)
+        actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+        build(actions)
+        p.set_defaults(func=cmd_manage)
+
+    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        with_config(p)
+        p.add_argument("--actor", help="who the governance log names (default cli:$USER)")
+        return p
+
+    def groups(a: argparse._SubParsersAction[Any]) -> None:
+        common(a.add_parser("list", help="list imported groups"))
+        put = common(a.add_parser("put", help="import or replace a group"))
+        put.add_argument("id")
+        put.add_argument("members", nargs="*", help="member UPNs")
+        put.add_argument("--name", help="display name (default: the id)")
+        put.add_argument("--members-file", help="a file with one UPN per line")
+        common(a.add_parser("delete", help="delete a group")).add_argument("id")
+
+    def privacy(a: argparse._SubParsersAction[Any]) -> None:
+        common(a.add_parser("list", help="list privacy groups"))
+        common(a.add_parser("add", help="make a group private from now on")).add_argument(
+            "group")
+        common(a.add_parser("remove", help="end a group's privacy")).add_argument("group")
+
+    def principals(a: argparse._SubParsersAction[Any]) -> None:
+        common(a.add_parser("list", help="list"))
+        common(a.add_parser("add", help="add")).add_argument("principal")
+        common(a.add_parser("remove", help="remove")).add_argument("principal")
+
+    manage("groups", "manage imported groups", groups)
+    manage("privacy-groups", "manage privacy groups", privacy)
+    manage("admins", "manage the admin registry", principals)
+    manage("private-viewers", "grant or revoke the view-private permission", principals)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except VeilError as exc:
+        print(f"veil: {exc.detail}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Veil's configuration: one YAML file, validated once at start-up into frozen dataclasses."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from veil.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class FieldPointers:
+    id: str = "/id"
+    actor: str = "/user"
+    actor_type: str = "/actorType"
+    timestamp: str = "/timestamp"
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    url: str
+    routes: tuple[str, ...]
+    rows: str = "/data"
+    fields: FieldPointers = field(default_factory=FieldPointers)
+    application_values: tuple[str, ...] = ("application",)
+    forward_headers: tuple[str, ...] = ("Authorization",)
+    timeout_s: float = 10.0
+    max_body_bytes: int = 64 * 1024 * 1024
+    pool_size: int = 32
+
+
+@dataclass(frozen=True)
+class JwtConfig:
+    issuer: str | None = None
+    audience: str | None = None
+    hs256_secret: str | None = None
+    jwks: dict[str, Any] | None = None
+    leeway_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    mode: str = "jwt"
+    jwt: JwtConfig = field(default_factory=JwtConfig)
+    principal_claims: tuple[str, ...] = ("upn", "preferred_username", "email")
+    header: str = "X-Forwarded-User"
+    secret_header: str = "X-Veil-Gateway-Secret"
+    shared_secret: str | None = None
+    bootstrap_admins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    engine: str = "embedded"
+    dir: Path = Path("policies")
+    opa_url: str = "http://127.0.0.1:8181"
+    opa_bundle: bool = False
+    timeout_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 2
+    threads: int = 8
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    url: str = "sqlite:///veil.db"
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class RevealConfig:
+    session_ttl_s: int = 900
+    require_justification: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    upstream: UpstreamConfig
+    managed_domains: tuple[str, ...] = ()
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    reveal: RevealConfig = field(default_factory=RevealConfig)
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema of the configuration file, shipped in the package."""
+    text = resources.files("veil").joinpath("config.schema.json").read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
+    """Read, validate and resolve a configuration file; raise ConfigError naming the bad key."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    return from_dict(document if document is not None else {}, base_dir=path.parent, env=env)
+
+
+def from_dict(
+    document: Any, base_dir: Path | None = None, env: dict[str, str] | None = None
+) -> Config:
+    """Validate a parsed configuration document and resolve it into a Config."""
+    validate(document)
+    env = dict(os.environ) if env is None else env
+    base_dir = base_dir or Path.cwd()
+    up = document["upstream"]
+    identity = document.get("identity", {})
+    jwt_doc = identity.get("jwt", {})
+    policy = document.get("policy", {})
+    policy_dir = Path(policy.get("dir", "policies"))
+    if not policy_dir.is_absolute():
+        policy_dir = base_dir / policy_dir
+
+    def secret(key_path: str, env_name: str | None) -> str | None:
+        if env_name is None:
+            return None
+        value = env.get(env_name)
+        if not value:
+            raise ConfigError(f"{key_path}: environment variable {env_name} is not set or empty")
+        return value
+
+    jwks = None
+    if "jwks_file" in jwt_doc:
+        jwks_path = Path(jwt_doc["jwks_file"])
+        if not jwks_path.is_absolute():
+            jwks_path = base_dir / jwks_path
+        try:
+            jwks = json.loads(jwks_path.read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"identity.jwt.jwks_file: cannot read a JWKS from {jwks_path}: {exc}"
+            ) from exc
+        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+            raise ConfigError(f"identity.jwt.jwks_file: {jwks_path} has no 'keys' array")
+
+    mode = identity.get("mode", "jwt")
+    hs256 = secret("identity.jwt.hs256_secret_env", jwt_doc.get("hs256_secret_env"))
+    if mode == "jwt":
+        if hs256 is None and jwks is None:
+            raise ConfigError("identity.jwt: set hs256_secret_env or jwks_file to verify tokens")
+        for key in ("issuer", "audience"):
+            if key not in jwt_doc:
+                raise ConfigError(f"identity.jwt.{key}: required key is missing in jwt mode")
+    shared = secret("identity.secret_env", identity.get("secret_env"))
+    if mode == "header" and shared is None:
+        raise ConfigError("identity.secret_env: header mode needs a shared gateway secret")
+
+    fields = up.get("fields", {})
+    return Config(
+        upstream=UpstreamConfig(
+            url=up["url"].rstrip("/"),
+            routes=tuple(up["routes"]),
+            rows=up.get("rows", "/data"),
+            fields=FieldPointers(**fields),
+            application_values=tuple(up.get("application_values", ["application"])),
+            forward_headers=tuple(up.get("forward_headers", ["Authorization"])),
+            timeout_s=float(up.get("timeout_s", 10)),
+            max_body_bytes=up.get("max_body_bytes", 64 * 1024 * 1024),
+            pool_size=up.get("pool_size", 32),
+        ),
+        managed_domains=tuple(
+            d.lower() for d in document.get("organization", {}).get("managed_domains", [])
+        ),
+        identity=IdentityConfig(
+            mode=mode,
+            jwt=JwtConfig(
+                issuer=jwt_doc.get("issuer"),
+                audience=jwt_doc.get("audience"),
+                hs256_secret=hs256,
+                jwks=jwks,
+                leeway_s=float(jwt_doc.get("leeway_s", 30)),
+            ),
+            principal_claims=tuple(
+                identity.get("principal_claims", ["upn", "preferred_username", "email"])
+            ),
+            header=identity.get("header", "X-Forwarded-User"),
+            secret_header=identity.get("secret_header", "X-Veil-Gateway-Secret"),
+            shared_secret=shared,
+            bootstrap_admins=tuple(p.strip().lower() for p in identity.get("bootstrap_admins", [])),
+        ),
+        policy=PolicyConfig(
+            engine=policy.get("engine", "embedded"),
+            dir=policy_dir,
+            opa_url=policy.get("opa_url", "http://127.0.0.1:8181").rstrip("/"),
+            opa_bundle=policy.get("opa_bundle", False),
+            timeout_s=float(policy.get("timeout_s", 2)),
+        ),
+        server=ServerConfig(**document.get("server", {})),
+        storage=StorageConfig(
+            url=_resolve_sqlite_url(document.get("storage", {}).get("url", "sqlite:///veil.db"),
+                                    base_dir),
+            timeout_s=float(document.get("storage", {}).get("timeout_s", 5)),
+        ),
+        reveal=RevealConfig(**document.get("reveal", {})),
+    )
+
+
+def validate(document: Any) -> None:
+    """Raise ConfigError naming the path of the first bad key."""
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return
+    error = errors[0]
+    parts = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        unexpected = sorted(k for k in error.instance if k not in allowed)
+        parts.append(unexpected[0])
+        raise ConfigError(f"{'.'.join(parts)}: unknown key")
+    if error.validator == "required":
+        missing = error.message.split("'")[1]
+        parts.append(missing)
+        raise ConfigError(f"{'.'.join(parts)}: required key is missing")
+    where = ".".join(parts) or "(top level)"
+    raise ConfigError(f"{where}: {error.message}")
+
+
+def _resolve_sqlite_url(url: str, base_dir: Path) -> str:
+    """Make a relative SQLite path (three slashes) relative to the config file's directory."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        return prefix + str((base_dir / url[len(prefix):]).resolve())
+    return url

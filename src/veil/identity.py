@@ -1,0 +1,117 @@
+"""Who is calling: a verified JWT, or a trusted gateway header; and whether they are an admin."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Protocol
+
+import jwt
+
+from veil.config import IdentityConfig
+from veil.errors import ConfigError, Unauthenticated
+
+ASYMMETRIC = ("RS256", "ES256")
+
+
+class Headers(Protocol):
+    """Request headers, looked up case-insensitively (werkzeug's Headers fits)."""
+
+    def get(self, key: str, default: str) -> str: ...
+
+
+def normalize_principal(value: str) -> str:
+    """Principals (UPNs, e-mails) compare case-insensitively; store and compare them lowercased."""
+    return value.strip().lower()
+
+
+class Authenticator:
+    """Turns a request's headers into a principal, or raises Unauthenticated."""
+
+    def __init__(self, config: IdentityConfig) -> None:
+        self.config = config
+        self._keys: dict[str, Any] = {}
+        self._algorithms: list[str] = []
+        if config.mode == "jwt":
+            if config.jwt.hs256_secret is not None:
+                self._algorithms.append("HS256")
+            if config.jwt.jwks is not None:
+                try:
+                    keyset = jwt.PyJWKSet.from_dict(config.jwt.jwks)
+                except jwt.PyJWKSetError as exc:
+                    raise ConfigError(f"identity.jwt.jwks_file: {exc}") from exc
+                for key in keyset.keys:
+                    if key.algorithm_name not in ASYMMETRIC:
+                        raise ConfigError(
+                            f"identity.jwt.jwks_file: key {key.key_id!r} uses "
+                            f"{key.algorithm_name}; only {', '.join(ASYMMETRIC)} are accepted"
+                        )
+                    self._keys[key.key_id or ""] = key
+                    self._algorithms.append(key.algorithm_name)
+
+    def principal(self, headers: Headers) -> str:
+        if self.config.mode == "header":
+            return self._from_gateway(headers)
+        return self._from_jwt(headers)
+
+    def _from_gateway(self, headers: Headers) -> str:
+        presented = headers.get(self.config.secret_header, "")
+        expected = self.config.shared_secret or ""
+        if not expected or not hmac.compare_digest(presented.encode(), expected.encode()):
+            raise Unauthenticated(
+                f"the gateway secret header {self.config.secret_header} is missing or wrong"
+            )
+        user = headers.get(self.config.header, "").strip()
+        if not user:
+            raise Unauthenticated(f"the identity header {self.config.header} is missing or empty")
+        return normalize_principal(user)
+
+    def _from_jwt(self, headers: Headers) -> str:
+        auth = headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("send 'Authorization: Bearer <JWT>'")
+        token = token.strip()
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"the bearer token is not a JWT: {exc}") from exc
+        alg = header.get("alg")
+        if alg not in self._algorithms:
+            raise Unauthenticated(f"token algorithm {alg!r} is not accepted")
+        key: Any
+        if alg == "HS256":
+            key = self.config.jwt.hs256_secret
+        else:
+            jwk = self._keys.get(header.get("kid") or "")
+            if jwk is None and len(self._keys) == 1 and not header.get("kid"):
+                jwk = next(iter(self._keys.values()))
+            if jwk is None:
+                raise Unauthenticated(f"no key with kid {header.get('kid')!r} in the JWKS")
+            if jwk.algorithm_name != alg:
+                raise Unauthenticated(f"token algorithm {alg!r} does not match its key")
+            key = jwk.key
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=[alg],
+                issuer=self.config.jwt.issuer,
+                audience=self.config.jwt.audience,
+                leeway=self.config.jwt.leeway_s,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("the token has expired") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise Unauthenticated("the token's audience is not accepted") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise Unauthenticated("the token's issuer is not accepted") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"the token is invalid: {exc}") from exc
+        for claim in self.config.principal_claims:
+            value = claims.get(claim)
+            if isinstance(value, str) and value.strip():
+                return normalize_principal(value)
+        raise Unauthenticated(
+            f"the token carries none of the principal claims {list(self.config.principal_claims)}"
+        )

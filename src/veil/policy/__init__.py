@@ -1,0 +1,109 @@
+"""The policy decision: the engine protocol, the input Veil sends, and how answers are read.
+
+An engine answers ``data.veil.privacy.decision`` for one input (one upstream answer). Any
+engine failure, or a decision that is undefined or malformed, is read as "every row private,
+no reveal" (fail closed); the caller learns only that the policy could not be applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from veil.errors import PolicyError
+
+DECISION = "data.veil.privacy.decision"
+
+DataLoader = Callable[[], tuple[int, dict[str, Any]]]
+
+
+class Engine(Protocol):
+    """A Rego engine holding Veil's policies and the ``data.veil`` document."""
+
+    name: str
+    needs_raw: bool
+
+    def sync(self, version: int, load: DataLoader) -> None:
+        """Make ``data.veil`` current if ``version`` is newer than what the engine holds."""
+
+    def evaluate(self, input_json: bytes) -> Any:
+        """The decision for one input; raise PolicyError when the engine cannot answer."""
+
+    def ready(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What Veil does with one answer. ``private`` is None when every row must be hidden."""
+
+    private: frozenset[int] | None
+    reveal: bool
+    refusals: tuple[str, ...]
+    failed: bool = False
+
+    @classmethod
+    def fail_closed(cls) -> Decision:
+        return cls(private=None, reveal=False, refusals=(), failed=True)
+
+    @classmethod
+    def read(cls, result: Any, row_count: int) -> Decision:
+        """Interpret an engine's result strictly; anything unexpected fails closed."""
+        if not isinstance(result, dict):
+            return cls.fail_closed()
+        rows = result.get("private_rows")
+        if not isinstance(rows, (set, frozenset, list, tuple)):
+            return cls.fail_closed()
+        private: set[int] = set()
+        for index in rows:
+            if type(index) is not int or not 0 <= index < row_count:
+                return cls.fail_closed()
+            private.add(index)
+        refusals = result.get("refusals", [])
+        if not isinstance(refusals, (set, frozenset, list, tuple)) or not all(
+            isinstance(r, str) for r in refusals
+        ):
+            return cls.fail_closed()
+        return cls(frozenset(private), result.get("reveal") is True, tuple(sorted(refusals)))
+
+    def hidden(self, row_count: int) -> frozenset[int]:
+        return frozenset(range(row_count)) if self.private is None else self.private
+
+
+@dataclass(frozen=True)
+class PolicyModule:
+    path: Path
+    text: str
+
+    @property
+    def is_test(self) -> bool:
+        return self.path.name.endswith("_test.rego")
+
+
+def load_modules(directory: Path) -> list[PolicyModule]:
+    """Every ``.rego`` file under ``directory``, in a stable order."""
+    if not directory.is_dir():
+        raise PolicyError(f"policy directory {directory} does not exist")
+    modules = []
+    for path in sorted(directory.rglob("*.rego")):
+        try:
+            modules.append(PolicyModule(path, path.read_text("utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PolicyError(f"cannot read policy file {path}: {exc}") from exc
+    if not any(not m.is_test for m in modules):
+        raise PolicyError(f"policy directory {directory} holds no policy (.rego) file")
+    return modules
+
+
+def create_engine(kind: str, directory: Path, opa_url: str = "", timeout_s: float = 2.0,
+                  bundle: bool = False) -> Engine:
+    if kind == "opa":
+        from veil.policy.opa import OpaEngine
+
+        return OpaEngine(directory, opa_url, timeout_s, bundle)
+    from veil.policy.embedded import EmbeddedEngine
+
+    return EmbeddedEngine(directory)

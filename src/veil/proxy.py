@@ -1,0 +1,27 @@
+"""Proxied activity queries: the store's routes, filtered by policy."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from veil.app import caller, services
+from veil.errors import NotFound
+from veil.query import REVEAL_HEADER
+
+blueprint = Blueprint("proxy", __name__)
+
+
+@blueprint.get("/<path:path>")
+def activities(path: str) -> Response:
+    svc = services()
+    full = "/" + path
+    if full not in svc.query.routes:
+        raise NotFound(f"{full} is not a proxied route; Veil forwards "
+                       f"{', '.join(sorted(svc.query.routes))}")
+    session_id = request.headers.get(REVEAL_HEADER)
+    reply = svc.query.answer(caller(), full, request.query_string.decode("latin-1"),
+                             request.headers, session_id.strip() if session_id else None)
+    response = Response(reply.body, status=reply.status, content_type=reply.content_type)
+    for name, value in reply.headers:
+        response.headers[name] = value
+    return response

@@ -1,0 +1,236 @@
+"""Reading the store's answer: find the rows array, normalize each row, and drop hidden rows.
+
+The rows are located with a single pass of the standard library's C JSON scanner that also
+records where each row starts and ends in the body, so the rows that are kept go back to the
+caller byte-for-byte as the store sent them, and nothing outside the rows array changes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from veil.config import FieldPointers
+from veil.errors import UpstreamBadBody
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_scan_string = json.decoder.scanstring  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A parsed store answer: the rows, and where each sits in the body's text."""
+
+    text: str
+    rows: list[Any]
+    spans: list[tuple[int, int]]
+    array_start: int  # index of "["
+    array_end: int  # index just past "]"
+
+
+def pointer_tokens(pointer: str) -> tuple[str, ...]:
+    """Split an RFC 6901 JSON pointer into its unescaped reference tokens."""
+    if pointer == "":
+        return ()
+    if not pointer.startswith("/"):
+        raise ValueError(f"JSON pointer {pointer!r} must start with '/'")
+    return tuple(t.replace("~1", "/").replace("~0", "~") for t in pointer[1:].split("/"))
+
+
+def resolve(document: Any, tokens: Sequence[str]) -> Any:
+    """The value at a pointer's tokens, or None when it is absent."""
+    for token in tokens:
+        if isinstance(document, dict):
+            document = document.get(token)
+        elif isinstance(document, list) and token.isdigit():
+            index = int(token)
+            document = document[index] if index < len(document) else None
+        else:
+            return None
+        if document is None:
+            return None
+    return document
+
+
+def parse_answer(body: bytes, rows_pointer: tuple[str, ...]) -> Answer:
+    """Parse the store's body; raise UpstreamBadBody unless the pointer names a JSON array."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UpstreamBadBody("the store's answer is not UTF-8 JSON") from exc
+    try:
+        start = _skip(text, 0)
+        end, found = _scan(text, start, rows_pointer)
+        if _skip(text, end) != len(text):
+            raise UpstreamBadBody("the store's answer has trailing data after the JSON document")
+    except (StopIteration, IndexError, ValueError) as exc:
+        raise UpstreamBadBody("the store's answer is not valid JSON") from exc
+    if found is None:
+        where = "/" + "/".join(rows_pointer)
+        raise UpstreamBadBody(f"the store's answer has no rows array at {where!r}")
+    return found
+
+
+def render(answer: Answer, hidden: Iterable[int]) -> str:
+    """The body without the hidden rows; kept rows and everything around them are unchanged."""
+    drop = set(hidden)
+    text = answer.text
+    kept = [text[s:e] for i, (s, e) in enumerate(answer.spans) if i not in drop]
+    return text[: answer.array_start + 1] + ",".join(kept) + text[answer.array_end - 1 :]
+
+
+def _skip(text: str, pos: int) -> int:
+    match = _WHITESPACE.match(text, pos)
+    return match.end() if match else pos
+
+
+def _scan(text: str, pos: int, tokens: tuple[str, ...]) -> tuple[int, Answer | None]:
+    """Scan one JSON value at ``pos``; descend along ``tokens`` to find the rows array."""
+    if not tokens:
+        if text[pos] != "[":
+            _, end = _scan_once(text, pos)
+            return end, None
+        return _scan_rows(text, pos)
+    char = text[pos]
+    if char == "{":
+        return _scan_object(text, pos, tokens)
+    if char == "[" and tokens[0].isdigit():
+        return _scan_array(text, pos, tokens)
+    _, end = _scan_once(text, pos)
+    return end, None
+
+
+def _scan_object(text: str, pos: int, tokens: tuple[str, ...]) -> tuple[int, Answer | None]:
+    found: Answer | None = None
+    seen = False
+    pos = _skip(text, pos + 1)
+    if text[pos] == "}":
+        return pos + 1, None
+    while True:
+        if text[pos] != '"':
+            raise ValueError("expected a member name")
+        key, pos = _scan_string(text, pos + 1, True)
+        pos = _skip(text, pos)
+        if text[pos] != ":":
+            raise ValueError("expected ':'")
+        pos = _skip(text, pos + 1)
+        if key == tokens[0]:
+            if seen:
+                raise UpstreamBadBody(f"the store's answer repeats the member {key!r}")
+            seen = True
+            pos, found = _scan(text, pos, tokens[1:])
+        else:
+            _, pos = _scan_once(text, pos)
+        pos = _skip(text, pos)
+        if text[pos] == "}":
+            return pos + 1, found
+        if text[pos] != ",":
+            raise ValueError("expected ',' or '}'")
+        pos = _skip(text, pos + 1)
+
+
+def _scan_array(text: str, pos: int, tokens: tuple[str, ...]) -> tuple[int, Answer | None]:
+    found: Answer | None = None
+    wanted = int(tokens[0])
+    index = 0
+    pos = _skip(text, pos + 1)
+    if text[pos] == "]":
+        return pos + 1, None
+    while True:
+        if index == wanted:
+            pos, found = _scan(text, pos, tokens[1:])
+        else:
+            _, pos = _scan_once(text, pos)
+        index += 1
+        pos = _skip(text, pos)
+        if text[pos] == "]":
+            return pos + 1, found
+        if text[pos] != ",":
+            raise ValueError("expected ',' or ']'")
+        pos = _skip(text, pos + 1)
+
+
+def _scan_rows(text: str, start: int) -> tuple[int, Answer]:
+    rows: list[Any] = []
+    spans: list[tuple[int, int]] = []
+    pos = _skip(text, start + 1)
+    if text[pos] != "]":
+        while True:
+            value, end = _scan_once(text, pos)
+            rows.append(value)
+            spans.append((pos, end))
+            pos = _skip(text, end)
+            if text[pos] == "]":
+                break
+            if text[pos] != ",":
+                raise ValueError("expected ',' or ']'")
+            pos = _skip(text, pos + 1)
+    return pos + 1, Answer(text, rows, spans, start, pos + 1)
+
+
+# ---- normalization ------------------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Reads each row's id, actor, actor type and timestamp through the configured pointers."""
+
+    fields: FieldPointers
+    application_values: frozenset[str]
+
+    def rows(self, rows: Sequence[Any], include_raw: bool) -> list[dict[str, Any]]:
+        id_t = pointer_tokens(self.fields.id)
+        actor_t = pointer_tokens(self.fields.actor)
+        type_t = pointer_tokens(self.fields.actor_type)
+        ts_t = pointer_tokens(self.fields.timestamp)
+        apps = self.application_values
+        out = []
+        for index, raw in enumerate(rows):
+            actor = resolve(raw, actor_t)
+            actor_type = resolve(raw, type_t)
+            row_id = resolve(raw, id_t)
+            row = {
+                "index": index,
+                "id": row_id if isinstance(row_id, (str, int)) and not isinstance(row_id, bool)
+                else None,
+                "actor": actor.strip().lower() if isinstance(actor, str) and actor.strip()
+                else None,
+                "actor_type": "application" if actor_type in apps else "user",
+                "ts_ns": timestamp_ns(resolve(raw, ts_t)),
+            }
+            if include_raw:
+                row["raw"] = raw
+            out.append(row)
+        return out
+
+
+def timestamp_ns(value: Any) -> int | None:
+    """Nanoseconds since the epoch from RFC 3339 text or epoch milliseconds; None if unreadable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value * 1_000_000
+    if isinstance(value, float):
+        return round(value * 1_000_000) if value == value and abs(value) < 1e15 else None
+    if not isinstance(value, str) or len(value) < 20 or value[10] not in "Tt ":
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None  # without an offset the instant is ambiguous: unreadable, so private (R2)
+    ns = (moment - _EPOCH) // _MICROSECOND * 1000
+    fraction = _FRACTION.search(value, 19)
+    if fraction and len(fraction.group(1)) > 6:
+        ns += int(fraction.group(1)[6:9].ljust(3, "0"))
+    return ns

@@ -1,0 +1,429 @@
+"""Management state, reveal sessions and the governance log, in one transactional store.
+
+``Storage`` holds every rule about the state (what may change, and the governance record each
+change writes in the same transaction); a ``Backend`` (SQLite or PostgreSQL) only runs SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from veil import governance
+from veil.errors import Conflict, Forbidden, NotFound, StorageError, Unprocessable
+
+BUILTIN_GROUPS = ("application", "external")
+
+
+class Tx(Protocol):
+    """One open transaction; SQL uses ``?`` placeholders whatever the backend."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None: ...
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+
+class Backend(Protocol):
+    """A database that runs transactions; writes are serialized (one chain head at a time)."""
+
+    name: str
+
+    def transaction(self, write: bool) -> AbstractContextManager[Tx]: ...
+    def close(self) -> None: ...
+
+
+def open_storage(url: str, timeout_s: float, bootstrap_admins: Sequence[str] = ()) -> Storage:
+    """The Storage for a ``storage.url``: ``sqlite:///path`` or ``postgresql://...``."""
+    backend: Backend
+    if url.startswith("sqlite:///"):
+        from veil.storage.sqlite import SqliteBackend
+
+        backend = SqliteBackend(url[len("sqlite:///"):], timeout_s)
+    elif url.startswith(("postgresql://", "postgres://")):
+        from veil.storage.postgres import PostgresBackend
+
+        backend = PostgresBackend(url, timeout_s)
+    else:
+        raise StorageError(f"unsupported storage URL {url!r}")
+    return Storage(backend, bootstrap_admins)
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def rfc3339(ns: int) -> str:
+    """UTC, microseconds, fixed width: sorts as text in time order."""
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Storage:
+    """Every read and change of Veil's state; each change is audited in its own transaction."""
+
+    def __init__(self, backend: Backend, bootstrap_admins: Sequence[str] = ()) -> None:
+        self.backend = backend
+        self.bootstrap_admins = frozenset(bootstrap_admins)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def ping(self) -> bool:
+        try:
+            with self.backend.transaction(write=False) as tx:
+                tx.one("SELECT version FROM state_version WHERE id = 1")
+        except StorageError:
+            return False
+        return True
+
+    # ---- the policy's data document --------------------------------------------------
+
+    def state_version(self) -> int:
+        with self.backend.transaction(write=False) as tx:
+            row = tx.one("SELECT version FROM state_version WHERE id = 1")
+        return int(row[0]) if row else 0
+
+    def policy_data(self, managed_domains: Sequence[str]) -> tuple[int, dict[str, Any]]:
+        """``(version, data.veil)`` read in one transaction."""
+        with self.backend.transaction(write=False) as tx:
+            version_row = tx.one("SELECT version FROM state_version WHERE id = 1")
+            groups = tx.all("SELECT id, name, members FROM groups")
+            intervals = tx.all(
+                "SELECT group_id, start_ns, end_ns FROM privacy_intervals ORDER BY start_ns"
+            )
+            admins = tx.all("SELECT principal FROM admins")
+            viewers = tx.all("SELECT principal FROM viewers")
+        privacy: dict[str, list[dict[str, int | None]]] = {}
+        for group_id, start, end in intervals:
+            privacy.setdefault(group_id, []).append({"start_ns": start, "end_ns": end})
+        data = {
+            "groups": {
+                gid: {"name": name, "members": dict.fromkeys(json.loads(members), True)}
+                for gid, name, members in groups
+            },
+            "privacy_groups": privacy,
+            "admins": dict.fromkeys(sorted(self.bootstrap_admins | {a for (a,) in admins}), True),
+            "viewers": dict.fromkeys(sorted(v for (v,) in viewers), True),
+            "managed_domains": sorted(managed_domains),
+        }
+        return (int(version_row[0]) if version_row else 0), data
+
+    # ---- groups ----------------------------------------------------------------------
+
+    def list_groups(self) -> list[dict[str, Any]]:
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.all("SELECT id, name, members, updated_ns FROM groups ORDER BY id")
+        return [
+            {"id": gid, "name": name, "members": json.loads(members), "updated_at": rfc3339(ns)}
+            for gid, name, members, ns in rows
+        ]
+
+    def put_group(self, group_id: str, name: str, members: Sequence[str],
+                  actor: str) -> tuple[bool, dict[str, Any]]:
+        """Import or replace a group; ``(created, group)``."""
+        if group_id in BUILTIN_GROUPS:
+            raise Conflict(f"{group_id!r} is a built-in group; its members cannot be imported")
+        normalized = sorted({m.strip().lower() for m in members if m.strip()})
+        ts = now_ns()
+        with self.backend.transaction(write=True) as tx:
+            existed = tx.one("SELECT 1 FROM groups WHERE id = ?", (group_id,)) is not None
+            tx.execute(
+                "INSERT INTO groups (id, name, members, updated_ns, updated_by) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+                "members = excluded.members, updated_ns = excluded.updated_ns, "
+                "updated_by = excluded.updated_by",
+                (group_id, name, json.dumps(normalized), ts, actor),
+            )
+            self._changed(tx)
+            self._append(tx, "group_imported", actor,
+                         {"group": group_id, "name": name, "members": len(normalized),
+                          "replaced": existed})
+        return not existed, {"id": group_id, "name": name, "members": normalized}
+
+    def delete_group(self, group_id: str, actor: str) -> None:
+        with self.backend.transaction(write=True) as tx:
+            if tx.one("SELECT 1 FROM groups WHERE id = ?", (group_id,)) is None:
+                raise NotFound(f"there is no group {group_id!r}")
+            if tx.one("SELECT 1 FROM privacy_intervals WHERE group_id = ?", (group_id,)):
+                raise Conflict(
+                    f"group {group_id!r} is or was a privacy group; deleting it would expose "
+                    "the activities it keeps private. Replace its members instead."
+                )
+            tx.execute("DELETE FROM groups WHERE id = ?", (group_id,))
+            self._changed(tx)
+            self._append(tx, "group_deleted", actor, {"group": group_id})
+
+    # ---- privacy groups --------------------------------------------------------------
+
+    def list_privacy_groups(self) -> list[dict[str, Any]]:
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.all(
+                "SELECT group_id, start_ns, end_ns, started_by, ended_by FROM privacy_intervals "
+                "ORDER BY group_id, start_ns"
+            )
+        out: dict[str, dict[str, Any]] = {}
+        for gid, start, end, started_by, ended_by in rows:
+            entry = out.setdefault(gid, {"group": gid, "private": False, "intervals": []})
+            entry["intervals"].append({
+                "start": rfc3339(start), "end": rfc3339(end) if end is not None else None,
+                "started_by": started_by, "ended_by": ended_by,
+            })
+            entry["private"] = end is None
+        return list(out.values())
+
+    def add_privacy_group(self, group_id: str, actor: str) -> dict[str, Any]:
+        ts = now_ns()
+        with self.backend.transaction(write=True) as tx:
+            if group_id not in BUILTIN_GROUPS and tx.one(
+                "SELECT 1 FROM groups WHERE id = ?", (group_id,)
+            ) is None:
+                raise Unprocessable(
+                    f"unknown group {group_id!r}: import it with PUT /veil/v1/groups/{group_id} "
+                    f"or use a built-in group ({', '.join(BUILTIN_GROUPS)})",
+                    field="group",
+                )
+            if tx.one("SELECT 1 FROM privacy_intervals WHERE group_id = ? AND end_ns IS NULL",
+                      (group_id,)):
+                raise Conflict(f"group {group_id!r} is already private")
+            last = tx.one("SELECT MAX(COALESCE(end_ns, start_ns)) FROM privacy_intervals "
+                          "WHERE group_id = ?", (group_id,))
+            if last and last[0] is not None and ts <= last[0]:
+                ts = last[0] + 1  # intervals never overlap, even within one clock tick
+            tx.execute(
+                "INSERT INTO privacy_intervals (group_id, start_ns, end_ns, started_by) "
+                "VALUES (?, ?, NULL, ?)", (group_id, ts, actor),
+            )
+            self._changed(tx)
+            self._append(tx, "privacy_group_added", actor,
+                         {"group": group_id, "start": rfc3339(ts), "start_ns": ts})
+        return {"group": group_id, "private": True, "start": rfc3339(ts)}
+
+    def remove_privacy_group(self, group_id: str, actor: str) -> None:
+        ts = now_ns()
+        with self.backend.transaction(write=True) as tx:
+            row = tx.one("SELECT start_ns FROM privacy_intervals "
+                         "WHERE group_id = ? AND end_ns IS NULL", (group_id,))
+            if row is None:
+                raise NotFound(f"group {group_id!r} is not private")
+            end = max(ts, int(row[0]) + 1)
+            tx.execute(
+                "UPDATE privacy_intervals SET end_ns = ?, ended_by = ? "
+                "WHERE group_id = ? AND end_ns IS NULL", (end, actor, group_id),
+            )
+            self._changed(tx)
+            self._append(tx, "privacy_group_removed", actor,
+                         {"group": group_id, "end": rfc3339(end), "end_ns": end})
+
+    # ---- admins and the view-private permission --------------------------------------
+
+    def is_admin(self, principal: str) -> bool:
+        if principal in self.bootstrap_admins:
+            return True
+        with self.backend.transaction(write=False) as tx:
+            return tx.one("SELECT 1 FROM admins WHERE principal = ?", (principal,)) is not None
+
+    def list_admins(self) -> list[dict[str, Any]]:
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.all("SELECT principal, added_ns, added_by FROM admins ORDER BY principal")
+        listed = [{"principal": p, "source": "config", "added_at": None, "added_by": None}
+                  for p in sorted(self.bootstrap_admins)]
+        listed += [{"principal": p, "source": "registry", "added_at": rfc3339(ns), "added_by": by}
+                   for p, ns, by in rows if p not in self.bootstrap_admins]
+        return listed
+
+    def add_admin(self, principal: str, actor: str) -> None:
+        with self.backend.transaction(write=True) as tx:
+            if principal in self.bootstrap_admins or tx.one(
+                "SELECT 1 FROM admins WHERE principal = ?", (principal,)
+            ):
+                raise Conflict(f"{principal} is already an admin")
+            tx.execute("INSERT INTO admins (principal, added_ns, added_by) VALUES (?, ?, ?)",
+                       (principal, now_ns(), actor))
+            self._changed(tx)
+            self._append(tx, "admin_added", actor, {"principal": principal})
+
+    def remove_admin(self, principal: str, actor: str) -> None:
+        """Remove an admin; their view-private permission and reveal sessions end with it."""
+        if principal in self.bootstrap_admins:
+            raise Conflict(f"{principal} is a bootstrap admin from the configuration file; "
+                           "remove it there")
+        with self.backend.transaction(write=True) as tx:
+            if tx.one("SELECT 1 FROM admins WHERE principal = ?", (principal,)) is None:
+                raise NotFound(f"{principal} is not an admin")
+            tx.execute("DELETE FROM admins WHERE principal = ?", (principal,))
+            self._changed(tx)
+            self._append(tx, "admin_removed", actor, {"principal": principal})
+            self._revoke_viewer(tx, principal, actor, "admin role removed")
+
+    def list_viewers(self) -> list[dict[str, Any]]:
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.all("SELECT principal, granted_ns, granted_by FROM viewers "
+                          "ORDER BY principal")
+        return [{"principal": p, "granted_at": rfc3339(ns), "granted_by": by}
+                for p, ns, by in rows]
+
+    def grant_viewer(self, principal: str, actor: str) -> None:
+        with self.backend.transaction(write=True) as tx:
+            if principal not in self.bootstrap_admins and tx.one(
+                "SELECT 1 FROM admins WHERE principal = ?", (principal,)
+            ) is None:
+                raise Unprocessable(
+                    f"{principal} is not an admin; only admins can be granted the "
+                    "view-private permission (R6). Add them with POST /veil/v1/admins first.",
+                    field="principal",
+                )
+            if tx.one("SELECT 1 FROM viewers WHERE principal = ?", (principal,)):
+                raise Conflict(f"{principal} already holds the view-private permission")
+            tx.execute("INSERT INTO viewers (principal, granted_ns, granted_by) VALUES (?, ?, ?)",
+                       (principal, now_ns(), actor))
+            self._changed(tx)
+            self._append(tx, "permission_granted", actor, {"principal": principal})
+
+    def revoke_viewer(self, principal: str, actor: str) -> None:
+        with self.backend.transaction(write=True) as tx:
+            if not self._revoke_viewer(tx, principal, actor, "permission revoked"):
+                raise NotFound(f"{principal} does not hold the view-private permission")
+
+    def _revoke_viewer(self, tx: Tx, principal: str, actor: str, reason: str) -> bool:
+        had = tx.one("SELECT 1 FROM viewers WHERE principal = ?", (principal,)) is not None
+        if had:
+            tx.execute("DELETE FROM viewers WHERE principal = ?", (principal,))
+            self._changed(tx)
+            self._append(tx, "permission_revoked", actor, {"principal": principal,
+                                                           "reason": reason})
+        ts = now_ns()
+        for (sid,) in tx.all("SELECT id FROM reveal_sessions WHERE owner = ? AND ended_ns IS NULL "
+                             "AND expires_ns > ?", (principal, ts)):
+            tx.execute("UPDATE reveal_sessions SET ended_ns = ?, ended_reason = ? WHERE id = ?",
+                       (ts, reason, sid))
+            self._append(tx, "reveal_session_ended", actor,
+                         {"session": sid, "owner": principal, "reason": reason})
+        return had
+
+    # ---- reveal sessions -------------------------------------------------------------
+
+    def open_session(self, owner: str, justification: str | None, ttl_s: int) -> dict[str, Any]:
+        """Open a reveal session; a caller who may not reveal is refused, and that is logged."""
+        ts = now_ns()
+        with self.backend.transaction(write=True) as tx:
+            is_admin = owner in self.bootstrap_admins or tx.one(
+                "SELECT 1 FROM admins WHERE principal = ?", (owner,)) is not None
+            may_view = tx.one("SELECT 1 FROM viewers WHERE principal = ?", (owner,)) is not None
+            if not (is_admin and may_view):
+                reason = ("the caller is not an admin" if not is_admin else
+                          "the caller does not hold the view-private permission")
+                self._append(tx, "reveal_session_refused", owner,
+                             {"reason": reason, "justification": justification})
+                refused = reason
+            else:
+                refused = None
+                sid = "rs_" + secrets.token_urlsafe(24)
+                expires = ts + ttl_s * 1_000_000_000
+                tx.execute(
+                    "INSERT INTO reveal_sessions (id, owner, justification, created_ns, "
+                    "expires_ns) VALUES (?, ?, ?, ?, ?)",
+                    (sid, owner, justification, ts, expires),
+                )
+                self._append(tx, "reveal_session_opened", owner,
+                             {"session": sid, "justification": justification,
+                              "expires_at": rfc3339(expires)})
+        if refused is not None:
+            raise Forbidden(f"reveal session refused: {refused}")
+        return {"id": sid, "owner": owner, "justification": justification,
+                "created_at": rfc3339(ts), "expires_at": rfc3339(expires)}
+
+    def get_session(self, session_id: str) -> dict[str, Any] | None:
+        """A reveal session as the policy sees it (``input.session``), or None if unknown."""
+        with self.backend.transaction(write=False) as tx:
+            row = tx.one("SELECT id, owner, justification, expires_ns, ended_ns "
+                         "FROM reveal_sessions WHERE id = ?", (session_id,))
+        if row is None:
+            return None
+        sid, owner, justification, expires, ended = row
+        return {"id": sid, "owner": owner, "justification": justification,
+                "expires_ns": expires, "ended": ended is not None}
+
+    def end_session(self, session_id: str, actor: str, actor_is_admin: bool) -> None:
+        """End a session: its owner may, and so may any admin."""
+        ts = now_ns()
+        with self.backend.transaction(write=True) as tx:
+            row = tx.one("SELECT owner, ended_ns, expires_ns FROM reveal_sessions WHERE id = ?",
+                         (session_id,))
+            if row is None or (row[0] != actor and not actor_is_admin):
+                raise NotFound(f"there is no reveal session {session_id!r} of yours")
+            if row[1] is not None or row[2] <= ts:
+                raise Conflict(f"reveal session {session_id!r} has already ended")
+            tx.execute("UPDATE reveal_sessions SET ended_ns = ?, ended_reason = ? WHERE id = ?",
+                       (ts, "ended by request", session_id))
+            self._append(tx, "reveal_session_ended", actor,
+                         {"session": session_id, "owner": row[0], "reason": "ended by request"})
+
+    # ---- governance log --------------------------------------------------------------
+
+    def record(self, action: str, actor: str, details: dict[str, Any]) -> dict[str, Any]:
+        """Append one governance record and commit it; raise StorageError if it cannot be."""
+        with self.backend.transaction(write=True) as tx:
+            return self._append(tx, action, actor, details)
+
+    def log_page(self, since: str | None = None, until: str | None = None,
+                 action: str | None = None, actor: str | None = None,
+                 after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        where: list[str] = ["seq > ?"]
+        params: list[Any] = [after]
+        for clause, value in (("ts >= ?", since), ("ts < ?", until), ("action = ?", action),
+                              ("actor = ?", actor)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.all(
+                "SELECT seq, ts, action, actor, details, prev_hash, hash FROM governance_log "
+                f"WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?", (*params, limit),
+            )
+        return [self._record(row) for row in rows]
+
+    def iter_log(self, batch: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every record in chain order, read in batches."""
+        after = 0
+        while True:
+            with self.backend.transaction(write=False) as tx:
+                rows = tx.all("SELECT seq, ts, action, actor, details, prev_hash, hash "
+                              "FROM governance_log WHERE seq > ? ORDER BY seq LIMIT ?",
+                              (after, batch))
+            if not rows:
+                return
+            for row in rows:
+                yield self._record(row)
+            after = rows[-1][0]
+
+    def verify_log(self) -> governance.Verdict:
+        return governance.verify(self.iter_log())
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> dict[str, Any]:
+        seq, ts, action, actor, details, prev_hash, hash_ = row
+        return {"seq": int(seq), "ts": ts, "action": action, "actor": actor,
+                "details": json.loads(details), "prev_hash": prev_hash, "hash": hash_}
+
+    def _append(self, tx: Tx, action: str, actor: str, details: dict[str, Any]) -> dict[str, Any]:
+        """Add a record at the chain's head, inside the caller's (serialized) write transaction."""
+        head = tx.one("SELECT seq, hash FROM governance_log ORDER BY seq DESC LIMIT 1")
+        seq, prev = (int(head[0]) + 1, head[1]) if head else (1, governance.GENESIS)
+        record: dict[str, Any] = {"seq": seq, "ts": rfc3339(now_ns()), "action": action,
+                                  "actor": actor, "details": details, "prev_hash": prev}
+        record["hash"] = governance.record_hash(record)
+        tx.execute(
+            "INSERT INTO governance_log (seq, ts, action, actor, details, prev_hash, hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (seq, record["ts"], action, actor, governance.canonical(details).decode(), prev,
+             record["hash"]),
+        )
+        return record
+
+    @staticmethod
+    def _changed(tx: Tx) -> None:
+        tx.execute("UPDATE state_version SET version = version + 1 WHERE id = 1")

@@ -1,0 +1,165 @@
+"""Shared fixtures: a real activity store on loopback, Veil apps on real SQLite files, tokens."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from flask import Flask, Response, request
+from flask.testing import FlaskClient
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from veil import config as config_module
+from veil.app import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "policies"
+SECRET = "test-secret-that-is-long-enough-for-hs256"
+ISSUER = "https://idp.test"
+AUDIENCE = "veil"
+ADMIN = "alice@contoso.com"
+
+
+@dataclass
+class StoreState:
+    """What the loopback store answers; tests change it between requests."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    status: int = 200
+    body: bytes | None = None  # a raw body instead of {"data": rows}
+    delay_s: float = 0.0
+    content_type: str = "application/json"
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+
+class LoopbackStore:
+    """A real HTTP activity store on 127.0.0.1, in a thread."""
+
+    def __init__(self) -> None:
+        self.state = StoreState()
+        app = Flask("loopback-store")
+
+        @app.get("/api/activities")
+        @app.get("/api/other")
+        def activities() -> Response:
+            self.state.requests.append({"path": request.path,
+                                        "query": request.query_string.decode(),
+                                        "headers": dict(request.headers)})
+            if self.state.delay_s:
+                time.sleep(self.state.delay_s)
+            body = self.state.body if self.state.body is not None else json.dumps(
+                {"data": self.state.rows, "next": None}).encode()
+            return Response(body, status=self.state.status, content_type=self.state.content_type)
+
+        @app.get("/api/unlisted")
+        def unlisted() -> Response:
+            return Response(json.dumps({"data": self.state.rows}), content_type="application/json")
+
+        self.server: BaseWSGIServer = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def reset(self) -> None:
+        self.state = StoreState()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def store_server() -> Iterator[LoopbackStore]:
+    server = LoopbackStore()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def store(store_server: LoopbackStore) -> Iterator[LoopbackStore]:
+    store_server.reset()
+    yield store_server
+    store_server.reset()
+
+
+def config_doc(store_url: str, db: Path, **sections: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "upstream": {"url": store_url, "routes": ["/api/activities", "/api/other"],
+                     "rows": "/data",
+                     "fields": {"id": "/id", "actor": "/user", "actor_type": "/actorType",
+                                "timestamp": "/timestamp"},
+                     "timeout_s": 2},
+        "organization": {"managed_domains": ["contoso.com"]},
+        "identity": {"mode": "jwt",
+                     "jwt": {"issuer": ISSUER, "audience": AUDIENCE,
+                             "hs256_secret_env": "VEIL_TEST_JWT_SECRET"},
+                     "bootstrap_admins": [ADMIN]},
+        "policy": {"engine": "embedded", "dir": str(POLICIES)},
+        "storage": {"url": f"sqlite:///{db}"},
+    }
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(doc.get(name), dict):
+            doc[name] = {**doc[name], **value}
+        else:
+            doc[name] = value
+    return doc
+
+
+def make_config(store_url: str, db: Path, **sections: Any) -> config_module.Config:
+    return config_module.from_dict(config_doc(store_url, db, **sections),
+                                   env={"VEIL_TEST_JWT_SECRET": SECRET})
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "veil.db"
+
+
+@pytest.fixture
+def app(store: LoopbackStore, db_path: Path) -> Iterator[Flask]:
+    application = create_app(make_config(store.url, db_path))
+    yield application
+    application.extensions["veil"].storage.close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def token(principal: str, *, secret: str = SECRET, issuer: str = ISSUER,
+          audience: str = AUDIENCE, ttl_s: int = 300, claim: str = "upn",
+          **extra: Any) -> str:
+    now = int(time.time())
+    claims = {claim: principal, "iss": issuer, "aud": audience, "iat": now, "exp": now + ttl_s,
+              **extra}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def auth(principal: str, **kwargs: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(principal, **kwargs)}"}
+
+
+def activity(i: int, user: str | None, timestamp: Any, actor_type: str = "user",
+             **extra: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {"id": f"act-{i}", "actorType": actor_type, "timestamp": timestamp,
+                           "activity": "FileAccessed", **extra}
+    if user is not None:
+        row["user"] = user
+    return row
+
+
+def iso(ns: int) -> str:
+    """RFC 3339 with nanoseconds, for a row timestamp."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest:09d}Z"
+
+
+def ids(response: Any) -> list[str]:
+    return [row["id"] for row in response.get_json()["data"]]
