@@ -88,7 +88,7 @@ def store(store_server: LoopbackStore) -> Iterator[LoopbackStore]:
     store_server.reset()
 
 
-def config_doc(store_url: str, db: Path, **sections: Any) -> dict[str, Any]:
+def config_doc(store_url: str, storage_url: str, **sections: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "upstream": {"url": store_url, "routes": ["/api/activities", "/api/other"],
                      "rows": "/data",
@@ -101,7 +101,7 @@ def config_doc(store_url: str, db: Path, **sections: Any) -> dict[str, Any]:
                              "hs256_secret_env": "VEIL_TEST_JWT_SECRET"},
                      "bootstrap_admins": [ADMIN]},
         "policy": {"engine": "embedded", "dir": str(POLICIES)},
-        "storage": {"url": f"sqlite:///{db}"},
+        "storage": {"url": storage_url},
     }
     for name, value in sections.items():
         if isinstance(value, dict) and isinstance(doc.get(name), dict):
@@ -111,19 +111,27 @@ def config_doc(store_url: str, db: Path, **sections: Any) -> dict[str, Any]:
     return doc
 
 
-def make_config(store_url: str, db: Path, **sections: Any) -> config_module.Config:
-    return config_module.from_dict(config_doc(store_url, db, **sections),
+def make_config(store_url: str, storage_url: str, **sections: Any) -> config_module.Config:
+    return config_module.from_dict(config_doc(store_url, storage_url, **sections),
                                    env={"VEIL_TEST_JWT_SECRET": SECRET})
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "veil.db"
+# Storage backends the storage and API suites run against. tests/postgres.py adds
+# "postgres" (a throw-away PostgreSQL cluster) when it is loaded.
+STORAGE_BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(params=STORAGE_BACKENDS)
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'veil.db'}"
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
 
 
 @pytest.fixture
-def app(store: LoopbackStore, db_path: Path) -> Iterator[Flask]:
-    application = create_app(make_config(store.url, db_path))
+def app(store: LoopbackStore, storage_url: str) -> Iterator[Flask]:
+    application = create_app(make_config(store.url, storage_url))
     yield application
     application.extensions["veil"].storage.close()
 
