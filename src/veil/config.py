@@ -138,8 +138,9 @@ def from_dict(
             raise ConfigError(f"{key_path}: environment variable {env_name} is not set or empty")
         return value
 
+    mode = identity.get("mode", "jwt")
     jwks = None
-    if "jwks_file" in jwt_doc:
+    if mode == "jwt" and "jwks_file" in jwt_doc:
         jwks_path = Path(jwt_doc["jwks_file"])
         if not jwks_path.is_absolute():
             jwks_path = base_dir / jwks_path
@@ -152,15 +153,17 @@ def from_dict(
         if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
             raise ConfigError(f"identity.jwt.jwks_file: {jwks_path} has no 'keys' array")
 
-    mode = identity.get("mode", "jwt")
-    hs256 = secret("identity.jwt.hs256_secret_env", jwt_doc.get("hs256_secret_env"))
+    # Only the active mode's secrets must be present.
+    hs256 = secret("identity.jwt.hs256_secret_env",
+                   jwt_doc.get("hs256_secret_env") if mode == "jwt" else None)
     if mode == "jwt":
         if hs256 is None and jwks is None:
             raise ConfigError("identity.jwt: set hs256_secret_env or jwks_file to verify tokens")
         for key in ("issuer", "audience"):
             if key not in jwt_doc:
                 raise ConfigError(f"identity.jwt.{key}: required key is missing in jwt mode")
-    shared = secret("identity.secret_env", identity.get("secret_env"))
+    shared = secret("identity.secret_env",
+                    identity.get("secret_env") if mode == "header" else None)
     if mode == "header" and shared is None:
         raise ConfigError("identity.secret_env: header mode needs a shared gateway secret")
 

@@ -74,6 +74,9 @@ class EmbeddedEngine:
         try:
             result = engine.eval_rule(DECISION)
         except RuntimeError as exc:
+            if "not a valid rule path" in str(exc):
+                raise PolicyError(f"{DECISION} is undefined: no policy in {self.directory} "
+                                  "defines it") from exc
             raise PolicyError(f"{DECISION} fails to evaluate: {first_line(exc)}") from exc
         if result is None:
             raise PolicyError(f"{DECISION} is undefined in {self.directory}")

@@ -1,0 +1,86 @@
+"""Configuration: a bad file stops start-up and names the bad key's path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import config_doc
+
+from veil import config as config_module
+from veil.errors import ConfigError
+
+ENV = {"VEIL_TEST_JWT_SECRET": "x" * 40}
+
+
+def base() -> dict:  # type: ignore[type-arg]
+    return config_doc("http://127.0.0.1:9000", "sqlite:///veil.db")
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d["upstream"].update(timeout_s="ten"), "upstream.timeout_s: 'ten' is not of type"),
+    (lambda d: d["upstream"].update(colour="blue"), "upstream.colour: unknown key"),
+    (lambda d: d.update(extra=1), "extra: unknown key"),
+    (lambda d: d["upstream"].pop("routes"), "upstream.routes: required key is missing"),
+    (lambda d: d["upstream"].update(routes=["api/no-slash"]), "upstream.routes.0:"),
+    (lambda d: d["policy"].update(engine="wasm"), "policy.engine:"),
+    (lambda d: d["identity"]["jwt"].pop("audience"), "identity.jwt.audience: required"),
+    (lambda d: d["identity"]["jwt"].update(hs256_secret_env="MISSING_VAR"),
+     "identity.jwt.hs256_secret_env: environment variable MISSING_VAR is not set"),
+    (lambda d: d["storage"].update(url="mysql://x"), "storage.url:"),
+    (lambda d: d["reveal"].update(session_ttl_s=0) if "reveal" in d else d.update(
+        reveal={"session_ttl_s": 0}), "reveal.session_ttl_s:"),
+], ids=["type", "unknown-key", "unknown-top-key", "missing", "route-pattern", "engine",
+        "jwt-audience", "secret-env", "storage-url", "ttl"])
+def test_bad_config_names_the_key(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+    doc = base()
+    mutate(doc)
+    with pytest.raises(ConfigError) as info:
+        config_module.from_dict(doc, env=ENV)
+    assert message in info.value.detail
+
+
+def test_defaults_and_relative_paths(tmp_path: Path) -> None:
+    doc = {"upstream": {"url": "http://127.0.0.1:9000/", "routes": ["/api/activities"]},
+           "identity": {"jwt": {"issuer": "i", "audience": "a", "hs256_secret_env": "S"}},
+           "storage": {"url": "sqlite:///data/veil.db"}, "policy": {"dir": "pol"}}
+    path = tmp_path / "veil.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    cfg = config_module.load(path, env={"S": "secret"})
+    assert cfg.upstream.url == "http://127.0.0.1:9000"
+    assert cfg.upstream.rows == "/data"
+    assert cfg.identity.principal_claims == ("upn", "preferred_username", "email")
+    assert cfg.reveal.session_ttl_s == 900 and cfg.reveal.require_justification
+    assert cfg.policy.engine == "embedded" and cfg.policy.dir == tmp_path / "pol"
+    assert cfg.storage.url == f"sqlite:///{tmp_path / 'data' / 'veil.db'}"
+    assert cfg.identity.jwt.hs256_secret == "secret"
+
+
+def test_config_is_frozen() -> None:
+    cfg = config_module.from_dict(base(), env=ENV)
+    with pytest.raises(AttributeError):
+        cfg.upstream.url = "http://elsewhere"  # type: ignore[misc]
+
+
+def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "veil.yaml"
+    path.write_text("upstream: [unclosed")
+    with pytest.raises(ConfigError) as info:
+        config_module.load(path)
+    assert "not valid YAML" in info.value.detail
+
+
+def test_veil_serve_refuses_a_bad_config(tmp_path: Path) -> None:
+    doc = base()
+    doc["server"] = {"port": "eighty"}
+    path = tmp_path / "veil.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = subprocess.run([sys.executable, "-m", "veil.cli", "serve", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, **ENV})
+    assert result.returncode == 2
+    assert "server.port: 'eighty' is not of type 'integer'" in result.stderr
