@@ -19,6 +19,8 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from veil import config as config_module
 from veil.app import create_app
 
+pytest_plugins = ["postgres"]  # tests/postgres.py: a throw-away PostgreSQL cluster
+
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
 SECRET = "test-secret-that-is-long-enough-for-hs256"
@@ -116,9 +118,9 @@ def make_config(store_url: str, storage_url: str, **sections: Any) -> config_mod
                                    env={"VEIL_TEST_JWT_SECRET": SECRET})
 
 
-# Storage backends the storage and API suites run against. tests/postgres.py adds
-# "postgres" (a throw-away PostgreSQL cluster) when it is loaded.
-STORAGE_BACKENDS = ["sqlite"]
+# Storage backends the storage and API suites run against. "postgres" is a fresh database on
+# the throw-away cluster of tests/postgres.py (skipped without PostgreSQL, failed under CI).
+STORAGE_BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=STORAGE_BACKENDS)

@@ -1,6 +1,21 @@
-"""Versioned schema migrations, written once in SQL that both SQLite and PostgreSQL accept."""
+"""Versioned schema migrations, written once in SQL that both SQLite and PostgreSQL accept.
+
+``migrate`` is the one runner both backends use. A backend adds only what its dialect needs
+beyond the shared SQL (PostgreSQL's trigger function, SQLite's trigger syntax) through
+``after_version`` (statements that belong to one version, run once with it) and
+``every_start`` (idempotent statements re-asserted at every start).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from veil.errors import StorageError
+
+if TYPE_CHECKING:
+    from veil.storage import Backend
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: management state, reveal sessions and the governance log
@@ -51,3 +66,33 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX governance_log_actor ON governance_log (actor)",
     ),
 )
+
+
+NOTHING: Mapping[int, Sequence[str]] = MappingProxyType({})
+
+
+def migrate(backend: Backend, where: str, *,
+            after_version: Mapping[int, Sequence[str]] = NOTHING,
+            every_start: Sequence[str] = ()) -> None:
+    """Bring the schema to the latest version in one write transaction.
+
+    Write transactions are serialized by the backend, so of several processes starting
+    together exactly one applies a version and the others find it applied.
+    """
+    with backend.transaction(write=True) as tx:
+        tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = tx.one("SELECT MAX(version) FROM schema_version")
+        current = int(row[0]) if row and row[0] is not None else 0
+        if current > len(MIGRATIONS):
+            raise StorageError(
+                f"{where} has schema version {current}, newer than this Veil "
+                f"({len(MIGRATIONS)}); upgrade Veil"
+            )
+        for version, statements in enumerate(MIGRATIONS, start=1):
+            if version <= current:
+                continue
+            for statement in (*statements, *after_version.get(version, ())):
+                tx.execute(statement)
+            tx.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        for statement in every_start:
+            tx.execute(statement)

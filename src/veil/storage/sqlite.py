@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from veil.errors import StorageError
-from veil.storage.migrations import MIGRATIONS
+from veil.storage.migrations import migrate
 
 APPEND_ONLY = (
     """CREATE TRIGGER IF NOT EXISTS governance_log_no_update BEFORE UPDATE ON governance_log
@@ -94,20 +94,4 @@ class SqliteBackend:
         self._drop()
 
     def _migrate(self) -> None:
-        with self.transaction(write=True) as tx:
-            tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = tx.one("SELECT MAX(version) FROM schema_version")
-            current = int(row[0]) if row and row[0] is not None else 0
-            if current > len(MIGRATIONS):
-                raise StorageError(
-                    f"{self.path} has schema version {current}, newer than this Veil "
-                    f"({len(MIGRATIONS)}); upgrade Veil"
-                )
-            for version, statements in enumerate(MIGRATIONS, start=1):
-                if version <= current:
-                    continue
-                for statement in statements:
-                    tx.execute(statement)
-                tx.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-            for statement in APPEND_ONLY:
-                tx.execute(statement)
+        migrate(self, str(self.path), every_start=APPEND_ONLY)
