@@ -77,17 +77,18 @@ else := [interval.start_ns, forever]
 
 actors_in_group("application") := {row.actor | some row in input.rows; row.actor_type == "application"}
 
-actors_in_group("external") := {row.actor |
-	some row in input.rows
-	row.actor_type == "user"
-	is_string(row.actor)
-	not is_managed(row.actor)
+actors_in_group("external") := {actor |
+	some actor in distinct_users
+	is_string(actor)
+	not is_managed(actor)
 }
 
-actors_in_group(group) := {actor |
-	some actor in distinct_actors
-	data.veil.groups[group].members[actor]
-} if not group in {"application", "external"}
+distinct_users := {row.actor | some row in input.rows; row.actor_type == "user"}
+
+actors_in_group(group) := {actor | some actor in distinct_actors; members[actor]} if {
+	not group in {"application", "external"}
+	members := data.veil.groups[group].members
+}
 
 # A user is managed when the domain of their UPN is a managed domain or a subdomain of one.
 is_managed(actor) if {
