@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ADMIN, auth
 from flask import Flask
 from flask.testing import FlaskClient
+
+from conftest import ADMIN, auth
 
 A = auth(ADMIN)
 

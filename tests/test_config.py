@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import config_doc
 
 from veil import config as config_module
 from veil.errors import ConfigError
+
+from conftest import config_doc
 
 ENV = {"VEIL_TEST_JWT_SECRET": "x" * 40}
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ADMIN, SECRET, auth, config_doc
 from flask import Flask
 from flask.testing import FlaskClient
 
 from veil import governance
+
+from conftest import ADMIN, SECRET, auth, config_doc
 
 A = auth(ADMIN)
 

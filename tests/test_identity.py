@@ -9,12 +9,13 @@ from pathlib import Path
 
 import jwt
 import pytest
-from conftest import ADMIN, AUDIENCE, ISSUER, SECRET, LoopbackStore, auth, make_config, token
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask.testing import FlaskClient
 
 from veil import config as config_module
 from veil.app import create_app
+
+from conftest import ADMIN, AUDIENCE, ISSUER, SECRET, LoopbackStore, auth, make_config, token
 
 USER = "bob@contoso.com"
 

@@ -8,13 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN, POLICIES, LoopbackStore, activity, auth, ids, iso, make_config
 from flask import Flask
 from flask.testing import FlaskClient
 
 from veil.app import create_app
 from veil.errors import PolicyError
 from veil.policy.embedded import EmbeddedEngine
+
+from conftest import ADMIN, POLICIES, LoopbackStore, activity, auth, ids, iso, make_config
 
 A = auth(ADMIN)
 HEADER = "\nimport rego.v1\n"

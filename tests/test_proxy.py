@@ -7,8 +7,9 @@ import json
 import time
 
 import pytest
-from conftest import ADMIN, LoopbackStore, activity, auth, ids, iso
 from flask.testing import FlaskClient
+
+from conftest import ADMIN, LoopbackStore, activity, auth, ids, iso
 
 USER = "bob@contoso.com"
 SEC = 1_000_000_000
@@ -159,9 +160,9 @@ def test_answer_without_hidden_rows_is_the_store_body(client: FlaskClient,
 
 
 def test_nested_rows_pointer(store: LoopbackStore, storage_url: str) -> None:
-    from conftest import make_config
-
     from veil.app import create_app
+
+    from conftest import make_config
 
     app = create_app(make_config(store.url, storage_url, upstream={"rows": "/result/items"}))
     store.state.body = json.dumps({"result": {"items": [
@@ -201,9 +202,9 @@ def test_no_hidden_row_count_leaks(client: FlaskClient, store: LoopbackStore) ->
 # ---- upstream faults ----------------------------------------------------------------------
 
 def test_store_down_is_502(store: LoopbackStore, storage_url: str) -> None:
-    from conftest import make_config
-
     from veil.app import create_app
+
+    from conftest import make_config
 
     app = create_app(make_config("http://127.0.0.1:9", storage_url))
     r = app.test_client().get("/api/activities", headers=auth(USER))

@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN, LoopbackStore, activity, auth, ids, iso, make_config
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from veil.app import create_app
+
+from conftest import ADMIN, LoopbackStore, activity, auth, ids, iso, make_config
 
 A = auth(ADMIN)
 ANN = "ann@contoso.com"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+
 from conftest import ADMIN, SECRET, LoopbackStore, activity, auth, config_doc, iso
 
 SEC = 1_000_000_000
