@@ -127,5 +127,6 @@ def test_openapi_documents_every_route(app: Flask, client: FlaskClient) -> None:
             assert (path, method.lower()) in documented, f"{method} {path} is not documented"
     for route in app.extensions["veil"].config.upstream.routes:
         assert (route, "get") in documented
+    assert doc["paths"]["/healthz"]["get"]["security"] == []
     for name, schema in doc["components"]["schemas"].items():
         assert schema["type"] == "object", name

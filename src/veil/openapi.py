@@ -131,6 +131,8 @@ def document(routes: tuple[str, ...]) -> dict[str, Any]:
             "responses": {"200": {"description": "the store's answer without private rows"},
                           "401": PROBLEM, "403": PROBLEM, "502": PROBLEM, "503": PROBLEM,
                           "504": PROBLEM}}}
+    for open_path in ("/healthz", "/readyz", "/metrics"):
+        paths[open_path]["get"]["security"] = []  # no identity needed
     return {
         "openapi": "3.1.0",
         "info": {"title": "Veil", "version": __version__,
