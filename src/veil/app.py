@@ -66,6 +66,10 @@ def create_app(config: Config, *, storage: Storage | None = None,
         auth=Authenticator(config.identity), metrics=metrics,
         query=QueryService(config, upstream, engine, storage, metrics),
     )
+    try:  # data.veil into the engine now (for OPA: data, then policies), not at the first query
+        engine.sync(storage.state_version(), lambda: storage.policy_data(config.managed_domains))
+    except VeilError as exc:
+        log.warning("policy state not loaded at start-up; retried at each query: %s", exc.detail)
 
     from veil import api, health, openapi, proxy
 

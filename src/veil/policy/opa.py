@@ -1,0 +1,361 @@
+"""The ``opa`` engine: a real Open Policy Agent server, reached with opa-python-client.
+
+Veil loads its policy files into OPA (Policy API) and keeps ``data.veil`` there current
+(Data API), then asks ``POST /v1/data/veil/privacy/decision`` once per upstream answer. In
+bundle mode (``policy.opa_bundle``) the policies come from OPA's own configuration (a bundle,
+or files given to ``opa run``) and Veil only checks that they answer; it still writes the
+state admins manage to ``data.veil`` (the bundle must leave those paths to it: roots such as
+``["veil/privacy"]``, never ``"veil"`` or the whole tree).
+
+Two invariants keep a decision from ever being made on policies without their data:
+data is always written before policies, and in bundle mode (where OPA brings policies back by
+itself after a restart) every answer first checks that OPA still holds the current data
+version. Any failure (unreachable, slow, an error answer, an undefined decision) raises
+PolicyError, which Veil reads as "every row private, no reveal".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import requests
+from opa_client import OpaClient
+from opa_client.errors import (
+    DeletePolicyError,
+    PatchDataError,
+    PolicyNotFoundError,
+    RegoParseError,
+    TypeException,
+)
+
+from veil.errors import PolicyError
+from veil.policy import DataLoader, PolicyModule, load_modules
+from veil.policy.embedded import new_engine, refers_to_raw
+
+log = logging.getLogger("veil.policy.opa")
+
+DECISION_PATH = "veil/privacy/decision"
+DATA_ROOT = "veil"
+VERSION_KEY = "state_version"  # beside the state in data.veil: which state version OPA holds
+POLICY_ID_PREFIX = "veil/"  # Veil's modules in OPA are "veil/<path under the policy dir>"
+MAX_PUSHES = 5
+
+# Evaluated by the readiness check and after (re)loading: no rows, no reveal.
+PROBE_INPUT = orjson.dumps({"input": {"caller": "", "request": {}, "reveal_session_id": None,
+                                      "session": None, "now_ns": 0, "rows": []}})
+
+# What the client library raises besides requests' own exceptions.
+CLIENT_ERRORS = (requests.RequestException, ValueError, DeletePolicyError, PatchDataError,
+                 PolicyNotFoundError, RegoParseError, TypeException)
+
+
+class PolicyRejected(PolicyError):
+    """OPA refuses a policy module (it does not parse or compile there)."""
+
+
+class Undefined:
+    """OPA answered, but the decision is undefined (``{}`` without ``result``)."""
+
+
+UNDEFINED = Undefined()
+
+
+class VeilOpaClient(OpaClient):  # type: ignore[misc]
+    """opa-python-client, plus a decision query whose input is already encoded JSON.
+
+    ``OpaClient.query_rule`` takes a dict and encodes it with the standard library; Veil's
+    input is encoded once with orjson, so it is posted as it is, over the client's session.
+    """
+
+    def post_data(self, path: str, body: bytes) -> requests.Response:
+        response: requests.Response = self._session.post(
+            f"{self.root_url}/data/{path}", data=body,
+            headers={"Content-Type": "application/json"}, timeout=self.timeout)
+        return response
+
+    def policy_ids(self) -> list[str]:
+        """The ids of the modules OPA holds (``GET /v1/policies``; the library's own list asks
+        ``/v1/policies/``, which OPA 1.x routes to the policy with the empty id)."""
+        response = self._session.get(f"{self.root_url}/policies", timeout=self.timeout)
+        response.raise_for_status()
+        listed = response.json().get("result") or []
+        return [p["id"] for p in listed if isinstance(p, dict) and isinstance(p.get("id"), str)]
+
+
+def client_for(opa_url: str, timeout_s: float) -> VeilOpaClient:
+    """A client for ``policy.opa_url``; no retries inside the client: Veil decides."""
+    parts = urlsplit(opa_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PolicyError(f"policy.opa_url: {opa_url!r} is not an http(s) URL")
+    if parts.path not in ("", "/") or parts.query:
+        raise PolicyError(f"policy.opa_url: {opa_url!r} has a path; give OPA's root URL "
+                          "(scheme, host and port), e.g. http://127.0.0.1:8181")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return VeilOpaClient(host=host, port=port, ssl=parts.scheme == "https", timeout=timeout_s,
+                         retries=0)
+
+
+def policy_id(directory: Path, module: PolicyModule) -> str:
+    return POLICY_ID_PREFIX + module.path.relative_to(directory).as_posix()
+
+
+class OpaEngine:
+    """Evaluates the decision in an OPA server, keeping Veil's policies and data.veil there."""
+
+    name = "opa"
+
+    def __init__(self, directory: Path, opa_url: str, timeout_s: float = 2.0,
+                 bundle: bool = False) -> None:
+        self.directory = directory
+        self.opa_url = opa_url
+        self.timeout_s = timeout_s
+        self.bundle = bundle
+        self._client = client_for(opa_url, timeout_s)
+        if bundle:
+            # The bundle can change under Veil at any time: always send each row's raw JSON,
+            # so a rule about raw never sees it missing.
+            self._modules: list[PolicyModule] = []
+            self.needs_raw = True
+        else:
+            # Parsed here too, so a broken policy stops start-up as it does with `embedded`.
+            self._modules = [m for m in load_modules(directory) if not m.is_test]
+            self.needs_raw = refers_to_raw(new_engine(self._modules))
+        self._lock = threading.RLock()
+        self._load: DataLoader | None = None
+        self._synced_version = -1  # the data version OPA holds for sure; -1: unknown
+        self._policies_loaded = False
+        self._generation = 0  # counts reloads, so concurrent failures reload once
+
+    # ---- the Engine protocol ---------------------------------------------------------
+
+    def sync(self, version: int, load: DataLoader) -> None:
+        self._load = load
+        if not self.bundle and version == self._synced_version and self._policies_loaded:
+            return
+        with self._lock:
+            try:
+                if self.bundle:
+                    held = self._held_version()
+                    if held == version:
+                        self._synced_version = version
+                        return
+                elif version == self._synced_version and self._policies_loaded:
+                    return
+                self._push_data(load)
+                if not self.bundle and not self._policies_loaded:
+                    self._load_policies()
+            except PolicyError:
+                self._synced_version = -1
+                raise
+
+    def evaluate(self, input_json: bytes) -> Any:
+        if self._synced_version < 0:
+            raise PolicyError("OPA does not hold Veil's current data.veil (see the log)")
+        body = b'{"input":' + input_json + b"}"
+        generation = self._generation
+        result = self._post_decision(body)
+        if result is UNDEFINED:
+            log.warning("data.veil.privacy.decision is undefined in OPA at %s; loading Veil's "
+                        "%s again and retrying once", self.opa_url,
+                        "data" if self.bundle else "data and policies")
+            self._reload(generation)
+            result = self._post_decision(body)
+            if result is UNDEFINED:
+                raise PolicyError(self._undefined_detail())
+        return result
+
+    def ready(self) -> bool:
+        """OPA is healthy and answers the decision with Veil's current data loaded.
+
+        A readiness probe also repairs: OPA that lost Veil's state gets it back here, even
+        when no query comes.
+        """
+        if not self._client.check_health(query={"bundles": True} if self.bundle else None):
+            return False
+        try:
+            stale = self._synced_version < 0 or (
+                self.bundle and self._held_version() != self._synced_version)
+            if stale:
+                if self._load is None:
+                    return False
+                self._reload(self._generation)
+            generation = self._generation
+            result = self._post_decision(PROBE_INPUT)
+            if result is UNDEFINED and self._load is not None:
+                self._reload(generation)
+                result = self._post_decision(PROBE_INPUT)
+        except PolicyError as exc:
+            log.warning("OPA engine not ready: %s", exc.detail)
+            return False
+        return isinstance(result, dict)
+
+    def close(self) -> None:
+        self._client.close_connection()
+
+    # ---- talking to OPA --------------------------------------------------------------
+
+    def _post_decision(self, body: bytes) -> Any:
+        """The decision's value, or UNDEFINED; PolicyError when OPA does not answer well."""
+        try:
+            response = self._client.post_data(DECISION_PATH, body)
+        except requests.Timeout as exc:
+            raise PolicyError(f"OPA at {self.opa_url} did not answer within "
+                              f"{self.timeout_s:g} s") from exc
+        except requests.RequestException as exc:
+            raise PolicyError(f"OPA at {self.opa_url} is unreachable: "
+                              f"{type(exc).__name__}") from exc
+        if response.status_code != 200:
+            raise PolicyError(f"OPA answered {response.status_code} to the decision query: "
+                              f"{_message(response)}")
+        try:
+            document = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            raise PolicyError("OPA answered the decision query with a body that is not "
+                              "JSON") from exc
+        if not isinstance(document, dict):
+            raise PolicyError("OPA answered the decision query with a body that is not an "
+                              "object")
+        return document.get("result", UNDEFINED)
+
+    def _held_version(self) -> int | None:
+        """The state version in OPA's data.veil, or None when OPA holds none."""
+        try:
+            body = self._client.get_data(f"{DATA_ROOT}/{VERSION_KEY}")
+        except PolicyNotFoundError:
+            return None
+        except CLIENT_ERRORS as exc:
+            raise _translate(exc, self.opa_url, "reading data.veil") from exc
+        value = body.get("result")
+        return value if type(value) is int else None
+
+    def _reload(self, generation: int) -> None:
+        """After OPA lost Veil's state: data first, then policies; once for many callers."""
+        with self._lock:
+            if generation != self._generation:
+                return  # another thread reloaded since this one's failed query
+            self._generation += 1
+            self._policies_loaded = False
+            if self._load is None:
+                raise PolicyError("OPA lost Veil's state and no data is known yet to load")
+            try:
+                self._push_data(self._load)
+                if not self.bundle:
+                    self._load_policies()
+            except PolicyError:
+                self._synced_version = -1
+                raise
+
+    def _push_data(self, load: DataLoader) -> None:
+        """Write data.veil, again until the state read after a write is the one written.
+
+        Several Veil processes share one OPA: a process that read the state just before a
+        change can write it just after another wrote the change. Reading the state again after
+        each write, and writing again when it moved on, leaves OPA with the newest state.
+        """
+        version, data = load()
+        for _ in range(MAX_PUSHES):
+            self._write_data(version, data)
+            latest, latest_data = load()
+            if latest == version:
+                break
+            version, data = latest, latest_data
+        self._synced_version = version
+        log.info("data.veil (state version %d) written to OPA at %s", version, self.opa_url)
+
+    def _write_data(self, version: int, data: dict[str, Any]) -> None:
+        """One atomic JSON Patch of data.veil's keys; it leaves data.veil.privacy alone."""
+        ops = [{"op": "add", "path": f"/{key}", "value": value} for key, value in data.items()]
+        ops.append({"op": "add", "path": f"/{VERSION_KEY}", "value": version})
+        try:
+            try:
+                self._client.patch_data(DATA_ROOT, ops)
+            except PatchDataError as exc:
+                if exc.expression != "resource_not_found":
+                    raise
+                # A fresh OPA has no data.veil yet: writing one key creates it.
+                self._client.update_or_create_data({}, f"{DATA_ROOT}/{next(iter(data), 'groups')}")
+                self._client.patch_data(DATA_ROOT, ops)
+        except CLIENT_ERRORS as exc:
+            raise _translate(exc, self.opa_url, "writing data.veil") from exc
+
+    def _load_policies(self) -> None:
+        """PUT every policy file; drop Veil's modules whose file is gone."""
+        modules = [(policy_id(self.directory, m), m) for m in self._modules]
+        try:
+            held = [i for i in self._client.policy_ids()
+                    if i.startswith(POLICY_ID_PREFIX)]
+        except CLIENT_ERRORS as exc:
+            raise _translate(exc, self.opa_url, "listing policies") from exc
+        stale = sorted(set(held) - {module_id for module_id, _ in modules})
+        try:
+            self._put_policies(modules)
+        except PolicyRejected:
+            if not stale:
+                raise
+            # A rule that moved between files conflicts with its stale copy: drop those first.
+            self._delete_policies(stale)
+            stale = []
+            self._put_policies(modules)
+        self._delete_policies(stale)
+        self._policies_loaded = True
+        log.info("%d policy module(s) from %s loaded into OPA at %s", len(modules),
+                 self.directory, self.opa_url)
+
+    def _put_policies(self, modules: Iterable[tuple[str, PolicyModule]]) -> None:
+        for module_id, module in modules:
+            try:
+                self._client.update_policy_from_string(module.text, module_id, rego_compat=False)
+            except RegoParseError as exc:
+                raise PolicyRejected(f"OPA at {self.opa_url} rejects policy {module.path}: "
+                                     f"{exc}") from exc
+            except CLIENT_ERRORS as exc:
+                raise _translate(exc, self.opa_url, f"loading policy {module_id}") from exc
+
+    def _delete_policies(self, module_ids: Iterable[str]) -> None:
+        for module_id in module_ids:
+            try:
+                self._client.delete_policy(module_id)
+            except CLIENT_ERRORS as exc:
+                raise _translate(exc, self.opa_url, f"removing stale policy {module_id}") \
+                    from exc
+            log.info("removed stale policy module %s from OPA", module_id)
+
+    def _undefined_detail(self) -> str:
+        if self.bundle:
+            return (f"data.veil.privacy.decision is undefined in OPA at {self.opa_url}: is the "
+                    "bundle with Veil's policies activated?")
+        return (f"data.veil.privacy.decision is still undefined in OPA at {self.opa_url} "
+                "after loading Veil's policies and data again")
+
+
+def _message(response: requests.Response) -> str:
+    """OPA's error message (``{"code", "message"}``), or the start of the body."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return response.text[:200] or response.reason or "no body"
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return f"{body.get('code', 'error')}: {body['message']}"
+    return response.text[:200]
+
+
+def _translate(exc: Exception, opa_url: str, doing: str) -> PolicyError:
+    if isinstance(exc, requests.Timeout):
+        return PolicyError(f"OPA at {opa_url} timed out {doing}")
+    if isinstance(exc, requests.RequestException) and not isinstance(exc, ValueError):
+        return PolicyError(f"OPA at {opa_url} is unreachable ({doing}): {type(exc).__name__}")
+    detail = getattr(exc, "message", None) or str(exc)
+    code = getattr(exc, "expression", None)
+    hint = ""
+    if isinstance(detail, str) and "owned by bundle" in detail:
+        hint = (" (the bundle owns data.veil: give the bundle's .manifest roots that leave "
+                "Veil's state to Veil, e.g. [\"veil/privacy\"])")
+    return PolicyError(f"OPA at {opa_url} failed {doing}: "
+                       f"{f'{code}: ' if code else ''}{detail}{hint}")

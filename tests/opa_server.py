@@ -1,0 +1,409 @@
+"""A stand-in for an OPA server in the tests: OPA's Policy and Data API on top of regorus.
+
+No OPA binary can be installed on these machines, so this implements, over real HTTP on
+127.0.0.1, the part of OPA's REST API that Veil uses, with OPA's status codes and error bodies:
+
+    GET /health[?bundles]                         200 {} (500 while a bundle is not activated)
+    GET /v1/policies · GET|PUT|DELETE /v1/policies/{id}
+    GET|POST|PUT|PATCH|DELETE /v1/data/{path}     POST evaluates with {"input": ...}
+
+It can stand for a server started with a bundle (policies it owns and its roots, which the
+Policy and Data API may not write), be restarted (it loses every policy and document it was
+given, as OPA does) and stopped. Each served request is recorded for assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import regorus
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MISSING = object()
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+class OpaHttpError(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+@dataclass
+class Bundle:
+    """What a bundle would hold: policy modules by id, and the roots it owns."""
+
+    modules: dict[str, str]
+    roots: tuple[str, ...] = ("veil/privacy",)
+    activated: bool = True
+
+
+@dataclass
+class OpaState:
+    policies: dict[str, str] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    generation: int = 0
+
+
+def bundle_from(directory: Path, roots: Iterable[str] = ("veil/privacy",)) -> Bundle:
+    """A bundle of every non-test ``.rego`` file under ``directory``, as ``opa build`` makes."""
+    modules = {f"bundle/{p.relative_to(directory).as_posix()}": p.read_text("utf-8")
+               for p in sorted(directory.rglob("*.rego")) if not p.name.endswith("_test.rego")}
+    return Bundle(modules, tuple(roots))
+
+
+def segments(path: str) -> list[str]:
+    return [s for s in path.strip("/").split("/") if s]
+
+
+def rego_ref(parts: list[str]) -> str:
+    ref = "data"
+    for part in parts:
+        ref += f".{part}" if IDENTIFIER.match(part) else f"[{json.dumps(part)}]"
+    return ref
+
+
+def package_path(text: str) -> list[str]:
+    match = re.search(r"^\s*package\s+([A-Za-z0-9_.]+)", text, re.MULTILINE)
+    return match.group(1).split(".") if match else []
+
+
+def overlaps(path: list[str], root: list[str]) -> bool:
+    """OPA's isPathOwned: one path is a prefix of the other."""
+    return all(a == b for a, b in zip(path, root, strict=False))
+
+
+class FakeOpa:
+    """The OPA REST API on 127.0.0.1 in a thread (one request at a time, like a small OPA)."""
+
+    def __init__(self, bundle: Bundle | None = None) -> None:
+        self.bundle = bundle
+        self.state = OpaState()
+        self.requests: list[tuple[str, str]] = []
+        self.decision_delay_s = 0.0
+        self._lock = threading.Lock()
+        self._local = threading.local()  # the regorus engine of the serving thread
+        self._server: BaseWSGIServer | None = None
+        self.port = 0
+        self._activate_bundle()
+        self.start()
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Listen (again) on the same port."""
+        server = make_server("127.0.0.1", self.port, self._wsgi, threaded=False,
+                             request_handler=QuietHandler)
+        self.port = server.server_port
+        self._server = server
+        threading.Thread(target=self._serve, args=(server,), daemon=True,
+                         name=f"fake-opa-{self.port}").start()
+
+    def _serve(self, server: BaseWSGIServer) -> None:
+        try:
+            server.serve_forever()
+        finally:
+            self._local.engine = None  # a regorus engine must be dropped by its own thread
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def restart(self) -> None:
+        """Stop, forget every policy and document (as an OPA process does), start again."""
+        self.stop()
+        self.reset()
+        self.start()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.state = OpaState(generation=self.state.generation + 1)
+            self.requests = []
+            self.decision_delay_s = 0.0
+        self._activate_bundle()
+
+    def _activate_bundle(self) -> None:
+        if self.bundle is not None and self.bundle.activated:
+            with self._lock:
+                self.state.policies.update(self.bundle.modules)
+                self.state.generation += 1
+
+    # ---- what tests look at -------------------------------------------------------------
+
+    def policy_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self.state.policies)
+
+    def document(self, path: str = "") -> Any:
+        """A base document (what was written through the Data API), or None."""
+        with self._lock:
+            node: Any = self.state.data
+            for part in segments(path):
+                if not isinstance(node, dict) or part not in node:
+                    return None
+                node = node[part]
+            return json.loads(json.dumps(node))
+
+    def calls(self, method: str, prefix: str = "") -> int:
+        return sum(1 for m, p in self.requests if m == method and p.startswith(prefix))
+
+    # ---- the HTTP API -------------------------------------------------------------------
+
+    def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        self.requests.append((request.method, request.path))
+        try:
+            response = self._route(request)
+        except OpaHttpError as exc:
+            body = {"code": exc.code, "message": exc.message, **exc.extra}
+            response = Response(json.dumps(body) + "\n", status=exc.status,
+                                content_type="application/json")
+        return response(environ, start_response)
+
+    def _route(self, request: Request) -> Response:
+        path, method = request.path, request.method
+        if path == "/health" and method == "GET":
+            if "bundles" in request.args and self.bundle is not None \
+                    and not self.bundle.activated:
+                return _json({"error": "one or more bundles are not activated"}, 500)
+            return _json({})
+        if path == "/v1/policies" and method == "GET":
+            with self._lock:
+                listed = [{"id": i, "raw": raw, "ast": {}}
+                          for i, raw in sorted(self.state.policies.items())]
+            return _json({"result": listed})
+        if path.startswith("/v1/policies/"):
+            module_id = path[len("/v1/policies/"):]
+            if method == "GET":
+                return self._policy_get(module_id)
+            if method == "PUT":
+                return self._policy_put(module_id, request.get_data(as_text=True))
+            if method == "DELETE":
+                return self._policy_delete(module_id)
+        if path == "/v1/data" or path.startswith("/v1/data/"):
+            parts = segments(path[len("/v1/data"):])
+            if method == "GET":
+                return self._evaluate(parts, MISSING, warn=False)
+            if method == "POST":
+                return self._data_post(parts, request.get_data())
+            if method == "PUT":
+                return self._data_put(parts, _body(request),
+                                      request.headers.get("If-None-Match") == "*")
+            if method == "PATCH":
+                return self._data_patch(parts, _body(request))
+            if method == "DELETE":
+                return self._data_delete(parts)
+        return Response(status=405 if path.startswith("/v1/") else 404)
+
+    def _policy_get(self, module_id: str) -> Response:
+        with self._lock:
+            raw = self.state.policies.get(module_id)
+        if raw is None:
+            raise OpaHttpError(404, "resource_not_found",
+                               f'storage_not_found_error: policy id "{module_id}"')
+        return _json({"result": {"id": module_id, "raw": raw, "ast": {}}})
+
+    def _policy_put(self, module_id: str, text: str) -> Response:
+        with self._lock:
+            self._check_module_scope(module_id, text)
+            modules = {**self.state.policies, module_id: text}
+            errors = _compile_errors(modules)
+            if errors:
+                raise OpaHttpError(400, "invalid_parameter",
+                                   "error(s) occurred while compiling module(s)",
+                                   errors=errors)
+            if self.state.policies.get(module_id) != text:
+                self.state.policies[module_id] = text
+                self.state.generation += 1
+        return _json({})
+
+    def _policy_delete(self, module_id: str) -> Response:
+        with self._lock:
+            if module_id not in self.state.policies:
+                raise OpaHttpError(404, "resource_not_found",
+                                   f'storage_not_found_error: policy id "{module_id}"')
+            self._check_module_scope(module_id, self.state.policies[module_id])
+            del self.state.policies[module_id]
+            self.state.generation += 1
+        return _json({})
+
+    def _check_module_scope(self, module_id: str, text: str) -> None:
+        if self.bundle is None:
+            return
+        if module_id in self.bundle.modules:
+            raise OpaHttpError(400, "invalid_parameter",
+                               f"path {module_id} is owned by bundle \"bundle\"")
+        self._check_scope(package_path(text))
+
+    def _check_scope(self, path: list[str]) -> None:
+        if self.bundle is None:
+            return
+        for root in self.bundle.roots:
+            if root == "" or overlaps(path, segments(root)):
+                raise OpaHttpError(400, "invalid_parameter",
+                                   f"path {'/'.join(path)} is owned by bundle \"bundle\"")
+
+    def _data_post(self, parts: list[str], raw: bytes) -> Response:
+        try:
+            request = json.loads(raw) if raw.strip() else {}
+        except ValueError as exc:
+            raise OpaHttpError(400, "invalid_parameter",
+                               f"body contains malformed input document: {exc}") from exc
+        if self.decision_delay_s:
+            time.sleep(self.decision_delay_s)
+        return self._evaluate(parts, request.get("input", MISSING)
+                              if isinstance(request, dict) else MISSING, warn=True)
+
+    def _evaluate(self, parts: list[str], input_document: Any, warn: bool) -> Response:
+        engine = self._engine()
+        if input_document is not MISSING:
+            engine.set_input_json(json.dumps(input_document))
+        try:
+            answer = json.loads(engine.eval_query_as_json(rego_ref(parts)))
+        except (RuntimeError, ValueError) as exc:
+            message = str(exc).split("\nStack backtrace:")[0].strip()
+            raise OpaHttpError(500, "internal_error",
+                               "error(s) occurred while evaluating query",
+                               errors=[{"code": "eval_error", "message": message}]) from exc
+        body: dict[str, Any] = {}
+        results = answer.get("result") or []
+        if results:
+            body["result"] = results[0]["expressions"][0]["value"]
+        if input_document is MISSING and warn:
+            body["warning"] = {"code": "api_usage_warning",
+                               "message": "'input' key missing from the request"}
+        return _json(body)
+
+    def _engine(self) -> Any:
+        """A regorus engine with the current policies and data (built in the serving thread,
+        cloned per request so no input stays behind)."""
+        with self._lock:
+            generation = self.state.generation
+            cached = getattr(self._local, "engine", None)
+            if cached is None or cached[0] != generation:
+                engine = regorus.Engine()
+                for module_id, text in sorted(self.state.policies.items()):
+                    engine.add_policy(module_id, text)
+                engine.add_data_json(json.dumps(self.state.data))
+                self._local.engine = cached = (generation, engine)
+        return cached[1].clone()
+
+    def _data_put(self, parts: list[str], value: Any, if_none_match: bool) -> Response:
+        with self._lock:
+            self._check_path(parts)
+            if not parts:
+                if not isinstance(value, dict):
+                    raise OpaHttpError(400, "invalid_parameter",
+                                       "root document must be an object")
+                self.state.data = value
+            else:
+                parent = self.state.data
+                for part in parts[:-1]:
+                    child = parent.setdefault(part, {})
+                    if not isinstance(child, dict):
+                        raise OpaHttpError(404, "resource_not_found",
+                                           f"storage_not_found_error: /{'/'.join(parts)}: "
+                                           "document missing")
+                    parent = child
+                if if_none_match and parts[-1] in parent:
+                    return Response(status=304)
+                parent[parts[-1]] = value
+            self.state.generation += 1
+        return Response(status=204)
+
+    def _check_path(self, parts: list[str]) -> None:
+        if parts:
+            self._check_scope(parts)
+        elif self.bundle is not None:
+            raise OpaHttpError(400, "invalid_parameter",
+                               "can't write to document root with bundle roots configured")
+
+    def _data_patch(self, parts: list[str], ops: Any) -> Response:
+        if not isinstance(ops, list):
+            raise OpaHttpError(400, "invalid_parameter", "patch body must be an array")
+        with self._lock:
+            data = json.loads(json.dumps(self.state.data))  # all or nothing
+            for op in ops:
+                target = parts + segments(op.get("path", ""))
+                self._check_path(target)
+                if op.get("op") not in ("add", "remove", "replace"):
+                    raise OpaHttpError(400, "invalid_parameter",
+                                       f"bad patch operation: {op.get('op')}")
+                parent: Any = data
+                for part in target[:-1]:
+                    if not isinstance(parent, dict) or part not in parent:
+                        raise OpaHttpError(404, "resource_not_found",
+                                           f"storage_not_found_error: /{'/'.join(target)}: "
+                                           "document missing")
+                    parent = parent[part]
+                if not isinstance(parent, dict):
+                    raise OpaHttpError(404, "resource_not_found",
+                                       f"storage_not_found_error: /{'/'.join(target)}")
+                key = target[-1]
+                if op["op"] in ("remove", "replace") and key not in parent:
+                    raise OpaHttpError(404, "resource_not_found",
+                                       f"storage_not_found_error: /{'/'.join(target)}: "
+                                       "document missing")
+                if op["op"] == "remove":
+                    del parent[key]
+                else:
+                    parent[key] = op.get("value")
+            self.state.data = data
+            self.state.generation += 1
+        return Response(status=204)
+
+    def _data_delete(self, parts: list[str]) -> Response:
+        with self._lock:
+            self._check_path(parts)
+            parent: Any = self.state.data
+            for part in parts[:-1]:
+                parent = parent.get(part) if isinstance(parent, dict) else None
+            if not parts or not isinstance(parent, dict) or parts[-1] not in parent:
+                raise OpaHttpError(404, "resource_not_found",
+                                   f"storage_not_found_error: /{'/'.join(parts)}: "
+                                   "document missing")
+            del parent[parts[-1]]
+            self.state.generation += 1
+        return Response(status=204)
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body) + "\n", status=status, content_type="application/json")
+
+
+def _body(request: Request) -> Any:
+    try:
+        return json.loads(request.get_data() or b"null")
+    except ValueError as exc:
+        raise OpaHttpError(400, "invalid_parameter", str(exc)) from exc
+
+
+def _compile_errors(modules: dict[str, str]) -> list[dict[str, Any]]:
+    engine = regorus.Engine()
+    for module_id, text in sorted(modules.items()):
+        try:
+            engine.add_policy(module_id, text)
+        except RuntimeError as exc:
+            message = str(exc).split("\nStack backtrace:")[0].strip()
+            return [{"code": "rego_parse_error", "message": message,
+                     "location": {"file": module_id}}]
+    return []
