@@ -1,0 +1,329 @@
+"""``veil demo``: the demo store and Veil in front of it, on loopback servers in one process.
+
+Veil runs here on werkzeug's threaded server, which is simple to start and stop in-process;
+``veil serve`` (gunicorn) is how Veil runs in production, on the same app and configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import requests
+import yaml
+from flask import Flask
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from veil import config as config_module
+from veil.demo import walkthrough
+from veil.demo.store import DOMAIN, PERSONAS, Directory, create_store_app
+from veil.errors import VeilError
+
+SECRET_ENV = "VEIL_DEMO_JWT_SECRET"
+ISSUER = "https://idp.veil-demo.local"
+AUDIENCE = "veil"
+ADMIN = PERSONAS[0][0]  # alice@contoso.com, the security admin
+PLAIN_USER = PERSONAS[1][0]  # bob@contoso.com, in sales
+TOKEN_TTL_S = 30 * 86400
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080  # 0: any free port
+    store_port: int = 9000  # 0: any free port
+    data_dir: Path | None = None  # None: a new temporary directory
+    policy_dir: Path | None = None  # None: ./policies, else the repository's policies
+    seed: int = 7
+    rate_per_minute: float = 60.0  # activities a minute in business hours
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """The store's requests are not logged: the terminal shows Veil's."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+def default_policy_dir() -> Path:
+    """./policies when it holds policies, else the policies of the repository Veil runs from."""
+    here = Path.cwd() / "policies"
+    if here.is_dir() and any(here.rglob("*.rego")):
+        return here
+    repository = Path(__file__).resolve().parents[3] / "policies"
+    if repository.is_dir():
+        return repository
+    raise VeilError("no policy directory: run from a directory with policies/ or give "
+                    "--policy-dir")
+
+
+def demo_secret(data_dir: Path) -> str:
+    """The HS256 secret: $VEIL_DEMO_JWT_SECRET, else the one kept in the data directory (so
+    tokens printed by an earlier run on it still work), else a new one kept there."""
+    from_env = os.environ.get(SECRET_ENV)
+    if from_env:
+        return from_env
+    kept = data_dir / "jwt-secret"
+    if kept.is_file():
+        return kept.read_text("utf-8").strip()
+    secret = secrets.token_urlsafe(32)
+    kept.touch(mode=0o600)
+    kept.write_text(secret + "\n", "utf-8")
+    return secret
+
+
+def mint(principal: str, secret: str, ttl_s: int = TOKEN_TTL_S) -> str:
+    """A token the demo's Veil accepts."""
+    now = int(time.time())
+    return jwt.encode({"upn": principal, "iss": ISSUER, "aud": AUDIENCE, "iat": now,
+                       "exp": now + ttl_s}, secret, algorithm="HS256")
+
+
+def url_host(host: str) -> str:
+    """The address to connect to for a bind address."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def config_document(store_url: str, host: str, port: int, policy_dir: Path,
+                    database: Path) -> dict[str, Any]:
+    return {
+        "upstream": {
+            "url": store_url,
+            "routes": ["/api/activities"],
+            "rows": "/data",
+            "fields": {"id": "/id", "actor": "/user", "actor_type": "/actorType",
+                       "timestamp": "/timestamp"},
+            "timeout_s": 10,
+        },
+        "organization": {"managed_domains": [DOMAIN]},
+        "identity": {
+            "mode": "jwt",
+            "jwt": {"issuer": ISSUER, "audience": AUDIENCE, "hs256_secret_env": SECRET_ENV},
+            "bootstrap_admins": [ADMIN],
+        },
+        "policy": {"engine": "embedded", "dir": str(policy_dir)},
+        "server": {"host": host, "port": port},
+        "storage": {"url": f"sqlite:///{database}"},
+        "reveal": {"session_ttl_s": 900, "require_justification": True},
+    }
+
+
+class Demo:
+    """The demo store and Veil, running on real loopback servers until ``stop()``."""
+
+    def __init__(self, settings: DemoSettings, secret: str | None = None) -> None:
+        self.settings = settings
+        self.data_dir = (settings.data_dir or Path(tempfile.mkdtemp(prefix="veil-demo-")))
+        self.data_dir = self.data_dir.resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.secret = secret or demo_secret(self.data_dir)
+        self.policy_dir = (settings.policy_dir or default_policy_dir()).resolve()
+        self.directory = Directory.generate(settings.seed)
+        self.config_path = self.data_dir / "veil.yaml"
+        self.admin_token = mint(ADMIN, self.secret)
+        self.user_token = mint(PLAIN_USER, self.secret)
+        self.groups: list[dict[str, Any]] = []
+        self._servers: list[BaseWSGIServer] = []
+        self._threads: list[threading.Thread] = []
+        self._veil: Flask | None = None
+        self.store_url = ""
+        self.veil_url = ""
+
+    def start(self) -> None:
+        """Start the store, then Veil in front of it, then import the store's departments."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        s = self.settings
+        store = create_store_app(seed=s.seed, rate_per_minute=s.rate_per_minute,
+                                 directory=self.directory)
+        store_server = self._serve(store, s.store_port, "store", _QuietHandler)
+        self.store_url = f"http://{url_host(s.host)}:{store_server.server_port}"
+
+        # Veil's server binds before the app exists, so its configuration names the real port.
+        veil = _LateApp()
+        port = self._serve(veil, s.port, "Veil").server_port
+        self.veil_url = f"http://{url_host(s.host)}:{port}"
+        document = config_document(self.store_url, s.host, port, self.policy_dir,
+                                   self.data_dir / "veil.db")
+        self.config_path.write_text(
+            "# Written by `veil demo`. The JWT secret is in the environment variable "
+            f"{SECRET_ENV}\n# (also kept in {self.data_dir / 'jwt-secret'}).\n"
+            + yaml.safe_dump(document, sort_keys=False), "utf-8")
+        config = config_module.load(self.config_path,
+                                    env={**os.environ, SECRET_ENV: self.secret})
+        from veil.app import create_app
+
+        self._veil = veil.app = create_app(config)
+        self.groups = self._import_groups()
+
+    def _serve(self, app: Any, port: int, what: str,
+               handler: type[WSGIRequestHandler] | None = None) -> BaseWSGIServer:
+        try:
+            server = make_server(self.settings.host, port, app, threaded=True,
+                                 request_handler=handler)
+        except OSError as exc:
+            raise VeilError(f"cannot serve the demo {what} on {self.settings.host}:{port}: "
+                            f"{exc.strerror}; choose another port") from exc
+        self._servers.append(server)
+        thread = threading.Thread(target=server.serve_forever, name=f"veil-demo-{what}",
+                                  daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return server
+
+    def _import_groups(self) -> list[dict[str, Any]]:
+        """Import the store's departments into Veil through its API, as the admin would."""
+        http = requests.Session()
+        http.trust_env = False  # loopback: never through a proxy
+        with http:
+            try:
+                found = http.get(f"{self.store_url}/api/directory/groups", timeout=10)
+                found.raise_for_status()
+                groups: list[dict[str, Any]] = found.json()["groups"]
+                for group in groups:
+                    answer = http.put(
+                        f"{self.veil_url}/veil/v1/groups/{group['id']}",
+                        json={"name": group["name"], "members": group["members"]},
+                        headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=10)
+                    if answer.status_code not in (200, 201):
+                        raise VeilError(f"importing group {group['id']!r} into Veil failed: "
+                                        f"{answer.status_code} {answer.text}")
+            except requests.RequestException as exc:
+                raise VeilError(f"the demo could not import the store's groups: {exc}") from exc
+        return groups
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._servers.clear()
+        self._threads.clear()
+        if self._veil is not None:
+            services = self._veil.extensions["veil"]
+            services.storage.close()
+            services.engine.close()
+            services.upstream.session.close()
+            self._veil = None
+
+    def __enter__(self) -> Demo:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def variables(self) -> dict[str, str]:
+        """The shell variables the printed walk-through uses."""
+        return {"VEIL": self.veil_url, "STORE": self.store_url,
+                "ADMIN_TOKEN": self.admin_token, "USER_TOKEN": self.user_token}
+
+    def banner(self) -> str:
+        """What ``veil demo`` prints: where things are, tokens, and the walk-through."""
+        v = self.variables()
+        sizes = ", ".join(f"{g['id']} ({len(g['members'])})" for g in self.groups)
+        people = sum(1 for a in self.directory.actors if a.kind == "employee")
+        guests = sum(1 for a in self.directory.actors if a.kind == "guest")
+        apps = sum(1 for a in self.directory.actors if a.kind == "application")
+        return "\n".join([
+            "Veil demo is running.",
+            f"  activity store  {self.store_url}  (Contoso: {people} employees, {guests} "
+            f"external guests, {apps} service apps; about {self.settings.rate_per_minute:g} "
+            "activities a minute in business hours, 3 weeks of history)",
+            f"  Veil            {self.veil_url}  (embedded Rego engine, policies in "
+            f"{self.policy_dir})",
+            f"  state           {self.data_dir / 'veil.db'}  (configuration: "
+            f"{self.config_path})",
+            f"  groups imported from the store's directory: {sizes}",
+            f"  admin {ADMIN} and plain user {PLAIN_USER}: tokens below, valid 30 days",
+            "",
+            "Paste into another shell:",
+            "",
+            f"export VEIL={v['VEIL']} STORE={v['STORE']}",
+            f"export ADMIN_TOKEN={v['ADMIN_TOKEN']}",
+            f"export USER_TOKEN={v['USER_TOKEN']}",
+            "",
+            walkthrough.script(walkthrough.steps(ADMIN)),
+            "# The command line works on the demo's state too:",
+            f"export {SECRET_ENV}={self.secret}",
+            f"veil privacy-groups list --config {self.config_path}",
+            f"veil governance verify --config {self.config_path}",
+            "",
+            "Press Ctrl-C to stop the demo.",
+        ])
+
+
+class _LateApp:
+    """A WSGI app that answers 503 until the real app is set."""
+
+    def __init__(self) -> None:
+        self.app: Flask | None = None
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if self.app is None:
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"Veil is starting\n"]
+        return self.app(environ, start_response)
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM stops the demo like Ctrl-C does (only the main thread can set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_demo(host: str = "127.0.0.1", port: int = 8080, store_port: int = 9000,
+             data_dir: str | os.PathLike[str] | None = None,
+             policy_dir: str | os.PathLike[str] | None = None, *, seed: int = 7,
+             rate_per_minute: float = 60.0) -> int:
+    """Run the demo until Ctrl-C (or SIGTERM); 0 when it stopped cleanly."""
+    settings = DemoSettings(host=host, port=port, store_port=store_port,
+                            data_dir=Path(data_dir) if data_dir else None,
+                            policy_dir=Path(policy_dir) if policy_dir else None,
+                            seed=seed, rate_per_minute=rate_per_minute)
+    demo = Demo(settings)
+    os.environ.setdefault(SECRET_ENV, demo.secret)  # for the veil commands it prints
+    with _stop_on_sigterm():
+        try:
+            demo.start()
+            print(demo.banner(), flush=True)
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("\nStopping the demo.", flush=True)
+        finally:
+            demo.stop()
+    print(f"The demo's state is kept in {demo.data_dir}; pass --data-dir {demo.data_dir} "
+          "to continue from it.", flush=True)
+    return 0
