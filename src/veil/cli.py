@@ -49,7 +49,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from veil.demo import run_demo
 
     return run_demo(host=args.host, port=args.port, store_port=args.store_port,
-                    data_dir=args.data_dir, policy_dir=args.policy_dir)
+                    data_dir=args.data_dir, policy_dir=args.policy_dir, seed=args.seed,
+                    rate_per_minute=args.rate)
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
@@ -152,13 +153,18 @@ def parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a demo activity store with Veil in front of it")
     demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8080, help="Veil's port (default 8080)")
+    demo.add_argument("--port", type=int, default=8080,
+                      help="Veil's port (default 8080; 0: any free port)")
     demo.add_argument("--store-port", type=int, default=9000,
-                      help="the demo store's port (default 9000)")
+                      help="the demo store's port (default 9000; 0: any free port)")
     demo.add_argument("--data-dir", help="where the demo keeps its SQLite file "
                       "(default: a new temporary directory)")
     demo.add_argument("--policy-dir", help="policy directory (default: ./policies, else the "
                       "policies shipped with Veil)")
+    demo.add_argument("--seed", type=int, default=7,
+                      help="seed of the synthetic organisation and activities (default 7)")
+    demo.add_argument("--rate", type=float, default=60.0,
+                      help="activities a minute in business hours (default 60)")
     demo.set_defaults(func=cmd_demo)
 
     policy = sub.add_parser("policy", help="test and check Rego policies")
