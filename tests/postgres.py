@@ -65,19 +65,25 @@ class PostgresCluster:
 
     def __init__(self, bin_dir: Path) -> None:
         self.bin_dir = bin_dir
-        self.base = Path(tempfile.mkdtemp(prefix="veil-pg-"))
+        as_root = os.geteuid() == 0
+        # Under root the server's user must reach the directory: $TMPDIR may be private.
+        self.base = Path(tempfile.mkdtemp(prefix="veil-pg-", dir="/tmp" if as_root else None))
         self.data = self.base / "data"
         self.log = self.base / "postgres.log"
         self.port = 0
         self.uid: int | None = None
         self.gid: int | None = None
         self._names = itertools.count(1)
-        if os.geteuid() == 0:
+        if as_root:
             account = self._unprivileged_account()
             self.uid, self.gid = account.pw_uid, account.pw_gid
             os.chown(self.base, self.uid, self.gid)
-        self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust",
-                  "--no-locale", "--encoding=UTF8", "--no-sync")
+        try:
+            self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust",
+                      "--no-locale", "--encoding=UTF8", "--no-sync")
+        except BaseException:
+            shutil.rmtree(self.base, ignore_errors=True)
+            raise
 
     @staticmethod
     def _unprivileged_account() -> pwd.struct_passwd:
@@ -115,7 +121,7 @@ class PostgresCluster:
             if not self.port or attempt:
                 self.port = free_port()
             options = (f"-c listen_addresses=127.0.0.1 -p {self.port} "
-                       f"-c unix_socket_directories={self.base} -c max_connections=300 "
+                       "-c unix_socket_directories='' -c max_connections=300 "
                        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
             try:
                 self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w",
@@ -156,9 +162,8 @@ class PostgresCluster:
             shutil.rmtree(self.base, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    """The session's PostgreSQL server; a test may stop it, and it is restarted after."""
+def require_bin_dir() -> Path:
+    """The binaries' directory; without one, fail under CI and skip elsewhere."""
     bin_dir = find_bin_dir()
     if bin_dir is None:
         message = ("PostgreSQL binaries (initdb, pg_ctl) not found on PATH, in "
@@ -167,7 +172,13 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         if in_ci():
             pytest.fail(message + " (CI is set: PostgreSQL tests must run)", pytrace=False)
         pytest.skip(message)
-    cluster = PostgresCluster(bin_dir)
+    return bin_dir
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """The session's PostgreSQL server; a test may stop it, and it is restarted after."""
+    cluster = PostgresCluster(require_bin_dir())
     try:
         cluster.start()
         yield cluster

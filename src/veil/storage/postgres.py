@@ -29,7 +29,7 @@ POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 10  # a gunicorn worker runs 8 threads by default; each holds one at a time
 # While the server is unreachable, wait this long (at most) for a connection, so that queries
 # fall back to the last loaded state at once instead of after storage.timeout_s each.
-UNREACHABLE_WAIT_S = 0.5
+UNREACHABLE_WAIT_S = 0.2
 # How long the pool keeps retrying one connection attempt (1, 2, 4 s apart) before it gives
 # up; the next request then starts a new attempt at once. Short, so recovery is prompt.
 RECONNECT_TIMEOUT_S = 5.0
@@ -117,9 +117,15 @@ class PostgresBackend:
             params.get("dbname") or params.get("user") or "")
         params.setdefault("connect_timeout", max(2, math.ceil(timeout_s)))
         params.setdefault("application_name", "veil")
+        conninfo = make_conninfo("", **params)
+        try:
+            # One direct connection first: the pool would only log why it cannot connect.
+            psycopg.connect(conninfo).close()
+        except psycopg.Error as exc:
+            raise StorageError(f"{self.where} is unavailable: {_reason(exc)}") from exc
         self._statements: dict[str, str] = {}
         self._pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = ConnectionPool(
-            make_conninfo("", **params),
+            conninfo,
             kwargs={"autocommit": True},
             min_size=POOL_MIN_SIZE,
             max_size=POOL_MAX_SIZE,
