@@ -285,10 +285,23 @@ class ActivityLog:
     def row(self, minute: int, index: int, draw: int) -> dict[str, Any]:
         """One activity as the store serves it."""
         actor = self.directory.actors[self._actor_of(draw)]
+        ts = minute * MINUTE_NS + ((draw >> 64) * 60_000 >> 32) * MS_NS
+        return self._render(actor, ts, (minute << 16) | index, draw)
+
+    def sample(self, count: int, start_ns: int, end_ns: int) -> list[dict[str, Any]]:
+        """``count`` activities, newest first, evenly spread over [start_ns, end_ns), with every
+        actor acting in turn (so all of them appear): a fixed answer for benchmarks."""
+        rng = random.Random(f"veil-demo-sample-{self.seed}-{count}")
+        actors = list(self.directory.actors)
+        rng.shuffle(actors)
+        step = max((end_ns - start_ns) // max(count, 1), 1)
+        return [self._render(actors[i % len(actors)], end_ns - 1 - i * step,
+                             (1 << 62) | i, rng.getrandbits(96)) for i in range(count)]
+
+    def _render(self, actor: Actor, ts: int, serial: int, draw: int) -> dict[str, Any]:
         activity = self._activity_of(actor, draw)
         bits = ((draw & _MASK64) // len(self._actor_slots)) >> 7  # past the activity's bits
-        ts = minute * MINUTE_NS + ((draw >> 64) * 60_000 >> 32) * MS_NS
-        ident = (((minute << 16) | index) * _GOLDEN + self.seed) & _MASK64
+        ident = (serial * _GOLDEN + self.seed) & _MASK64
         return {
             "id": str(uuid.UUID(int=(ident << 64) | (draw & _MASK64))),
             "timestamp": rfc3339_ms(ts),
