@@ -180,9 +180,10 @@ class Demo:
         try:
             server = make_server(self.settings.host, port, app, threaded=True,
                                  request_handler=handler)
-        except OSError as exc:
-            raise VeilError(f"cannot serve the demo {what} on {self.settings.host}:{port}: "
-                            f"{exc.strerror}; choose another port") from exc
+        except (OSError, SystemExit) as exc:  # werkzeug exits when the port is taken
+            option = "--store-port" if what == "store" else "--port"
+            raise VeilError(f"cannot serve the demo {what} on {self.settings.host}:{port}; "
+                            f"choose another port with {option} (0: any free port)") from exc
         self._servers.append(server)
         thread = threading.Thread(target=server.serve_forever, name=f"veil-demo-{what}",
                                   daemon=True)

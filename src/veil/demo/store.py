@@ -475,3 +475,35 @@ def parse_query(args: dict[str, str]) -> Query:
     return Query(since_ns=times["since"], until_ns=times["until"], user=args.get("user"),
                  activity=args.get("activity"), department=args.get("department"),
                  limit=int(limit_text), cursor=cursor)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the demo store on its own until Ctrl-C."""
+    import argparse
+
+    from werkzeug.serving import make_server
+
+    parser = argparse.ArgumentParser(prog="python -m veil.demo.store",
+                                     description="The Veil demo activity store.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000, help="0: any free port")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--rate", type=float, default=60.0,
+                        help="activities a minute in business hours (default 60)")
+    args = parser.parse_args(argv)
+    server = make_server(args.host, args.port, create_store_app(seed=args.seed,
+                                                                rate_per_minute=args.rate),
+                         threaded=True)
+    print(f"Veil demo store on http://{args.host}:{server.server_port}/api/activities "
+          "(Ctrl-C stops it)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
