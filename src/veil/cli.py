@@ -58,9 +58,12 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
     directory = Path(args.dir) if args.dir else _policy_dir(args)
     if args.policy_command == "test":
-        return policytools.run_tests(directory, pattern=args.run, coverage=args.coverage,
-                                     threshold=args.threshold)
-    return policytools.check(directory)
+        return policytools.cmd_test(directory, pattern=args.run, coverage=args.coverage,
+                                    threshold=args.threshold)
+    if args.policy_command == "eval":
+        return policytools.cmd_eval(directory, Path(args.input),
+                                    Path(args.data) if args.data else None, as_json=args.json)
+    return policytools.cmd_check(directory)
 
 
 def _policy_dir(args: argparse.Namespace) -> Path:
@@ -167,15 +170,41 @@ def parser() -> argparse.ArgumentParser:
                       help="activities a minute in business hours (default 60)")
     demo.set_defaults(func=cmd_demo)
 
-    policy = sub.add_parser("policy", help="test and check Rego policies")
+    policy = sub.add_parser("policy", help="check, test and explain Rego policies",
+                            description="Tools for policy authors; see policies/README.md.")
     psub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
-    ptest = with_config(psub.add_parser("test", help="run the Rego unit tests"))
-    ptest.add_argument("dir", nargs="?", help="policy directory (default: the configured one)")
-    ptest.add_argument("--run", help="only tests whose package.rule matches this regex")
-    ptest.add_argument("--coverage", action="store_true", help="print per-file coverage")
-    ptest.add_argument("--threshold", type=float, help="fail below this coverage percentage")
-    pcheck = with_config(psub.add_parser("check", help="parse, compile and check entry points"))
-    pcheck.add_argument("dir", nargs="?", help="policy directory (default: the configured one)")
+    dir_help = "policy directory (default: policy.dir of --config/$VEIL_CONFIG, else ./policies)"
+    ptest = with_config(psub.add_parser(
+        "test", help="run the Rego unit tests (test_* rules of *_test.rego files)",
+        description="Run every test_* rule of every *_test.rego file with the embedded "
+        "engine: one PASS/FAIL line per test and a summary. Exits 1 when a test fails or a "
+        "file does not parse."))
+    ptest.add_argument("dir", nargs="?", help=dir_help)
+    ptest.add_argument("--run", metavar="REGEX",
+                       help="only tests whose data.<package>.<rule> matches this regex")
+    ptest.add_argument("--coverage", action="store_true",
+                       help="print line coverage of each policy file (tests excluded)")
+    ptest.add_argument("--threshold", type=float, metavar="PERCENT",
+                       help="exit 1 when total coverage is below PERCENT (implies --coverage)")
+    pcheck = with_config(psub.add_parser(
+        "check", help="parse, compile and check entry points and built-ins",
+        description="Parse every file as Rego v1, refuse v0 syntax and built-ins that OPA or "
+        "the embedded engine lacks, require data.veil.privacy.decision and private_rows, "
+        "and evaluate every rule once. Problems are printed as file:line:col: message."))
+    pcheck.add_argument("dir", nargs="?", help=dir_help)
+    peval = with_config(psub.add_parser(
+        "eval", help="evaluate the decision for a sample input and explain hidden rows",
+        description="Evaluate data.veil.privacy.decision for an input shaped like the one "
+        "Veil sends (missing fields get defaults) and print, for each private row, the "
+        "private_rows rule(s) that made it private."))
+    peval.add_argument("dir", nargs="?", help=dir_help)
+    peval.add_argument("--input", required=True, metavar="FILE",
+                       help="JSON input: {caller, request, reveal_session_id, session, now_ns, "
+                       "rows: [{index, id, actor, actor_type, ts_ns, raw}]}")
+    peval.add_argument("--data", metavar="FILE",
+                       help="JSON data.veil document: {groups, privacy_groups, admins, viewers, "
+                       "managed_domains} (default: empty)")
+    peval.add_argument("--json", action="store_true", help="print the result as JSON")
     policy.set_defaults(func=cmd_policy)
 
     gov = sub.add_parser("governance", help="verify or export the governance log")

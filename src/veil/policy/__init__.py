@@ -7,7 +7,7 @@ no reveal" (fail closed); the caller learns only that the policy could not be ap
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,16 +20,30 @@ DataLoader = Callable[[], tuple[int, dict[str, Any]]]
 
 
 class Engine(Protocol):
-    """A Rego engine holding Veil's policies and the ``data.veil`` document."""
+    """A Rego engine holding Veil's policies and the ``data.veil`` document.
+
+    ``reload`` (hot reload, see ``veil.reload``) is called only with a policy set that already
+    compiled and passed its own tests; the engine swaps it in atomically or raises PolicyError
+    and keeps serving the policy it had. Queries are answered throughout. ``needs_raw`` may
+    change with a reload: an input built while it was False must never be evaluated by a
+    policy that reads ``raw`` (evaluate it with the previous policy, or fail closed).
+    """
 
     name: str
-    needs_raw: bool
+
+    @property
+    def needs_raw(self) -> bool:
+        """Whether each row's raw JSON must be put in the input (a rule mentions ``raw``)."""
 
     def sync(self, version: int, load: DataLoader) -> None:
         """Make ``data.veil`` current if ``version`` is newer than what the engine holds."""
 
     def evaluate(self, input_json: bytes) -> Any:
         """The decision for one input; raise PolicyError when the engine cannot answer."""
+
+    def reload(self, modules: Sequence[PolicyModule]) -> None:
+        """Serve these modules (``*_test.rego`` ones are ignored) from now on, atomically;
+        raise PolicyError, still serving the old policy, when they cannot be loaded."""
 
     def ready(self) -> bool: ...
 

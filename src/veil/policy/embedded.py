@@ -3,12 +3,18 @@
 A regorus ``Engine`` is bound to the thread that made it, so each thread builds its own from
 the parsed modules and re-loads ``data.veil`` when the shared data version moves on. Panics in
 the interpreter (``pyo3_runtime.PanicException``, a ``BaseException``) become PolicyError.
+
+A reload swaps in a new immutable *generation* (the modules and whether they read ``raw``);
+each thread notices the new generation on its next evaluation and builds a fresh interpreter
+for it, so evaluations in flight finish on the policy they started with.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,7 @@ def first_line(exc: BaseException) -> str:
     return text.split("\nStack backtrace:")[0].strip() or type(exc).__name__
 
 
-def new_engine(modules: list[PolicyModule]) -> Any:
+def new_engine(modules: Sequence[PolicyModule]) -> Any:
     engine = regorus.Engine()
     for module in modules:
         try:
@@ -43,9 +49,18 @@ def refers_to_raw(engine: Any) -> bool:
     return False
 
 
+@dataclass(frozen=True, eq=False)
+class _Generation:
+    """One loaded policy set; compared by identity."""
+
+    modules: tuple[PolicyModule, ...]
+    needs_raw: bool
+
+
 class _ThreadState:
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, generation: _Generation) -> None:
         self.engine = engine
+        self.generation = generation
         self.data_version = -1
 
 
@@ -56,14 +71,30 @@ class EmbeddedEngine:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._modules = [m for m in load_modules(directory) if not m.is_test]
-        probe = new_engine(self._modules)
-        self.needs_raw = refers_to_raw(probe)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._version = -1
         self._data_json = '{"veil": {}}'
+        self._generation = self._prepare(load_modules(directory))
+
+    @property
+    def needs_raw(self) -> bool:
+        """Whether inputs must carry each row's raw JSON, for the policy now being served.
+
+        The calling thread's next ``evaluate`` remembers the generation read here, so an input
+        built without raw rows is never evaluated by a policy reloaded meanwhile that reads them.
+        """
+        generation = self._generation
+        self._local.pinned = generation
+        return generation.needs_raw
+
+    def _prepare(self, modules: Sequence[PolicyModule]) -> _Generation:
+        policy = tuple(m for m in modules if not m.is_test)
+        if not policy:
+            raise PolicyError(f"policy directory {self.directory} holds no policy (.rego) file")
+        probe = new_engine(policy)
         self._check(probe)
+        return _Generation(policy, refers_to_raw(probe))
 
     def _check(self, engine: Any) -> None:
         """Evaluate an empty answer once: errors that show only at evaluation stop start-up."""
@@ -81,6 +112,17 @@ class EmbeddedEngine:
         if result is None:
             raise PolicyError(f"{DECISION} is undefined in {self.directory}")
 
+    def reload(self, modules: Sequence[PolicyModule]) -> None:
+        """Serve ``modules`` (test files are left out) from now on; on PolicyError keep the old."""
+        try:
+            generation = self._prepare(modules)
+        except (PolicyError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a panic while compiling must not take the caller down
+            raise PolicyError(f"the new policy could not be loaded: {first_line(exc)}") from exc
+        with self._lock:
+            self._generation = generation
+
     def sync(self, version: int, load: DataLoader) -> None:
         if version == self._version:
             return
@@ -90,10 +132,19 @@ class EmbeddedEngine:
                 self._data_json = orjson.dumps({"veil": data}).decode()
                 self._version = loaded_version
 
+    def _serving(self) -> _Generation:
+        """The generation this thread evaluates with now (see ``needs_raw``)."""
+        current = self._generation
+        pinned: _Generation | None = self._local.__dict__.pop("pinned", None)
+        if pinned is not None and current.needs_raw and not pinned.needs_raw:
+            return pinned  # the input was built without raw rows: the new policy must not see it
+        return current
+
     def _thread_engine(self) -> Any:
+        generation = self._serving()
         state: _ThreadState | None = getattr(self._local, "state", None)
-        if state is None:
-            state = _ThreadState(new_engine(self._modules))
+        if state is None or state.generation is not generation:
+            state = _ThreadState(new_engine(generation.modules), generation)
             self._local.state = state
         if state.data_version != self._version:
             with self._lock:
