@@ -1,21 +1,31 @@
 """The management API under /veil/v1: groups, privacy groups, admins, viewers, reveal
-sessions and the governance log. Views parse, call one storage function, and render."""
+sessions, the governance log and policy reloads. Views parse, call one service function,
+and render."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
+from flask.blueprints import BlueprintSetupState
 
+from veil import reload as policy_reload
 from veil import schemas
 from veil.app import caller, require_admin, services
-from veil.errors import BadRequest, InvalidBody
+from veil.errors import BadRequest, InvalidBody, Unprocessable
 from veil.identity import normalize_principal
 from veil.storage import rfc3339
 
 blueprint = Blueprint("api", __name__, url_prefix="/veil/v1")
+
+
+@blueprint.record_once
+def _attach_policy_reloader(state: BlueprintSetupState) -> None:
+    """The policy reloader (file watch, SIGHUP, and the route below) lives beside this API."""
+    policy_reload.init_app(cast(Flask, state.app))
+
 
 _GROUP_ID = re.compile(schemas.GROUP_ID)
 
@@ -204,3 +214,16 @@ def governance_log() -> Response:
 def verify_log() -> Response:
     require_admin()
     return jsonify(services().storage.verify_log().as_dict())
+
+
+# ---- policy hot reload ------------------------------------------------------------------
+
+@blueprint.post("/policy/reload")
+def reload_policy() -> Response:
+    """Check, test and load the policy directory; a refused set leaves the old one serving."""
+    outcome = policy_reload.reloader().reload("api", require_admin())
+    if outcome.outcome == "refused":
+        raise Unprocessable(f"policy reload refused: {outcome.reason}; the running policy "
+                            "keeps serving", outcome=outcome.summary(),
+                            problems=list(outcome.problems))
+    return jsonify(outcome.summary())

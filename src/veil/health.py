@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from veil.app import services
+from veil.reload import policy_status
 
 blueprint = Blueprint("health", __name__)
 
@@ -23,7 +24,8 @@ def readyz() -> tuple[Response, int]:
         "storage": svc.storage.ping(),
     }
     ready = all(checks.values())
-    return jsonify(status="ready" if ready else "not ready", checks=checks), 200 if ready else 503
+    return jsonify(status="ready" if ready else "not ready", checks=checks,
+                   policy=policy_status()), 200 if ready else 503
 
 
 @blueprint.get("/metrics")

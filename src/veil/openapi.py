@@ -120,6 +120,19 @@ def document(routes: tuple[str, ...]) -> dict[str, Any]:
         "/veil/v1/governance-log/verify": {
             "get": _op("Verify the hash chain", "200", errors=admin_errors, tag="governance"),
         },
+        "/veil/v1/policy/reload": {
+            "post": _op("Check, test and load the policy directory (hot reload); a refused "
+                        "set (422, with the problems) leaves the running policy serving",
+                        "200", errors=(*admin_errors, "422"), tag="policy",
+                        ok_schema={"type": "object",
+                                   "required": ["outcome", "trigger", "at", "reason"],
+                                   "properties": {
+                                       "outcome": {"enum": ["accepted", "unchanged"]},
+                                       "trigger": {"type": "string"},
+                                       "at": {"type": "string", "format": "date-time"},
+                                       "reason": {"type": "string"},
+                                       "digest": {"type": ["string", "null"]}}}),
+        },
     }
     reveal_header = {"name": "Veil-Reveal-Session", "in": "header", "required": False,
                      "description": "a reveal session id: include private rows (audited)",
