@@ -149,6 +149,7 @@ def test_walkthrough_works_as_printed(demo: Demo, http: requests.Session,
         assert walkthrough.curl(step) in banner
     assert f"export ADMIN_TOKEN={demo.admin_token}" in banner
     assert (demo.data_dir / "veil.db").is_file()
+    assert demo.already_private == []
     variables = demo.variables()
     hr = {m for g in demo.groups if g["id"] == "hr" for m in g["members"]}
     assert len(hr) >= 5
@@ -214,6 +215,27 @@ def test_walkthrough_works_as_printed(demo: Demo, http: requests.Session,
     capsys.readouterr()
     assert cli.main(["governance", "verify", "--config", str(demo.config_path)]) == 0
     assert '"ok": true' in capsys.readouterr().out
+
+
+def test_a_data_directory_keeps_state_and_tokens_across_runs(
+        tmp_path: Path, http: requests.Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    settings = DemoSettings(port=0, store_port=0, data_dir=tmp_path / "kept",
+                            policy_dir=POLICIES)
+    with Demo(settings) as first:
+        assert first.already_private == []
+        token = first.admin_token
+        made = http.post(f"{first.veil_url}/veil/v1/privacy-groups", json={"group": "hr"},
+                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert made.status_code == 201, made.text
+    assert (tmp_path / "kept" / "jwt-secret").stat().st_mode & 0o077 == 0
+    with Demo(settings) as second:
+        assert second.already_private == ["hr"]
+        assert "already private from an earlier run" in second.banner()
+        answer = http.get(f"{second.veil_url}/veil/v1/privacy-groups", timeout=10,
+                          headers={"Authorization": f"Bearer {token}"})  # the old token
+        assert answer.status_code == 200
+        assert answer.json()["privacy_groups"][0]["group"] == "hr"
 
 
 def test_veil_demo_command_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:

@@ -137,6 +137,7 @@ class Demo:
         self.admin_token = mint(ADMIN, self.secret)
         self.user_token = mint(PLAIN_USER, self.secret)
         self.groups: list[dict[str, Any]] = []
+        self.already_private: list[str] = []  # by an earlier run on the same data directory
         self._servers: list[BaseWSGIServer] = []
         self._threads: list[threading.Thread] = []
         self._veil: Flask | None = None
@@ -164,9 +165,10 @@ class Demo:
         self.veil_url = f"http://{url_host(s.host)}:{port}"
         document = config_document(self.store_url, s.host, port, self.policy_dir,
                                    self.data_dir / "veil.db")
+        kept = self.data_dir / "jwt-secret"
         self.config_path.write_text(
             "# Written by `veil demo`. The JWT secret is in the environment variable "
-            f"{SECRET_ENV}\n# (also kept in {self.data_dir / 'jwt-secret'}).\n"
+            f"{SECRET_ENV}" + (f" (also kept in {kept})" if kept.is_file() else "") + ".\n"
             + yaml.safe_dump(document, sort_keys=False), "utf-8")
         config = config_module.load(self.config_path,
                                     env={**os.environ, SECRET_ENV: self.secret})
@@ -174,6 +176,8 @@ class Demo:
 
         self._veil = veil.app = create_app(config)
         self.groups = self._import_groups()
+        self.already_private = sorted(p["group"] for p in self._veil.extensions["veil"]
+                                      .storage.list_privacy_groups() if p["private"])
 
     def _serve(self, app: Any, port: int, what: str,
                handler: type[WSGIRequestHandler] | None = None) -> BaseWSGIServer:
@@ -257,6 +261,9 @@ class Demo:
             f"{self.config_path})",
             f"  groups imported from the store's directory: {sizes}",
             f"  admin {ADMIN} and plain user {PLAIN_USER}: tokens below, valid 30 days",
+            *([f"  already private from an earlier run on this data directory: "
+               f"{', '.join(self.already_private)} (start with a new --data-dir to follow the "
+               "walk-through from the beginning)"] if self.already_private else []),
             "",
             "Paste into another shell:",
             "",
