@@ -1,0 +1,327 @@
+"""Safe hot reload: a policy set is served only when it checks and its own tests pass; a
+refused one leaves the old policy serving, shows on /readyz and in the governance log, and
+queries are answered throughout (real loopback store, real SQLite)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from veil import governance, reload
+from veil.app import create_app
+from veil.errors import StorageError
+from veil.policy import load_modules
+from veil.policy.embedded import EmbeddedEngine
+
+from conftest import ADMIN, POLICIES, ROOT, LoopbackStore, activity, auth, ids, iso, make_config
+
+A = auth(ADMIN)
+EXAMPLES = ROOT / "docs" / "examples"
+PRIVACY = Path("veil") / "privacy"
+HEADER = "package veil.privacy\n\nimport rego.v1\n\n"
+FINANCE = {"name": "Finance", "members": ["ann@contoso.com"]}
+
+
+@pytest.fixture
+def policies(tmp_path: Path) -> Path:
+    target = tmp_path / "policies"
+    shutil.copytree(POLICIES, target, ignore=shutil.ignore_patterns("*.md"))
+    return target
+
+
+@pytest.fixture
+def served(store: LoopbackStore, storage_url: str, policies: Path) -> Iterator[Flask]:
+    app = create_app(make_config(store.url, storage_url, policy={"dir": str(policies)}))
+    yield app
+    reload.stop(app)
+    app.extensions["veil"].storage.close()
+
+
+@pytest.fixture
+def client(served: Flask) -> FlaskClient:
+    client = served.test_client()
+    assert client.put("/veil/v1/groups/finance", json=FINANCE, headers=A).status_code == 201
+    assert client.post("/veil/v1/privacy-groups", json={"group": "finance"},
+                       headers=A).status_code == 201
+    return client
+
+
+def add_example(policies: Path) -> None:
+    for name in ("file_downloads.rego", "file_downloads_test.rego"):
+        shutil.copy(EXAMPLES / name, policies / PRIVACY / name)
+
+
+def rows_now() -> list[dict[str, Any]]:
+    now = iso(time.time_ns())
+    return [activity(1, "ann@contoso.com", now),  # private: finance is private
+            activity(2, "carl@contoso.com", now),
+            activity(3, "carl@contoso.com", now, activity="FileDownload")]
+
+
+def reloads(client: FlaskClient) -> list[dict[str, Any]]:
+    page = client.get("/veil/v1/governance-log?action=policy_reloaded", headers=A).get_json()
+    return [record["details"] for record in page["records"]]
+
+
+def file_hashes(policies: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.relative_to(policies).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(policies.rglob("*.rego"))}
+
+
+# ---- accepted ----------------------------------------------------------------------------
+
+def test_reload_that_checks_and_passes_its_tests_is_served(
+        client: FlaskClient, store: LoopbackStore, policies: Path) -> None:
+    store.state.rows = rows_now()
+    assert ids(client.get("/api/activities", headers=A)) == ["act-2", "act-3"]
+    add_example(policies)
+
+    response = client.post("/veil/v1/policy/reload", headers=A)
+
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["outcome"] == "accepted" and body["trigger"] == "api"
+    assert ids(client.get("/api/activities", headers=A)) == ["act-2"]
+    (record,) = reloads(client)
+    assert record["outcome"] == "accepted"
+    assert record["files"] == file_hashes(policies)
+    assert record["tests"]["failed"] == 0 and record["tests"]["passed"] >= 20
+    assert record["digest"] == body["digest"] and record["previous_digest"] != body["digest"]
+    ready = client.get("/readyz").get_json()["policy"]
+    assert ready["digest"] == body["digest"] and ready["last_reload"]["outcome"] == "accepted"
+    assert client.get("/veil/v1/governance-log/verify", headers=A).get_json()["ok"] is True
+
+
+def test_reload_of_unchanged_files_is_a_no_op(client: FlaskClient) -> None:
+    response = client.post("/veil/v1/policy/reload", headers=A)
+    assert response.status_code == 200
+    assert response.get_json()["outcome"] == "unchanged"
+    assert reloads(client) == []
+
+
+def test_only_admins_may_reload(client: FlaskClient, policies: Path) -> None:
+    add_example(policies)
+    response = client.post("/veil/v1/policy/reload", headers=auth("bob@contoso.com"))
+    assert response.status_code == 403
+    assert reloads(client) == []
+
+
+# ---- refused -----------------------------------------------------------------------------
+
+BROKEN: dict[str, tuple[dict[str, str | None], str]] = {
+    "syntax error": ({"broken.rego": HEADER + "private_rows contains i if {\n"},
+                     "does not check"),
+    "v0 syntax": ({"old.rego": "package veil.privacy\n\nprivate_rows[i] { input.rows[i] }\n"},
+                  "does not check"),
+    "failing test": ({"everything.rego": HEADER + (
+        "private_rows contains i if some i, _ in input.rows\n")}, "policy tests failed"),
+    "missing entry point": ({"privacy.rego": None}, "does not check"),
+    "no tests": ({"privacy_test.rego": None}, "has no tests"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_change_is_refused_and_the_old_policy_keeps_serving(
+        client: FlaskClient, store: LoopbackStore, policies: Path, case: str) -> None:
+    changes, reason = BROKEN[case]
+    store.state.rows = rows_now()
+    before = client.get("/readyz").get_json()["policy"]["digest"]
+    for name, text in changes.items():
+        if text is None:
+            (policies / PRIVACY / name).unlink()
+            if name == "privacy.rego":  # keep a policy file, without the entry points
+                (policies / PRIVACY / "other.rego").write_text(HEADER + "x := 1\n")
+        else:
+            (policies / PRIVACY / name).write_text(text)
+
+    response = client.post("/veil/v1/policy/reload", headers=A)
+
+    assert response.status_code == 422
+    problem = response.get_json()
+    assert problem["outcome"]["outcome"] == "refused" and reason in problem["detail"]
+    assert "keeps serving" in problem["detail"]
+    if case != "no tests":
+        assert problem["problems"]
+    assert ids(client.get("/api/activities", headers=A)) == ["act-2", "act-3"]
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    status = ready.get_json()["policy"]
+    assert status["digest"] == before
+    assert status["last_reload"]["outcome"] == "refused"
+    assert reason in status["last_reload"]["reason"]
+    (record,) = reloads(client)
+    assert record["outcome"] == "refused" and reason in record["reason"]
+    assert record["files"] == file_hashes(policies)
+
+
+def test_refused_reload_is_logged(client: FlaskClient, policies: Path,
+                                  caplog: pytest.LogCaptureFixture) -> None:
+    (policies / PRIVACY / "broken.rego").write_text(HEADER + "x := {\n")
+    with caplog.at_level("ERROR", logger="veil.reload"):
+        client.post("/veil/v1/policy/reload", headers=A)
+    assert any("policy reload refused" in r.getMessage() and "broken.rego:" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_reload_that_cannot_be_audited_is_undone(client: FlaskClient, store: LoopbackStore,
+                                                 served: Flask, policies: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    store.state.rows = rows_now()
+    add_example(policies)
+
+    def unavailable(*_args: Any) -> dict[str, Any]:
+        raise StorageError("storage is down")
+
+    monkeypatch.setattr(served.extensions["veil"].storage, "record", unavailable)
+    response = client.post("/veil/v1/policy/reload", headers=A)
+    assert response.status_code == 422
+    assert "governance log is unavailable" in response.get_json()["detail"]
+    monkeypatch.undo()
+    assert ids(client.get("/api/activities", headers=A)) == ["act-2", "act-3"]
+    assert served.extensions["veil"].engine.needs_raw is False
+
+
+# ---- queries during reloads --------------------------------------------------------------
+
+def test_queries_are_answered_while_reloads_are_accepted_and_refused(
+        client: FlaskClient, served: Flask, store: LoopbackStore, policies: Path) -> None:
+    store.state.rows = rows_now()
+    answers: list[tuple[int, list[str]]] = []
+    stop = threading.Event()
+
+    def query() -> None:
+        own = served.test_client()
+        while not stop.is_set():
+            response = own.get("/api/activities", headers=A)
+            answers.append((response.status_code, ids(response)))
+
+    workers = [threading.Thread(target=query) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    outcomes = []
+    try:
+        broken = policies / PRIVACY / "broken.rego"
+        for _round in range(3):
+            add_example(policies)
+            outcomes.append(client.post("/veil/v1/policy/reload", headers=A).status_code)
+            broken.write_text(HEADER + "x := {\n")
+            outcomes.append(client.post("/veil/v1/policy/reload", headers=A).status_code)
+            broken.unlink()
+            for name in ("file_downloads.rego", "file_downloads_test.rego"):
+                (policies / PRIVACY / name).unlink()
+            outcomes.append(client.post("/veil/v1/policy/reload", headers=A).status_code)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert outcomes == [200, 422, 200] * 3
+    assert len(answers) > 10
+    assert {status for status, _ in answers} == {200}
+    # Ann's activity (a private group) never leaks; the download shows only under the old policy.
+    assert {tuple(seen) for _, seen in answers} <= {("act-2", "act-3"), ("act-2",)}
+
+
+def test_an_input_built_without_raw_rows_is_not_judged_by_a_policy_that_reads_them(
+        policies: Path) -> None:
+    engine = EmbeddedEngine(policies)
+    engine.sync(1, lambda: (1, {"privacy_groups": {}}))
+    assert engine.needs_raw is False  # the query reads this, then builds rows without raw
+    add_example(policies)
+    engine.reload(load_modules(policies))
+    row = {"index": 0, "id": "a", "actor": "carl@contoso.com", "actor_type": "user",
+           "ts_ns": 1}
+    document = {"caller": "", "request": {}, "reveal_session_id": None, "session": None,
+                "now_ns": 2, "rows": [row]}
+    # Evaluated with the policy the input was built for: no rule sees a missing raw.
+    assert engine.evaluate(orjson.dumps(document))["private_rows"] == set()
+    assert engine.needs_raw is True
+    raw_row = {**row, "raw": {"activity": "FileDownload"}}
+    assert engine.evaluate(orjson.dumps({**document, "rows": [raw_row]}))["private_rows"] == {0}
+
+
+# ---- file watch and SIGHUP ---------------------------------------------------------------
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.02)
+
+
+def last_outcome(app: Flask) -> str | None:
+    last = app.extensions[reload.EXTENSION].status()["last_reload"]
+    return None if last is None else str(last["outcome"])
+
+
+def test_file_watch_reloads_a_good_change_and_refuses_a_broken_one(
+        client: FlaskClient, served: Flask, store: LoopbackStore, policies: Path) -> None:
+    store.state.rows = rows_now()
+    triggers = reload.ReloadTriggers(served.extensions[reload.EXTENSION], 0.05, sighup=False)
+    triggers.start()
+    try:
+        add_example(policies)
+        wait_for(lambda: last_outcome(served) == "accepted")
+        assert ids(client.get("/api/activities", headers=A)) == ["act-2"]
+        (policies / PRIVACY / "broken.rego").write_text(HEADER + "x := {\n")
+        wait_for(lambda: last_outcome(served) == "refused")
+        assert ids(client.get("/api/activities", headers=A)) == ["act-2"]
+    finally:
+        triggers.stop()
+    records = reloads(client)
+    assert [(r["outcome"], r["trigger"]) for r in records] == [("accepted", "file_watch"),
+                                                                ("refused", "file_watch")]
+    log = client.get("/veil/v1/governance-log?action=policy_reloaded", headers=A).get_json()
+    assert {r["actor"] for r in log["records"]} == {reload.ACTOR_WATCH}
+
+
+def test_sighup_reloads(client: FlaskClient, served: Flask, store: LoopbackStore,
+                        policies: Path) -> None:
+    before = signal.getsignal(signal.SIGHUP)
+    triggers = reload.ReloadTriggers(served.extensions[reload.EXTENSION], None, sighup=True)
+    triggers.start()
+    try:
+        add_example(policies)
+        os.kill(os.getpid(), signal.SIGHUP)
+        wait_for(lambda: last_outcome(served) == "accepted")
+    finally:
+        triggers.stop()
+    assert signal.getsignal(signal.SIGHUP) == before
+    (record,) = reloads(client)
+    assert record["trigger"] == "sighup"
+
+
+def test_readyz_names_the_policy_being_served(client: FlaskClient, policies: Path) -> None:
+    status = client.get("/readyz").get_json()["policy"]
+    files = file_hashes(policies)
+    assert status["files"] == len(files)
+    expected = "".join(f"{name}\0{sha}\n" for name, sha in sorted(files.items()))
+    import hashlib
+
+    assert status["digest"] == hashlib.sha256(expected.encode()).hexdigest()
+    assert status["last_reload"] is None
+
+
+def test_policy_reloaded_is_a_governance_action() -> None:
+    assert "policy_reloaded" in governance.ACTIONS
+
+
+def test_openapi_documents_the_reload_route(client: FlaskClient) -> None:
+    document = client.get("/veil/v1/openapi.json", headers=A).get_json()
+    operation = document["paths"]["/veil/v1/policy/reload"]["post"]
+    assert set(operation["responses"]) == {"200", "401", "403", "422"}
+    assert json.dumps(operation).count("accepted") == 1
