@@ -8,14 +8,17 @@ No OPA binary can be installed on these machines, so this implements, over real 
     GET|POST|PUT|PATCH|DELETE /v1/data/{path}     POST evaluates with {"input": ...}
 
 It can stand for a server started with a bundle (policies it owns and its roots, which the
-Policy and Data API may not write), be restarted (it loses every policy and document it was
-given, as OPA does) and stopped. Each served request is recorded for assertions.
+Policy and Data API may not write), go down (connections reset) and come back, be restarted (it
+loses every policy and document it was given, as OPA does) and closed. Each served request is
+recorded for assertions.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterable
@@ -32,6 +35,11 @@ MISSING = object()
 
 
 class QuietHandler(WSGIRequestHandler):
+    """One request per connection (a single-threaded server must not wait on a kept-alive
+    one), and no access log."""
+
+    protocol_version = "HTTP/1.0"
+
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
 
@@ -94,12 +102,13 @@ class FakeOpa:
         self.state = OpaState()
         self.requests: list[tuple[str, str]] = []
         self.decision_delay_s = 0.0
+        self.down = False
         self._lock = threading.Lock()
         self._local = threading.local()  # the regorus engine of the serving thread
-        self._server: BaseWSGIServer | None = None
-        self.port = 0
         self._activate_bundle()
-        self.start()
+        self._server = self._listen()
+        self.port = self._server.server_port
+        threading.Thread(target=self._serve, daemon=True, name=f"fake-opa-{self.port}").start()
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -108,31 +117,20 @@ class FakeOpa:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        """Listen (again) on the same port."""
-        server = make_server("127.0.0.1", self.port, self._wsgi, threaded=False,
-                             request_handler=QuietHandler)
-        self.port = server.server_port
-        self._server = server
-        threading.Thread(target=self._serve, args=(server,), daemon=True,
-                         name=f"fake-opa-{self.port}").start()
-
-    def _serve(self, server: BaseWSGIServer) -> None:
-        try:
-            server.serve_forever()
-        finally:
-            self._local.engine = None  # a regorus engine must be dropped by its own thread
+        """Answer again (after ``stop``), with whatever state was kept."""
+        self.down = False
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        """Go down: every connection is reset, as when nothing serves the port.
+
+        The port stays reserved (binding it again could race another socket on the machine).
+        """
+        self.down = True
 
     def restart(self) -> None:
-        """Stop, forget every policy and document (as an OPA process does), start again."""
-        self.stop()
+        """Come back empty: every policy and document is forgotten, as an OPA process does."""
         self.reset()
-        self.start()
+        self.down = False
 
     def reset(self) -> None:
         with self._lock:
@@ -140,6 +138,31 @@ class FakeOpa:
             self.requests = []
             self.decision_delay_s = 0.0
         self._activate_bundle()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _listen(self) -> BaseWSGIServer:
+        server = make_server("127.0.0.1", 0, self._wsgi, threaded=False,
+                             request_handler=QuietHandler)
+        fake = self
+
+        def verify_request(request: Any, client_address: Any) -> bool:
+            if fake.down:  # reset the connection instead of answering
+                request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                   struct.pack("ii", 1, 0))
+                return False
+            return True
+
+        server.verify_request = verify_request  # type: ignore[method-assign]
+        return server
+
+    def _serve(self) -> None:
+        try:
+            self._server.serve_forever()
+        finally:
+            self._local.engine = None  # a regorus engine must be dropped by its own thread
 
     def _activate_bundle(self) -> None:
         if self.bundle is not None and self.bundle.activated:

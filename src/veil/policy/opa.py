@@ -35,7 +35,7 @@ from opa_client.errors import (
 )
 
 from veil.errors import PolicyError
-from veil.policy import DataLoader, PolicyModule, load_modules
+from veil.policy import DataLoader, Decision, PolicyModule, load_modules
 from veil.policy.embedded import new_engine, refers_to_raw
 
 log = logging.getLogger("veil.policy.opa")
@@ -194,7 +194,7 @@ class OpaEngine:
         except PolicyError as exc:
             log.warning("OPA engine not ready: %s", exc.detail)
             return False
-        return isinstance(result, dict)
+        return not Decision.read(result, 0).failed
 
     def close(self) -> None:
         self._client.close_connection()

@@ -1,0 +1,449 @@
+"""The `opa` engine: state loaded at start-up and after each change, recovery after an OPA
+restart, bundle mode, and every OPA fault failing closed (rows hidden; a reveal is 503).
+
+Normal operation runs against the loopback OPA of tests/opa_server.py (real HTTP, OPA's REST
+API on regorus); `responses` only shapes what OPA answers when it fails (errors, timeouts).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import requests
+import responses
+from flask import Flask
+from flask.testing import FlaskClient
+from opa_server import Bundle, FakeOpa, bundle_from
+
+from veil.app import create_app
+from veil.errors import PolicyError
+from veil.policy.embedded import EmbeddedEngine
+from veil.policy.opa import OpaEngine
+from veil.storage import open_storage
+
+from conftest import ADMIN, POLICIES, LoopbackStore, activity, auth, ids, iso, make_config
+
+A = auth(ADMIN)
+ANN = "ann@contoso.com"
+BOB = "bob@contoso.com"
+SEC = 1_000_000_000
+DECISION = "/v1/data/veil/privacy/decision"
+
+
+@pytest.fixture
+def opa() -> Iterator[FakeOpa]:
+    server = FakeOpa()
+    yield server
+    server.close()
+
+
+def veil_app(store: LoopbackStore, tmp_path: Path, opa_url: str, **policy: Any) -> Flask:
+    section = {"engine": "opa", "opa_url": opa_url, "timeout_s": 2, **policy}
+    return create_app(make_config(store.url, f"sqlite:///{tmp_path / 'veil.db'}",
+                                  policy=section))
+
+
+@pytest.fixture
+def app(opa: FakeOpa, store: LoopbackStore, tmp_path: Path) -> Iterator[Flask]:
+    application = veil_app(store, tmp_path, opa.url)
+    yield application
+    application.extensions["veil"].engine.close()
+    application.extensions["veil"].storage.close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def finance_private(client: FlaskClient, store: LoopbackStore) -> None:
+    """ann (finance) is private from now on; the store answers ann's row and bob's."""
+    assert client.put("/veil/v1/groups/finance", json={"name": "Finance", "members": [ANN]},
+                      headers=A).status_code == 201
+    assert client.post("/veil/v1/privacy-groups", json={"group": "finance"},
+                       headers=A).status_code == 201
+    later = iso(time.time_ns() + 60 * SEC)
+    store.state.rows = [activity(1, ANN, later), activity(2, BOB, later)]
+
+
+def open_reveal(client: FlaskClient) -> dict[str, str]:
+    assert client.post("/veil/v1/private-viewers", json={"principal": ADMIN},
+                       headers=A).status_code == 201
+    r = client.post("/veil/v1/reveal-sessions", json={"acknowledge_audit": True,
+                                                       "justification": "case INC-42"},
+                    headers=A)
+    assert r.status_code == 201, r.get_json()
+    return {**A, "Veil-Reveal-Session": r.get_json()["id"]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def assert_fails_closed(client: FlaskClient, reveal_headers: dict[str, str]) -> None:
+    """Every row hidden for an ordinary answer; a reveal is 503 and nothing is audited as
+    revealed."""
+    hidden = client.get("/api/activities", headers=auth(BOB))
+    assert hidden.status_code == 200
+    assert ids(hidden) == []
+    assert hidden.headers["Veil-Degraded"] == "policy"
+    revealed = client.get("/api/activities", headers=reveal_headers)
+    assert revealed.status_code == 503
+    assert revealed.get_json()["code"] == "policy_unavailable"
+    assert "data" not in revealed.get_json()
+    log = client.get("/veil/v1/governance-log?action=activities_revealed", headers=A)
+    assert log.get_json()["records"] == []
+
+
+def assert_filters(client: FlaskClient) -> None:
+    answer = client.get("/api/activities", headers=auth(BOB))
+    assert answer.status_code == 200
+    assert ids(answer) == ["act-2"]
+    assert "Veil-Degraded" not in answer.headers
+
+
+# ---- state in OPA -----------------------------------------------------------------------
+
+
+def test_start_up_loads_policies_and_data(app: Flask, opa: FakeOpa) -> None:
+    """Before any query, OPA holds every policy file (not the tests) and data.veil."""
+    assert opa.policy_ids() == ["veil/veil/privacy/privacy.rego"]
+    storage = app.extensions["veil"].storage
+    assert opa.document("veil/state_version") == storage.state_version()
+    assert opa.document("veil/admins") == {ADMIN: True}
+    assert opa.document("veil/managed_domains") == ["contoso.com"]
+    assert opa.calls("PUT", "/v1/policies/") == 1
+
+
+def test_first_query_after_start_up_is_answered_with_state_loaded(
+        opa: FakeOpa, store: LoopbackStore, tmp_path: Path) -> None:
+    """State made before start-up is in OPA for the very first answer."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'veil.db'}", 5.0, [ADMIN])
+    storage.put_group("finance", "Finance", [ANN], ADMIN)
+    storage.add_privacy_group("finance", ADMIN)
+    storage.close()
+    later = iso(time.time_ns() + 60 * SEC)
+    store.state.rows = [activity(1, ANN, later), activity(2, BOB, later)]
+    application = veil_app(store, tmp_path, opa.url)
+    try:
+        assert_filters(application.test_client())
+        assert opa.calls("POST", DECISION) == 1
+    finally:
+        application.extensions["veil"].storage.close()
+
+
+def test_opa_down_at_start_up_then_up(store: LoopbackStore, tmp_path: Path) -> None:
+    """Veil starts without OPA (compose may start it first), fails closed, then loads its
+    state on the first query once OPA answers."""
+    opa = FakeOpa()
+    opa.stop()
+    application = veil_app(store, tmp_path, opa.url)
+    client = application.test_client()
+    try:
+        finance_private(client, store)
+        assert ids(client.get("/api/activities", headers=auth(BOB))) == []
+        assert client.get("/readyz").get_json()["checks"]["engine"] is False
+        opa.start()
+        assert_filters(client)
+        assert opa.policy_ids() == ["veil/veil/privacy/privacy.rego"]
+        assert client.get("/readyz").get_json()["checks"]["engine"] is True
+    finally:
+        application.extensions["veil"].storage.close()
+        opa.close()
+
+
+def test_data_is_written_after_each_change_and_only_then(client: FlaskClient,
+                                                         store: LoopbackStore,
+                                                         opa: FakeOpa) -> None:
+    finance_private(client, store)
+    assert_filters(client)
+    assert opa.document("veil/groups/finance/members") == {ANN: True}
+    patches = opa.calls("PATCH", "/v1/data/veil")
+    assert_filters(client)
+    assert_filters(client)
+    assert opa.calls("PATCH", "/v1/data/veil") == patches  # nothing changed: nothing written
+    client.put("/veil/v1/groups/finance", json={"name": "Finance", "members": [BOB]}, headers=A)
+    answer = client.get("/api/activities", headers=auth(BOB))
+    assert ids(answer) == ["act-1"]
+    assert opa.document("veil/groups/finance/members") == {BOB: True}
+    assert opa.calls("PATCH", "/v1/data/veil") > patches
+
+
+def test_recovery_after_an_opa_restart(client: FlaskClient, store: LoopbackStore,
+                                       opa: FakeOpa) -> None:
+    """OPA restarts and loses Veil's policies and data: the next answer notices the
+    undefined decision, loads both again and is still right."""
+    finance_private(client, store)
+    reveal = open_reveal(client)
+    assert_filters(client)
+    opa.restart()
+    assert opa.policy_ids() == []
+    assert_filters(client)
+    assert opa.policy_ids() == ["veil/veil/privacy/privacy.rego"]
+    assert opa.document("veil/groups/finance/members") == {ANN: True}
+    opa.restart()
+    assert ids(client.get("/api/activities", headers=reveal)) == ["act-1", "act-2"]
+
+
+def test_recovery_after_opa_was_unreachable(client: FlaskClient, store: LoopbackStore,
+                                            opa: FakeOpa) -> None:
+    finance_private(client, store)
+    reveal = open_reveal(client)
+    opa.stop()
+    assert_fails_closed(client, reveal)
+    opa.restart()
+    assert_filters(client)
+    assert ids(client.get("/api/activities", headers=reveal)) == ["act-1", "act-2"]
+
+
+def test_readyz_follows_opa(client: FlaskClient, opa: FakeOpa) -> None:
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["checks"]["engine"] is True
+    opa.stop()
+    down = client.get("/readyz")
+    assert down.status_code == 503
+    assert down.get_json()["checks"]["engine"] is False
+    opa.restart()  # it comes back empty, and no query arrives: the probe reloads it
+    assert client.get("/readyz").get_json()["checks"]["engine"] is True
+    assert opa.policy_ids() == ["veil/veil/privacy/privacy.rego"]
+    assert opa.document("veil/state_version") is not None
+
+
+def test_stale_policy_modules_are_removed(opa: FakeOpa, tmp_path: Path) -> None:
+    requests.put(f"{opa.url}/v1/policies/veil/old/gone.rego",
+                 data="package veil.old\n\nimport rego.v1\n\nx := 1\n", timeout=5)
+    requests.put(f"{opa.url}/v1/policies/other/kept.rego",
+                 data="package other\n\nimport rego.v1\n\ny := 1\n", timeout=5)
+    engine = OpaEngine(POLICIES, opa.url, 2.0)
+    engine.sync(1, lambda: (1, {"groups": {}}))
+    assert opa.policy_ids() == ["other/kept.rego", "veil/veil/privacy/privacy.rego"]
+    engine.close()
+
+
+def test_newest_state_wins_between_processes(opa: FakeOpa) -> None:
+    """Two Veil processes share one OPA; the one that read the state before a change writes
+    it after the other wrote the change: it reads again, sees the change, writes it."""
+    first, second = OpaEngine(POLICIES, opa.url, 2.0), OpaEngine(POLICIES, opa.url, 2.0)
+    newer = {"groups": {"finance": {"name": "Finance", "members": {ANN: True}}}}
+    first.sync(2, lambda: (2, newer))
+    reads = iter([(1, {"groups": {}}), (2, newer), (2, newer)])
+    second.sync(1, lambda: next(reads))
+    assert opa.document("veil/state_version") == 2
+    assert opa.document("veil/groups") == newer["groups"]
+    first.close()
+    second.close()
+
+
+def test_needs_raw_is_computed_as_the_embedded_engine_does(opa: FakeOpa, tmp_path: Path,
+                                                           store: LoopbackStore) -> None:
+    assert OpaEngine(POLICIES, opa.url).needs_raw is EmbeddedEngine(POLICIES).needs_raw is False
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    (directory / "privacy.rego").write_text((POLICIES / "veil/privacy/privacy.rego").read_text())
+    (directory / "secret.rego").write_text(
+        "package veil.privacy\n\nimport rego.v1\n\n"
+        'private_rows contains i if input.rows[i].raw.activity == "ReadSecret"\n')
+    assert OpaEngine(directory, opa.url).needs_raw is EmbeddedEngine(directory).needs_raw is True
+    now = iso(time.time_ns())
+    store.state.rows = [activity(1, BOB, now, activity="ReadSecret"), activity(2, BOB, now)]
+    application = veil_app(store, tmp_path, opa.url, dir=str(directory))
+    try:
+        assert ids(application.test_client().get("/api/activities", headers=A)) == ["act-2"]
+        assert opa.policy_ids() == ["veil/privacy.rego", "veil/secret.rego"]
+    finally:
+        application.extensions["veil"].storage.close()
+
+
+def test_opa_url_with_a_path_is_refused() -> None:
+    with pytest.raises(PolicyError, match="has a path"):
+        OpaEngine(POLICIES, "http://127.0.0.1:8181/opa")
+
+
+def test_policy_opa_rejects_is_reported(opa: FakeOpa) -> None:
+    engine = OpaEngine(POLICIES, opa.url, 2.0)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_passthru(re.compile(re.escape(opa.url) + r"/v1/(data|policies$)"))
+        mock.put(re.compile(re.escape(opa.url) + r"/v1/policies/.*"), status=400, json={
+            "code": "invalid_parameter", "message": "error(s) occurred while compiling module(s)",
+            "errors": [{"code": "rego_type_error", "message": "undefined function foo.bar"}]})
+        with pytest.raises(PolicyError, match=r"rejects policy .*privacy.rego.*foo.bar"):
+            engine.sync(1, lambda: (1, {"groups": {}}))
+    engine.close()
+
+
+# ---- faults fail closed ------------------------------------------------------------------
+
+
+def test_unreachable_opa_fails_closed(client: FlaskClient, store: LoopbackStore,
+                                      opa: FakeOpa) -> None:
+    """OPA went down (connections reset) after Veil loaded it."""
+    finance_private(client, store)
+    reveal = open_reveal(client)
+    opa.stop()
+    assert_fails_closed(client, reveal)
+
+
+def test_nothing_listening_fails_closed(store: LoopbackStore, tmp_path: Path) -> None:
+    """Connections refused from start-up on: nothing was ever loaded."""
+    application = veil_app(store, tmp_path, f"http://127.0.0.1:{free_port()}")
+    client = application.test_client()
+    try:
+        finance_private(client, store)
+        assert_fails_closed(client, open_reveal(client))
+        assert client.get("/readyz").get_json()["checks"]["engine"] is False
+    finally:
+        application.extensions["veil"].storage.close()
+
+
+def test_opa_slower_than_the_timeout_fails_closed(opa: FakeOpa, store: LoopbackStore,
+                                                  tmp_path: Path) -> None:
+    application = veil_app(store, tmp_path, opa.url, timeout_s=0.3)
+    client = application.test_client()
+    try:
+        finance_private(client, store)
+        reveal = open_reveal(client)
+        opa.decision_delay_s = 0.6
+        started = time.monotonic()
+        assert_fails_closed(client, reveal)
+        assert time.monotonic() - started < 2 * 0.6 + 1
+        opa.decision_delay_s = 0
+        time.sleep(0.7)  # let the loopback OPA finish the answers nobody waits for
+        assert_filters(client)
+    finally:
+        application.extensions["veil"].storage.close()
+
+
+OPA_FAULTS = {
+    "timeout": {"body": requests.exceptions.ReadTimeout("read timed out")},
+    "connection-reset": {"body": requests.exceptions.ConnectionError("connection reset")},
+    "error-500": {"status": 500, "json": {"code": "internal_error",
+                                          "message": "error(s) occurred while evaluating query"}},
+    "error-400": {"status": 400, "json": {"code": "invalid_parameter", "message": "bad input"}},
+    "not-json": {"status": 200, "body": "<html>bad gateway</html>"},
+    "undefined": {"status": 200, "json": {}},
+    "malformed": {"status": 200, "json": {"result": {"private_rows": "all"}}},
+    "not-an-object": {"status": 200, "json": ["result"]},
+}
+
+
+@pytest.mark.parametrize("fault", list(OPA_FAULTS))
+def test_opa_fault_fails_closed(fault: str, client: FlaskClient, store: LoopbackStore,
+                                opa: FakeOpa) -> None:
+    finance_private(client, store)
+    reveal = open_reveal(client)
+    assert_filters(client)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_passthru(store.url)
+        # Everything but the decision still reaches the loopback OPA (reloads included).
+        mock.add_passthru(re.compile(re.escape(opa.url) + r"/(health|v1/policies|v1/data/veil$|"
+                                                          r"v1/data/veil/[a-z_]+$)"))
+        mock.post(opa.url + DECISION, **OPA_FAULTS[fault])
+        assert_fails_closed(client, reveal)
+        assert client.get("/readyz").get_json()["checks"]["engine"] is False
+        decisions = [c for c in mock.calls if c.request.url.endswith(DECISION)]
+        assert decisions, "the decision was never asked"
+    assert_filters(client)  # OPA answers well again: so does Veil
+    assert client.get("/readyz").get_json()["checks"]["engine"] is True
+
+
+def test_undefined_decision_is_retried_once_after_reloading(client: FlaskClient,
+                                                            store: LoopbackStore,
+                                                            opa: FakeOpa) -> None:
+    finance_private(client, store)
+    assert_filters(client)
+    puts = opa.calls("PUT", "/v1/policies/")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_passthru(store.url)
+        mock.add_passthru(re.compile(re.escape(opa.url) + r"/v1/(policies|data/veil$|"
+                                                          r"data/veil/[a-z_]+$)"))
+        mock.post(opa.url + DECISION, json={})
+        assert ids(client.get("/api/activities", headers=auth(BOB))) == []
+        asked = [c for c in mock.calls if c.request.url.endswith(DECISION)]
+        assert len(asked) == 2
+    assert opa.calls("PUT", "/v1/policies/") == puts + 1
+
+
+# ---- bundle mode ---------------------------------------------------------------------------
+
+
+def bundle_app(opa: FakeOpa, store: LoopbackStore, tmp_path: Path) -> Flask:
+    return veil_app(store, tmp_path, opa.url, opa_bundle=True)
+
+
+def test_bundle_mode_uses_the_bundle_and_writes_only_data(store: LoopbackStore,
+                                                          tmp_path: Path) -> None:
+    opa = FakeOpa(bundle=bundle_from(POLICIES))
+    application = bundle_app(opa, store, tmp_path)
+    client = application.test_client()
+    try:
+        assert application.extensions["veil"].engine.needs_raw is True
+        finance_private(client, store)
+        assert_filters(client)
+        assert opa.calls("PUT", "/v1/policies") == 0
+        assert opa.policy_ids() == ["bundle/veil/privacy/privacy.rego"]
+        assert opa.document("veil/groups/finance/members") == {ANN: True}
+        assert client.get("/readyz").get_json()["checks"]["engine"] is True
+        # OPA restarts: the bundle is activated again, Veil's data is gone. Each answer
+        # checks the data version first, so no answer is made on a bundle without data.
+        opa.restart()
+        assert opa.document("veil") is None
+        assert_filters(client)
+        assert opa.document("veil/groups/finance/members") == {ANN: True}
+    finally:
+        application.extensions["veil"].storage.close()
+        opa.close()
+
+
+def test_bundle_owning_data_veil_fails_closed(store: LoopbackStore, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    opa = FakeOpa(bundle=bundle_from(POLICIES, roots=["veil"]))
+    application = bundle_app(opa, store, tmp_path)
+    client = application.test_client()
+    try:
+        finance_private(client, store)
+        assert ids(client.get("/api/activities", headers=auth(BOB))) == []
+        assert "owned by bundle" in caplog.text and "roots" in caplog.text
+        assert client.get("/readyz").get_json()["checks"]["engine"] is False
+    finally:
+        application.extensions["veil"].storage.close()
+        opa.close()
+
+
+def test_bundle_not_activated_is_not_ready(store: LoopbackStore, tmp_path: Path) -> None:
+    opa = FakeOpa(bundle=Bundle({}, activated=False))
+    application = bundle_app(opa, store, tmp_path)
+    client = application.test_client()
+    try:
+        finance_private(client, store)
+        assert ids(client.get("/api/activities", headers=auth(BOB))) == []
+        assert client.get("/readyz").get_json()["checks"]["engine"] is False
+    finally:
+        application.extensions["veil"].storage.close()
+        opa.close()
+
+
+def test_decision_input_is_posted_as_opa_expects(opa: FakeOpa) -> None:
+    """POST /v1/data/veil/privacy/decision with {"input": ...}: the same document Veil built."""
+    engine = OpaEngine(POLICIES, opa.url, 2.0)
+    engine.sync(1, lambda: (1, {"groups": {}, "privacy_groups": {}, "admins": {},
+                                "viewers": {}, "managed_domains": []}))
+    document = {"caller": BOB, "request": {}, "reveal_session_id": None, "session": None,
+                "now_ns": 1, "rows": [{"index": 0, "id": "a", "actor": None,
+                                       "actor_type": "user", "ts_ns": 1}]}
+    with responses.RequestsMock() as mock:
+        mock.post(opa.url + DECISION, json={"result": {"private_rows": [0], "reveal": False,
+                                                       "refusals": []}})
+        assert engine.evaluate(orjson.dumps(document))["private_rows"] == [0]
+        assert orjson.loads(mock.calls[0].request.body) == {"input": document}
+    engine.close()
