@@ -156,20 +156,26 @@ def _scan_array(text: str, pos: int, tokens: tuple[str, ...]) -> tuple[int, Answ
 
 
 def _scan_rows(text: str, start: int) -> tuple[int, Answer]:
+    """Decode each row with the C scanner and remember where it starts and ends."""
     rows: list[Any] = []
     spans: list[tuple[int, int]] = []
-    pos = _skip(text, start + 1)
+    append_row, append_span = rows.append, spans.append
+    scan, skip, blank = _scan_once, _skip, " \t\n\r"
+    pos = skip(text, start + 1)
     if text[pos] != "]":
         while True:
-            value, end = _scan_once(text, pos)
-            rows.append(value)
-            spans.append((pos, end))
-            pos = _skip(text, end)
-            if text[pos] == "]":
+            value, end = scan(text, pos)
+            append_row(value)
+            append_span((pos, end))
+            pos = skip(text, end) if text[end] in blank else end
+            char = text[pos]
+            if char == "]":
                 break
-            if text[pos] != ",":
+            if char != ",":
                 raise ValueError("expected ',' or ']'")
-            pos = _skip(text, pos + 1)
+            pos += 1
+            if text[pos] in blank:
+                pos = skip(text, pos)
     return pos + 1, Answer(text, rows, spans, start, pos + 1)
 
 
