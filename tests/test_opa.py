@@ -8,6 +8,7 @@ API on regorus); `responses` only shapes what OPA answers when it fails (errors,
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from opa_server import Bundle, FakeOpa, bundle_from
 
 from veil.app import create_app
 from veil.errors import PolicyError
+from veil.policy import load_modules
 from veil.policy.embedded import EmbeddedEngine
 from veil.policy.opa import OpaEngine
 from veil.storage import open_storage
@@ -447,3 +449,94 @@ def test_decision_input_is_posted_as_opa_expects(opa: FakeOpa) -> None:
         assert engine.evaluate(orjson.dumps(document))["private_rows"] == [0]
         assert orjson.loads(mock.calls[0].request.body) == {"input": document}
     engine.close()
+
+
+# ---- hot reload ----------------------------------------------------------------------------
+
+RAW_RULE = ("package veil.privacy\n\nimport rego.v1\n\n"
+            'private_rows contains i if input.rows[i].raw.activity == "ReadSecret"\n')
+
+
+def test_reload_loads_the_new_set_and_drops_removed_files(opa: FakeOpa, tmp_path: Path) -> None:
+    directory = tmp_path / "policies"
+    shutil.copytree(POLICIES, directory)
+    (directory / "veil/privacy/old.rego").write_text(
+        "package veil.privacy\n\nimport rego.v1\n\nold_helper := true\n")
+    engine = OpaEngine(directory, opa.url, 2.0)
+    engine.sync(1, lambda: (1, {"groups": {}}))
+    assert "veil/veil/privacy/old.rego" in opa.policy_ids()
+    (directory / "veil/privacy/old.rego").unlink()
+    (directory / "veil/privacy/secret.rego").write_text(RAW_RULE)
+    engine.reload(load_modules(directory))
+    assert opa.policy_ids() == ["veil/veil/privacy/privacy.rego",
+                                "veil/veil/privacy/secret.rego"]
+    assert engine.needs_raw is True
+    row = {"index": 0, "id": "a", "actor": BOB, "actor_type": "user", "ts_ns": 1,
+           "raw": {"activity": "ReadSecret"}}
+    document = {"caller": BOB, "request": {}, "reveal_session_id": None, "session": None,
+                "now_ns": 1, "rows": [row]}
+    assert engine.evaluate(orjson.dumps(document))["private_rows"] == [0]
+    engine.close()
+
+
+def test_reload_refused_by_opa_keeps_the_previous_policy(opa: FakeOpa, tmp_path: Path) -> None:
+    directory = tmp_path / "policies"
+    shutil.copytree(POLICIES, directory)
+    engine = OpaEngine(directory, opa.url, 2.0)
+    engine.sync(1, lambda: (1, {"groups": {}}))
+    (directory / "veil/privacy/secret.rego").write_text(RAW_RULE)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_passthru(re.compile(re.escape(opa.url) + r"/(health|v1/data|v1/policies$|"
+                                                          r"v1/policies/veil/veil/privacy/p)"))
+        mock.put(opa.url + "/v1/policies/veil/veil/privacy/secret.rego", status=400, json={
+            "code": "invalid_parameter", "message": "error(s) occurred while compiling module(s)",
+            "errors": [{"code": "rego_type_error", "message": "unsafe built-in"}]})
+        with pytest.raises(PolicyError, match="did not take the new policy"):
+            engine.reload(load_modules(directory))
+    assert opa.policy_ids() == ["veil/veil/privacy/privacy.rego"]
+    assert engine.needs_raw is False
+    engine.close()
+
+
+def test_input_without_raw_rows_is_not_decided_by_a_policy_reloaded_meanwhile(
+        opa: FakeOpa, tmp_path: Path) -> None:
+    directory = tmp_path / "policies"
+    shutil.copytree(POLICIES, directory)
+    engine = OpaEngine(directory, opa.url, 2.0)
+    engine.sync(1, lambda: (1, {"groups": {}}))
+    assert engine.needs_raw is False  # the answer's input is built without raw rows...
+    (directory / "veil/privacy/secret.rego").write_text(RAW_RULE)
+    engine.reload(load_modules(directory))  # ...a policy reading raw rows arrives meanwhile
+    document = {"caller": BOB, "request": {}, "reveal_session_id": None, "session": None,
+                "now_ns": 1, "rows": [{"index": 0, "id": "a", "actor": BOB,
+                                       "actor_type": "user", "ts_ns": 1}]}
+    with pytest.raises(PolicyError, match="reloaded while this answer was prepared"):
+        engine.evaluate(orjson.dumps(document))
+    engine.close()
+
+
+def test_reload_in_bundle_mode_is_refused(tmp_path: Path) -> None:
+    opa = FakeOpa(bundle=bundle_from(POLICIES))
+    engine = OpaEngine(POLICIES, opa.url, 2.0, bundle=True)
+    with pytest.raises(PolicyError, match="publish a new bundle"):
+        engine.reload(load_modules(POLICIES))
+    engine.close()
+    opa.close()
+
+
+def test_hot_reload_through_the_api(opa: FakeOpa, store: LoopbackStore, tmp_path: Path) -> None:
+    directory = tmp_path / "policies"
+    shutil.copytree(POLICIES, directory)
+    application = veil_app(store, tmp_path, opa.url, dir=str(directory))
+    client = application.test_client()
+    try:
+        now = iso(time.time_ns())
+        store.state.rows = [activity(1, BOB, now, activity="ReadSecret"), activity(2, BOB, now)]
+        assert ids(client.get("/api/activities", headers=A)) == ["act-1", "act-2"]
+        (directory / "veil/privacy/secret.rego").write_text(RAW_RULE)
+        reloaded = client.post("/veil/v1/policy/reload", headers=A)
+        assert reloaded.status_code == 200, reloaded.get_json()
+        assert ids(client.get("/api/activities", headers=A)) == ["act-2"]
+        assert "veil/veil/privacy/secret.rego" in opa.policy_ids()
+    finally:
+        application.extensions["veil"].storage.close()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -103,7 +103,10 @@ def client_for(opa_url: str, timeout_s: float) -> VeilOpaClient:
 
 
 def policy_id(directory: Path, module: PolicyModule) -> str:
-    return POLICY_ID_PREFIX + module.path.relative_to(directory).as_posix()
+    try:
+        return POLICY_ID_PREFIX + module.path.relative_to(directory).as_posix()
+    except ValueError:
+        return POLICY_ID_PREFIX + module.path.name
 
 
 class OpaEngine:
@@ -122,11 +125,13 @@ class OpaEngine:
             # The bundle can change under Veil at any time: always send each row's raw JSON,
             # so a rule about raw never sees it missing.
             self._modules: list[PolicyModule] = []
-            self.needs_raw = True
+            self._needs_raw = True
         else:
             # Parsed here too, so a broken policy stops start-up as it does with `embedded`.
             self._modules = [m for m in load_modules(directory) if not m.is_test]
-            self.needs_raw = refers_to_raw(new_engine(self._modules))
+            self._needs_raw = refers_to_raw(new_engine(self._modules))
+        self._raw_epoch = 0  # moves on each time a policy that reads raw starts being loaded
+        self._pinned = threading.local()  # (raw epoch, needs_raw) the thread's input was built for
         self._lock = threading.RLock()
         self._load: DataLoader | None = None
         self._synced_version = -1  # the data version OPA holds for sure; -1: unknown
@@ -134,6 +139,18 @@ class OpaEngine:
         self._generation = 0  # counts reloads, so concurrent failures reload once
 
     # ---- the Engine protocol ---------------------------------------------------------
+
+    @property
+    def needs_raw(self) -> bool:
+        """Whether inputs must carry each row's raw JSON, for the policy OPA now serves.
+
+        The calling thread's next ``evaluate`` remembers what was read here: a decision on an
+        input built without raw rows is dropped (fail closed) if a policy reading raw rows was
+        being loaded into OPA meanwhile, since OPA cannot evaluate with the previous policy.
+        """
+        needs_raw = self._needs_raw
+        self._pinned.value = (self._raw_epoch, needs_raw)
+        return needs_raw
 
     def sync(self, version: int, load: DataLoader) -> None:
         self._load = load
@@ -156,6 +173,14 @@ class OpaEngine:
                 raise
 
     def evaluate(self, input_json: bytes) -> Any:
+        pinned: tuple[int, bool] | None = self._pinned.__dict__.pop("value", None)
+        result = self._evaluate(input_json)
+        if pinned is not None and not pinned[1] and self._raw_epoch != pinned[0]:
+            raise PolicyError("the policy was reloaded while this answer was prepared (the new "
+                              "one reads raw rows, which the input does not carry)")
+        return result
+
+    def _evaluate(self, input_json: bytes) -> Any:
         if self._synced_version < 0:
             raise PolicyError("OPA does not hold Veil's current data.veil (see the log)")
         body = b'{"input":' + input_json + b"}"
@@ -170,6 +195,42 @@ class OpaEngine:
             if result is UNDEFINED:
                 raise PolicyError(self._undefined_detail())
         return result
+
+    def reload(self, modules: Sequence[PolicyModule]) -> None:
+        """Load a new policy set into OPA; on PolicyError the previous set is put back.
+
+        OPA's Policy API changes one module per request: a set that changes several files is
+        applied file by file (a window of milliseconds), modules first added or replaced, then
+        the removed ones deleted.
+        """
+        if self.bundle:
+            raise PolicyError("policy.opa_bundle is on: OPA takes Veil's policies from its "
+                              "bundle; publish a new bundle instead of reloading Veil")
+        policy = [m for m in modules if not m.is_test]
+        if not policy:
+            raise PolicyError(f"policy directory {self.directory} holds no policy (.rego) file")
+        needs_raw = refers_to_raw(new_engine(policy))
+        with self._lock:
+            previous, previous_raw = self._modules, self._needs_raw
+            if needs_raw and not previous_raw:
+                self._raw_epoch += 1
+                self._needs_raw = True  # inputs carry raw rows before OPA may need them
+            self._modules = policy
+            try:
+                self._load_policies()
+                if Decision.read(self._post_decision(PROBE_INPUT), 0).failed:
+                    raise PolicyError(f"{DECISION_PATH} gives no well-formed decision with "
+                                      "the new policy")
+            except PolicyError as exc:
+                self._modules = previous
+                try:
+                    self._load_policies()
+                    self._needs_raw = previous_raw
+                except PolicyError as restore:
+                    log.error("the previous policy could not be put back into OPA: %s",
+                              restore.detail)
+                raise PolicyError(f"OPA did not take the new policy: {exc.detail}") from exc
+            self._needs_raw = needs_raw
 
     def ready(self) -> bool:
         """OPA is healthy and answers the decision with Veil's current data loaded.
