@@ -111,9 +111,11 @@ class PolicyReloader:
     _serving: PolicySet | None = field(default=None, init=False)
     _loaded_at: str = field(default="", init=False)
     _last: ReloadOutcome | None = field(default=None, init=False)
+    seen: tuple[tuple[str, int, int], ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
         # What the engine loaded at start-up (read again here: the files it was built from).
+        self.seen = self.signature()
         try:
             self._modules = load_modules(self.directory)
             self._serving = PolicySet.of(self.directory, self._modules)
@@ -149,6 +151,7 @@ class PolicyReloader:
     def _attempt(self, trigger: str, actor: str) -> ReloadOutcome:
         at = rfc3339(now_ns())
         previous = self._serving
+        self.seen = self.signature()  # the files as this attempt reads them
         try:
             modules = load_modules(self.directory)
         except PolicyError as exc:
@@ -259,7 +262,6 @@ class ReloadTriggers:
         self._wake.set()
 
     def _run(self) -> None:
-        seen = self.reloader.signature()
         pending: tuple[tuple[str, int, int], ...] | None = None
         while not self._stop.is_set():
             self._wake.wait(self.interval)
@@ -270,16 +272,16 @@ class ReloadTriggers:
                 if self._signalled.is_set():
                     self._signalled.clear()
                     self.reloader.reload("sighup", ACTOR_SIGNAL)
-                    seen, pending = self.reloader.signature(), None
+                    pending = None
                     continue
                 if self.interval is None:
                     continue
                 now = self.reloader.signature()
-                if now == seen:
+                if now == self.reloader.seen:
                     pending = None
                 elif now == pending:
                     self.reloader.reload("file_watch", ACTOR_WATCH)
-                    seen, pending = now, None
+                    pending = None
                 else:
                     pending = now
             except Exception:
