@@ -10,8 +10,11 @@ state admins manage to ``data.veil`` (the bundle must leave those paths to it: r
 Two invariants keep a decision from ever being made on policies without their data:
 data is always written before policies, and in bundle mode (where OPA brings policies back by
 itself after a restart) every answer first checks that OPA still holds the current data
-version. Any failure (unreachable, slow, an error answer, an undefined decision) raises
-PolicyError, which Veil reads as "every row private, no reveal".
+version. An undefined decision means OPA lost Veil's state: Veil loads data and policies
+again and asks once more. Any failure (unreachable, slow past ``policy.timeout_s``, an error
+answer, an undefined or malformed decision) raises PolicyError, which Veil reads as "every
+row private, no reveal". A hot reload changes OPA's modules one by one and puts the previous
+set back if OPA refuses one.
 """
 
 from __future__ import annotations
