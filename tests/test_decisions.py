@@ -19,13 +19,13 @@ from typing import Any
 import orjson
 import pytest
 from flask.testing import FlaskClient
-from opa_server import FakeOpa
 
 from veil.app import create_app
 from veil.policy import Decision, Engine, create_engine
 from veil.storage import Storage, open_storage
 
 from conftest import ADMIN, POLICIES, LoopbackStore, activity, auth, ids, iso, make_config
+from opa_server import FakeOpa
 
 ENGINES = ["embedded", "opa"]
 DOMAINS = ("contoso.com",)

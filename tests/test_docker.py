@@ -23,11 +23,11 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import yaml
-from opa_server import FakeOpa
 
 from veil import config as config_module
 
 from conftest import POLICIES, ROOT, LoopbackStore
+from opa_server import FakeOpa
 
 DOCKER = ROOT / "docker"
 

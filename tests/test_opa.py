@@ -21,7 +21,6 @@ import requests
 import responses
 from flask import Flask
 from flask.testing import FlaskClient
-from opa_server import Bundle, FakeOpa, bundle_from
 
 from veil.app import create_app
 from veil.errors import PolicyError
@@ -31,6 +30,7 @@ from veil.policy.opa import OpaEngine
 from veil.storage import open_storage
 
 from conftest import ADMIN, POLICIES, LoopbackStore, activity, auth, ids, iso, make_config
+from opa_server import Bundle, FakeOpa, bundle_from
 
 A = auth(ADMIN)
 ANN = "ann@contoso.com"

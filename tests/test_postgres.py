@@ -26,7 +26,6 @@ import pytest
 import requests
 import yaml
 from flask import Flask
-from postgres import PostgresCluster, free_port, require_bin_dir
 
 from veil.app import create_app
 from veil.errors import StorageError
@@ -34,6 +33,7 @@ from veil.storage import Storage, open_storage
 from veil.storage.postgres import to_pyformat
 
 from conftest import ADMIN, SECRET, LoopbackStore, activity, auth, config_doc, iso, make_config
+from postgres import PostgresCluster, free_port, require_bin_dir
 
 SEC = 1_000_000_000
 A = auth(ADMIN)
