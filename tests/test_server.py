@@ -98,3 +98,105 @@ def test_readyz_reports_each_dependency(served: str, store: LoopbackStore) -> No
     r = requests.get(f"{served}/readyz", timeout=10)
     assert r.status_code == 200
     assert r.json()["checks"] == {"store": True, "engine": True, "storage": True}
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+
+
+def test_sighup_reloads_policy_safely_in_every_worker(store: LoopbackStore,
+                                                      tmp_path: Path) -> None:
+    """SIGHUP to the master: each worker checks and tests the new set before serving it; a
+    broken set is refused and the old one keeps serving."""
+    import shutil
+
+    from conftest import POLICIES
+
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    doc = config_doc(store.url, f"sqlite:///{tmp_path / 'veil.db'}",
+                     server={"workers": 2, "threads": 2},
+                     policy={"dir": str(policies), "reload_on_sighup": True})
+    path = tmp_path / "veil.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port", str(port)],
+        env={**env, "VEIL_TEST_JWT_SECRET": SECRET}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    a = auth(ADMIN)
+    now = iso(time.time_ns())
+    store.state.rows = [activity(1, "carl@contoso.com", now, activity="FileDownload"),
+                        activity(2, "carl@contoso.com", now, activity="FileAccessed")]
+
+    def answers(n: int = 12) -> set[tuple[str, ...]]:
+        return {tuple(row["id"] for row in requests.get(f"{url}/api/activities", headers=a,
+                                                         timeout=10).json()["data"])
+                for _ in range(n)}
+
+    def reloads() -> list[dict[str, object]]:
+        records: list[dict[str, object]] = requests.get(
+            f"{url}/veil/v1/governance-log?action=policy_reloaded", headers=a,
+            timeout=10).json()["records"]
+        return records
+
+    def wait_for(outcome: str) -> list[dict[str, object]]:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = [r for r in reloads()
+                     if r["details"]["outcome"] == outcome]  # type: ignore[index]
+            if found:
+                return found
+            time.sleep(0.2)
+        raise AssertionError(f"no {outcome} policy reload recorded: {reloads()}")
+
+    def settled(expected: set[tuple[str, ...]]) -> set[tuple[str, ...]]:
+        deadline = time.monotonic() + 30
+        while (seen := answers()) != expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return seen
+
+    try:
+        wait_ready(url, process)
+        assert answers() == {("act-1", "act-2")}
+        for name in ("file_downloads.rego", "file_downloads_test.rego"):
+            shutil.copy(EXAMPLES / name, policies / "veil" / "privacy" / name)
+        process.send_signal(signal.SIGHUP)
+        assert settled({("act-2",)}) == {("act-2",)}  # every worker serves the new rule
+        assert wait_for("accepted")
+        (policies / "veil" / "privacy" / "file_downloads.rego").write_text(
+            "package veil.privacy\nprivate_rows contains i if {\n")  # a broken save
+        process.send_signal(signal.SIGHUP)
+        assert wait_for("refused")
+        time.sleep(0.5)
+        assert answers(20) == {("act-2",)}  # the accepted policy keeps serving
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+def test_serve_refuses_a_policy_whose_tests_fail(store: LoopbackStore, tmp_path: Path) -> None:
+    import shutil
+
+    from conftest import POLICIES
+
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    (policies / "veil" / "privacy" / "wrong_test.rego").write_text(
+        "package veil.privacy_test\n\nimport rego.v1\n\n"
+        "test_everything_is_private if data.veil.privacy.private_rows == {0}\n")
+    path = tmp_path / "veil.yaml"
+    path.write_text(yaml.safe_dump(config_doc(store.url, f"sqlite:///{tmp_path / 'v.db'}",
+                                              policy={"dir": str(policies)})))
+    result = subprocess.run(
+        [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port",
+         str(free_port())], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "VEIL_TEST_JWT_SECRET": SECRET})
+    assert result.returncode == 2
+    assert "test_everything_is_private" in result.stderr

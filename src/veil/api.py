@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from flask import Blueprint, Flask, Response, jsonify, request
-from flask.blueprints import BlueprintSetupState
+from flask import Blueprint, Response, jsonify, request
 
 from veil import reload as policy_reload
 from veil import schemas
@@ -19,12 +18,6 @@ from veil.identity import normalize_principal
 from veil.storage import rfc3339
 
 blueprint = Blueprint("api", __name__, url_prefix="/veil/v1")
-
-
-@blueprint.record_once
-def _attach_policy_reloader(state: BlueprintSetupState) -> None:
-    """The policy reloader (file watch, SIGHUP, and the route below) lives beside this API."""
-    policy_reload.init_app(cast(Flask, state.app))
 
 
 _GROUP_ID = re.compile(schemas.GROUP_ID)

@@ -12,7 +12,7 @@ from veil.config import Config
 from veil.errors import Forbidden, VeilError, problem
 from veil.identity import Authenticator
 from veil.metrics import Metrics
-from veil.policy import Engine, create_engine
+from veil.policy import Engine, create_engine, load_modules
 from veil.query import QueryService
 from veil.storage import Storage, open_storage
 from veil.upstream import Upstream
@@ -56,9 +56,13 @@ def create_app(config: Config, *, storage: Storage | None = None,
     app.json.sort_keys = False  # type: ignore[attr-defined]
     storage = storage or open_storage(config.storage.url, config.storage.timeout_s,
                                       config.identity.bootstrap_admins)
-    engine = engine or create_engine(config.policy.engine, config.policy.dir,
-                                     config.policy.opa_url, config.policy.timeout_s,
-                                     config.policy.opa_bundle)
+    modules = None
+    if engine is None:
+        # Read once: the engine serves these, and the hot reload compares the disk against them.
+        if not (config.policy.engine == "opa" and config.policy.opa_bundle):
+            modules = load_modules(config.policy.dir)
+        engine = create_engine(config.policy.engine, config.policy.dir, config.policy.opa_url,
+                               config.policy.timeout_s, config.policy.opa_bundle, modules)
     upstream = Upstream(config.upstream)
     metrics = Metrics()
     app.extensions["veil"] = Services(
@@ -72,11 +76,13 @@ def create_app(config: Config, *, storage: Storage | None = None,
         log.warning("policy state not loaded at start-up; retried at each query: %s", exc.detail)
 
     from veil import api, health, openapi, proxy
+    from veil import reload as policy_reload
 
     app.register_blueprint(health.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(proxy.blueprint)
+    policy_reload.init_app(app, modules=modules)  # the API route, file watch, SIGHUP
 
     @app.before_request
     def authenticate() -> None:

@@ -63,6 +63,8 @@ class PolicyConfig:
     opa_url: str = "http://127.0.0.1:8181"
     opa_bundle: bool = False
     timeout_s: float = 2.0
+    watch_s: float = 0.0  # poll the policy directory this often for a hot reload; 0: off
+    reload_on_sighup: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,8 @@ def from_dict(
             opa_url=policy.get("opa_url", "http://127.0.0.1:8181").rstrip("/"),
             opa_bundle=policy.get("opa_bundle", False),
             timeout_s=float(policy.get("timeout_s", 2)),
+            watch_s=float(policy.get("watch_s", 0)),
+            reload_on_sighup=policy.get("reload_on_sighup", False),
         ),
         server=ServerConfig(**document.get("server", {})),
         storage=StorageConfig(

@@ -113,15 +113,25 @@ class PolicyReloader:
     _last: ReloadOutcome | None = field(default=None, init=False)
     seen: tuple[tuple[str, int, int], ...] = field(default=(), init=False)
 
-    def __post_init__(self) -> None:
-        # What the engine loaded at start-up (read again here: the files it was built from).
+    def serving_from(self, modules: Sequence[PolicyModule] | None) -> None:
+        """Record what the engine serves (``None``: read the directory now)."""
         self.seen = self.signature()
         try:
-            self._modules = load_modules(self.directory)
+            self._modules = list(modules) if modules is not None else load_modules(
+                self.directory)
             self._serving = PolicySet.of(self.directory, self._modules)
         except PolicyError as exc:  # e.g. OPA with a bundle: no local policy directory
             log.info("policy directory not readable for hot reload: %s", exc.detail)
         self._loaded_at = rfc3339(now_ns())
+
+    def on_disk_differs(self) -> bool:
+        """Did the files change since the engine read them (e.g. while a worker started)?"""
+        if self._serving is None:
+            return False
+        try:
+            return PolicySet.of(self.directory, load_modules(self.directory)) != self._serving
+        except PolicyError:
+            return True
 
     def signature(self) -> tuple[tuple[str, int, int], ...]:
         """A cheap fingerprint of the directory's .rego files (path, mtime, size)."""
@@ -258,6 +268,10 @@ class ReloadTriggers:
             signal.signal(signal.SIGHUP, self._previous_handler or signal.SIG_DFL)
 
     def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
+        self.wake()
+
+    def wake(self) -> None:
+        """Reload now, as on SIGHUP."""
         self._signalled.set()
         self._wake.set()
 
@@ -289,24 +303,24 @@ class ReloadTriggers:
 
 
 def init_app(app: Flask, watch_interval_s: float | None = None,
-             sighup: bool | None = None) -> PolicyReloader:
-    """Attach a PolicyReloader to the app and start the triggers the configuration asks for.
-
-    ``policy.watch_s`` (seconds between polls; 0 or absent: no file watch) and
-    ``policy.reload_on_sighup`` are read from the configuration when it has them.
+             sighup: bool | None = None,
+             modules: Sequence[PolicyModule] | None = None) -> PolicyReloader:
+    """Attach a PolicyReloader to the app and start the triggers the configuration asks for
+    (``policy.watch_s``: seconds between polls, 0 for no file watch; ``policy.reload_on_sighup``).
     """
     services = app.extensions["veil"]
     policy = services.config.policy
     reloader = PolicyReloader(policy.dir, services.engine, services.storage)
+    reloader.serving_from(modules)
     app.extensions[EXTENSION] = reloader
-    interval = (watch_interval_s if watch_interval_s is not None
-                else float(getattr(policy, "watch_s", 0) or 0))
-    on_signal = sighup if sighup is not None else bool(getattr(policy, "reload_on_sighup",
-                                                               False))
+    interval = watch_interval_s if watch_interval_s is not None else policy.watch_s
+    on_signal = sighup if sighup is not None else policy.reload_on_sighup
     if interval > 0 or on_signal:
         triggers = ReloadTriggers(reloader, interval, on_signal)
         triggers.start()
         app.extensions[EXTENSION + "_triggers"] = triggers
+        if reloader.on_disk_differs():  # changed while starting: a signal may have been missed
+            triggers.wake()
     return reloader
 
 

@@ -1,21 +1,53 @@
-"""Run Veil under gunicorn (threads in each worker; one regorus engine per thread)."""
+"""Run Veil under gunicorn (threads in each worker; one regorus engine per thread).
+
+The policy set on disk is checked and its own tests run before the master starts and before
+each worker loads it, so no process ever serves a policy that fails its tests. With
+``policy.reload_on_sighup``, SIGHUP to the master is passed to the workers, which each run the
+safe hot reload (check, test, swap) instead of being restarted.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from veil import config as config_module
+from veil.config import Config
+from veil.errors import PolicyError
+
+
+def validated(config: Config) -> None:
+    """Raise PolicyError unless the policy directory checks and its tests pass."""
+    if config.policy.engine == "opa" and config.policy.opa_bundle:
+        return  # the policies come from OPA's bundle, not from this directory
+    from veil import policytools
+    from veil.policy import load_modules
+
+    validation = policytools.validate(load_modules(config.policy.dir))
+    if not validation.ok:
+        details = "\n  ".join(validation.details()[:20])
+        raise PolicyError(f"{config.policy.dir}: {validation.summary}\n  {details}")
+
+
+class VeilArbiter(Arbiter):  # type: ignore[misc]
+    """Forwards SIGHUP to the workers (a safe policy reload) instead of restarting them."""
+
+    def handle_hup(self) -> None:
+        self.log.info("SIGHUP: asking every worker to reload the policy")
+        self.kill_workers(signal.SIGHUP)
 
 
 class VeilServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, config_path: str, options: dict[str, Any]) -> None:
+    def __init__(self, config_path: str, options: dict[str, Any], forward_hup: bool) -> None:
         self.config_path = config_path
         self.options = options
+        self.forward_hup = forward_hup
         super().__init__()
 
     def load_config(self) -> None:
@@ -26,19 +58,31 @@ class VeilServer(BaseApplication):  # type: ignore[misc]
         # Each worker builds its own app after the fork: its own connections and engines.
         from veil.app import create_app
 
-        return create_app(config_module.load(self.config_path))
+        if self.forward_hup:  # until the reloader's handler is in place, SIGHUP must not kill
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        config = config_module.load(self.config_path)
+        validated(config)
+        return create_app(config)
+
+    def run(self) -> None:
+        if self.forward_hup:
+            VeilArbiter(self).run()
+        else:
+            super().run()
 
 
 def serve(config_path: str, host: str | None = None, port: int | None = None) -> None:
-    """Validate the config up front (a bad file stops here), then run gunicorn."""
+    """Validate the config and the policy up front (a bad one stops here), then run gunicorn."""
     config = config_module.load(config_path)
+    validated(config)
     workers = config.server.workers
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # prometheus_client picks its value store when first imported: set this before that.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="veil-metrics-")
-    from veil.app import create_app
+    from veil.storage import open_storage
 
-    create_app(config).extensions["veil"].storage.close()  # migrate and check before forking
+    # Create or migrate the storage once, before the workers fork.
+    open_storage(config.storage.url, config.storage.timeout_s).close()
     options = {
         "bind": f"{host or config.server.host}:{port if port is not None else config.server.port}",
         "workers": workers,
@@ -50,4 +94,4 @@ def serve(config_path: str, host: str | None = None, port: int | None = None) ->
         "errorlog": "-",
         "loglevel": "info",
     }
-    VeilServer(config_path, options).run()
+    VeilServer(config_path, options, config.policy.reload_on_sighup).run()

@@ -113,11 +113,12 @@ def load_modules(directory: Path) -> list[PolicyModule]:
 
 
 def create_engine(kind: str, directory: Path, opa_url: str = "", timeout_s: float = 2.0,
-                  bundle: bool = False) -> Engine:
+                  bundle: bool = False, modules: Sequence[PolicyModule] | None = None) -> Engine:
+    """The configured engine, serving ``modules`` (default: read from ``directory``)."""
     if kind == "opa":
         from veil.policy.opa import OpaEngine
 
-        return OpaEngine(directory, opa_url, timeout_s, bundle)
+        return OpaEngine(directory, opa_url, timeout_s, bundle, modules)
     from veil.policy.embedded import EmbeddedEngine
 
-    return EmbeddedEngine(directory)
+    return EmbeddedEngine(directory, modules)

@@ -69,13 +69,15 @@ class EmbeddedEngine:
 
     name = "embedded"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path,
+                 modules: Sequence[PolicyModule] | None = None) -> None:
         self.directory = directory
         self._local = threading.local()
         self._lock = threading.Lock()
         self._version = -1
         self._data_json = '{"veil": {}}'
-        self._generation = self._prepare(load_modules(directory))
+        self._generation = self._prepare(load_modules(directory) if modules is None
+                                         else modules)
 
     @property
     def needs_raw(self) -> bool:

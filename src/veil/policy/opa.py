@@ -118,7 +118,7 @@ class OpaEngine:
     name = "opa"
 
     def __init__(self, directory: Path, opa_url: str, timeout_s: float = 2.0,
-                 bundle: bool = False) -> None:
+                 bundle: bool = False, modules: Sequence[PolicyModule] | None = None) -> None:
         self.directory = directory
         self.opa_url = opa_url
         self.timeout_s = timeout_s
@@ -131,7 +131,8 @@ class OpaEngine:
             self._needs_raw = True
         else:
             # Parsed here too, so a broken policy stops start-up as it does with `embedded`.
-            self._modules = [m for m in load_modules(directory) if not m.is_test]
+            loaded = load_modules(directory) if modules is None else modules
+            self._modules = [m for m in loaded if not m.is_test]
             self._needs_raw = refers_to_raw(new_engine(self._modules))
         self._raw_epoch = 0  # moves on each time a policy that reads raw starts being loaded
         self._pinned = threading.local()  # (raw epoch, needs_raw) the thread's input was built for
