@@ -10,7 +10,9 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -41,10 +43,10 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30
     raise AssertionError("veil serve did not come up")
 
 
-@pytest.fixture
-def served(store: LoopbackStore, tmp_path: Path) -> Iterator[str]:
-    doc = config_doc(store.url, f"sqlite:///{tmp_path / 'veil.db'}",
-                     server={"workers": 2, "threads": 4})
+@contextmanager
+def veil_serve(doc: dict[str, Any], tmp_path: Path) -> Iterator[tuple[str,
+                                                                   subprocess.Popen[bytes]]]:
+    """`veil serve` on a free port with this configuration; stopped with SIGTERM after."""
     path = tmp_path / "veil.yaml"
     path.write_text(yaml.safe_dump(doc))
     port = free_port()
@@ -56,7 +58,7 @@ def served(store: LoopbackStore, tmp_path: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)
-        yield url
+        yield url, process
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -64,6 +66,14 @@ def served(store: LoopbackStore, tmp_path: Path) -> Iterator[str]:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+@pytest.fixture
+def served(store: LoopbackStore, tmp_path: Path) -> Iterator[str]:
+    doc = config_doc(store.url, f"sqlite:///{tmp_path / 'veil.db'}",
+                     server={"workers": 2, "threads": 4})
+    with veil_serve(doc, tmp_path) as (url, _):
+        yield url
 
 
 def test_concurrent_queries_through_gunicorn(served: str, store: LoopbackStore) -> None:
@@ -116,15 +126,6 @@ def test_sighup_reloads_policy_safely_in_every_worker(store: LoopbackStore,
     doc = config_doc(store.url, f"sqlite:///{tmp_path / 'veil.db'}",
                      server={"workers": 2, "threads": 2},
                      policy={"dir": str(policies), "reload_on_sighup": True})
-    path = tmp_path / "veil.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port", str(port)],
-        env={**env, "VEIL_TEST_JWT_SECRET": SECRET}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
     a = auth(ADMIN)
     now = iso(time.time_ns())
     store.state.rows = [activity(1, "carl@contoso.com", now, activity="FileDownload"),
@@ -157,8 +158,7 @@ def test_sighup_reloads_policy_safely_in_every_worker(store: LoopbackStore,
             time.sleep(0.2)
         return seen
 
-    try:
-        wait_ready(url, process)
+    with veil_serve(doc, tmp_path) as (url, process):
         assert answers() == {("act-1", "act-2")}
         for name in ("file_downloads.rego", "file_downloads_test.rego"):
             shutil.copy(EXAMPLES / name, policies / "veil" / "privacy" / name)
@@ -172,13 +172,6 @@ def test_sighup_reloads_policy_safely_in_every_worker(store: LoopbackStore,
         time.sleep(0.5)
         assert answers(20) == {("act-2",)}  # the accepted policy keeps serving
         assert process.poll() is None
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        finally:
-            if process.poll() is None:
-                process.kill()
 
 
 def test_serve_refuses_a_policy_whose_tests_fail(store: LoopbackStore, tmp_path: Path) -> None:
