@@ -60,6 +60,12 @@ def test_duplicate_member_off_the_path_is_harmless() -> None:
     (None, None),
     (float("nan"), None),
     ({"t": 1}, None),
+    ("2262-04-11T23:47:16.854775806Z", 9223372036854775806),
+    ("2262-04-11T23:47:16.854775807Z", None),  # an open interval's end: not comparable
+    ("2300-01-01T00:00:00Z", None),
+    ("9999-12-31T23:59:59Z", None),
+    (10**13, None),
+    (-(10**13), None),
 ])
 def test_timestamps(value: object, expected: int | None) -> None:
     assert timestamp_ns(value) == expected

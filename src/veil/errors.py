@@ -13,6 +13,7 @@
     ├── UpstreamError              502 upstream_error
     │   ├── UpstreamUnavailable    502 upstream_unavailable
     │   ├── UpstreamBadBody        502 upstream_bad_body
+    │   │   └── UpstreamNoRows     502 upstream_no_rows (valid JSON, no rows array)
     │   └── UpstreamTimeout        504 upstream_timeout
     ├── PolicyError                503 policy_unavailable
     └── StorageError               503 storage_unavailable
@@ -107,6 +108,12 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamBadBody(UpstreamError):
     code = "upstream_bad_body"
     title = "Activity store answered with an unexpected body"
+
+
+class UpstreamNoRows(UpstreamBadBody):
+    """Well-formed JSON without the rows array: harmless in an error answer, bad in a success."""
+
+    code = "upstream_no_rows"
 
 
 class UpstreamTimeout(UpstreamError):

@@ -20,6 +20,7 @@ from veil.errors import (
     RevealRefused,
     StorageError,
     UpstreamBadBody,
+    UpstreamNoRows,
 )
 from veil.identity import Headers
 from veil.metrics import Metrics
@@ -64,12 +65,19 @@ class QueryService:
         self.metrics.upstream_latency.observe(time.perf_counter() - started)
         try:
             answer = parse_answer(store.body, self.rows_pointer)
-        except UpstreamBadBody:
+        except UpstreamNoRows:
             if 200 <= store.status < 300:
                 raise
-            # An error answer without rows (the store refusing the query) goes back as it is.
+            # A well-formed error answer without rows (the store refusing the query) goes back
+            # as it is; one Veil cannot read is never passed on (it might hold rows).
             return Reply(store.status, store.content_type, store.body, (("Cache-Control",
                                                                           "no-store"),))
+        except UpstreamBadBody as exc:
+            if 200 <= store.status < 300:
+                raise
+            raise UpstreamBadBody(f"the store answered {store.status} with a body Veil cannot "
+                                  f"check for private activities ({exc.detail})",
+                                  store_status=store.status) from exc
         rows = self.normalizer.rows(answer.rows, include_raw=self.engine.needs_raw)
         decision = self._decide(caller, path, query_string, session_id, session, rows,
                                 state_ok)

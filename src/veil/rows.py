@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from veil.config import FieldPointers
-from veil.errors import UpstreamBadBody
+from veil.errors import UpstreamBadBody, UpstreamNoRows
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
@@ -72,7 +72,7 @@ def parse_answer(body: bytes, rows_pointer: tuple[str, ...]) -> Answer:
         raise UpstreamBadBody("the store's answer is not valid JSON") from exc
     if found is None:
         where = "/" + "/".join(rows_pointer)
-        raise UpstreamBadBody(f"the store's answer has no rows array at {where!r}")
+        raise UpstreamNoRows(f"the store's answer has no rows array at {where!r}")
     return found
 
 
@@ -226,8 +226,18 @@ class Normalizer:
         return out
 
 
+# Instants Veil can compare: a signed 64-bit count of nanoseconds, below the end of an open
+# privacy interval (2**63 - 1, in 2262). Anything outside is unreadable, so private (R2).
+MIN_NS, MAX_NS = -(2**63), 2**63 - 1
+
+
 def timestamp_ns(value: Any) -> int | None:
     """Nanoseconds since the epoch from RFC 3339 text or epoch milliseconds; None if unreadable."""
+    ns = _timestamp_ns(value)
+    return ns if ns is not None and MIN_NS <= ns < MAX_NS else None
+
+
+def _timestamp_ns(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):

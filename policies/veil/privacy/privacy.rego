@@ -91,7 +91,9 @@ actors_in_group(group) := {actor | some actor in distinct_actors; members[actor]
 }
 
 # A user is managed when the domain of their UPN is a managed domain or a subdomain of one.
+# A user actor without "@" has no domain: it is external.
 is_managed(actor) if {
+	contains(actor, "@")
 	some suffix in managed_suffixes
 	endswith(actor, suffix)
 }

@@ -103,10 +103,13 @@ test_external_group_hides_unmanaged_users_only if {
 		row(2, "dana@eu.contoso.com", t0 + hour),
 		row(3, "eve@notcontoso.com", t0 + hour),
 		app_row(4, "app-without-domain", t0 + hour),
+		row(5, "svc.contoso.com", t0 + hour),
+		row(6, "x@evil.com.contoso.com", t0 + hour),
+		row(7, "contoso.com@evil.com", t0 + hour),
 	])
 		with data.veil.managed_domains as ["contoso.com"]
 		with data.veil.privacy_groups as {"external": [{"start_ns": t0, "end_ns": null}]}
-	result.private_rows == {0, 3}
+	result.private_rows == {0, 3, 5, 7}
 }
 
 # ---- R4: reveal --------------------------------------------------------------------------
