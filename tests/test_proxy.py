@@ -291,3 +291,20 @@ def test_unreadable_error_answers_are_never_passed_on(client: FlaskClient,
     assert r.status_code == 502
     assert r.get_json()["store_status"] == status
     assert b"act-1" not in r.data and b"ann@" not in r.data
+
+
+@pytest.mark.parametrize("row", [
+    '{{"id":"r","user":"ann@contoso.com","user":"zed@contoso.com","actorType":"user",'
+    '"timestamp":"{ts}"}}',
+    '{{"id":"r","user":"zed@contoso.com","actorType":"user","timestamp":"{ts}",'
+    '"timestamp":"2000-01-01T00:00:00Z"}}',
+], ids=["repeated-actor", "repeated-timestamp"])
+def test_rows_with_repeated_field_keys_are_private(client: FlaskClient, store: LoopbackStore,
+                                                   row: str) -> None:
+    """A reader keeping the first of two equal keys would see another actor or time: such a
+    row cannot be read with certainty, so it is private (R2)."""
+    make_private(client, "finance", ["ann@contoso.com"])
+    later = iso(time.time_ns() + SEC)
+    ok = json.dumps(activity(2, USER, later))
+    store.state.body = ('{"data": [' + row.format(ts=later) + "," + ok + "]}").encode()
+    assert ids(client.get("/api/activities", headers=auth(USER))) == ["act-2"]

@@ -90,3 +90,13 @@ def test_normalizer_reads_through_pointers() -> None:
         None, None, "user", None)
     assert out[3]["actor"] is None and out[3]["ts_ns"] is None
     assert "raw" not in normalizer.rows(rows, include_raw=False)[0]
+
+
+def test_repeated_keys_are_found_where_they_matter() -> None:
+    from veil.rows import rows_with_repeated_keys
+
+    body = (b'{"data": [{"user": "a", "user": "b"}, {"user": "a", "note": "\\"user\\""},'
+            b' {"x": 1, "x": 2}, {"who": {"user": 1, "user": 2}}]}')
+    answer = parse_answer(body, ("data",))
+    assert rows_with_repeated_keys(answer, {"user"}, everywhere=False) == {0, 3}
+    assert rows_with_repeated_keys(answer, {"user"}, everywhere=True) == {0, 2, 3}

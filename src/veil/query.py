@@ -25,7 +25,13 @@ from veil.errors import (
 from veil.identity import Headers
 from veil.metrics import Metrics
 from veil.policy import Decision, Engine
-from veil.rows import Normalizer, parse_answer, pointer_tokens, render
+from veil.rows import (
+    Normalizer,
+    parse_answer,
+    pointer_tokens,
+    render,
+    rows_with_repeated_keys,
+)
 from veil.storage import Storage
 from veil.upstream import Upstream
 
@@ -78,7 +84,9 @@ class QueryService:
             raise UpstreamBadBody(f"the store answered {store.status} with a body Veil cannot "
                                   f"check for private activities ({exc.detail})",
                                   store_status=store.status) from exc
-        rows = self.normalizer.rows(answer.rows, include_raw=self.engine.needs_raw)
+        needs_raw = self.engine.needs_raw
+        ambiguous = rows_with_repeated_keys(answer, self.normalizer.keys, everywhere=needs_raw)
+        rows = self.normalizer.rows(answer.rows, include_raw=needs_raw, unreadable=ambiguous)
         decision = self._decide(caller, path, query_string, session_id, session, rows,
                                 state_ok)
         extra: list[tuple[str, str]] = [("Cache-Control", "no-store")]

@@ -84,6 +84,42 @@ def render(answer: Answer, hidden: Iterable[int]) -> str:
     return text[: answer.array_start + 1] + ",".join(kept) + text[answer.array_end - 1 :]
 
 
+def rows_with_repeated_keys(answer: Answer, keys: Iterable[str], everywhere: bool) -> set[int]:
+    """Rows that a JSON reader keeping the *first* of two equal keys would read differently.
+
+    Python keeps the last; such a row must not be judged on one reading and shown for the
+    other. Only rows where one of ``keys`` (the configured fields) appears twice are parsed
+    again, unless ``everywhere`` (a policy reads the raw row: any repeated key counts).
+    """
+    needles = tuple({json.dumps(key) for key in keys})
+    text = answer.text
+    found = set()
+    for index, (start, end) in enumerate(answer.spans):
+        if (everywhere or any(text.count(n, start, end) > 1 for n in needles)) and (
+                _repeats_a_key(text[start:end])):
+            found.add(index)
+    return found
+
+
+def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _RepeatedKey
+    return dict(pairs)
+
+
+class _RepeatedKey(Exception):
+    pass
+
+
+def _repeats_a_key(row_text: str) -> bool:
+    try:
+        json.loads(row_text, object_pairs_hook=_refuse_repeats)
+    except _RepeatedKey:
+        return True
+    return False
+
+
 def _skip(text: str, pos: int) -> int:
     match = _WHITESPACE.match(text, pos)
     return match.end() if match else pos
@@ -203,8 +239,18 @@ class Normalizer:
         self._actor = getter(fields.actor)
         self._type = getter(fields.actor_type)
         self._ts = getter(fields.timestamp)
+        self._keys = tuple(token for pointer in (fields.id, fields.actor, fields.actor_type,
+                                                 fields.timestamp)
+                           for token in pointer_tokens(pointer))
 
-    def rows(self, rows: Sequence[Any], include_raw: bool) -> list[dict[str, Any]]:
+    @property
+    def keys(self) -> set[str]:
+        """Every member name on the way to a configured field."""
+        return set(self._keys)
+
+    def rows(self, rows: Sequence[Any], include_raw: bool,
+             unreadable: frozenset[int] | set[int] = frozenset()) -> list[dict[str, Any]]:
+        """The rows as the policy sees them; rows in ``unreadable`` get no actor nor time."""
         get_id, get_actor, get_type, get_ts = self._id, self._actor, self._type, self._ts
         apps = self.application_values
         out = []
@@ -223,6 +269,8 @@ class Normalizer:
             if include_raw:
                 row["raw"] = raw
             out.append(row)
+        for index in unreadable:
+            out[index]["actor"] = out[index]["ts_ns"] = None  # private (R2)
         return out
 
 
