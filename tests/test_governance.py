@@ -88,6 +88,22 @@ def test_deleted_tail_record_cannot_hide_in_a_renumbered_chain(client: FlaskClie
     assert result["ok"] is False and result["first_bad_seq"] == 2
 
 
+def test_deleted_newest_record_is_found(client: FlaskClient, db: Path) -> None:
+    make_records(client)
+    tamper(db, "DELETE FROM governance_log WHERE seq = 6")
+    result = verify(client)
+    assert (result["ok"], result["first_bad_seq"], result["problem"]) == (
+        False, 6, "missing_record")
+
+
+def test_chain_head_is_kept_across_appends(client: FlaskClient, db: Path) -> None:
+    make_records(client, 3)
+    with sqlite3.connect(db) as conn:
+        head = conn.execute("SELECT seq, hash FROM governance_head").fetchone()
+        last = conn.execute("SELECT seq, hash FROM governance_log ORDER BY seq DESC").fetchone()
+    assert head == last
+
+
 def test_reordered_records_are_found(client: FlaskClient, db: Path) -> None:
     make_records(client)
     cols = "ts, action, actor, details, prev_hash, hash"
@@ -183,3 +199,19 @@ def test_cli_verify_export_and_offline_check(client: FlaskClient, app: Flask, db
     broken = _cli("governance", "verify", "--config", str(cfg))
     assert broken.returncode == 1
     assert json.loads(broken.stdout)["first_bad_seq"] == 5
+
+
+def test_upgrading_a_version_1_log_keeps_it_verifiable(client: FlaskClient, db: Path) -> None:
+    from veil.storage import open_storage
+
+    make_records(client, 3)
+    with sqlite3.connect(db) as conn:  # back to schema version 1, as an older Veil left it
+        conn.execute("DROP TABLE governance_head")
+        conn.execute("DELETE FROM schema_version WHERE version > 1")
+    storage = open_storage(f"sqlite:///{db}", 5)
+    try:
+        assert storage.verify_log().as_dict() == {"ok": True, "records": 3}
+        storage.record("admin_added", "x", {"principal": "y"})
+        assert storage.verify_log().as_dict() == {"ok": True, "records": 4}
+    finally:
+        storage.close()

@@ -60,8 +60,13 @@ class Verdict:
         return out
 
 
-def verify(records: Iterable[Mapping[str, Any]]) -> Verdict:
-    """Walk records in stored order; report the first whose content, order or presence changed."""
+def verify(records: Iterable[Mapping[str, Any]],
+           head: tuple[int, str] | None = None) -> Verdict:
+    """Walk records in stored order; report the first whose content, order or presence changed.
+
+    ``head`` is the ``(seq, hash)`` the store recorded with its last append: a chain that is
+    whole but ends elsewhere has lost its newest records (or gained unlogged ones).
+    """
     expected_seq = 1
     prev = GENESIS
     count = 0
@@ -80,6 +85,14 @@ def verify(records: Iterable[Mapping[str, Any]]) -> Verdict:
         prev = record["hash"]
         expected_seq += 1
         count += 1
+    if head is not None and (head[0], head[1]) != (expected_seq - 1, prev):
+        if head[0] >= expected_seq:
+            return Verdict(False, count, expected_seq, "missing_record",
+                           f"the log ends at record {expected_seq - 1} but its head is record "
+                           f"{head[0]}: the newest records were removed")
+        return Verdict(False, count, head[0] + 1 if head[0] < expected_seq - 1 else head[0],
+                       "broken_link", f"the log's head is record {head[0]} with another hash: "
+                       "records were changed or added without the log")
     return Verdict(True, count)
 
 

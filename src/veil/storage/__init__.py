@@ -401,7 +401,11 @@ class Storage:
             after = rows[-1][0]
 
     def verify_log(self) -> governance.Verdict:
-        return governance.verify(self.iter_log())
+        """Verify the chain, and that it ends at the head recorded with the last append."""
+        with self.backend.transaction(write=False) as tx:
+            head = tx.one("SELECT seq, hash FROM governance_head WHERE id = 1")
+        return governance.verify(self.iter_log(),
+                                 head=(int(head[0]), head[1]) if head else None)
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -411,7 +415,7 @@ class Storage:
 
     def _append(self, tx: Tx, action: str, actor: str, details: dict[str, Any]) -> dict[str, Any]:
         """Add a record at the chain's head, inside the caller's (serialized) write transaction."""
-        head = tx.one("SELECT seq, hash FROM governance_log ORDER BY seq DESC LIMIT 1")
+        head = tx.one("SELECT seq, hash FROM governance_head WHERE id = 1")
         seq, prev = (int(head[0]) + 1, head[1]) if head else (1, governance.GENESIS)
         record: dict[str, Any] = {"seq": seq, "ts": rfc3339(now_ns()), "action": action,
                                   "actor": actor, "details": details, "prev_hash": prev}
@@ -422,6 +426,8 @@ class Storage:
             (seq, record["ts"], action, actor, governance.canonical(details).decode(), prev,
              record["hash"]),
         )
+        tx.execute("UPDATE governance_head SET seq = ?, hash = ? WHERE id = 1",
+                   (seq, record["hash"]))
         return record
 
     @staticmethod

@@ -65,6 +65,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX governance_log_action ON governance_log (action)",
         "CREATE INDEX governance_log_actor ON governance_log (actor)",
     ),
+    # 2: the chain head, updated with every append, so a deleted newest record is found
+    (
+        """CREATE TABLE governance_head (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq BIGINT NOT NULL,
+            hash TEXT NOT NULL)""",
+        "INSERT INTO governance_head (id, seq, hash) VALUES (1, 0, '" + "0" * 64 + "')",
+        """UPDATE governance_head SET
+            seq = (SELECT MAX(seq) FROM governance_log),
+            hash = (SELECT hash FROM governance_log ORDER BY seq DESC LIMIT 1)
+            WHERE EXISTS (SELECT 1 FROM governance_log)""",
+    ),
 )
 
 
