@@ -193,3 +193,37 @@ def test_serve_refuses_a_policy_whose_tests_fail(store: LoopbackStore, tmp_path:
         env={**os.environ, "VEIL_TEST_JWT_SECRET": SECRET})
     assert result.returncode == 2
     assert "test_everything_is_private" in result.stderr
+
+
+def test_api_reload_reaches_every_worker(store: LoopbackStore, tmp_path: Path) -> None:
+    import shutil
+
+    from conftest import POLICIES
+
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    doc = config_doc(store.url, f"sqlite:///{tmp_path / 'veil.db'}",
+                     server={"workers": 3, "threads": 2}, policy={"dir": str(policies)})
+    a = auth(ADMIN)
+    now = iso(time.time_ns())
+    store.state.rows = [activity(1, "carl@contoso.com", now, activity="FileDownload"),
+                        activity(2, "carl@contoso.com", now, activity="FileAccessed")]
+    with veil_serve(doc, tmp_path) as (url, _):
+        time.sleep(1)  # let every worker finish starting
+        for name in ("file_downloads.rego", "file_downloads_test.rego"):
+            shutil.copy(EXAMPLES / name, policies / "veil" / "privacy" / name)
+        r = requests.post(f"{url}/veil/v1/policy/reload", headers=a, timeout=30)
+        assert r.status_code == 200 and r.json()["outcome"] == "accepted"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            seen = {tuple(row["id"] for row in requests.get(
+                f"{url}/api/activities", headers=a, timeout=10).json()["data"])
+                for _ in range(30)}
+            if seen == {("act-2",)}:
+                break
+            time.sleep(0.2)
+        assert seen == {("act-2",)}  # no worker still serves the old policy
+        records = requests.get(f"{url}/veil/v1/governance-log?action=policy_reloaded",
+                               headers=a, timeout=10).json()["records"]
+        assert {r["details"]["outcome"] for r in records} == {"accepted"}
+        assert len({r["details"]["pid"] for r in records}) == 3

@@ -215,6 +215,8 @@ def verify_log() -> Response:
 def reload_policy() -> Response:
     """Check, test and load the policy directory; a refused set leaves the old one serving."""
     outcome = policy_reload.reloader().reload("api", require_admin())
+    if outcome.outcome == "accepted":
+        policy_reload.tell_other_workers()
     if outcome.outcome == "refused":
         raise Unprocessable(f"policy reload refused: {outcome.reason}; the running policy "
                             "keeps serving", outcome=outcome.summary(),

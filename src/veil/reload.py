@@ -324,6 +324,17 @@ def init_app(app: Flask, watch_interval_s: float | None = None,
     return reloader
 
 
+BROADCAST = "veil_reload_broadcast"
+
+
+def tell_other_workers() -> None:
+    """Under ``veil serve``, have every other worker run the same reload (through SIGHUP to
+    the gunicorn master, which passes it on); elsewhere there are no other workers."""
+    broadcast = current_app.extensions.get(BROADCAST)
+    if broadcast is not None:
+        broadcast()
+
+
 def reloader() -> PolicyReloader:
     """The current app's reloader (created by ``init_app``)."""
     found: PolicyReloader = current_app.extensions[EXTENSION]

@@ -1,9 +1,10 @@
 """Run Veil under gunicorn (threads in each worker; one regorus engine per thread).
 
 The policy set on disk is checked and its own tests run before the master starts and before
-each worker loads it, so no process ever serves a policy that fails its tests. With
-``policy.reload_on_sighup``, SIGHUP to the master is passed to the workers, which each run the
-safe hot reload (check, test, swap) instead of being restarted.
+each worker loads it, so no process ever serves a policy that fails its tests. SIGHUP to the
+master is passed to the workers, which each run the safe hot reload (check, test, swap)
+instead of being restarted; ``POST /veil/v1/policy/reload`` on one worker reaches the others
+the same way.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+from dataclasses import replace
 from typing import Any
 
 from flask import Flask
@@ -44,10 +46,9 @@ class VeilArbiter(Arbiter):  # type: ignore[misc]
 
 
 class VeilServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, config_path: str, options: dict[str, Any], forward_hup: bool) -> None:
+    def __init__(self, config_path: str, options: dict[str, Any]) -> None:
         self.config_path = config_path
         self.options = options
-        self.forward_hup = forward_hup
         super().__init__()
 
     def load_config(self) -> None:
@@ -56,19 +57,19 @@ class VeilServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Flask:
         # Each worker builds its own app after the fork: its own connections and engines.
+        from veil import reload
         from veil.app import create_app
 
-        if self.forward_hup:  # until the reloader's handler is in place, SIGHUP must not kill
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reloader's handler is in place
         config = config_module.load(self.config_path)
         validated(config)
-        return create_app(config)
+        app = create_app(replace(config, policy=replace(config.policy, reload_on_sighup=True)))
+        master = os.getppid()
+        app.extensions[reload.BROADCAST] = lambda: os.kill(master, signal.SIGHUP)
+        return app
 
     def run(self) -> None:
-        if self.forward_hup:
-            VeilArbiter(self).run()
-        else:
-            super().run()
+        VeilArbiter(self).run()
 
 
 def serve(config_path: str, host: str | None = None, port: int | None = None) -> None:
@@ -94,4 +95,4 @@ def serve(config_path: str, host: str | None = None, port: int | None = None) ->
         "errorlog": "-",
         "loglevel": "info",
     }
-    VeilServer(config_path, options, config.policy.reload_on_sighup).run()
+    VeilServer(config_path, options).run()
