@@ -132,6 +132,13 @@ class FakeOpa:
         self.reset()
         self.down = False
 
+    def forget_data(self) -> None:
+        """Lose every data document but keep the policies (an OPA started with the policies
+        mounted, e.g. ``opa run --server policies/``, after a restart)."""
+        with self._lock:
+            self.state = OpaState(policies=dict(self.state.policies),
+                                  generation=self.state.generation + 1)
+
     def reset(self) -> None:
         with self._lock:
             self.state = OpaState(generation=self.state.generation + 1)

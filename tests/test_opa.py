@@ -197,6 +197,21 @@ def test_recovery_after_an_opa_restart(client: FlaskClient, store: LoopbackStore
     assert ids(client.get("/api/activities", headers=reveal)) == ["act-1", "act-2"]
 
 
+def test_recovery_when_opa_keeps_its_policies_but_loses_the_data(
+        client: FlaskClient, store: LoopbackStore, opa: FakeOpa) -> None:
+    """An OPA with the policies mounted restarts: the decision is well-formed but has no
+    state. Veil must notice from data.veil's version, not only from an undefined decision."""
+    finance_private(client, store)
+    assert_filters(client)
+    opa.forget_data()
+    assert opa.policy_ids() == ["veil/veil/privacy/privacy.rego"]
+    assert_filters(client)
+    assert opa.document("veil/groups/finance/members") == {ANN: True}
+    opa.forget_data()
+    assert client.get("/readyz").get_json()["checks"]["engine"] is True
+    assert opa.document("veil/groups/finance/members") == {ANN: True}
+
+
 def test_recovery_after_opa_was_unreachable(client: FlaskClient, store: LoopbackStore,
                                             opa: FakeOpa) -> None:
     finance_private(client, store)

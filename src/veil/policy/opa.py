@@ -8,9 +8,9 @@ state admins manage to ``data.veil`` (the bundle must leave those paths to it: r
 ``["veil/privacy"]``, never ``"veil"`` or the whole tree).
 
 Two invariants keep a decision from ever being made on policies without their data:
-data is always written before policies, and in bundle mode (where OPA brings policies back by
-itself after a restart) every answer first checks that OPA still holds the current data
-version. An undefined decision means OPA lost Veil's state: Veil loads data and policies
+data is always written before policies, and every answer first checks that OPA still holds
+the current data version (one small GET): an OPA that comes back with its policies, from a
+bundle or from files given to ``opa run``, but without Veil's data is noticed at once. An undefined decision means OPA lost Veil's state: Veil loads data and policies
 again and asks once more. Any failure (unreachable, slow past ``policy.timeout_s``, an error
 answer, an undefined or malformed decision) raises PolicyError, which Veil reads as "every
 row private, no reveal". A hot reload changes OPA's modules one by one and puts the previous
@@ -157,18 +157,20 @@ class OpaEngine:
         return needs_raw
 
     def sync(self, version: int, load: DataLoader) -> None:
+        """Make OPA hold ``data.veil`` at ``version``. OPA's copy is asked for every time: an
+        OPA that restarted with its policies (mounted, or from a bundle) but without Veil's
+        data would otherwise decide on no state at all and hide nothing."""
         self._load = load
-        if not self.bundle and version == self._synced_version and self._policies_loaded:
+        try:
+            held = self._held_version()
+        except PolicyError:
+            self._synced_version = -1
+            raise
+        if held == version and (self.bundle or self._policies_loaded):
+            self._synced_version = version
             return
         with self._lock:
             try:
-                if self.bundle:
-                    held = self._held_version()
-                    if held == version:
-                        self._synced_version = version
-                        return
-                elif version == self._synced_version and self._policies_loaded:
-                    return
                 self._push_data(load)
                 if not self.bundle and not self._policies_loaded:
                     self._load_policies()
@@ -245,8 +247,7 @@ class OpaEngine:
         if not self._client.check_health(query={"bundles": True} if self.bundle else None):
             return False
         try:
-            stale = self._synced_version < 0 or (
-                self.bundle and self._held_version() != self._synced_version)
+            stale = self._synced_version < 0 or self._held_version() != self._synced_version
             if stale:
                 if self._load is None:
                     return False
