@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 import time
@@ -131,9 +132,13 @@ def test_reveal_shows_private_rows_after_audit(client: FlaskClient, private_rows
     assert r.headers["Cache-Control"] == "no-store"
     record = log(client, "activities_revealed")[-1]
     assert record["actor"] == ADMIN
+    row_text = r.get_data(as_text=True)
+    start = row_text.index('{"id": "act-1"')
+    first_row = row_text[start:row_text.index("}", start) + 1]
     assert record["details"] == {"session": sid, "justification": "case INC-42",
                                  "path": "/api/activities", "query": "user=ann", "count": 1,
-                                 "ids": ["act-1"]}
+                                 "ids": ["act-1"],
+                                 "sha256": [hashlib.sha256(first_row.encode()).hexdigest()]}
     # without the header the same admin sees the default view (R3)
     assert ids(client.get("/api/activities", headers=A)) == ["act-2"]
 

@@ -7,6 +7,7 @@ leaves (R7). Nothing here tells a caller who cannot reveal how many rows were hi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from veil.identity import Headers
 from veil.metrics import Metrics
 from veil.policy import Decision, Engine
 from veil.rows import (
+    Answer,
     Normalizer,
     parse_answer,
     pointer_tokens,
@@ -102,7 +104,7 @@ class QueryService:
                                     reasons=list(decision.refusals))
             private = sorted(decision.hidden(len(rows)))
             if private:
-                self._audit_reveal(caller, session, path, query_string, rows, private)
+                self._audit_reveal(caller, session, path, query_string, answer, rows, private)
                 self.metrics.rows_revealed.inc(len(private))
             return Reply(store.status, store.content_type, store.body, tuple(extra))
         hidden = decision.hidden(len(rows))
@@ -158,8 +160,9 @@ class QueryService:
         return decision
 
     def _audit_reveal(self, caller: str, session: dict[str, object] | None, path: str,
-                      query_string: str, rows: list[dict[str, object]],
+                      query_string: str, answer: Answer, rows: list[dict[str, object]],
                       private: list[int]) -> None:
+        text = answer.text
         details = {
             "session": session["id"] if session else None,
             "justification": session.get("justification") if session else None,
@@ -167,6 +170,9 @@ class QueryService:
             "query": query_string,
             "count": len(private),
             "ids": [rows[i]["id"] for i in private],
+            # each revealed row exactly as sent, even one without a readable id
+            "sha256": [hashlib.sha256(text[start:end].encode()).hexdigest()
+                       for start, end in (answer.spans[i] for i in private)],
         }
         try:
             self.storage.record("activities_revealed", caller, details)

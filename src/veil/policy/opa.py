@@ -10,8 +10,9 @@ state admins manage to ``data.veil`` (the bundle must leave those paths to it: r
 Two invariants keep a decision from ever being made on policies without their data:
 data is always written before policies, and every answer first checks that OPA still holds
 the current data version (one small GET): an OPA that comes back with its policies, from a
-bundle or from files given to ``opa run``, but without Veil's data is noticed at once. An undefined decision means OPA lost Veil's state: Veil loads data and policies
-again and asks once more. Any failure (unreachable, slow past ``policy.timeout_s``, an error
+bundle or from files given to ``opa run``, but without Veil's data is noticed at once. An
+undefined decision means OPA lost Veil's state: Veil loads data and policies again and asks
+once more. Any failure (unreachable, slow past ``policy.timeout_s``, an error
 answer, an undefined or malformed decision) raises PolicyError, which Veil reads as "every
 row private, no reveal". A hot reload changes OPA's modules one by one and puts the previous
 set back if OPA refuses one.

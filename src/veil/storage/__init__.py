@@ -151,7 +151,7 @@ class Storage:
             if tx.one("SELECT 1 FROM privacy_intervals WHERE group_id = ?", (group_id,)):
                 raise Conflict(
                     f"group {group_id!r} is or was a privacy group; deleting it would expose "
-                    "the activities it keeps private. Replace its members instead."
+                    "the activities it keeps private"
                 )
             tx.execute("DELETE FROM groups WHERE id = ?", (group_id,))
             self._changed(tx)
