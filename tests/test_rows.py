@@ -96,7 +96,10 @@ def test_repeated_keys_are_found_where_they_matter() -> None:
     from veil.rows import rows_with_repeated_keys
 
     body = (b'{"data": [{"user": "a", "user": "b"}, {"user": "a", "note": "\\"user\\""},'
-            b' {"x": 1, "x": 2}, {"who": {"user": 1, "user": 2}}]}')
+            b' {"x": 1, "x": 2}, {"who": {"user": 1, "user" : 2}}, {"kind": "user"}]}')
     answer = parse_answer(body, ("data",))
-    assert rows_with_repeated_keys(answer, {"user"}, everywhere=False) == {0, 3}
-    assert rows_with_repeated_keys(answer, {"user"}, everywhere=True) == {0, 2, 3}
+    assert rows_with_repeated_keys(answer, [("user",)], everywhere=False) == {0, 3}
+    assert rows_with_repeated_keys(answer, [("who", "user")], everywhere=False) == {0, 3}
+    assert rows_with_repeated_keys(answer, [("user",)], everywhere=True) == {0, 2, 3}
+    clean = parse_answer(b'[{"user": "a", "kind": "user"}, {"user": "b"}]', ())
+    assert rows_with_repeated_keys(clean, [("user",), ("kind",)], everywhere=False) == set()

@@ -87,7 +87,8 @@ class QueryService:
                                   f"check for private activities ({exc.detail})",
                                   store_status=store.status) from exc
         needs_raw = self.engine.needs_raw
-        ambiguous = rows_with_repeated_keys(answer, self.normalizer.keys, everywhere=needs_raw)
+        ambiguous = rows_with_repeated_keys(answer, self.normalizer.pointers,
+                                            everywhere=needs_raw)
         rows = self.normalizer.rows(answer.rows, include_raw=needs_raw, unreadable=ambiguous)
         decision = self._decide(caller, path, query_string, session_id, session, rows,
                                 state_ok)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -84,19 +85,40 @@ def render(answer: Answer, hidden: Iterable[int]) -> str:
     return text[: answer.array_start + 1] + ",".join(kept) + text[answer.array_end - 1 :]
 
 
-def rows_with_repeated_keys(answer: Answer, keys: Iterable[str], everywhere: bool) -> set[int]:
+def rows_with_repeated_keys(answer: Answer, pointers: Iterable[tuple[str, ...]],
+                            everywhere: bool) -> set[int]:
     """Rows that a JSON reader keeping the *first* of two equal keys would read differently.
 
     Python keeps the last; such a row must not be judged on one reading and shown for the
-    other. Only rows where one of ``keys`` (the configured fields) appears twice are parsed
-    again, unless ``everywhere`` (a policy reads the raw row: any repeated key counts).
+    other. The configured fields' member names are counted over the whole rows array at C
+    speed: when each top-level field name appears exactly as often as rows carry it, no row
+    repeats it. Otherwise, or for nested fields, or when a policy reads the raw rows
+    (``everywhere``: any repeated key counts), rows are parsed again one by one.
     """
-    needles = tuple({json.dumps(key) for key in keys})
-    text = answer.text
-    found = set()
+    text, rows = answer.text, answer.rows
+    suspects: list[tuple[str, re.Pattern[str]]] = []
+    top = sorted({tokens[0] for tokens in pointers if len(tokens) == 1})
+    if top:
+        names = re.compile("|".join(re.escape(json.dumps(key)) for key in top)
+                           + r"(?=[ \t\n\r]*:)")
+        named = Counter(names.findall(text, answer.array_start, answer.array_end))
+        carried = Counter(key for row in rows if type(row) is dict for key in top if key in row)
+        for key in top:
+            quoted = json.dumps(key)
+            if named[quoted] != carried[key]:
+                suspects.append((quoted, re.compile(re.escape(quoted) + r"[ \t\n\r]*:")))
+    for tokens in pointers:
+        if len(tokens) > 1:
+            quoted = json.dumps(tokens[-1])
+            suspects.append((quoted, re.compile(re.escape(quoted) + r"[ \t\n\r]*:")))
+    found: set[int] = set()
+    if not suspects and not everywhere:
+        return found
     for index, (start, end) in enumerate(answer.spans):
-        if (everywhere or any(text.count(n, start, end) > 1 for n in needles)) and (
-                _repeats_a_key(text[start:end])):
+        suspect = everywhere or any(
+            text.count(quoted, start, end) > 1 and len(as_key.findall(text, start, end)) > 1
+            for quoted, as_key in suspects)
+        if suspect and _repeats_a_key(text[start:end]):
             found.add(index)
     return found
 
@@ -239,14 +261,13 @@ class Normalizer:
         self._actor = getter(fields.actor)
         self._type = getter(fields.actor_type)
         self._ts = getter(fields.timestamp)
-        self._keys = tuple(token for pointer in (fields.id, fields.actor, fields.actor_type,
-                                                 fields.timestamp)
-                           for token in pointer_tokens(pointer))
+        self._pointers = tuple(pointer_tokens(p) for p in (fields.id, fields.actor,
+                                                           fields.actor_type, fields.timestamp))
 
     @property
-    def keys(self) -> set[str]:
-        """Every member name on the way to a configured field."""
-        return set(self._keys)
+    def pointers(self) -> tuple[tuple[str, ...], ...]:
+        """The configured fields' pointers, as tokens."""
+        return self._pointers
 
     def rows(self, rows: Sequence[Any], include_raw: bool,
              unreadable: frozenset[int] | set[int] = frozenset()) -> list[dict[str, Any]]:
