@@ -77,25 +77,23 @@ else := [interval.start_ns, forever]
 
 actors_in_group("application") := {row.actor | some row in input.rows; row.actor_type == "application"}
 
-actors_in_group("external") := {actor |
-	some actor in distinct_users
-	is_string(actor)
-	not is_managed(actor)
-}
+actors_in_group("external") := distinct_users - managed_users
 
 distinct_users := {row.actor | some row in input.rows; row.actor_type == "user"}
+
+# A user is managed when the domain of their UPN is a managed domain or a subdomain of one.
+# A user actor without "@" has no domain: it is external.
+managed_users := {actor |
+	some actor in distinct_users
+	is_string(actor)
+	contains(actor, "@")
+	some suffix in managed_suffixes
+	endswith(actor, suffix)
+}
 
 actors_in_group(group) := {actor | some actor in distinct_actors; members[actor]} if {
 	not group in {"application", "external"}
 	members := data.veil.groups[group].members
-}
-
-# A user is managed when the domain of their UPN is a managed domain or a subdomain of one.
-# A user actor without "@" has no domain: it is external.
-is_managed(actor) if {
-	contains(actor, "@")
-	some suffix in managed_suffixes
-	endswith(actor, suffix)
 }
 
 managed_suffixes := {suffix |

@@ -112,6 +112,17 @@ test_external_group_hides_unmanaged_users_only if {
 	result.private_rows == {0, 3, 5, 7}
 }
 
+test_row_without_actor_is_private_while_external_is_private if {
+	result := privacy.decision with input as query([
+		row(0, null, t0 + hour),
+		row(1, "carl@contoso.com", t0 + hour),
+		row(2, "guest@fabrikam.com", t0 + hour),
+	])
+		with data.veil.managed_domains as ["contoso.com"]
+		with data.veil.privacy_groups as {"external": [{"start_ns": t0, "end_ns": null}]}
+	result.private_rows == {0, 2}
+}
+
 # ---- R4: reveal --------------------------------------------------------------------------
 
 session := {"id": "rs_1", "owner": "alice@contoso.com", "expires_ns": t0 + hour, "ended": false}
