@@ -307,6 +307,24 @@ def timestamp_ns(value: Any) -> int | None:
 
 
 def _timestamp_ns(value: Any) -> int | None:
+    if type(value) is str:
+        if len(value) < 20 or value[10] not in "Tt ":
+            return None
+        if value[10] == "t" or value[-1] == "z":
+            value = value.upper()  # RFC 3339 allows "t" and "z"
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            return None  # without an offset the instant is ambiguous: unreadable, private (R2)
+        ns: int = (moment - _EPOCH) // _MICROSECOND * 1000
+        if len(value) > 27 and value[19] == "." and value[20:27].isdigit():
+            digits = value[26:29]  # beyond microseconds: keep the nanoseconds
+            while digits and not digits.isdigit():
+                digits = digits[:-1]
+            ns += int(digits.ljust(3, "0"))
+        return ns
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -314,19 +332,4 @@ def _timestamp_ns(value: Any) -> int | None:
     if isinstance(value, float):
         # float milliseconds carry no more than microseconds of precision
         return round(value * 1000) * 1000 if value == value and abs(value) < 1e15 else None
-    if not isinstance(value, str) or len(value) < 20 or value[10] not in "Tt ":
-        return None
-    value = value.upper()  # RFC 3339 allows "t" and "z"
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        return None  # without an offset the instant is ambiguous: unreadable, so private (R2)
-    ns: int = (moment - _EPOCH) // _MICROSECOND * 1000
-    if value[19] == "." and value[20:27].isdigit():  # beyond microseconds: keep nanoseconds
-        digits = value[26:29]
-        while digits and not digits.isdigit():
-            digits = digits[:-1]
-        ns += int(digits.ljust(3, "0"))
-    return ns
+    return None
