@@ -87,8 +87,7 @@ managed_users := {actor |
 	some actor in distinct_users
 	is_string(actor)
 	contains(actor, "@")
-	some suffix in managed_suffixes
-	endswith(actor, suffix)
+	strings.any_suffix_match(actor, managed_suffixes)
 }
 
 actors_in_group(group) := {actor | some actor in distinct_actors; members[actor]} if {
