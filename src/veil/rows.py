@@ -261,12 +261,12 @@ class Normalizer:
         self._actor = getter(fields.actor)
         self._type = getter(fields.actor_type)
         self._ts = getter(fields.timestamp)
-        self._pointers = tuple(pointer_tokens(p) for p in (fields.id, fields.actor,
-                                                           fields.actor_type, fields.timestamp))
+        self._pointers = tuple(pointer_tokens(p) for p in (fields.actor, fields.actor_type,
+                                                           fields.timestamp))
 
     @property
     def pointers(self) -> tuple[tuple[str, ...], ...]:
-        """The configured fields' pointers, as tokens."""
+        """The pointers (as tokens) of the fields privacy depends on: actor, type and time."""
         return self._pointers
 
     def rows(self, rows: Sequence[Any], include_raw: bool,
