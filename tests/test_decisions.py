@@ -119,13 +119,17 @@ def test_r1_forward_only(world: World) -> None:
     assert world.decide().private == {rows[1], rows[3], rows[5]}
 
 
-def test_r1_group_members_replaced_apply_to_the_same_interval(world: World) -> None:
+def test_r1_a_member_who_leaves_stays_private_for_the_time_they_were_in(world: World) -> None:
+    """Replacing a private group's members never exposes what was private: who left stays in
+    the group up to the moment they left; who joined counts for the whole interval."""
     world.storage.put_group("finance", "Finance", [ANN], ADMIN)
     during = world.private_now("finance")
     world.storage.put_group("finance", "Finance", [CAROL], ADMIN)
-    world.row(ANN, during)
+    after = time.time_ns() + 1
+    ann_while_member = world.row(ANN, during)
+    world.row(ANN, after)
     carol = world.row(CAROL, during)
-    assert world.decide().private == {carol}
+    assert world.decide().private == {ann_while_member, carol}
 
 
 def test_r2_unreadable_actor_or_timestamp_is_private(world: World) -> None:

@@ -308,3 +308,23 @@ def test_rows_with_repeated_field_keys_are_private(client: FlaskClient, store: L
     ok = json.dumps(activity(2, USER, later))
     store.state.body = ('{"data": [' + row.format(ts=later) + "," + ok + "]}").encode()
     assert ids(client.get("/api/activities", headers=auth(USER))) == ["act-2"]
+
+
+def test_replacing_members_never_exposes_what_was_private(client: FlaskClient,
+                                                          store: LoopbackStore) -> None:
+    """R1 judges the group as it was at each row's time: who leaves a private group keeps
+    the activities of their time in it private; their later ones are visible."""
+    make_private(client, "finance", ["ann@contoso.com", "bob@contoso.com"])
+    while_member = time.time_ns() + 1
+    time.sleep(0.01)
+    r = client.put("/veil/v1/groups/finance", json={"name": "Finance",
+                                                    "members": ["bob@contoso.com"]},
+                   headers=auth(ADMIN))
+    assert r.status_code == 200
+    after = time.time_ns() + SEC
+    store.state.rows = [activity(1, "ann@contoso.com", iso(while_member)),
+                        activity(2, "ann@contoso.com", iso(after))]
+    assert ids(client.get("/api/activities", headers=auth(USER))) == ["act-2"]
+    record = client.get("/veil/v1/governance-log?action=group_imported",
+                        headers=auth(ADMIN)).get_json()["records"][-1]
+    assert record["details"]["removed"] == 1

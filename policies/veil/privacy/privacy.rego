@@ -54,14 +54,33 @@ distinct_actors := {row.actor | some row in input.rows}
 
 windows_of_actor := {actor: windows |
 	some actor in private_actors
-	windows := [window |
-		some group, present in actors_present_in_group
-		present[actor]
-		some window in group_windows[group]
-	]
+	windows := array.concat(
+		[window |
+			some group, present in actors_present_in_group
+			present[actor]
+			some window in group_windows[group]
+		],
+		[[window[0], min([window[1], left])] |
+			some group, gone in former_members_present
+			left := gone[actor]
+			some window in group_windows[group]
+			window[0] < left
+		],
+	)
 }
 
-private_actors := {actor | some present in actors_present_in_group; some actor in present}
+private_actors := {actor | some present in actors_present_in_group; some actor in present} | {actor |
+	some gone in former_members_present
+	some actor, _ in gone
+}
+
+# Members who left a private group stay in it up to the moment they left: {actor: left_ns}.
+former_members_present := {group: gone |
+	some group, _ in data.veil.privacy_groups
+	former := object.get(data.veil.groups, [group, "former_members"], {})
+	count(former) > 0
+	gone := {actor: left | some actor in distinct_actors; left := former[actor]}
+}
 
 actors_present_in_group := {group: actors_in_group(group) | some group, _ in data.veil.privacy_groups}
 

@@ -57,6 +57,24 @@ test_group_private_twice_hides_only_both_intervals if {
 	result.private_rows == {0, 2}
 }
 
+test_member_who_left_stays_private_for_the_time_they_were_in if {
+	result := privacy.decision with input as query([
+		row(0, "ann@contoso.com", t0 + hour),
+		row(1, "ann@contoso.com", t0 + (3 * hour)),
+		row(2, "ann@contoso.com", t0 - hour),
+	])
+		with data.veil.groups as {"finance": {"name": "Finance", "members": {}, "former_members": {"ann@contoso.com": t0 + (2 * hour)}}}
+		with data.veil.privacy_groups as {"finance": [{"start_ns": t0, "end_ns": null}]}
+	result.private_rows == {0}
+}
+
+test_member_who_left_before_the_group_was_private_is_visible if {
+	result := privacy.decision with input as query([row(0, "ann@contoso.com", t0 + hour)])
+		with data.veil.groups as {"finance": {"name": "Finance", "members": {}, "former_members": {"ann@contoso.com": t0 - hour}}}
+		with data.veil.privacy_groups as {"finance": [{"start_ns": t0, "end_ns": null}]}
+	result.private_rows == set()
+}
+
 test_non_member_is_visible if {
 	result := privacy.decision with input as query([row(0, "carl@contoso.com", t0 + hour)])
 		with data.veil.groups as groups

@@ -91,7 +91,7 @@ class Storage:
         """``(version, data.veil)`` read in one transaction."""
         with self.backend.transaction(write=False) as tx:
             version_row = tx.one("SELECT version FROM state_version WHERE id = 1")
-            groups = tx.all("SELECT id, name, members FROM groups")
+            groups = tx.all("SELECT id, name, members, former_members FROM groups")
             intervals = tx.all(
                 "SELECT group_id, start_ns, end_ns FROM privacy_intervals ORDER BY start_ns"
             )
@@ -102,8 +102,9 @@ class Storage:
             privacy.setdefault(group_id, []).append({"start_ns": start, "end_ns": end})
         data = {
             "groups": {
-                gid: {"name": name, "members": dict.fromkeys(json.loads(members), True)}
-                for gid, name, members in groups
+                gid: {"name": name, "members": dict.fromkeys(json.loads(members), True),
+                      "former_members": json.loads(former)}
+                for gid, name, members, former in groups
             },
             "privacy_groups": privacy,
             "admins": dict.fromkeys(sorted(self.bootstrap_admins | {a for (a,) in admins}), True),
@@ -130,18 +131,26 @@ class Storage:
         normalized = sorted({m.strip().lower() for m in members if m.strip()})
         ts = now_ns()
         with self.backend.transaction(write=True) as tx:
-            existed = tx.one("SELECT 1 FROM groups WHERE id = ?", (group_id,)) is not None
+            row = tx.one("SELECT members, former_members FROM groups WHERE id = ?",
+                         (group_id,))
+            existed = row is not None
+            # Who leaves the group stays a member for the time they were one (R1 looks at the
+            # group as it was at each row's time): remember when they left.
+            former: dict[str, int] = json.loads(row[1]) if row else {}
+            removed = set(json.loads(row[0])) - set(normalized) if row else set()
+            former.update(dict.fromkeys(removed, ts))
             tx.execute(
-                "INSERT INTO groups (id, name, members, updated_ns, updated_by) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+                "INSERT INTO groups (id, name, members, updated_ns, updated_by, former_members) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
                 "members = excluded.members, updated_ns = excluded.updated_ns, "
-                "updated_by = excluded.updated_by",
-                (group_id, name, json.dumps(normalized), ts, actor),
+                "updated_by = excluded.updated_by, former_members = excluded.former_members",
+                (group_id, name, json.dumps(normalized), ts, actor,
+                 json.dumps(former, sort_keys=True)),
             )
             self._changed(tx)
             self._append(tx, "group_imported", actor,
                          {"group": group_id, "name": name, "members": len(normalized),
-                          "replaced": existed})
+                          "removed": len(removed), "replaced": existed})
         return not existed, {"id": group_id, "name": name, "members": normalized}
 
     def delete_group(self, group_id: str, actor: str) -> None:

@@ -77,6 +77,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             hash = (SELECT hash FROM governance_log ORDER BY seq DESC LIMIT 1)
             WHERE EXISTS (SELECT 1 FROM governance_log)""",
     ),
+    # 3: members removed from a group, with when: their activities while they were members
+    # and the group was private stay private ({"upn": removed_ns})
+    (
+        "ALTER TABLE groups ADD COLUMN former_members TEXT NOT NULL DEFAULT '{}'",
+    ),
 )
 
 
