@@ -69,10 +69,11 @@ windows_of_actor := {actor: windows |
 	)
 }
 
-private_actors := {actor | some present in actors_present_in_group; some actor in present} | {actor |
-	some gone in former_members_present
-	some actor, _ in gone
-}
+private_actors := members_present | former_members_in_answer
+
+members_present := {actor | some present in actors_present_in_group; some actor in present}
+
+former_members_in_answer := {actor | some gone in former_members_present; some actor, _ in gone}
 
 # Members who left a private group stay in it up to the moment they left: {actor: left_ns}.
 former_members_present := {group: gone |
