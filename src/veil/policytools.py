@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import regorus
 
 from veil.errors import PolicyError
-from veil.policy import DECISION, Decision, PolicyModule, load_modules
+from veil.policy import DECISION, EMPTY_INPUT, Decision, PolicyModule, load_modules
 from veil.policy.embedded import first_line
 
 PACKAGE = "veil.privacy"
@@ -360,8 +360,7 @@ def entry_point_problems(parsed: Sequence[Parsed]) -> list[Problem]:
 # Inputs ``check`` evaluates every rule with: an empty answer (what Veil evaluates at
 # start-up), and a small one with raw rows, an unreadable actor and an open reveal session.
 SAMPLE_INPUTS: tuple[dict[str, Any], ...] = (
-    {"caller": "", "request": {}, "reveal_session_id": None, "session": None, "now_ns": 0,
-     "rows": []},
+    EMPTY_INPUT,
     {"caller": "alice@contoso.com",
      "request": {"method": "GET", "path": "/api/activities", "query": ""},
      "reveal_session_id": "rs_check",

@@ -18,6 +18,10 @@ DECISION = "data.veil.privacy.decision"
 
 DataLoader = Callable[[], tuple[int, dict[str, Any]]]
 
+# The input of an answer with no rows and no reveal: what start-up and readiness checks ask.
+EMPTY_INPUT: dict[str, Any] = {"caller": "", "request": {}, "reveal_session_id": None,
+                               "session": None, "now_ns": 0, "rows": []}
+
 
 class Engine(Protocol):
     """A Rego engine holding Veil's policies and the ``data.veil`` document.

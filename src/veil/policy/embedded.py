@@ -22,7 +22,7 @@ import orjson
 import regorus
 
 from veil.errors import PolicyError
-from veil.policy import DECISION, DataLoader, PolicyModule, load_modules
+from veil.policy import DECISION, EMPTY_INPUT, DataLoader, PolicyModule, load_modules
 
 
 def first_line(exc: BaseException) -> str:
@@ -101,9 +101,7 @@ class EmbeddedEngine:
     def _check(self, engine: Any) -> None:
         """Evaluate an empty answer once: errors that show only at evaluation stop start-up."""
         engine.add_data_json(self._data_json)
-        engine.set_input_json(json.dumps({"caller": "", "rows": [], "session": None,
-                                          "reveal_session_id": None, "now_ns": 0,
-                                          "request": {}}))
+        engine.set_input_json(json.dumps(EMPTY_INPUT))
         try:
             result = engine.eval_rule(DECISION)
         except RuntimeError as exc:

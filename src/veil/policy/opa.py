@@ -39,7 +39,7 @@ from opa_client.errors import (
 )
 
 from veil.errors import PolicyError
-from veil.policy import DataLoader, Decision, PolicyModule, load_modules
+from veil.policy import EMPTY_INPUT, DataLoader, Decision, PolicyModule, load_modules
 from veil.policy.embedded import new_engine, refers_to_raw
 
 log = logging.getLogger("veil.policy.opa")
@@ -51,8 +51,7 @@ POLICY_ID_PREFIX = "veil/"  # Veil's modules in OPA are "veil/<path under the po
 MAX_PUSHES = 5
 
 # Evaluated by the readiness check and after (re)loading: no rows, no reveal.
-PROBE_INPUT = orjson.dumps({"input": {"caller": "", "request": {}, "reveal_session_id": None,
-                                      "session": None, "now_ns": 0, "rows": []}})
+PROBE_INPUT = orjson.dumps({"input": EMPTY_INPUT})
 
 # What the client library raises besides requests' own exceptions.
 CLIENT_ERRORS = (requests.RequestException, ValueError, DeletePolicyError, PatchDataError,
