@@ -29,7 +29,7 @@ from veil.policy.embedded import EmbeddedEngine
 from veil.policy.opa import OpaEngine
 from veil.storage import open_storage
 
-from conftest import ADMIN, POLICIES, LoopbackStore, activity, auth, ids, iso, make_config
+from conftest import ADMIN, GRANTOR, POLICIES, LoopbackStore, activity, auth, ids, iso, make_config
 from opa_server import Bundle, FakeOpa, bundle_from
 
 A = auth(ADMIN)
@@ -77,7 +77,7 @@ def finance_private(client: FlaskClient, store: LoopbackStore) -> None:
 
 def open_reveal(client: FlaskClient) -> dict[str, str]:
     assert client.post("/veil/v1/private-viewers", json={"principal": ADMIN},
-                       headers=A).status_code == 201
+                       headers=auth(GRANTOR)).status_code == 201
     r = client.post("/veil/v1/reveal-sessions", json={"acknowledge_audit": True,
                                                        "justification": "case INC-42"},
                     headers=A)

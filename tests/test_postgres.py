@@ -33,7 +33,17 @@ from veil.storage import Storage, open_storage
 from veil.storage.migrations import MIGRATIONS
 from veil.storage.postgres import to_pyformat
 
-from conftest import ADMIN, SECRET, LoopbackStore, activity, auth, config_doc, iso, make_config
+from conftest import (
+    ADMIN,
+    GRANTOR,
+    SECRET,
+    LoopbackStore,
+    activity,
+    auth,
+    config_doc,
+    iso,
+    make_config,
+)
 from postgres import PostgresCluster, free_port, require_bin_dir
 
 SEC = 1_000_000_000
@@ -432,7 +442,7 @@ def test_reveal_is_503_when_postgres_refuses_the_record(store: LoopbackStore,
         client.put("/veil/v1/groups/finance", json={"name": "F", "members": [ANN]}, headers=A)
         client.post("/veil/v1/privacy-groups", json={"group": "finance"}, headers=A)
         assert client.post("/veil/v1/private-viewers", json={"principal": ADMIN},
-                           headers=A).status_code == 201
+                           headers=auth(GRANTOR)).status_code == 201
         later = iso(time.time_ns() + 600 * SEC)
         store.state.rows = [activity(1, ANN, later), activity(2, CAROL, later)]
         sid = client.post("/veil/v1/reveal-sessions", headers=A,

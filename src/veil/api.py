@@ -24,13 +24,21 @@ _GROUP_ID = re.compile(schemas.GROUP_ID)
 
 
 def body(schema: dict[str, Any]) -> dict[str, Any]:
-    """The request's JSON body, validated; a bad body is a 400 naming the field."""
+    """The request's JSON body, validated; a bad body is a 400 naming the field.
+
+    A body above ``server.max_body_bytes`` is a 413 before it is read whole (werkzeug's
+    ``MAX_CONTENT_LENGTH``, also for chunked bodies); one nested too deeply, or holding a
+    string Veil cannot store (a lone surrogate), is a 400.
+    """
     if not request.is_json:
         raise InvalidBody("send a JSON body with 'Content-Type: application/json'")
-    document = request.get_json(silent=True)
+    try:
+        document = request.get_json(silent=True)
+    except RecursionError:
+        raise InvalidBody("the request body is nested too deeply") from None
     if document is None:
         raise InvalidBody("the request body is not valid JSON")
-    problem = schemas.body_error(schema, document)
+    problem = schemas.unrepresentable(document) or schemas.body_error(schema, document)
     if problem is not None:
         field, message = problem
         raise InvalidBody(message, field=field)
@@ -38,7 +46,7 @@ def body(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def group_id(value: str) -> str:
-    if not _GROUP_ID.match(value):
+    if not _GROUP_ID.fullmatch(value):
         raise BadRequest(f"group id {value!r} must match {schemas.GROUP_ID}", field="id")
     return value
 
@@ -55,6 +63,7 @@ def no_content() -> Response:
 
 @blueprint.get("/groups")
 def list_groups() -> Response:
+    require_admin()  # members of private groups are private facts (R9)
     return jsonify(groups=services().storage.list_groups())
 
 
@@ -77,6 +86,7 @@ def delete_group(gid: str) -> Response:
 
 @blueprint.get("/privacy-groups")
 def list_privacy_groups() -> Response:
+    require_admin()
     return jsonify(privacy_groups=services().storage.list_privacy_groups())
 
 
@@ -84,7 +94,7 @@ def list_privacy_groups() -> Response:
 def add_privacy_group() -> tuple[Response, int]:
     actor = require_admin()
     doc = body(schemas.PRIVACY_GROUP_BODY)
-    return created(services().storage.add_privacy_group(doc["group"], actor))
+    return created(services().storage.add_privacy_group(group_id(doc["group"]), actor))
 
 
 @blueprint.delete("/privacy-groups/<gid>")
@@ -111,7 +121,8 @@ def add_admin() -> tuple[Response, int]:
 
 @blueprint.delete("/admins/<principal>")
 def remove_admin(principal: str) -> Response:
-    services().storage.remove_admin(normalize_principal(principal), require_admin())
+    actor = require_admin()
+    services().storage.remove_admin(normalize_principal(principal), actor)
     return no_content()
 
 
@@ -131,7 +142,8 @@ def grant_viewer() -> tuple[Response, int]:
 
 @blueprint.delete("/private-viewers/<principal>")
 def revoke_viewer(principal: str) -> Response:
-    services().storage.revoke_viewer(normalize_principal(principal), require_admin())
+    actor = require_admin()
+    services().storage.revoke_viewer(normalize_principal(principal), actor)
     return no_content()
 
 
@@ -140,11 +152,15 @@ def revoke_viewer(principal: str) -> Response:
 @blueprint.post("/reveal-sessions")
 def open_session() -> tuple[Response, int]:
     svc = services()
-    doc = body(schemas.REVEAL_SESSION_BODY)
-    justification = doc.get("justification")
-    if svc.config.reveal.require_justification and not (justification or "").strip():
-        raise InvalidBody("field 'justification' is required: say why you need to see "
-                          "private activities", field="justification")
+    try:
+        doc = body(schemas.REVEAL_SESSION_BODY)
+        justification = doc.get("justification")
+        if justification is not None or svc.config.reveal.require_justification:
+            schemas.check_justification(justification)
+    except InvalidBody as exc:  # a refused opt-in is audited like any other (coalesced, R12)
+        svc.storage.refusal("reveal_session_refused", caller(),
+                            {"reason": exc.detail, "field": exc.extra.get("field")})
+        raise
     session = svc.storage.open_session(caller(), justification, svc.config.reveal.session_ttl_s)
     return created({"id": session["id"], "expires_at": session["expires_at"],
                     "owner": session["owner"]})

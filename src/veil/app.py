@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from flask import Flask, Response, current_app, g, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from veil.config import Config
 from veil.errors import Forbidden, VeilError, problem
@@ -53,6 +53,8 @@ def require_admin() -> str:
 def create_app(config: Config, *, storage: Storage | None = None,
                engine: Engine | None = None) -> Flask:
     app = Flask("veil")
+    # R12: a body above the limit is refused (413) before it is read whole, chunked ones too.
+    app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     storage = storage or open_storage(config.storage.url, config.storage.timeout_s,
                                       config.identity.bootstrap_admins)
@@ -85,6 +87,13 @@ def create_app(config: Config, *, storage: Storage | None = None,
     policy_reload.init_app(app, modules=modules)  # the API route, file watch, SIGHUP
 
     @app.before_request
+    def bounded() -> None:
+        """A declared length above the limit is refused at once, whatever the route."""
+        length = request.content_length
+        if length is not None and length > config.server.max_body_bytes:
+            raise RequestEntityTooLarge()
+
+    @app.before_request
     def authenticate() -> None:
         if request.endpoint in OPEN_ENDPOINTS:
             return
@@ -101,6 +110,12 @@ def create_app(config: Config, *, storage: Storage | None = None,
         if exc.status >= 500:
             log.warning("%s: %s", exc.code, exc.detail)
         return exc.to_response()
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge) -> Response:
+        return problem(413, "Request body too large",
+                       f"the request body is larger than {config.server.max_body_bytes} bytes "
+                       "(server.max_body_bytes); it was not read", "body_too_large")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

@@ -73,6 +73,7 @@ class ServerConfig:
     port: int = 8080
     workers: int = 2
     threads: int = 8
+    max_body_bytes: int = 1024 * 1024  # request bodies above this get 413 before being read
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ def from_dict(
             header=identity.get("header", "X-Forwarded-User"),
             secret_header=identity.get("secret_header", "X-Veil-Gateway-Secret"),
             shared_secret=shared,
-            bootstrap_admins=tuple(p.strip().lower() for p in identity.get("bootstrap_admins", [])),
+            bootstrap_admins=_bootstrap_admins(identity.get("bootstrap_admins", [])),
         ),
         policy=PolicyConfig(
             engine=policy.get("engine", "embedded"),
@@ -219,6 +220,20 @@ def from_dict(
         ),
         reveal=RevealConfig(**document.get("reveal", {})),
     )
+
+
+def _bootstrap_admins(values: list[str]) -> tuple[str, ...]:
+    """The configured admins as principals (SPEC "Principal"); a bad one stops start-up."""
+    from veil import principal
+
+    admins = []
+    for index, value in enumerate(values):
+        normalized = principal.key(value)
+        if normalized is None:
+            raise ConfigError(f"identity.bootstrap_admins.{index}: {value!r} is not a valid "
+                              f"principal: {principal.problem(value)}")
+        admins.append(normalized)
+    return tuple(admins)
 
 
 def validate(document: Any) -> None:

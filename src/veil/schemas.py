@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 import jsonschema
+
+from veil.errors import InvalidBody
 
 GROUP_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 PRINCIPAL = {"type": "string", "minLength": 1, "maxLength": 320, "pattern": r"^\S+$"}
@@ -43,6 +46,11 @@ REVEAL_SESSION_BODY: dict[str, Any] = {
     },
 }
 
+# Bodies are small documents: anything deeper is refused before it is validated.
+MAX_DEPTH = 32
+# What a justification must hold at least one of: a letter, digit, punctuation or symbol.
+_VISIBLE = frozenset("LNPS")
+
 BODIES = {
     "Group": GROUP_BODY,
     "PrivacyGroupRequest": PRIVACY_GROUP_BODY,
@@ -73,3 +81,48 @@ def body_error(schema: dict[str, Any], document: Any) -> tuple[str, str] | None:
     if error.validator == "const" and parts == ["acknowledge_audit"]:
         return field, "'acknowledge_audit' must be true: reveals are audited, acknowledge it"
     return field, f"field {field!r}: {error.message}"
+
+
+def unrepresentable(document: Any) -> tuple[str, str] | None:
+    """``(field, message)`` for the first string Veil cannot store (a lone surrogate), or a
+    document nested deeper than MAX_DEPTH; None when the document is fine."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(document, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            return ".".join(path[:3]) + "...", f"the body is nested deeper than {MAX_DEPTH} levels"
+        if isinstance(value, str):
+            if _has_surrogate(value):
+                field = ".".join(path) or "(body)"
+                return field, (f"field {field!r} holds a lone surrogate (an unpaired \\ud800-"
+                               "\\udfff escape); send valid Unicode text")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if _has_surrogate(key):
+                    return ".".join(path) or "(body)", "a member name holds a lone surrogate"
+                stack.append((item, (*path, key)))
+        elif isinstance(value, list):
+            stack.extend((item, (*path, str(i))) for i, item in enumerate(value))
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_justification(text: str | None) -> None:
+    """Raise InvalidBody unless ``text`` says something: at least one visible character
+    (``"\\u200b"`` alone is not a justification) and no control character but tab and
+    newline."""
+    if text is None or not any(unicodedata.category(c)[0] in _VISIBLE for c in text):
+        raise InvalidBody("field 'justification' is required and must hold visible text: say "
+                          "why you need to see private activities", field="justification")
+    bad = next((c for c in text if unicodedata.category(c) == "Cc" and c not in "\t\n\r"),
+               None)
+    if bad is not None:
+        raise InvalidBody(f"field 'justification' holds the control character "
+                          f"U+{ord(bad):04X}", field="justification")

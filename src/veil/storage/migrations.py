@@ -8,16 +8,58 @@ beyond the shared SQL (PostgreSQL's trigger function, SQLite's trigger syntax) t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from veil import principal as principals
 from veil.errors import StorageError
 
 if TYPE_CHECKING:
-    from veil.storage import Backend
+    from veil.storage import Backend, Tx
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+# A step is SQL, or a function run in the migration's transaction (for what SQL cannot do).
+Step = str | Callable[["Tx"], None]
+
+
+def _principal_key(value: str) -> str:
+    """The stored principal as SPEC "Principal" compares it; one that is not a valid principal
+    (whitespace, control characters) is left as it is: no caller can ever present it."""
+    return principals.key(value) or value
+
+
+def normalize_principals(tx: Tx) -> None:
+    """Re-key principals stored by earlier versions (``strip().lower()``) with NFC and case
+    folding, so a member imported as NFC ``josé`` matches the store's NFD form. The
+    governance log is never rewritten (it is hash-chained): it keeps the names as written."""
+    for table, stamp in (("admins", "added_ns"), ("viewers", "granted_ns")):
+        seen: set[str] = set()
+        for principal, _ in tx.all(f"SELECT principal, {stamp} FROM {table} "
+                                   f"ORDER BY {stamp}, principal"):
+            wanted = _principal_key(principal)
+            if wanted in seen:  # two spellings of one principal: keep the earliest
+                tx.execute(f"DELETE FROM {table} WHERE principal = ?", (principal,))
+            elif wanted != principal:
+                tx.execute(f"DELETE FROM {table} WHERE principal = ?", (wanted,))
+                tx.execute(f"UPDATE {table} SET principal = ? WHERE principal = ?",
+                           (wanted, principal))
+            seen.add(wanted)
+    for gid, members, former in tx.all("SELECT id, members, former_members FROM groups"):
+        keyed = sorted({_principal_key(m) for m in json.loads(members)})
+        left: dict[str, int] = {}
+        for member, ts in json.loads(former).items():
+            left[_principal_key(member)] = max(ts, left.get(_principal_key(member), ts))
+        tx.execute("UPDATE groups SET members = ?, former_members = ? WHERE id = ?",
+                   (json.dumps(keyed), json.dumps(left, sort_keys=True), gid))
+    for sid, owner in tx.all("SELECT id, owner FROM reveal_sessions"):
+        if _principal_key(owner) != owner:
+            tx.execute("UPDATE reveal_sessions SET owner = ? WHERE id = ?",
+                       (_principal_key(owner), sid))
+    tx.execute("UPDATE state_version SET version = version + 1 WHERE id = 1")
+
+
+MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     # 1: management state, reveal sessions and the governance log
     (
         """CREATE TABLE state_version (
@@ -82,6 +124,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "ALTER TABLE groups ADD COLUMN former_members TEXT NOT NULL DEFAULT '{}'",
     ),
+    # 4: refused attempts counted per principal (R12: one record per window, with the count);
+    # stored principals re-keyed by SPEC "Principal" (NFC + case folding)
+    (
+        """CREATE TABLE refusal_counts (
+            actor TEXT PRIMARY KEY,
+            last_record_ns BIGINT NOT NULL,
+            pending BIGINT NOT NULL,
+            by_action TEXT NOT NULL)""",
+        normalize_principals,
+    ),
 )
 
 
@@ -109,7 +161,10 @@ def migrate(backend: Backend, where: str, *,
             if version <= current:
                 continue
             for statement in (*statements, *after_version.get(version, ())):
-                tx.execute(statement)
+                if callable(statement):
+                    statement(tx)
+                else:
+                    tx.execute(statement)
             tx.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
         for statement in every_start:
             tx.execute(statement)
