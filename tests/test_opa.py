@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from veil.policy.opa import OpaEngine
 from veil.storage import open_storage
 
 from conftest import ADMIN, GRANTOR, POLICIES, LoopbackStore, activity, auth, ids, iso, make_config
+from netutil import free_port
 from opa_server import Bundle, FakeOpa, bundle_from
 
 A = auth(ADMIN)
@@ -83,13 +83,6 @@ def open_reveal(client: FlaskClient) -> dict[str, str]:
                     headers=A)
     assert r.status_code == 201, r.get_json()
     return {**A, "Veil-Reveal-Session": r.get_json()["id"]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def assert_fails_closed(client: FlaskClient, reveal_headers: dict[str, str]) -> None:

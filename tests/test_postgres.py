@@ -44,7 +44,8 @@ from conftest import (
     iso,
     make_config,
 )
-from postgres import PostgresCluster, free_port, require_bin_dir
+from netutil import free_port, wait_until_ready
+from postgres import PostgresCluster, require_bin_dir
 
 SEC = 1_000_000_000
 A = auth(ADMIN)
@@ -85,19 +86,9 @@ def row_ids(response: requests.Response) -> list[str]:
     return [row["id"] for row in response.json()["data"]]
 
 
-def wait_up(replica: Replica, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if replica.process.poll() is not None:
-            raise AssertionError(f"veil serve exited with {replica.process.returncode}:\n"
-                                 f"{replica.log_tail()}")
-        try:
-            if requests.get(replica.url + "/healthz", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"veil serve did not come up:\n{replica.log_tail()}")
+def wait_up(replica: Replica, timeout_s: float = 90) -> None:
+    wait_until_ready(replica.url + "/healthz", timeout_s, process=replica.process,
+                     describe=replica.log_tail)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from veil import reload as policy_reload
 from veil import schemas
@@ -32,6 +33,11 @@ def body(schema: dict[str, Any]) -> dict[str, Any]:
     """
     if not request.is_json:
         raise InvalidBody("send a JSON body with 'Content-Type: application/json'")
+    data = request.get_data(cache=True)  # at most max_content_length bytes are read
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        # a streamed body that reached the limit: werkzeug stops there, silently cut
+        raise RequestEntityTooLarge()
     try:
         document = request.get_json(silent=True)
     except RecursionError:
@@ -45,9 +51,10 @@ def body(schema: dict[str, Any]) -> dict[str, Any]:
     return dict(document)
 
 
-def group_id(value: str) -> str:
+def group_id(value: str, field: str = "id") -> str:
+    """A group id, matched whole (``hr\\n`` is not ``hr``)."""
     if not _GROUP_ID.fullmatch(value):
-        raise BadRequest(f"group id {value!r} must match {schemas.GROUP_ID}", field="id")
+        raise BadRequest(f"group id {value!r} must match {schemas.GROUP_ID}", field=field)
     return value
 
 
@@ -94,7 +101,7 @@ def list_privacy_groups() -> Response:
 def add_privacy_group() -> tuple[Response, int]:
     actor = require_admin()
     doc = body(schemas.PRIVACY_GROUP_BODY)
-    return created(services().storage.add_privacy_group(group_id(doc["group"]), actor))
+    return created(services().storage.add_privacy_group(group_id(doc["group"], "group"), actor))
 
 
 @blueprint.delete("/privacy-groups/<gid>")

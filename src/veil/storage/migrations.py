@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from veil import principal as principals
 from veil.errors import StorageError
@@ -33,18 +33,16 @@ def normalize_principals(tx: Tx) -> None:
     """Re-key principals stored by earlier versions (``strip().lower()``) with NFC and case
     folding, so a member imported as NFC ``josé`` matches the store's NFD form. The
     governance log is never rewritten (it is hash-chained): it keeps the names as written."""
-    for table, stamp in (("admins", "added_ns"), ("viewers", "granted_ns")):
-        seen: set[str] = set()
-        for principal, _ in tx.all(f"SELECT principal, {stamp} FROM {table} "
-                                   f"ORDER BY {stamp}, principal"):
-            wanted = _principal_key(principal)
-            if wanted in seen:  # two spellings of one principal: keep the earliest
-                tx.execute(f"DELETE FROM {table} WHERE principal = ?", (principal,))
-            elif wanted != principal:
-                tx.execute(f"DELETE FROM {table} WHERE principal = ?", (wanted,))
-                tx.execute(f"UPDATE {table} SET principal = ? WHERE principal = ?",
-                           (wanted, principal))
-            seen.add(wanted)
+    for table, stamp, by in (("admins", "added_ns", "added_by"),
+                             ("viewers", "granted_ns", "granted_by")):
+        kept: dict[str, tuple[Any, Any]] = {}
+        for principal, ts, who in tx.all(f"SELECT principal, {stamp}, {by} FROM {table} "
+                                         f"ORDER BY {stamp}, principal"):
+            kept.setdefault(_principal_key(principal), (ts, who))  # two spellings: the earliest
+        tx.execute(f"DELETE FROM {table}")
+        for principal, (ts, who) in kept.items():
+            tx.execute(f"INSERT INTO {table} (principal, {stamp}, {by}) VALUES (?, ?, ?)",
+                       (principal, ts, who))
     for gid, members, former in tx.all("SELECT id, members, former_members FROM groups"):
         keyed = sorted({_principal_key(m) for m in json.loads(members)})
         left: dict[str, int] = {}
