@@ -5,7 +5,7 @@ and render."""
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -16,7 +16,6 @@ from veil import schemas
 from veil.app import caller, require_admin, services
 from veil.errors import BadRequest, InvalidBody, Unprocessable
 from veil.identity import normalize_principal
-from veil.storage import rfc3339
 
 blueprint = Blueprint("api", __name__, url_prefix="/veil/v1")
 
@@ -183,18 +182,36 @@ def end_session(sid: str) -> Response:
 
 # ---- governance log ---------------------------------------------------------------------
 
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?"
+                      r"(?:([Zz])|([+-])(\d{2}):(\d{2}))")
+
+
 def _time_filter(name: str) -> str | None:
+    """A time filter (RFC 3339, leap seconds and years 0-9999 included) as the log's text."""
     value = request.args.get(name)
     if value is None:
         return None
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        raise BadRequest(f"query parameter {name!r} must be an RFC 3339 time with a time zone "
+                         "offset, e.g. 2026-11-25T10:00:00Z", field=name)
+    year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
+    fraction = (match.group(7) or ".")[1:]
+    sign, off_h, off_m = match.group(9), int(match.group(10) or 0), int(match.group(11) or 0)
     try:
-        moment = datetime.fromisoformat(value)
+        local = datetime(max(year, 1), month, day, hour, minute, min(second, 59),
+                         int(fraction[:6].ljust(6, "0")))
+        if off_h > 23 or off_m > 59:
+            raise ValueError("offset out of range")
     except ValueError:
-        raise BadRequest(f"query parameter {name!r} must be an RFC 3339 time",
-                         field=name) from None
-    if moment.tzinfo is None:
-        raise BadRequest(f"query parameter {name!r} needs a time zone offset", field=name)
-    return rfc3339(int(moment.timestamp() * 1_000_000) * 1000)
+        raise BadRequest(f"query parameter {name!r} is not a valid time", field=name) from None
+    offset = timedelta(hours=off_h, minutes=off_m) * (-1 if sign == "-" else 1)
+    try:
+        moment = local - offset if year > 0 else datetime.min
+    except OverflowError:
+        moment = datetime.min if offset > timedelta(0) else datetime.max
+    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+            f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z")
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
@@ -216,11 +233,12 @@ def governance_log() -> Response:
                          field=sorted(unknown)[0])
     limit = _int_arg("limit", 100, 1, 1000)
     actor = request.args.get("actor")
+    if actor is not None:
+        actor = normalize_principal(actor, "actor")
     records = services().storage.log_page(
         since=_time_filter("since"), until=_time_filter("until"),
         action=request.args.get("action"),
-        actor=normalize_principal(actor) if actor else None,
-        after=_int_arg("cursor", 0, 0, 2**62), limit=limit,
+        actor=actor, after=_int_arg("cursor", 0, 0, 10**18 - 1), limit=limit,
     )
     next_cursor = str(records[-1]["seq"]) if len(records) == limit else None
     return jsonify(records=records, next_cursor=next_cursor)

@@ -19,7 +19,8 @@ from veil.upstream import Upstream
 
 log = logging.getLogger("veil")
 
-OPEN_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "health.metrics"})
+OPEN_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "health.metrics",
+                            "openapi.openapi_json"})
 
 
 @dataclass
@@ -121,7 +122,11 @@ def create_app(config: Config, *, storage: Storage | None = None,
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         code = (exc.name or "error").lower().replace(" ", "_")
-        return problem(status, exc.name or "Error", exc.description or "", code)
+        response = problem(status, exc.name or "Error", exc.description or "", code)
+        allow = dict(exc.get_headers()).get("Allow")
+        if allow:  # 405 names the methods the path answers (RFC 9110)
+            response.headers["Allow"] = allow
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:

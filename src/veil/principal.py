@@ -9,6 +9,7 @@ permission, the configuration, row actors) goes through ``normalize`` or ``key``
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable
 
@@ -24,17 +25,41 @@ class InvalidPrincipal(InvalidBody):
     title = "Invalid principal"
 
 
+# Whitespace and invisible controls: Unicode categories Cc, Cf, Zs, Zl and Zp (Unicode 14,
+# plus the format controls Unicode 15 added at U+13439-U+1343F). A test checks that every
+# such character of the running Python is here. Code points above U+FFFF are written as
+# themselves, so the same class reads alike in Python, ECMA-262 and Rust regex engines.
+_HIDDEN_RANGES = (
+    (0x0000, 0x0020), (0x007F, 0x00A0), (0x00AD, 0x00AD), (0x0600, 0x0605), (0x061C, 0x061C),
+    (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2), (0x1680, 0x1680),
+    (0x180E, 0x180E), (0x2000, 0x200F), (0x2028, 0x202F), (0x205F, 0x2064), (0x2066, 0x206F),
+    (0x3000, 0x3000), (0xFEFF, 0xFEFF), (0xFFF9, 0xFFFB), (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD), (0x13430, 0x1343F), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+    (0xE0001, 0xE0001), (0xE0020, 0xE007F),
+)
+
+
+def _spell(code: int) -> str:
+    return f"\\u{code:04X}" if code <= 0xFFFF else chr(code)
+
+
+HIDDEN_CLASS = "".join(_spell(a) if a == b else f"{_spell(a)}-{_spell(b)}"
+                       for a, b in _HIDDEN_RANGES)
+# The JSON Schema pattern of a principal (request bodies, path parameters, OpenAPI).
+PATTERN = f"^[^{HIDDEN_CLASS}]+$"
+_HIDDEN = re.compile(f"[{HIDDEN_CLASS}\\ud800-\\udfff]")
+
+
 def problem(value: str) -> str | None:
     """Why ``value`` is not a principal, or None when it is one."""
     if not value:
         return "it is empty"
     if len(value) > MAX_LENGTH:
         return f"it is longer than {MAX_LENGTH} characters"
-    # str.isprintable is False for every character of the categories "Other" (control,
-    # format, surrogate, private use, unassigned) and "Separator" except the ASCII space.
-    if not value.isprintable() or " " in value:
-        bad = next(c for c in value if not c.isprintable() or c == " ")
-        return (f"it contains U+{ord(bad):04X} ({unicodedata.name(bad, 'unnamed')}); "
+    bad = _HIDDEN.search(value)
+    if bad is not None:
+        char = bad.group()
+        return (f"it contains U+{ord(char):04X} ({unicodedata.name(char, 'a control')}); "
                 "whitespace and control characters are not allowed")
     return None
 
@@ -48,6 +73,11 @@ def key(value: str) -> str | None:
     if problem(value) is not None:
         return None
     return fold(value)
+
+
+def visible(text: str) -> bool:
+    """Whether ``text`` holds a character that is neither whitespace nor an invisible control."""
+    return any(_HIDDEN.fullmatch(c) is None for c in text)
 
 
 def fold(value: str) -> str:
