@@ -71,13 +71,14 @@ def test_schemathesis_finds_no_failure(store: LoopbackStore, tmp_path: Path) -> 
     doc = config_doc(store.url, f"sqlite:///{tmp_path / 'veil.db'}",
                      server={"workers": 1, "threads": 4})
     with veil_serve(doc, tmp_path) as (url, _):
+        # one worker: Schemathesis' threads race in CPython 3.11's ast.parse (SystemError)
         assert requests.get(f"{url}/veil/v1/openapi.json", timeout=30).status_code == 200
         run = subprocess.run(
             [str(Path(sys.executable).parent / "schemathesis"),
              "--config-file", str(ROOT / "tests" / "schemathesis.toml"), "--no-color",
              "run", f"{url}/veil/v1/openapi.json", "--checks", "all",
              "-H", f"Authorization: Bearer {token(ADMIN, ttl_s=3600)}",
-             "--max-examples", "30", "--workers", "2", "--request-timeout", "30",
+             "--max-examples", "30", "--workers", "1", "--request-timeout", "30",
              "--generation-database", "none", "--report-dir", str(tmp_path / "report")],
             capture_output=True, text=True, timeout=900, cwd=tmp_path)
     start = max(run.stdout.find("FAILURES"), 0)
