@@ -55,8 +55,7 @@ def _exchange(url: str, head: str, chunks: Iterator[bytes]) -> tuple[int, bytes,
         sock.setblocking(True)
         sock.settimeout(30)  # everything this test will send is sent: now the server must answer
         try:
-            while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < int(
-                    answer.lower().partition(b"content-length:")[2].split(b"\r\n")[0] or 0):
+            while not _complete(answer):
                 more = sock.recv(65536)
                 if not more:
                     break
@@ -66,6 +65,18 @@ def _exchange(url: str, head: str, chunks: Iterator[bytes]) -> tuple[int, bytes,
                         "the whole body")
     status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else 0
     return status, answer, sent
+
+
+def _complete(answer: bytes) -> bool:
+    """Whether ``answer`` holds a whole response: headers and Content-Length bytes of body."""
+    head, found, body = answer.partition(b"\r\n\r\n")
+    if not found:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return True
 
 
 def _pieces(total: int, size: int = 64 * 1024, chunked: bool = False) -> Iterator[bytes]:

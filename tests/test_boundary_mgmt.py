@@ -477,3 +477,18 @@ def test_the_justification_rule_holds_without_the_schema() -> None:
     for text in ("INC-7", "r\u00e9vision\n\tsuite", "\u0301"):
         assert pattern.search(text) is not None
         schemas.check_justification(text)
+
+
+def test_the_hidden_class_covers_every_whitespace_and_control_character() -> None:
+    """The principal pattern is spelled out (so that Python, ECMA-262 and Rust engines read it
+    alike): it must hold every Cc, Cf, Zs, Zl and Zp character this Python knows."""
+    import re
+
+    from veil import principal
+
+    hidden = re.compile(f"[{principal.HIDDEN_CLASS}]")
+    missing = [hex(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF
+               and unicodedata.category(chr(cp)) in {"Cc", "Cf", "Zs", "Zl", "Zp"}
+               and hidden.fullmatch(chr(cp)) is None]
+    assert missing == []
+    assert all(principal.key(f"a{chr(cp)}b") is None for cp in (0x85, 0xA0, 0x200B, 0xE0041))
