@@ -208,6 +208,7 @@ def test_upgrading_a_version_1_log_keeps_it_verifiable(client: FlaskClient, db: 
     with sqlite3.connect(db) as conn:  # back to schema version 1, as an older Veil left it
         conn.execute("DROP TABLE governance_head")
         conn.execute("ALTER TABLE groups DROP COLUMN former_members")
+        conn.execute("DROP TABLE refusal_counts")
         conn.execute("DELETE FROM schema_version WHERE version > 1")
     storage = open_storage(f"sqlite:///{db}", 5)
     try:
