@@ -115,7 +115,7 @@ def test_start_up_loads_policies_and_data(app: Flask, opa: FakeOpa) -> None:
     assert opa.policy_ids() == ["veil/veil/privacy/privacy.rego"]
     storage = app.extensions["veil"].storage
     assert opa.document("veil/state_version") == storage.state_version()
-    assert opa.document("veil/admins") == {ADMIN: True}
+    assert opa.document("veil/admins") == {ADMIN: True, GRANTOR: True}
     assert opa.document("veil/managed_domains") == ["contoso.com"]
     assert opa.calls("PUT", "/v1/policies/") == 1
 

@@ -54,7 +54,6 @@ def normalize_principals(tx: Tx) -> None:
         if _principal_key(owner) != owner:
             tx.execute("UPDATE reveal_sessions SET owner = ? WHERE id = ?",
                        (_principal_key(owner), sid))
-    tx.execute("UPDATE state_version SET version = version + 1 WHERE id = 1")
 
 
 MIGRATIONS: tuple[tuple[Step, ...], ...] = (
