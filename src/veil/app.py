@@ -83,11 +83,15 @@ def create_app(config: Config, *, storage: Storage | None = None,
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(proxy.blueprint)
     policy_reload.init_app(app, modules=modules)  # the API route, file watch, SIGHUP
+    if config.console.enabled:
+        from veil import console
+
+        console.init_app(app, config)
 
     @app.before_request
     def authenticate() -> None:
-        if request.endpoint in OPEN_ENDPOINTS:
-            return
+        if request.endpoint in OPEN_ENDPOINTS or request.blueprint == "console":
+            return  # the console signs its users in itself (veil.console.signin)
         g.principal = services().auth.principal(request.headers)
 
     @app.after_request

@@ -1,0 +1,44 @@
+// The console's only script: open and close dialogs, count down a reveal session.
+// Native <dialog>: showModal() makes the page behind inert (focus stays in the dialog)
+// and Escape closes it.
+"use strict";
+
+document.addEventListener("click", (event) => {
+  const target = event.target instanceof Element ? event.target : null;
+  const opener = target && target.closest("[data-open]");
+  if (opener) {
+    const dialog = document.getElementById(opener.getAttribute("data-open"));
+    if (dialog instanceof HTMLDialogElement) {
+      const inside = opener.closest("dialog");
+      if (inside) inside.close();
+      dialog.showModal();
+      const first = dialog.querySelector("input:not([type=hidden]), textarea, select, button");
+      if (first) first.focus();
+    }
+    return;
+  }
+  const closer = target && target.closest("[data-close]");
+  if (closer) {
+    const dialog = closer.closest("dialog");
+    if (dialog) dialog.close();
+  }
+});
+
+function countDown() {
+  for (const element of document.querySelectorAll("[data-remaining]")) {
+    const left = Math.floor((Date.parse(element.getAttribute("data-remaining")) - Date.now()) / 1000);
+    if (left <= 0) {
+      element.textContent = "ended";
+      window.location.reload();
+      return;
+    }
+    element.textContent = `${Math.floor(left / 60)} min ${left % 60} s left`;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  if (document.querySelector("[data-remaining]")) {
+    countDown();
+    window.setInterval(countDown, 1000);
+  }
+});
