@@ -182,6 +182,10 @@ def _group_id(value: str) -> str:
     return value
 
 
+def _group_names() -> dict[str, str]:
+    return {**BUILTIN_NAMES, **{gr["id"]: gr["name"] for gr in services().storage.list_groups()}}
+
+
 @blueprint.get("/privacy")
 def privacy() -> Page:
     need_admin()
@@ -204,8 +208,9 @@ def privacy_add() -> Page:
     if not chosen:
         flash("select at least one group to add", "error")
     storage = services().storage
+    names = _group_names()
     for gid in chosen:
-        label = BUILTIN_NAMES.get(gid, gid)
+        label = names.get(gid, gid)
         attempt(lambda gid=gid: storage.add_privacy_group(_group_id(gid), actor),
                 done=f"{label}: activities are private from now on")
     return redirect(url_for("console.privacy"))
@@ -217,7 +222,7 @@ def privacy_remove() -> Page:
     gid = request.form.get("group", "")
     storage = services().storage
     attempt(lambda: storage.remove_privacy_group(_group_id(gid), actor),
-            done=f"{BUILTIN_NAMES.get(gid, gid)} is no longer private; its interval has ended")
+            done=f"{_group_names().get(gid, gid)} is no longer private; its interval has ended")
     return redirect(url_for("console.privacy"))
 
 

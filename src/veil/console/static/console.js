@@ -24,6 +24,27 @@ document.addEventListener("click", (event) => {
   }
 });
 
+// Tab and Shift+Tab cycle inside an open dialog instead of leaving it for the browser's own UI.
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Tab") return;
+  const dialog = document.querySelector("dialog[open]");
+  if (!dialog) return;
+  const focusable = Array.from(dialog.querySelectorAll(
+    "a[href], button, input:not([type=hidden]), select, textarea, summary, [tabindex]"))
+    .filter((e) => !e.disabled && e.getAttribute("tabindex") !== "-1" && e.getClientRects().length);
+  if (!focusable.length) return;
+  const first = focusable[0];
+  const last = focusable[focusable.length - 1];
+  const inside = dialog.contains(document.activeElement);
+  if (event.shiftKey && (document.activeElement === first || !inside)) {
+    event.preventDefault();
+    last.focus();
+  } else if (!event.shiftKey && (document.activeElement === last || !inside)) {
+    event.preventDefault();
+    first.focus();
+  }
+});
+
 function countDown() {
   for (const element of document.querySelectorAll("[data-remaining]")) {
     const left = Math.floor((Date.parse(element.getAttribute("data-remaining")) - Date.now()) / 1000);
