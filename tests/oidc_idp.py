@@ -36,6 +36,7 @@ class LoopbackIdP:
     client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     user: str = "alice@contoso.com"
     issuer: str = ""
+    token_issuer: str = ""  # the ID token's "iss"; a test sets another to forge one
     seen: list[dict[str, Any]] = field(default_factory=list)  # authorize and token requests
 
     def __post_init__(self) -> None:
@@ -86,7 +87,7 @@ class LoopbackIdP:
             if expected != grant.challenge:
                 return jsonify(error="invalid_grant", error_description="PKCE failed"), 400
             now = int(time.time())
-            claims = {"iss": self.issuer, "aud": self.client_id, "sub": grant.user,
+            claims = {"iss": self.token_issuer or self.issuer, "aud": self.client_id, "sub": grant.user,
                       "email": grant.user, "iat": now, "exp": now + 300}
             if grant.nonce:
                 claims["nonce"] = grant.nonce

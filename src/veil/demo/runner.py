@@ -6,6 +6,7 @@ Veil runs here on werkzeug's threaded server, which is simple to start and stop 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import signal
@@ -14,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ ISSUER = "https://idp.veil-demo.local"
 AUDIENCE = "veil"
 ADMIN = PERSONAS[0][0]  # alice@contoso.com, the security admin
 PLAIN_USER = PERSONAS[1][0]  # bob@contoso.com, in sales
+INVESTIGATOR = "erin@contoso.com"  # an admin the demo grants the view-private permission
 TOKEN_TTL_S = 30 * 86400
 
 
@@ -174,7 +176,20 @@ class Demo:
                                     env={**os.environ, SECRET_ENV: self.secret})
         from veil.app import create_app
 
-        self._veil = veil.app = create_app(config)
+        # The console, with the demo's pick-a-user sign-in (nothing but the demo offers it).
+        console_key = hashlib.sha256(f"veil-demo-console:{self.secret}".encode()).hexdigest()
+        config = replace(config, console=replace(config.console, enabled=True,
+                                                 secret_key=console_key))
+        app = create_app(config)
+        from veil.console.signin import DemoUser, enable_demo_sign_in
+
+        enable_demo_sign_in(app, (
+            DemoUser(INVESTIGATOR, "Erin Shah", "admin with the Activity privacy permission"),
+            DemoUser(ADMIN, "Alice Martin", "admin without the permission (until the "
+                                            "walk-through grants it)"),
+            DemoUser(PLAIN_USER, "Bob Jensen", "plain user"),
+        ))
+        self._veil = veil.app = app
         self.groups = self._import_groups()
         self.already_private = sorted(p["group"] for p in self._veil.extensions["veil"]
                                       .storage.list_privacy_groups() if p["private"])
@@ -212,6 +227,13 @@ class Demo:
                     if answer.status_code not in (200, 201):
                         raise VeilError(f"importing group {group['id']!r} into Veil failed: "
                                         f"{answer.status_code} {answer.text}")
+                admin = {"Authorization": f"Bearer {self.admin_token}"}
+                for path in ("/veil/v1/admins", "/veil/v1/private-viewers"):
+                    answer = http.post(f"{self.veil_url}{path}", json={"principal": INVESTIGATOR},
+                                       headers=admin, timeout=10)
+                    if answer.status_code not in (201, 409):  # 409: from an earlier run
+                        raise VeilError(f"the demo could not set up {INVESTIGATOR} for the "
+                                        f"console: {answer.status_code} {answer.text}")
             except requests.RequestException as exc:
                 raise VeilError(f"the demo could not import the store's groups: {exc}") from exc
         return groups
@@ -261,6 +283,8 @@ class Demo:
             f"{self.config_path})",
             f"  groups imported from the store's directory: {sizes}",
             f"  admin {ADMIN} and plain user {PLAIN_USER}: tokens below, valid 30 days",
+            f"  admin console   {self.veil_url}/console/  (demo sign-in: pick {INVESTIGATOR}, "
+            f"{ADMIN} or {PLAIN_USER})",
             *([f"  already private from an earlier run on this data directory: "
                f"{', '.join(self.already_private)} (start with a new --data-dir to follow the "
                "walk-through from the beginning)"] if self.already_private else []),
