@@ -87,8 +87,8 @@ class LoopbackIdP:
             if expected != grant.challenge:
                 return jsonify(error="invalid_grant", error_description="PKCE failed"), 400
             now = int(time.time())
-            claims = {"iss": self.token_issuer or self.issuer, "aud": self.client_id, "sub": grant.user,
-                      "email": grant.user, "iat": now, "exp": now + 300}
+            claims = {"iss": self.token_issuer or self.issuer, "aud": self.client_id,
+                      "sub": grant.user, "email": grant.user, "iat": now, "exp": now + 300}
             if grant.nonce:
                 claims["nonce"] = grant.nonce
             id_token = jwt.encode(claims, self.key, algorithm="RS256",

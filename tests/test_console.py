@@ -25,7 +25,7 @@ from browser import chromium, veil_serve
 from conftest import ADMIN, ROOT, LoopbackStore, activity, config_doc, iso
 
 pytest.importorskip("playwright")
-from playwright.sync_api import Browser, BrowserContext, Page, expect  # noqa: E402
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 GATEWAY_SECRET = "gateway-secret-for-console-tests"
 CONSOLE_KEY = "console-cookie-key-that-is-long-enough-0123456789"

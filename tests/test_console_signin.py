@@ -13,10 +13,10 @@ from conftest import ADMIN, POLICIES, SECRET, LoopbackStore, config_doc
 from oidc_idp import LoopbackIdP
 
 pytest.importorskip("playwright")
-from playwright.sync_api import Browser, expect  # noqa: E402
+from playwright.sync_api import Browser, expect
 
-from veil.demo import Demo, DemoSettings  # noqa: E402
-from veil.demo.runner import INVESTIGATOR, PLAIN_USER  # noqa: E402
+from veil.demo import Demo, DemoSettings
+from veil.demo.runner import INVESTIGATOR, PLAIN_USER
 
 CONSOLE_KEY = "console-cookie-key-that-is-long-enough-0123456789"
 
