@@ -4,7 +4,6 @@ process, for the console's browser tests."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +26,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 def need_chromium() -> None:
     """Skip without Chromium on a workstation; under CI a missing browser is a failure."""
-    if os.path.exists(CHROMIUM) or shutil.which("chromium"):
+    if os.path.exists(CHROMIUM):
         return
     if os.environ.get("CI"):
         pytest.fail(f"{CHROMIUM} is missing: the console's browser tests need Debian's "
@@ -47,6 +46,18 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def screenshot_dir(scratch: Path) -> Path:
+    """Where the console's screenshots go: docs/console/ when VEIL_CONSOLE_SCREENSHOTS=1
+    (to regenerate the README's pictures), else a scratch directory."""
+    target = ROOT / "docs" / "console" if os.environ.get("VEIL_CONSOLE_SCREENSHOTS") \
+        else scratch / "shots"
+    target.mkdir(parents=True, exist_ok=True)
+    return target
 
 
 def free_port() -> int:

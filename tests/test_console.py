@@ -8,7 +8,6 @@ browser context, whose gateway headers sign them in)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import time
@@ -19,13 +18,11 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 from werkzeug.serving import make_server
 
-from browser import chromium, veil_serve
-from conftest import ADMIN, ROOT, LoopbackStore, activity, config_doc, iso
-
-pytest.importorskip("playwright")
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from browser import chromium, screenshot_dir, veil_serve
+from conftest import ADMIN, LoopbackStore, activity, config_doc, iso
 
 GATEWAY_SECRET = "gateway-secret-for-console-tests"
 CONSOLE_KEY = "console-cookie-key-that-is-long-enough-0123456789"
@@ -81,9 +78,7 @@ class Console:
 def console(store_server: LoopbackStore,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     directory = tmp_path_factory.mktemp("console")
-    shots = ROOT / "docs" / "console" if os.environ.get("VEIL_CONSOLE_SCREENSHOTS") \
-        else directory / "shots"
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshot_dir(directory)
     store_server.reset()
     doc = config_doc(
         store_server.url, f"sqlite:///{directory / 'veil.db'}",
@@ -307,7 +302,9 @@ def test_a_revoked_permission_shows_the_refusal_reason(console: Console) -> None
     # Another admin revokes the permission: the session ends, the next page says why.
     assert console.api("DELETE", f"/veil/v1/private-viewers/{INVESTIGATOR}").status_code == 204
     page.reload()
-    expect(page.get_by_role("alert")).to_contain_text("Private activities are not shown")
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("Private activities are not shown")
+    expect(alert).to_contain_text("the caller does not hold the view-private permission")
     assert rows_shown(page) == ["act-1", "act-2"]
     expect(page.get_by_role("button", name="Hide private activities")).to_have_count(0)
 

@@ -7,16 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from browser import chromium, free_port, veil_serve
-from conftest import ADMIN, POLICIES, SECRET, LoopbackStore, config_doc
-from oidc_idp import LoopbackIdP
-
-pytest.importorskip("playwright")
 from playwright.sync_api import Browser, expect
 
 from veil.demo import Demo, DemoSettings
 from veil.demo.runner import INVESTIGATOR, PLAIN_USER
+
+from browser import chromium, free_port, screenshot_dir, veil_serve
+from conftest import ADMIN, POLICIES, SECRET, LoopbackStore, config_doc
+from oidc_idp import LoopbackIdP
 
 CONSOLE_KEY = "console-cookie-key-that-is-long-enough-0123456789"
 
@@ -56,7 +54,7 @@ def oidc_console(store_server: LoopbackStore, idp: LoopbackIdP,
 
 
 def test_oidc_sign_in_with_pkce_and_sign_out(browser: Browser, idp: LoopbackIdP,
-                                            oidc_console: str) -> None:
+                                            oidc_console: str, tmp_path: Path) -> None:
     idp.user = ADMIN
     context = browser.new_context()
     try:
@@ -64,6 +62,7 @@ def test_oidc_sign_in_with_pkce_and_sign_out(browser: Browser, idp: LoopbackIdP,
         page.goto(oidc_console + "/console/governance")
         expect(page.get_by_role("heading", name="Sign in to the Veil console")).to_be_visible()
         expect(page.get_by_role("link", name="Demo sign-in")).to_have_count(0)
+        page.screenshot(path=str(screenshot_dir(tmp_path) / "sign-in.png"))
         page.get_by_role("link", name="Sign in with your organization").click()
         expect(page.get_by_role("heading", name="Activity log")).to_be_visible()
         expect(page.get_by_role("banner")).to_contain_text(ADMIN)
@@ -131,6 +130,7 @@ def test_demo_offers_its_users(browser: Browser, tmp_path: Path) -> None:
             page = context.new_page()
             page.goto(demo.veil_url + "/console/")
             page.get_by_role("link", name="Demo sign-in").click()
+            page.screenshot(path=str(screenshot_dir(tmp_path) / "demo-sign-in.png"))
             page.get_by_role("button", name="Sign in as Erin Shah").click()
             expect(page.get_by_role("banner")).to_contain_text(INVESTIGATOR)
             expect(page.locator("#activities tbody tr").first).to_be_visible()

@@ -179,6 +179,9 @@ def test_console_disabled_serves_nothing(store: LoopbackStore, tmp_path: Path) -
      "identity.oidc.issuer"),
     ({"console": {"enabled": True, "secret_key_env": "KEY", "colour": "blue"}}, {"KEY": KEY},
      "console.colour: unknown key"),
+    ({"console": {"enabled": True, "secret_key_env": "KEY",
+                  "activities": {"route": "/api/unlisted"}}}, {"KEY": KEY},
+     "console.activities.route: /api/unlisted is not one of upstream.routes"),
 ])
 def test_bad_console_configuration_names_the_key(store: LoopbackStore, section: dict[str, Any],
                                                  env: dict[str, str], message: str) -> None:

@@ -154,7 +154,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (overrides server.port)")
     serve.set_defaults(func=cmd_serve)
 
-    demo = sub.add_parser("demo", help="run a demo activity store with Veil in front of it")
+    demo = sub.add_parser("demo", help="run a demo activity store with Veil and its admin "
+                                       "console (demo sign-in) in front of it")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080,
                       help="Veil's port (default 8080; 0: any free port)")

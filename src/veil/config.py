@@ -225,6 +225,9 @@ def from_dict(
         if "openid" not in oidc.scopes:
             raise ConfigError("identity.oidc.scopes: must include 'openid'")
     console = _console(document.get("console", {}), secret)
+    if console.activities.route is not None and console.activities.route not in up["routes"]:
+        raise ConfigError(f"console.activities.route: {console.activities.route} is not one of "
+                          "upstream.routes; the console asks the store only through Veil")
 
     fields = up.get("fields", {})
     return Config(
