@@ -188,3 +188,28 @@ def test_bad_console_configuration_names_the_key(store: LoopbackStore, section: 
     doc = config_doc(store.url, "sqlite:///x.db", **section)
     with pytest.raises(ConfigError, match=message):
         config_module.from_dict(doc, env={"VEIL_TEST_JWT_SECRET": SECRET, **env})
+
+
+def test_unreachable_identity_provider_is_a_clear_error(store: LoopbackStore,
+                                                        tmp_path: Path) -> None:
+    doc = config_doc(store.url, f"sqlite:///{tmp_path / 'veil.db'}",
+                     identity={"oidc": {"issuer": "http://127.0.0.1:9", "client_id": "veil",
+                                        "redirect_url": "http://127.0.0.1/console/sign-in/cb"}},
+                     console={"enabled": True, "secret_key_env": "KEY"})
+    app = create_app(config_module.from_dict(doc, env={"VEIL_TEST_JWT_SECRET": SECRET,
+                                                       "KEY": KEY}))
+    answer = app.test_client().get("/console/sign-in/oidc")
+    assert answer.status_code == 502 and b"identity provider could not be reached" in answer.data
+    app.extensions["veil"].storage.close()
+
+
+def test_browser_tests_fail_without_chromium_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    import browser
+
+    monkeypatch.setattr(browser, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install chromium"):
+        browser.need_chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        browser.need_chromium()

@@ -120,7 +120,13 @@ def login() -> Page:
     if provider is None:
         abort(404)
     security.fresh_session()
-    return provider.start()
+    try:
+        return provider.start()
+    except Exception:  # discovery failed: Authlib raises requests' and its own errors
+        log.warning("the identity provider's discovery document could not be read")
+        return render_template("sign_in.html", oidc=True, demo=False, header_mode=False,
+                               error="sign-in failed: the identity provider could not be "
+                                     "reached; try again later"), 502
 
 
 @blueprint.get("/sign-in/callback")
