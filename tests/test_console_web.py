@@ -213,3 +213,36 @@ def test_browser_tests_fail_without_chromium_under_ci(monkeypatch: pytest.Monkey
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception):
         browser.need_chromium()
+
+
+def test_show_private_checks_the_form_as_the_api_checks_its_body(app: Flask,
+                                                                 client: FlaskClient) -> None:
+    storage = app.extensions["veil"].storage
+    storage.add_admin("dave@contoso.com", ADMIN)
+    storage.grant_viewer("dave@contoso.com", ADMIN)
+    dave = gateway("dave@contoso.com")
+    client.get("/console/activity", headers=dave)
+
+    def show(**form: str) -> str:
+        answer = client.post("/console/activity/show-private", headers=dave,
+                             data={"csrf_token": token_of(client), **form},
+                             follow_redirects=True)
+        return answer.data.decode()
+
+    assert "acknowledge_audit" in show(justification="why")
+    assert "justification is required" in show(acknowledge="yes")
+    with client.session_transaction("/console/") as session:
+        assert "reveal" not in session
+    assert "Private activities are shown" in show(acknowledge="yes", justification="SEC-7")
+    with client.session_transaction("/console/") as session:
+        session_id = session["reveal"]["id"]
+    opened = storage.log_page(action="reveal_session_opened")
+    assert [(r["actor"], r["details"]["session"], r["details"]["justification"])
+            for r in opened] == [("dave@contoso.com", session_id, "SEC-7")]
+    # An admin without the permission is refused by the same rule, and the refusal is logged.
+    client.get("/console/activity", headers=gateway())
+    answer = client.post("/console/activity/show-private", headers=gateway(),
+                         data={"csrf_token": token_of(client), "acknowledge": "yes",
+                               "justification": "curious"}, follow_redirects=True)
+    assert b"does not hold the view-private permission" in answer.data
+    assert [r["actor"] for r in storage.log_page(action="reveal_session_refused")] == [ADMIN]
