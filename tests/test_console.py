@@ -212,6 +212,30 @@ def test_permission_refused_for_a_non_admin_then_granted_to_an_admin(console: Co
     assert [v["principal"] for v in viewers] == [INVESTIGATOR]
 
 
+@pytest.mark.parametrize(("who", "path", "opener", "dialog"), [
+    (ADMIN, "/console/admin-access/permissions", "Add admin permission",
+     "Add admin permission"),
+    (ADMIN, "/console/admin-access/admins", "Add admin", "Add admin"),
+    (ADMIN, "/console/activity", "Activity log settings", "Activity log settings"),
+    (INVESTIGATOR, "/console/activity", "Show private activities", "Show private activities"),
+])
+def test_every_dialog_keeps_focus_and_closes_with_escape(console: Console, who: str,
+                                                         path: str, opener: str,
+                                                         dialog: str) -> None:
+    page = console.open(who, path)
+    if opener == "Show private activities":
+        page.get_by_role("button", name="Activity log settings").click()
+    page.get_by_role("button", name=opener, exact=True).first.click()
+    shown = page.get_by_role("dialog", name=dialog)
+    expect(shown).to_be_visible()
+    dialog_id = shown.get_attribute("id")
+    for key in ["Tab"] * 6 + ["Shift+Tab"] * 6:
+        page.keyboard.press(key)
+        assert page.evaluate("document.activeElement.closest('dialog')?.id") == dialog_id
+    page.keyboard.press("Escape")
+    expect(shown).to_be_hidden()
+
+
 def test_plain_user_never_sees_the_option(console: Console) -> None:
     page = console.open(PLAIN, "/console/activity")
     expect(page.get_by_role("navigation", name="Console").get_by_role("link")).to_have_count(1)
@@ -276,6 +300,14 @@ def test_governance_log_lists_the_reveal_and_verify_says_ok(console: Console) ->
     expect(page.locator("table tbody tr")).to_contain_text("No records match")
     page.get_by_role("button", name="Clear filters").click()
     expect(page.locator("table tbody tr", has_text="privacy_group_added")).to_have_count(1)
+    page.get_by_label("From (UTC)").fill("2099-01-01T00:00:00")
+    page.get_by_role("button", name="Apply filters").click()
+    expect(page.locator("table tbody tr")).to_contain_text("No records match")
+    page.get_by_label("From (UTC)").fill("2000-01-01T00:00:00")
+    page.get_by_label("Until (UTC)").fill("2099-01-01T00:00:00")
+    page.get_by_role("button", name="Apply filters").click()
+    expect(page.locator("table tbody tr", has_text="activities_revealed")).to_have_count(1)
+    page.get_by_role("button", name="Clear filters").click()
     page.get_by_role("button", name="Verify").click()
     expect(page.locator("#verdict")).to_contain_text("Verified: the log is intact")
     console.shot(page, "governance-log")
