@@ -246,3 +246,25 @@ def test_show_private_checks_the_form_as_the_api_checks_its_body(app: Flask,
                                "justification": "curious"}, follow_redirects=True)
     assert b"does not hold the view-private permission" in answer.data
     assert [r["actor"] for r in storage.log_page(action="reveal_session_refused")] == [ADMIN]
+
+
+def test_paging_far_back_keeps_the_cookie_small(client: FlaskClient,
+                                                store: LoopbackStore) -> None:
+    client.get("/console/activity", headers=gateway())
+    for page in range(12):
+        answer = client.post("/console/activity/page", headers=gateway(),
+                             data={"csrf_token": token_of(client), "direction": "older",
+                                   "cursor": f"{page:03d}" + "c" * 253})
+        assert len(answer.headers["Set-Cookie"]) < 4000
+    client.get("/console/activity", headers=gateway())
+    assert store.state.requests[-1]["query"].endswith("cursor=011" + "c" * 253)
+    client.post("/console/activity/page", headers=gateway(),
+                data={"csrf_token": token_of(client), "direction": "newer"})
+    client.get("/console/activity", headers=gateway())
+    assert store.state.requests[-1]["query"].endswith("cursor=010" + "c" * 253)
+    too_long = client.post("/console/activity/page", headers=gateway(),
+                           data={"csrf_token": token_of(client), "direction": "older",
+                                 "cursor": "x" * 257})
+    assert too_long.status_code == 302
+    client.get("/console/activity", headers=gateway())
+    assert "cursor=" not in store.state.requests[-1]["query"]

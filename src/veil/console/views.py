@@ -368,16 +368,21 @@ def activity_filter() -> Page:
     return redirect(url_for("console.activity_log"))
 
 
+MAX_CURSOR = 256
+MAX_PAGES_BACK = 8
+
+
 @blueprint.post("/activity/page")
 def activity_page() -> Page:
     cursors = list(session.get("cursors") or [])
-    if request.form.get("direction") == "older" and request.form.get("cursor"):
-        cursors.append(request.form["cursor"][:1000])
+    cursor = request.form.get("cursor", "")
+    if request.form.get("direction") == "older" and 0 < len(cursor) <= MAX_CURSOR:
+        cursors.append(cursor)
     elif request.form.get("direction") == "newer" and cursors:
         cursors.pop()
     else:
         cursors = []
-    session["cursors"] = cursors[-50:]
+    session["cursors"] = cursors[-MAX_PAGES_BACK:]  # the cookie stays well under 4 KB
     return redirect(url_for("console.activity_log"))
 
 
