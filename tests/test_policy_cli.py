@@ -169,6 +169,7 @@ def test_check_refuses_rego_v0_and_says_so(tmp_path: Path,
     ("crypto.sha256(row.id) != \"\"", "does not implement"),
     ("any([true])", "deprecated built-in"),
     ("no_such_function(row)", "neither a built-in nor a function"),
+    ('http.send({"method": "GET", "url": row.id}).status_code == 200', "leaves undefined"),
 ])
 def test_check_refuses_builtins_one_engine_lacks(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], call: str, expected: str) -> None:

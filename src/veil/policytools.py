@@ -85,6 +85,11 @@ OPA_DEPRECATED = frozenset({"any", "all", "re_match", "net.cidr_overlap", "set_d
                             "cast_array", "cast_set", "cast_string", "cast_boolean",
                             "cast_null", "cast_object"})
 
+# Listed by the embedded engine's ``opa.runtime()`` but evaluated as undefined there (regorus
+# 0.13 has no HTTP client): a rule calling one would silently never hold on the embedded
+# engine while it holds on OPA. Refused by ``check``.
+EMBEDDED_UNDEFINED = frozenset({"http.send"})
+
 # Called by the interpreter for ``print``; not listed by ``opa.runtime()``.
 _EMBEDDED_SPECIAL = frozenset({"print"})
 
@@ -297,6 +302,10 @@ def _builtin_message(name: str, embedded: frozenset[str]) -> str | None:
     if name not in embedded:
         return (f"'{name}' is an OPA built-in that the embedded engine (regorus) does not "
                 "implement; use only built-ins both engines have")
+    if name in EMBEDDED_UNDEFINED:
+        return (f"'{name}' is an OPA built-in that the embedded engine (regorus) leaves "
+                "undefined (a rule calling it never holds there); use only built-ins both "
+                "engines evaluate")
     return None
 
 

@@ -45,7 +45,13 @@ def open_storage(url: str, timeout_s: float, bootstrap_admins: Sequence[str] = (
 
         backend = SqliteBackend(url[len("sqlite:///"):], timeout_s)
     elif url.startswith(("postgresql://", "postgres://")):
-        from veil.storage.postgres import PostgresBackend
+        try:
+            from veil.storage.postgres import PostgresBackend
+        except ImportError as exc:
+            raise StorageError(
+                "storage.url is a PostgreSQL URL but the PostgreSQL driver (psycopg) is not "
+                "installed: install Veil with the 'postgres' extra, "
+                "pip install 'veil[postgres]'") from exc
 
         backend = PostgresBackend(url, timeout_s)
     else:
