@@ -192,7 +192,7 @@ def test_a_generated_corpus_gets_the_same_decisions(opa: Any, tmp_path: Path) ->
     compared = hidden = revealed = refused = 0
     disagreements: list[str] = []
     for version, (world, data, inputs) in enumerate(corpus()):
-        embedded.sync(version, lambda data=data: (version, data))  # type: ignore[misc]
+        embedded.sync(version, lambda v=version, d=data: (v, d))
         reference = opa.OpaEngine()
         for module in modules:
             if not module.is_test:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from veil.cli import main
 from veil.policy import load_modules
 
 from conftest import ADMIN, POLICIES, ROOT, LoopbackStore, activity, auth, ids, iso, make_config
+from opa_server import require_opa_bindings
 
 EXAMPLES = ROOT / "docs" / "examples"
 HEADER = "package veil.privacy\n\nimport rego.v1\n\n"
@@ -333,3 +335,51 @@ def test_example_hides_file_downloads_through_veil(with_example: Path, store: Lo
         assert ids(app.test_client().get("/api/activities", headers=auth(ADMIN))) == ["act-1"]
     finally:
         app.extensions["veil"].storage.close()
+
+
+# ---- OPA's own evaluator (opa-golib-python-bindings) ----------------------------------
+
+OPA_ONLY_ERROR = HEADER + "unused_helper(x) := upper(1)\n"
+
+
+def test_check_also_compiles_with_opa(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                      ) -> None:
+    """A type error in a function nothing calls: regorus never sees it, OPA's compiler does."""
+    require_opa_bindings()
+    code, out = run(capsys, "check", str(POLICIES))
+    assert code == 0 and "OPA's evaluator compiles and evaluates them too" in out
+    directory = policy_set(tmp_path, {"helper.rego": OPA_ONLY_ERROR})
+    code, out = run(capsys, "check", str(directory))
+    assert code == 1
+    assert re.search(r"helper\.rego:5:1: OPA: rego_type_error: upper: invalid argument", out), out
+
+
+def test_check_without_opa_says_it_did_not_compile_with_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "opa_bindings", None)  # import fails: not installed
+    directory = policy_set(tmp_path, {"helper.rego": OPA_ONLY_ERROR})
+    code, out = run(capsys, "check", str(directory))
+    assert code == 0
+    assert "note: OPA's evaluator is not installed, so the set was not compiled with OPA" in out
+
+
+def test_opa_coverage_runs_the_tests_on_opa_and_reports_its_coverage(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    require_opa_bindings()
+    code, out = run(capsys, "test", "--coverage", "--opa-coverage", str(POLICIES))
+    assert code == 0, out
+    assert re.search(r"^OPA coverage .*privacy\.rego: 100\.0% \((\d+)/\1 lines\)$", out, re.M)
+    passed = re.search(r"^(\d+) passed, 0 failed$", out, re.M)
+    assert passed and f"on OPA's evaluator: {passed.group(1)} passed, 0 failed" in out
+    directory = policy_set(tmp_path, {"wrong_test.rego": TEST_HEADER + (
+        "test_nothing_is_private_wrongly if {\n"
+        "\tprivacy.private_rows == {0} with input as {\"rows\": []}\n}\n"),
+        "extra.rego": HEADER + "never_used := 1 if input.never\n"})
+    code, out = run(capsys, "test", "--opa-coverage", str(directory))
+    assert code == 1
+    assert re.search(r"^FAIL data\.veil\.privacy_test\.test_nothing_is_private_wrongly: "
+                     r"undefined on OPA \(.*wrong_test\.rego:7\)$", out, re.M), out
+    assert re.search(r"^OPA coverage .*extra\.rego: 0\.0% \(0/1 lines\), not covered: 5$", out,
+                     re.M), out
+    assert "on OPA's evaluator: " in out and " 1 failed" in out

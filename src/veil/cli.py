@@ -59,7 +59,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     directory = Path(args.dir) if args.dir else _policy_dir(args)
     if args.policy_command == "test":
         return policytools.cmd_test(directory, pattern=args.run, coverage=args.coverage,
-                                    threshold=args.threshold)
+                                    threshold=args.threshold, opa_coverage=args.opa_coverage)
     if args.policy_command == "eval":
         return policytools.cmd_eval(directory, Path(args.input),
                                     Path(args.data) if args.data else None, as_json=args.json)
@@ -186,11 +186,17 @@ def parser() -> argparse.ArgumentParser:
                        help="print line coverage of each policy file (tests excluded)")
     ptest.add_argument("--threshold", type=float, metavar="PERCENT",
                        help="exit 1 when total coverage is below PERCENT (implies --coverage)")
+    ptest.add_argument("--opa-coverage", action="store_true",
+                       help="also run the tests on OPA's own evaluator and print OPA's line "
+                       "coverage (needs: pip install --ignore-requires-python "
+                       "opa-golib-python-bindings); exit 1 when a test fails there")
     pcheck = with_config(psub.add_parser(
         "check", help="parse, compile and check entry points and built-ins",
         description="Parse every file as Rego v1, refuse v0 syntax and built-ins that OPA or "
-        "the embedded engine lacks, require data.veil.privacy.decision and private_rows, "
-        "and evaluate every rule once. Problems are printed as file:line:col: message."))
+        "the embedded engine lacks (or leaves undefined, such as http.send), require "
+        "data.veil.privacy.decision and private_rows, and evaluate every rule once. When "
+        "OPA's evaluator is installed (opa-golib-python-bindings), the set is also compiled "
+        "and evaluated by it. Problems are printed as file:line:col: message."))
     pcheck.add_argument("dir", nargs="?", help=dir_help)
     peval = with_config(psub.add_parser(
         "eval", help="evaluate the decision for a sample input and explain hidden rows",
