@@ -1,5 +1,5 @@
 """`veil policy test|check|eval` on good and broken policy sets built in temporary directories,
-coverage that counts what the engine leaves out, and the documented FileDownload example."""
+coverage that counts what the engine leaves out, and the documented FileDownloaded example."""
 
 from __future__ import annotations
 
@@ -321,7 +321,7 @@ def test_example_is_explained_by_eval(with_example: Path,
                     str(EXAMPLES / "eval-input.json"), "--data",
                     str(EXAMPLES / "eval-data.json"))
     assert code == 0
-    assert re.search(r'row 1 \(id "act-1".*\n  .*file_downloads\.rego:\d+  Every FileDownload '
+    assert re.search(r'row 1 \(id "act-1".*\n  .*file_downloads\.rego:\d+  Every FileDownloaded '
                      r"activity is private\n", out)
 
 
@@ -330,7 +330,7 @@ def test_example_hides_file_downloads_through_veil(with_example: Path, store: Lo
     app = create_app(make_config(store.url, storage_url, policy={"dir": str(with_example)}))
     now = iso(time.time_ns())
     store.state.rows = [activity(1, "carl@contoso.com", now),
-                        activity(2, "carl@contoso.com", now, activity="FileDownload")]
+                        activity(2, "carl@contoso.com", now, activity="FileDownloaded")]
     try:
         assert ids(app.test_client().get("/api/activities", headers=auth(ADMIN))) == ["act-1"]
     finally:
@@ -383,3 +383,19 @@ def test_opa_coverage_runs_the_tests_on_opa_and_reports_its_coverage(
     assert re.search(r"^OPA coverage .*extra\.rego: 0\.0% \(0/1 lines\), not covered: 5$", out,
                      re.M), out
     assert "on OPA's evaluator: " in out and " 1 failed" in out
+
+
+def test_the_documented_example_matches_what_the_demo_store_emits() -> None:
+    """An author who follows the docs against `veil demo` sees the rule take effect."""
+    from veil.demo.store import create_store_app
+
+    store = create_store_app(seed=7).test_client()
+    named = set()
+    for document in (EXAMPLES / "file_downloads.rego", EXAMPLES / "eval-input.json",
+                     ROOT / "policies" / "README.md", ROOT / "README.md"):
+        named |= set(re.findall(r'activity\\?"?\s*(?:==|:)\s*\\?"(\w+)\\?"',
+                                document.read_text()))
+    assert "FileDownloaded" in named
+    for activity in named:
+        answer = store.get(f"/api/activities?activity={activity}&limit=1")
+        assert answer.status_code == 200 and answer.get_json()["data"], activity
