@@ -396,6 +396,6 @@ def test_the_documented_example_matches_what_the_demo_store_emits() -> None:
         named |= set(re.findall(r'activity\\?"?\s*(?:==|:)\s*\\?"(\w+)\\?"',
                                 document.read_text()))
     assert "FileDownloaded" in named
-    for activity in named:
-        answer = store.get(f"/api/activities?activity={activity}&limit=1")
-        assert answer.status_code == 200 and answer.get_json()["data"], activity
+    for name in named:
+        answer = store.get(f"/api/activities?activity={name}&limit=1")
+        assert answer.status_code == 200 and answer.get_json()["data"], name
