@@ -399,3 +399,19 @@ def test_the_documented_example_matches_what_the_demo_store_emits() -> None:
     for name in named:
         answer = store.get(f"/api/activities?activity={name}&limit=1")
         assert answer.status_code == 200 and answer.get_json()["data"], name
+
+
+def test_eval_gives_rows_the_defaults_veil_gives_so_r2_fires(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A row without ts_ns (or actor) is one Veil could not read: private, as in Veil."""
+    partial = tmp_path / "input.json"
+    partial.write_text(json.dumps({"rows": [
+        {"id": "no-time", "actor": "ann@contoso.com"},
+        {"id": "no-actor", "ts_ns": 1704067200000000000},
+        {"id": "fine", "actor": "ann@contoso.com", "ts_ns": 1704067200000000000}]}))
+    code, out = run(capsys, "eval", str(POLICIES), "--input", str(partial), "--json")
+    assert code == 0
+    document = json.loads(out)
+    assert document["decision"]["private_rows"] == [0, 1]
+    assert "rows_without_timestamp" in document["reasons"]["0"][0]["source"]
+    assert "rows_without_actor" in document["reasons"]["1"][0]["source"]

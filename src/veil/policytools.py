@@ -846,15 +846,24 @@ def _split_private_rows(parsed: Sequence[Parsed]
 
 
 def complete_input(document: dict[str, Any]) -> dict[str, Any]:
-    """A sample input with Veil's defaults for what it leaves out (rows get their index)."""
+    """A sample input with Veil's defaults for what it leaves out.
+
+    Each row gets its ``index``, and every field Veil always sends gets the value Veil sends
+    when the store's row does not have it: ``null`` for ``id``, ``actor`` and ``ts_ns`` (so
+    R2 hides a row without an actor or a time, as in Veil) and ``"user"`` for ``actor_type``.
+    """
     filled: dict[str, Any] = {"caller": "", "request": {"method": "GET", "path": "/",
                                                         "query": ""},
                               "reveal_session_id": None, "session": None,
                               "now_ns": time.time_ns(), "rows": []}
     filled.update(document)
-    filled["rows"] = [{"index": n, **row} if isinstance(row, dict) else row
+    filled["rows"] = [{**ROW_DEFAULTS, "index": n, **row} if isinstance(row, dict) else row
                       for n, row in enumerate(filled["rows"] or [])]
     return filled
+
+
+# What Veil puts in a row's fields when it cannot read them (``veil.rows``).
+ROW_DEFAULTS: dict[str, Any] = {"id": None, "actor": None, "actor_type": "user", "ts_ns": None}
 
 
 def explain(modules: Sequence[PolicyModule], input_doc: dict[str, Any],
