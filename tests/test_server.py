@@ -128,7 +128,7 @@ def test_sighup_reloads_policy_safely_in_every_worker(store: LoopbackStore,
                      policy={"dir": str(policies), "reload_on_sighup": True})
     a = auth(ADMIN)
     now = iso(time.time_ns())
-    store.state.rows = [activity(1, "carl@contoso.com", now, activity="FileDownload"),
+    store.state.rows = [activity(1, "carl@contoso.com", now, activity="FileDownloaded"),
                         activity(2, "carl@contoso.com", now, activity="FileAccessed")]
 
     def answers(n: int = 12) -> set[tuple[str, ...]]:
@@ -206,7 +206,7 @@ def test_api_reload_reaches_every_worker(store: LoopbackStore, tmp_path: Path) -
                      server={"workers": 3, "threads": 2}, policy={"dir": str(policies)})
     a = auth(ADMIN)
     now = iso(time.time_ns())
-    store.state.rows = [activity(1, "carl@contoso.com", now, activity="FileDownload"),
+    store.state.rows = [activity(1, "carl@contoso.com", now, activity="FileDownloaded"),
                         activity(2, "carl@contoso.com", now, activity="FileAccessed")]
     with veil_serve(doc, tmp_path) as (url, _):
         time.sleep(1)  # let every worker finish starting
