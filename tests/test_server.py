@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -44,17 +45,19 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30
 
 
 @contextmanager
-def veil_serve(doc: dict[str, Any], tmp_path: Path) -> Iterator[tuple[str,
-                                                                   subprocess.Popen[bytes]]]:
-    """`veil serve` on a free port with this configuration; stopped with SIGTERM after."""
+def veil_serve(doc: dict[str, Any], tmp_path: Path, log: Path | None = None
+               ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`veil serve` on a free port with this configuration; stopped with SIGTERM after.
+    Its standard error goes to ``log`` when given."""
     path = tmp_path / "veil.yaml"
     path.write_text(yaml.safe_dump(doc))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port", str(port)],
-        env={**env, "VEIL_TEST_JWT_SECRET": SECRET}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+    with (log.open("wb") if log else open(os.devnull, "wb")) as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port",
+             str(port)], env={**env, "VEIL_TEST_JWT_SECRET": SECRET},
+            stdout=subprocess.DEVNULL, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)
@@ -227,3 +230,48 @@ def test_api_reload_reaches_every_worker(store: LoopbackStore, tmp_path: Path) -
                                headers=a, timeout=10).json()["records"]
         assert {r["details"]["outcome"] for r in records} == {"accepted"}
         assert len({r["details"]["pid"] for r in records}) == 3
+
+
+def test_serve_logs_what_it_loaded(store: LoopbackStore, tmp_path: Path) -> None:
+    doc = config_doc(store.url, f"sqlite:///{tmp_path / 'veil.db'}",
+                     server={"workers": 1, "threads": 2})
+    log = tmp_path / "stderr"
+    with veil_serve(doc, tmp_path, log) as (url, _):
+        text = log.read_text()
+    port = url.rsplit(":", 1)[1]
+    assert re.search(r"veil: configuration .*veil\.yaml$", text, re.M)
+    assert re.search(r"veil: policy .*policies: 1 policy file\(s\), set [0-9a-f]{12}, all "
+                     r"\d+ policy tests passed$", text, re.M), text
+    assert re.search(r"veil: engine embedded \(regorus [\d.]+, in-process\)$", text, re.M)
+    assert f"veil: storage sqlite:///{tmp_path / 'veil.db'}" in text
+    assert "veil: identity jwt (HS256 secret; issuer" in text
+    assert f"veil: listening on http://127.0.0.1:{port} with 1 worker(s) x 2 thread(s)" in text
+    assert SECRET not in text
+
+
+def test_serve_on_a_busy_port_says_so_and_names_the_option(store: LoopbackStore,
+                                                           tmp_path: Path) -> None:
+    path = tmp_path / "veil.yaml"
+    path.write_text(yaml.safe_dump(config_doc(store.url, f"sqlite:///{tmp_path / 'v.db'}")))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port",
+             str(port)], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "VEIL_TEST_JWT_SECRET": SECRET})
+    assert result.returncode == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "--port" in result.stderr
+    assert "Retrying" not in result.stderr and "Connection in use" not in result.stderr
+    assert time.monotonic() - started < 30  # no gunicorn retries
+
+
+def test_storage_urls_are_logged_without_their_password() -> None:
+    from veil.server import redacted
+
+    assert redacted("postgresql://veil:s3cret@db:5432/veil?sslmode=require") == \
+        "postgresql://veil:***@db:5432/veil?sslmode=require"
+    assert redacted("sqlite:////var/lib/veil/veil.db") == "sqlite:////var/lib/veil/veil.db"
