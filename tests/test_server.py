@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -39,7 +40,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30
         try:
             if requests.get(url + "/healthz", timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:
             time.sleep(0.1)
     raise AssertionError("veil serve did not come up")
 
@@ -230,6 +231,22 @@ def test_api_reload_reaches_every_worker(store: LoopbackStore, tmp_path: Path) -
                                headers=a, timeout=10).json()["records"]
         assert {r["details"]["outcome"] for r in records} == {"accepted"}
         assert len({r["details"]["pid"] for r in records}) == 3
+        # /readyz, whichever worker answers, shows one policy and one last reload (only
+        # loaded_at, when that worker swapped the policy in, is its own).
+        def reading() -> str:
+            policy = requests.get(f"{url}/readyz", timeout=10).json()["policy"]
+            return json.dumps([policy["digest"], policy["last_reload"]], sort_keys=True)
+
+        deadline = time.monotonic() + 30
+        while True:
+            readings = {reading() for _ in range(30)}
+            if len(readings) == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(readings) == 1, readings
+        digest, last_reload = json.loads(readings.pop())
+        assert last_reload["outcome"] == "accepted"
+        assert last_reload["digest"] == digest == r.json()["digest"]
 
 
 def test_serve_logs_what_it_loaded(store: LoopbackStore, tmp_path: Path) -> None:

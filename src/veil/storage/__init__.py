@@ -401,6 +401,14 @@ class Storage:
             )
         return [self._record(row) for row in rows]
 
+    def last_record(self, action: str) -> dict[str, Any] | None:
+        """The newest record of one action, or None."""
+        with self.backend.transaction(write=False) as tx:
+            row = tx.one("SELECT seq, ts, action, actor, details, prev_hash, hash "
+                         "FROM governance_log WHERE action = ? ORDER BY seq DESC LIMIT 1",
+                         (action,))
+        return None if row is None else self._record(row)
+
     def iter_log(self, batch: int = 1000) -> Iterator[dict[str, Any]]:
         """Every record in chain order, read in batches."""
         after = 0
