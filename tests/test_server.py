@@ -292,3 +292,16 @@ def test_storage_urls_are_logged_without_their_password() -> None:
     assert redacted("postgresql://veil:s3cret@db:5432/veil?sslmode=require") == \
         "postgresql://veil:***@db:5432/veil?sslmode=require"
     assert redacted("sqlite:////var/lib/veil/veil.db") == "sqlite:////var/lib/veil/veil.db"
+
+
+def test_both_readmes_say_sighup_and_the_post_reach_every_worker() -> None:
+    """What test_sighup_reloads... and test_api_reload_reaches_every_worker show."""
+    from conftest import ROOT
+
+    for path in (ROOT / "README.md", ROOT / "policies" / "README.md"):
+        text = " ".join(path.read_text().split())
+        assert "reaches one worker" not in text, path
+        assert re.search(r"SIGHUP[^.]*(?:reach|passed on to) every worker"
+                         r"|every trigger reaches every worker", text), path
+        assert re.search(r"POST[^.]*(?:reach every worker|passed on to the others)", text) \
+            or "both of which reach every worker" in text, path
