@@ -2,11 +2,11 @@
 server, here tests/opa_server.py: OPA's REST API over OPA's own Go evaluator, reached with
 opa-python-client; skipped locally when that evaluator is not installed).
 
-The same inputs must give the same hidden and revealed rows (SPEC: "Both engines give the same
-decisions on the same inputs"): R1-R5, the built-in groups `application` and `external`,
-case-insensitive UPNs and managed subdomains. Each case is checked twice: through the Engine API
-on a data document built by Storage.policy_data, and end to end through the Flask app with a
-real loopback store and a real SQLite file.
+The same inputs must give the same hidden and revealed rows (docs/rules.md: both policy
+engines must give the same decisions on the same inputs): R1-R5, the built-in groups
+`application` and `external`, case-insensitive UPNs and managed subdomains. Each case is
+checked twice: through the Engine API on a data document built by Storage.policy_data, and end
+to end through the Flask app with a real loopback store and a real SQLite file.
 """
 
 from __future__ import annotations
