@@ -219,24 +219,7 @@ class Demo:
 
     def _import_groups(self) -> list[dict[str, Any]]:
         """Import the store's departments into Veil through its API, as the admin would."""
-        http = requests.Session()
-        http.trust_env = False  # loopback: never through a proxy
-        with http:
-            try:
-                found = http.get(f"{self.store_url}/api/directory/groups", timeout=10)
-                found.raise_for_status()
-                groups: list[dict[str, Any]] = found.json()["groups"]
-                for group in groups:
-                    answer = http.put(
-                        f"{self.veil_url}/veil/v1/groups/{group['id']}",
-                        json={"name": group["name"], "members": group["members"]},
-                        headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=10)
-                    if answer.status_code not in (200, 201):
-                        raise VeilError(f"importing group {group['id']!r} into Veil failed: "
-                                        f"{answer.status_code} {answer.text}")
-            except requests.RequestException as exc:
-                raise VeilError(f"the demo could not import the store's groups: {exc}") from exc
-        return groups
+        return import_groups(self.store_url, self.veil_url, self.admin_token)
 
     def stop(self) -> None:
         for server in self._servers:
@@ -309,6 +292,29 @@ class Demo:
             "Access logs below: 'store |' is the activity store, 'veil  |' is Veil.",
             "Press Ctrl-C to stop the demo.",
         ])
+
+
+def import_groups(store_url: str, veil_url: str, admin_token: str) -> list[dict[str, Any]]:
+    """Put the demo store's departments (``/api/directory/groups``) into Veil as groups, through
+    Veil's API with an admin's token; return them."""
+    http = requests.Session()
+    http.trust_env = False  # the demo's own servers: never through a proxy
+    with http:
+        try:
+            found = http.get(f"{store_url}/api/directory/groups", timeout=10)
+            found.raise_for_status()
+            groups: list[dict[str, Any]] = found.json()["groups"]
+            for group in groups:
+                answer = http.put(
+                    f"{veil_url}/veil/v1/groups/{group['id']}",
+                    json={"name": group["name"], "members": group["members"]},
+                    headers={"Authorization": f"Bearer {admin_token}"}, timeout=10)
+                if answer.status_code not in (200, 201):
+                    raise VeilError(f"importing group {group['id']!r} into Veil failed: "
+                                    f"{answer.status_code} {answer.text}")
+        except requests.RequestException as exc:
+            raise VeilError(f"the demo could not import the store's groups: {exc}") from exc
+    return groups
 
 
 class _LateApp:
