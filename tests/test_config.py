@@ -51,7 +51,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
            "storage": {"url": "sqlite:///data/veil.db"}, "policy": {"dir": "pol"}}
     path = tmp_path / "veil.yaml"
     path.write_text(yaml.safe_dump(doc))
-    cfg = config_module.load(path, env={"S": "secret"})
+    cfg = config_module.load(path, env={"S": "s" * 32})
     assert cfg.upstream.url == "http://127.0.0.1:9000"
     assert cfg.upstream.rows == "/data"
     assert cfg.identity.principal_claims == ("upn", "preferred_username", "email")
