@@ -58,7 +58,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert cfg.reveal.session_ttl_s == 900 and cfg.reveal.require_justification
     assert cfg.policy.engine == "embedded" and cfg.policy.dir == tmp_path / "pol"
     assert cfg.storage.url == f"sqlite:///{tmp_path / 'data' / 'veil.db'}"
-    assert cfg.identity.jwt.hs256_secret == "secret"
+    assert cfg.identity.jwt.hs256_secret == "s" * 32
 
 
 def test_config_is_frozen() -> None:
