@@ -201,7 +201,8 @@ def test_dockerfile_is_slim_non_root_and_checks_healthz_with_python() -> None:
     assert instruction("FROM") == ["python:3.11-slim"]
     user = instruction("USER")[-1].split(":")[0]
     assert user not in ("root", "0")
-    assert any(re.search(r"\bpip install \.(\s|$)", run) for run in instruction("RUN"))
+    assert any(re.search(r"\bpip install \"\.\[postgres\]\"(\s|$)", run)
+               for run in instruction("RUN"))  # one image for SQLite and PostgreSQL
     check = exec_form("HEALTHCHECK")
     assert check[0] == "python"
     assert "/healthz" in check[-1]
