@@ -219,3 +219,27 @@ def test_a_generated_corpus_gets_the_same_decisions(opa: Any, tmp_path: Path) ->
     # The corpus exercises what it claims: hidden rows, allowed reveals and refusals.
     assert compared == WORLDS * ANSWERS_PER_WORLD
     assert hidden > 200 and revealed > 3 and refused > 50, (hidden, revealed, refused)
+
+
+def test_the_test_opa_server_compiles_and_evaluates_with_opa(opa: Any) -> None:
+    """tests/opa_server.py is OPA, not regorus: OPA's type checker refuses a module regorus
+    accepts, and answers in OPA's error format."""
+    import regorus
+    import requests
+
+    from opa_server import FakeOpa
+
+    module = "package veil.helpers\n\nimport rego.v1\n\nshout(x) := upper(1)\n"
+    regorus.Engine().add_policy("helpers.rego", module)  # the embedded engine takes it
+    server = FakeOpa()
+    try:
+        answer = requests.put(f"{server.url}/v1/policies/helpers.rego", data=module, timeout=10)
+        assert answer.status_code == 400
+        body = answer.json()
+        assert body["code"] == "invalid_parameter"
+        (error,) = body["errors"]
+        assert error["code"] == "rego_type_error" and "upper" in error["message"]
+        assert error["location"]["file"] == "helpers.rego" and error["location"]["row"] == 5
+        assert server.policy_ids() == []
+    finally:
+        server.close()
