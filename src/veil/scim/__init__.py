@@ -271,8 +271,9 @@ def create_group() -> Response:
     from scim2_models import Context
 
     group = wire.read(Group, body(), Context.RESOURCE_CREATION_REQUEST)
-    stored = directory().create_group(wire.group_state(group), wire.member_ids(group),
-                                      actor(), client())
+    ids, displays = wire.member_ids(group)
+    stored = directory().create_group(wire.group_state(group), ids, actor(), client(),
+                                      displays)
     return scim_response(wire.group_document(stored, base_url()), 201, stored.version,
                          f"{base_url()}/Groups/{stored.id}")
 
@@ -296,7 +297,7 @@ def replace_group(gid: str) -> Response:
     group = wire.read(Group, body(), Context.RESOURCE_REPLACEMENT_REQUEST)
     state = wire.group_state(group)
     members = MemberChange()
-    members.replace(wire.member_ids(group))
+    members.replace(*wire.member_ids(group))
     directory().update_group(gid, lambda _old: (state, members),
                              request.headers.get("If-Match"), actor(), client())
     stored = directory().get_group(gid)
@@ -333,8 +334,13 @@ def bulk() -> Response:
     raise NotImplementedException(detail="bulk operations are not supported")
 
 
+ENDPOINTS = ("ServiceProviderConfig", "Schemas", "ResourceTypes", "Users", "Groups")
+
+
 @blueprint.route("/<path:anything>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 def unknown(anything: str) -> Response:
+    if anything.split("/")[0] in ENDPOINTS and anything.count("/") <= 1:
+        return scim_error(405, f"{request.method} is not allowed on /{anything}")
     raise NotFoundException(detail=f"there is no SCIM endpoint /{anything}")
 
 

@@ -181,9 +181,10 @@ def group_state(group: Any) -> GroupState:
                       external_id=group.external_id)
 
 
-def member_ids(group: Any) -> list[str]:
-    """The user ids a Group names as its members (nested groups are refused)."""
+def member_ids(group: Any) -> tuple[list[str], dict[str, str]]:
+    """The user ids a Group names as its members, and their ``display`` (no nested groups)."""
     ids = []
+    displays = {}
     for member in group.members or []:
         if member.type is not None and str(member.type).lower() == "group":
             raise InvalidValueException(detail="nested groups are not supported: members "
@@ -191,7 +192,9 @@ def member_ids(group: Any) -> list[str]:
         if not member.value:
             raise InvalidValueException(detail="each member needs a 'value' (a user id)")
         ids.append(member.value)
-    return ids
+        if member.display:
+            displays[member.value] = member.display
+    return ids, displays
 
 
 def group_document(stored: StoredGroup, base_url: str,
@@ -242,13 +245,14 @@ def patch_group(stored: StoredGroup, body: Any) -> tuple[GroupState, MemberChang
             rest = {k: v for k, v in value.items() if k.lower() != "members"}
             members = [v for k, v in value.items() if k.lower() == "members"]
             for listed in members:
-                _member_step(change, kind, _values(listed), None)
+                _member_step(change, kind, *_values(listed), None)
             if rest:
                 attribute_ops.append({**op, "value": rest})
             continue
         parsed = read_path(str(path))
         if parsed[0].lower() == "members":
-            _member_step(change, kind, _values(value) if value is not None else None, parsed[1])
+            ids, displays = _values(value) if value is not None else (None, {})
+            _member_step(change, kind, ids, displays, parsed[1])
         else:
             attribute_ops.append(op)
     doc = dict(stored.resource)
@@ -291,26 +295,27 @@ def read_path(text: str) -> tuple[str, str | None]:
 
 
 def _member_step(change: MemberChange, kind: str, ids: list[str] | None,
-                 selected: str | None) -> None:
+                 displays: dict[str, str], selected: str | None) -> None:
     if selected is not None:
         if kind != "remove":
             raise NoTargetException(detail="a member selected by a filter can only be removed; "
                                            "add members with path 'members' and a value")
         change.remove([selected])
     elif kind == "add":
-        change.add(ids or [])
+        change.add(ids or [], displays)
     elif kind == "replace":
-        change.replace(ids or [])
+        change.replace(ids or [], displays)
     elif ids is None:  # remove with path "members" and no value: every member
         change.replace([])
     else:  # Entra: remove with a value naming the members to remove
         change.remove(ids)
 
 
-def _values(value: Any) -> list[str]:
-    """Member ids from a PATCH value: a list of ``{"value": id}`` (one object is accepted)."""
+def _values(value: Any) -> tuple[list[str], dict[str, str]]:
+    """Member ids (and displays) from a PATCH value: ``[{"value": id}]``, or one object."""
     items = value if isinstance(value, list) else [value]
     ids = []
+    displays = {}
     for item in items:
         if not isinstance(item, Mapping) or not isinstance(item.get("value"), str) \
                 or not item["value"]:
@@ -319,7 +324,9 @@ def _values(value: Any) -> list[str]:
             raise InvalidValueException(detail="nested groups are not supported: members "
                                                "are Users")
         ids.append(item["value"])
-    return ids
+        if isinstance(item.get("display"), str) and item["display"]:
+            displays[item["value"]] = item["display"]
+    return ids, displays
 
 
 # ---- shared -------------------------------------------------------------------------------

@@ -71,15 +71,18 @@ class MemberChange:
     """Member additions and removals in the order a request gives them (user ids)."""
 
     steps: list[tuple[str, frozenset[str]]] = field(default_factory=list)
+    displays: dict[str, str] = field(default_factory=dict)  # user id: the "display" sent
 
-    def add(self, ids: Iterable[str]) -> None:
+    def add(self, ids: Iterable[str], displays: dict[str, str] | None = None) -> None:
         self.steps.append(("add", frozenset(ids)))
+        self.displays.update(displays or {})
 
     def remove(self, ids: Iterable[str]) -> None:
         self.steps.append(("remove", frozenset(ids)))
 
-    def replace(self, ids: Iterable[str]) -> None:
+    def replace(self, ids: Iterable[str], displays: dict[str, str] | None = None) -> None:
         self.steps.append(("replace", frozenset(ids)))
+        self.displays.update(displays or {})
 
 
 def etag(version: int) -> str:
@@ -147,8 +150,8 @@ class Directory:
                 (user_id, state.user_name, state.display_name, state.external_id,
                  int(state.active), _canonical(state.resource), ts, ts),
             )
-            self._insert_pairs(tx, "scim_principals", "user_id, principal",
-                               [(user_id, p) for p in sorted(state.principals)])
+            self._insert_rows(tx, "scim_principals", "user_id, principal",
+                              [(user_id, p) for p in sorted(state.principals)])
             self.storage._append(tx, "scim_user_created", actor, {
                 "user": user_id, "userName": state.user_name, "externalId": state.external_id,
                 "active": state.active, "principals": sorted(state.principals),
@@ -181,8 +184,8 @@ class Directory:
             for principal in sorted(removed):
                 tx.execute("DELETE FROM scim_principals WHERE user_id = ? AND principal = ?",
                            (user_id, principal))
-            self._insert_pairs(tx, "scim_principals", "user_id, principal",
-                               [(user_id, p) for p in sorted(added)])
+            self._insert_rows(tx, "scim_principals", "user_id, principal",
+                              [(user_id, p) for p in sorted(added)])
             group_ids = [gid for gid, _ in stored.groups]
             if added or removed:
                 for gid in group_ids:
@@ -234,10 +237,11 @@ class Directory:
         return (int(total_row[0]) if total_row else 0), [g for g in groups if g is not None]
 
     def create_group(self, state: GroupState, member_ids: Sequence[str], actor: str,
-                     client: str) -> StoredGroup:
+                     client: str, displays: dict[str, str] | None = None) -> StoredGroup:
         ts = self.storage_now()
         group_id = str(uuid.uuid4())
         members = sorted(set(member_ids))
+        displays = displays or {}
         with self.backend.transaction(write=True) as tx:
             self._known_users(tx, members)
             principals = self._principals_of(tx, members)
@@ -248,8 +252,8 @@ class Directory:
                 (group_id, state.display_name, json.dumps(sorted(principals)), ts, actor,
                  state.external_id, _canonical(state.resource), ts),
             )
-            self._insert_pairs(tx, "scim_members", "group_id, user_id",
-                               [(group_id, uid) for uid in members])
+            self._insert_rows(tx, "scim_members", "group_id, user_id, display",
+                              [(group_id, uid, displays.get(uid)) for uid in members])
             self.storage._append(tx, "scim_group_created", actor, {
                 "group": group_id, "displayName": state.display_name,
                 "externalId": state.external_id, "members_added": _listed(members),
@@ -278,8 +282,9 @@ class Directory:
             for uid in sorted(removed):
                 tx.execute("DELETE FROM scim_members WHERE group_id = ? AND user_id = ?",
                            (group_id, uid))
-            self._insert_pairs(tx, "scim_members", "group_id, user_id",
-                               [(group_id, uid) for uid in sorted(added)])
+            self._insert_rows(tx, "scim_members", "group_id, user_id, display",
+                              [(group_id, uid, members.displays.get(uid))
+                               for uid in sorted(added)])
             version = stored.version + 1
             tx.execute(
                 "UPDATE groups SET name = ?, external_id = ?, resource = ?, version = ?, "
@@ -364,13 +369,16 @@ class Directory:
                            scim_type="uniqueness")
 
     @staticmethod
-    def _insert_pairs(tx: Tx, table: str, columns: str,
-                      pairs: Sequence[tuple[str, str]]) -> None:
-        for start in range(0, len(pairs), CHUNK):
-            chunk = pairs[start:start + CHUNK]
+    def _insert_rows(tx: Tx, table: str, columns: str,
+                     rows: Sequence[tuple[str | None, ...]]) -> None:
+        if not rows:
+            return
+        row_marks = "(" + _marks(len(rows[0])) + ")"
+        for start in range(0, len(rows), CHUNK):
+            chunk = rows[start:start + CHUNK]
             tx.execute(f"INSERT INTO {table} ({columns}) VALUES "
-                       + ", ".join("(?, ?)" for _ in chunk),
-                       [value for pair in chunk for value in pair])
+                       + ", ".join(row_marks for _ in chunk),
+                       [value for row in chunk for value in row])
 
     @staticmethod
     def _known_users(tx: Tx, user_ids: Sequence[str]) -> None:
@@ -485,7 +493,8 @@ class Directory:
         if row is None:
             return None
         members = tuple((uid, name) for uid, name in tx.all(
-            "SELECT m.user_id, u.user_name FROM scim_members m JOIN scim_users u "
+            "SELECT m.user_id, COALESCE(m.display, u.user_name) FROM scim_members m "
+            "JOIN scim_users u "
             "ON u.id = m.user_id WHERE m.group_id = ? ORDER BY m.user_id",
             (group_id,))) if with_members else None
         return StoredGroup(row[0], json.loads(row[1]), int(row[2]), int(row[3]), int(row[4]),

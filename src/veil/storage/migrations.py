@@ -111,6 +111,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE scim_members (
             group_id TEXT NOT NULL,
             user_id TEXT NOT NULL,
+            display TEXT,
             PRIMARY KEY (group_id, user_id))""",
         "CREATE INDEX scim_members_user ON scim_members (user_id)",
         "CREATE INDEX groups_source ON groups (source)",
