@@ -156,7 +156,7 @@ def schemas() -> Response:
     return scim_response(discovery.list_response(discovery.schemas(base_url())))
 
 
-@blueprint.get("/Schemas/<path:schema_id>")
+@blueprint.get("/Schemas/<schema_id>")
 def schema(schema_id: str) -> Response:
     for found in discovery.schemas(base_url()):
         if found["id"] == schema_id:
