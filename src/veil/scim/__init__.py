@@ -93,20 +93,19 @@ def body() -> Any:
         document = json.loads(raw)
     except (ValueError, RecursionError):
         raise InvalidSyntaxException(detail="the request body is not valid JSON") from None
-    if _depth(document) > MAX_DEPTH:
+    if _too_deep(document):
         raise InvalidSyntaxException(detail=f"the request body nests deeper than {MAX_DEPTH}")
     return document
 
 
-def _depth(value: Any) -> int:
-    depth, level = 0, [value]
-    while level:
-        depth += 1
+def _too_deep(value: Any) -> bool:
+    level = [value]
+    for _ in range(MAX_DEPTH):
         level = [child for item in level if isinstance(item, dict | list)
                  for child in (item.values() if isinstance(item, dict) else item)]
-        if depth > MAX_DEPTH:
-            break
-    return depth - 1
+        if not level:
+            return False
+    return True
 
 
 @blueprint.before_request
