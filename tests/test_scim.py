@@ -15,10 +15,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import ADMIN, SECRET, LoopbackStore, activity, auth, config_doc, ids, iso
 from veil import config as config_module
 from veil.app import create_app
 from veil.storage import Storage
+
+from conftest import ADMIN, SECRET, LoopbackStore, activity, auth, config_doc, ids, iso
 
 TOKEN = "scim-token-0123456789abcdef"
 SCIM = {"Authorization": f"Bearer {TOKEN}"}
