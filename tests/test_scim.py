@@ -627,3 +627,16 @@ def test_cli_groups_list_shows_the_source(client: FlaskClient, populated: tuple[
     assert main(["groups", "list", "--config", str(path)]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(g["id"], g["source"]) for g in listed] == [(gid, "scim")]
+
+
+def test_request_above_the_body_limit_is_413(store: LoopbackStore, tmp_path: Any) -> None:
+    app = make_app(store, f"sqlite:///{tmp_path / 'veil.db'}", {"VEIL_SCIM_TOKEN": TOKEN},
+                   scim={"token_env": "VEIL_SCIM_TOKEN", "max_body_bytes": 2048})
+    client = app.test_client()
+    body = entra_user("big@contoso.com", "e-big")
+    body["title"] = "x" * 4096
+    assert_scim_error(client.post("/scim/v2/Users", json=body, headers=SCIM), 413, "tooLarge")
+    assert client.post("/scim/v2/Users", json=entra_user("ok@contoso.com", "e-ok"),
+                       headers=SCIM).status_code == 201
+    assert [r["action"] for r in app.extensions["veil"].storage.iter_log()] == [
+        "scim_user_created"]
