@@ -225,6 +225,24 @@ def test_entra_remove_with_a_value_and_a_rename(client: FlaskClient,
     assert [m["value"] for m in group["members"]] == [dan]
 
 
+def test_entra_attribute_updates(client: FlaskClient) -> None:
+    """Entra's updates of profile attributes: extension paths, the manager as a bare id."""
+    uid = client.post("/scim/v2/Users", json=entra_user("max@contoso.com", "e-max"),
+                      headers=ENTRA).get_json()["id"]
+    r = client.patch(f"/scim/v2/Users/{uid}", json=patch(
+        {"op": "Add", "path": f"{ENTERPRISE}:manager", "value": "boss-id"},
+        {"op": "Replace", "path": f"{ENTERPRISE}:department", "value": "Legal"},
+        {"op": "Replace", "path": "name.givenName", "value": "Maxine"},
+        {"op": "Add", "path": 'addresses[type eq "work"].locality', "value": "Paris"}),
+        headers=ENTRA)
+    assert r.status_code == 200, r.get_json()
+    user = client.get(f"/scim/v2/Users/{uid}", headers=ENTRA).get_json()
+    assert user[ENTERPRISE]["manager"]["value"] == "boss-id"
+    assert user[ENTERPRISE]["department"] == "Legal"
+    assert user["name"]["givenName"] == "Maxine"
+    assert user["addresses"] == [{"type": "work", "locality": "Paris"}]
+
+
 def test_entra_user_rename_keeps_the_old_name_private(client: FlaskClient,
                                                       store: LoopbackStore) -> None:
     rows = Rows(client, store)

@@ -159,6 +159,10 @@ def patch_user(stored: StoredUser, body: Any, base_url: str) -> UserState:
     ops = _patch_operations(body)
     for op in ops:  # Okta renames with {"op": "replace", "value": {"id": ..., ...}}
         _drop_own_id(op, stored.id)
+        # Entra ID sends the enterprise manager as a bare id: {"value": id} is meant
+        if str(op.get("path") or "").lower().endswith(":manager") \
+                and isinstance(op.get("value"), str):
+            op["value"] = {"value": op["value"]}
     patch = read(PatchOp[UserModel], {"schemas": [PATCH_SCHEMA], "Operations": ops},
                  Context.RESOURCE_PATCH_REQUEST)
     user = user_model(stored, base_url)
