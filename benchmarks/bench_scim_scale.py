@@ -422,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
                 Path(tmp)),
         }
 
+    print("\nload average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print("\nsingle-member PATCH /Groups/{id} latency (ms, add and remove alternately):")
     for name, values in patches.items():
         print(f"  {name:<58} median {median(values):6.2f}  p90 {pct(values, 0.9):6.2f}")

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from veil import governance
 from veil.errors import Conflict, Forbidden, NotFound, StorageError, Unprocessable
+from veil.storage import directory
 
 BUILTIN_GROUPS = ("application", "external")
 
@@ -93,8 +94,11 @@ class Storage:
             version_row = tx.one("SELECT version FROM state_version WHERE id = 1")
             # Only groups that are or were private: no rule reads the others, and the data
             # document stays small however many groups an identity provider provisions.
-            groups = tx.all("SELECT id, name, members, former_members FROM groups WHERE id IN "
-                            "(SELECT group_id FROM privacy_intervals)")
+            groups = tx.all("SELECT id, name, members, former_members, source FROM groups "
+                            "WHERE id IN (SELECT group_id FROM privacy_intervals)")
+            scim_ids = [row[0] for row in groups if row[4] == "scim"]
+            scim_members = directory.members_of(tx, scim_ids)
+            scim_former = directory.former_of(tx, scim_ids)
             intervals = tx.all(
                 "SELECT group_id, start_ns, end_ns FROM privacy_intervals ORDER BY start_ns"
             )
@@ -105,9 +109,12 @@ class Storage:
             privacy.setdefault(group_id, []).append({"start_ns": start, "end_ns": end})
         data = {
             "groups": {
-                gid: {"name": name, "members": dict.fromkeys(json.loads(members), True),
-                      "former_members": json.loads(former)}
-                for gid, name, members, former in groups
+                gid: {"name": name,
+                      "members": dict.fromkeys(scim_members.get(gid, []) if source == "scim"
+                                               else json.loads(members), True),
+                      "former_members": scim_former.get(gid, {}) if source == "scim"
+                      else json.loads(former)}
+                for gid, name, members, former, source in groups
             },
             "privacy_groups": privacy,
             "admins": dict.fromkeys(sorted(self.bootstrap_admins | {a for (a,) in admins}), True),
@@ -123,10 +130,12 @@ class Storage:
         with self.backend.transaction(write=False) as tx:
             rows = tx.all("SELECT id, name, members, updated_ns, source, external_id, "
                           "deleted_ns FROM groups ORDER BY id")
+            scim_members = directory.members_of(tx, [r[0] for r in rows if r[4] == "scim"])
         listed = []
         for gid, name, members, ns, source, external_id, deleted_ns in rows:
             group: dict[str, Any] = {"id": gid, "name": name, "source": source,
-                                     "members": json.loads(members),
+                                     "members": scim_members.get(gid, []) if source == "scim"
+                                     else json.loads(members),
                                      "updated_at": rfc3339(ns)}
             if source == "scim":
                 group["external_id"] = external_id

@@ -245,12 +245,12 @@ class Directory:
         with self.backend.transaction(write=True) as tx:
             self._known_users(tx, members)
             principals = self._principals_of(tx, members)
-            tx.execute(
+            tx.execute(  # members and former_members: read from scim_members and scim_former
                 "INSERT INTO groups (id, name, members, updated_ns, updated_by, former_members, "
                 "source, external_id, resource, version, created_ns) "
-                "VALUES (?, ?, ?, ?, ?, '{}', 'scim', ?, ?, 1, ?)",
-                (group_id, state.display_name, json.dumps(sorted(principals)), ts, actor,
-                 state.external_id, _canonical(state.resource), ts),
+                "VALUES (?, ?, '[]', ?, ?, '{}', 'scim', ?, ?, 1, ?)",
+                (group_id, state.display_name, ts, actor, state.external_id,
+                 _canonical(state.resource), ts),
             )
             self._insert_rows(tx, "scim_members", "group_id, user_id, display",
                               [(group_id, uid, displays.get(uid)) for uid in members])
@@ -300,7 +300,7 @@ class Directory:
                 "group": group_id, "displayName": state.display_name,
                 "externalId": state.external_id, "members_added": _listed(added),
                 "members_removed": _listed(removed), "principals_added": _listed(p_added),
-                "principals_removed": _listed(p_removed), "client": client})
+                "principals_left": _listed(p_removed), "client": client})
         return StoredGroup(group_id, state.resource, version, stored.created_ns, ts), True
 
     def delete_group(self, group_id: str, if_match: str | None, actor: str,
@@ -314,19 +314,15 @@ class Directory:
             self._precondition(if_match, stored.version)
             count_row = tx.one("SELECT COUNT(*) FROM scim_members WHERE group_id = ?",
                                (group_id,))
-            tx.execute("DELETE FROM scim_members WHERE group_id = ?", (group_id,))
             private = self._is_or_was_private(tx, group_id)
-            if private:
-                row = tx.one("SELECT members, former_members FROM groups WHERE id = ?",
-                             (group_id,))
-                assert row is not None
-                former: dict[str, int] = json.loads(row[1])
-                former.update(dict.fromkeys(json.loads(row[0]), ts))
-                tx.execute("UPDATE groups SET members = '[]', former_members = ?, "
-                           "deleted_ns = ?, updated_ns = ?, updated_by = ? WHERE id = ?",
-                           (_canonical(former), ts, ts, actor, group_id))
+            if private:  # every member leaves now; the group stays for what it kept private
+                self._left(tx, group_id, members_of(tx, [group_id]).get(group_id, []), ts)
+                tx.execute("UPDATE groups SET deleted_ns = ?, updated_ns = ?, updated_by = ? "
+                           "WHERE id = ?", (ts, ts, actor, group_id))
                 self.storage._changed(tx)
-            else:
+            tx.execute("DELETE FROM scim_members WHERE group_id = ?", (group_id,))
+            if not private:
+                tx.execute("DELETE FROM scim_former WHERE group_id = ?", (group_id,))
                 tx.execute("DELETE FROM groups WHERE id = ?", (group_id,))
             self.storage._append(tx, "scim_group_deleted", actor, {
                 "group": group_id, "displayName": stored.resource.get("displayName"),
@@ -435,15 +431,13 @@ class Directory:
 
     def _reprincipal(self, tx: Tx, group_id: str, add: set[str], candidates: set[str],
                      ts: int, actor: str, changed: bool = False) -> tuple[set[str], set[str]]:
-        """Bring a group's principals up to date after its members (or theirs) changed.
+        """Record who left a group after its members (or their principals) changed.
 
-        A candidate principal leaves only when no remaining member holds it; who leaves is
-        remembered with ``ts`` (R1). Returns ``(added, removed)`` principals.
+        A group's principals are read from its members' (``members_of``), so nothing is
+        rewritten for an addition: a one-member change costs the same in any group. A
+        candidate principal leaves only when no remaining member holds it; it is remembered
+        with ``ts`` in ``scim_former`` (R1). Returns ``(added, left)`` principals.
         """
-        row = tx.one("SELECT members, former_members FROM groups WHERE id = ?", (group_id,))
-        if row is None:
-            return set(), set()
-        members: set[str] = set(json.loads(row[0]))
         if len(candidates) > RECOMPUTE_ABOVE:
             held = {p for (p,) in tx.all(
                 "SELECT DISTINCT sp.principal FROM scim_members m JOIN scim_principals sp "
@@ -453,18 +447,17 @@ class Directory:
             gone = {p for p in candidates if tx.one(
                 "SELECT 1 FROM scim_members m JOIN scim_principals sp ON sp.user_id = m.user_id "
                 "WHERE m.group_id = ? AND sp.principal = ? LIMIT 1", (group_id, p)) is None}
-        added = add - members
-        removed = gone & members
-        if added or removed:
-            former: dict[str, int] = json.loads(row[1])
-            former.update(dict.fromkeys(removed, ts))
-            tx.execute("UPDATE groups SET members = ?, former_members = ?, updated_ns = ?, "
-                       "updated_by = ? WHERE id = ?",
-                       (json.dumps(sorted((members | added) - removed)), _canonical(former),
-                        ts, actor, group_id))
-        if (added or removed or changed) and self._is_or_was_private(tx, group_id):
+        self._left(tx, group_id, gone, ts)
+        if (add or gone or changed) and self._is_or_was_private(tx, group_id):
             self.storage._changed(tx)  # data.veil carries this group: the engine reloads it
-        return added, removed
+        return add, gone
+
+    @staticmethod
+    def _left(tx: Tx, group_id: str, principals: Iterable[str], ts: int) -> None:
+        for principal in sorted(principals):
+            tx.execute("INSERT INTO scim_former (group_id, principal, left_ns) VALUES (?, ?, ?) "
+                       "ON CONFLICT (group_id, principal) DO UPDATE SET left_ns = "
+                       "excluded.left_ns", (group_id, principal, ts))
 
     @staticmethod
     def _groups_of(tx: Tx, user_ids: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
@@ -499,3 +492,27 @@ class Directory:
             (group_id,))) if with_members else None
         return StoredGroup(row[0], json.loads(row[1]), int(row[2]), int(row[3]), int(row[4]),
                            members)
+
+
+def members_of(tx: Tx, group_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The principals of SCIM groups' members, sorted, by group id."""
+    found: dict[str, list[str]] = {}
+    for chunk in _chunks(group_ids):
+        for gid, principal in tx.all(
+            "SELECT DISTINCT m.group_id, sp.principal FROM scim_members m "
+            "JOIN scim_principals sp ON sp.user_id = m.user_id "
+            f"WHERE m.group_id IN ({_marks(len(chunk))}) ORDER BY m.group_id, sp.principal",
+            chunk):
+            found.setdefault(gid, []).append(principal)
+    return found
+
+
+def former_of(tx: Tx, group_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """When each principal left each SCIM group: ``{group: {principal: left_ns}}``."""
+    found: dict[str, dict[str, int]] = {}
+    for chunk in _chunks(group_ids):
+        for gid, principal, left in tx.all(
+            "SELECT group_id, principal, left_ns FROM scim_former "
+            f"WHERE group_id IN ({_marks(len(chunk))})", chunk):
+            found.setdefault(gid, {})[principal] = int(left)
+    return found

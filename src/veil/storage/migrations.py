@@ -83,8 +83,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE groups ADD COLUMN former_members TEXT NOT NULL DEFAULT '{}'",
     ),
     # 4: SCIM provisioning: where a group came from (api | scim), the users an identity
-    # provider pushes, their principals, and group membership by user; a SCIM group deleted
-    # while it is or was private stays as a tombstone (deleted_ns) so R1 keeps its past
+    # provider pushes, their principals, group membership by user, and when a principal left
+    # a SCIM group (scim_former; groups.members and former_members stay empty for SCIM groups,
+    # whose principals are read from these tables); a SCIM group deleted while it is or was
+    # private stays as a tombstone (deleted_ns) so R1 keeps its past
     (
         "ALTER TABLE groups ADD COLUMN source TEXT NOT NULL DEFAULT 'api'",
         "ALTER TABLE groups ADD COLUMN external_id TEXT",
@@ -114,6 +116,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             display TEXT,
             PRIMARY KEY (group_id, user_id))""",
         "CREATE INDEX scim_members_user ON scim_members (user_id)",
+        """CREATE TABLE scim_former (
+            group_id TEXT NOT NULL,
+            principal TEXT NOT NULL,
+            left_ns BIGINT NOT NULL,
+            PRIMARY KEY (group_id, principal))""",
         "CREATE INDEX groups_source ON groups (source)",
     ),
 )

@@ -51,6 +51,7 @@ _C_COLLATED_4 = (
     ("groups", "source"), ("groups", "external_id"), ("scim_users", "id"),
     ("scim_users", "user_name"), ("scim_users", "external_id"), ("scim_principals", "user_id"),
     ("scim_principals", "principal"), ("scim_members", "group_id"), ("scim_members", "user_id"),
+    ("scim_former", "group_id"), ("scim_former", "principal"),
 )
 
 AFTER_VERSION = MappingProxyType({
