@@ -363,7 +363,6 @@ def main(argv: list[str] | None = None) -> int:
         small_users = small.users(sorted({m for ms in small_groups.values() for m in ms}))
         small_ids = small.groups({n: [small_users[m] for m in ms]
                                   for n, ms in small_groups.items()})
-        make_private(small_url, [small_ids[g] for g in PRIVATE])
 
         large = Provisioner(large_url, args.clients)
         t0 = time.perf_counter()
@@ -376,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"provisioned {len(names):,} users in {t_users:.1f} s "
               f"({len(names) / t_users:.0f}/s) and {len(large_ids):,} groups with their "
               f"members in {t_groups:.1f} s; total {t_users + t_groups:.1f} s", flush=True)
+        # Both private from (nearly) the same moment: the same rows are private in both.
+        make_private(small_url, [small_ids[g] for g in PRIVATE])
         make_private(large_url, [large_ids[g] for g in PRIVATE])
 
         spare = large_users[names[-1]]
