@@ -54,6 +54,7 @@ from veil.demo.store import ActivityLog, Directory
 from veil.policy import load_modules
 from veil.rows import Normalizer, parse_answer, pointer_tokens
 from veil.storage import open_storage
+from veil.storage.directory import former_of, members_of
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_ENV, SECRET = "VEIL_BENCH_JWT_SECRET", "benchmark-secret-that-is-long-enough-for-hs256"
@@ -243,6 +244,23 @@ def make_private(url: str, group_ids: list[str]) -> None:
                       timeout=30).raise_for_status()
 
 
+def eval_metric(url: str) -> tuple[float, float]:
+    """(sum in seconds, count) of veil_policy_evaluation_seconds on a Veil's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    base = url.rsplit("/api/", 1)[0]
+    total = count = 0.0
+    for family in text_string_to_metric_families(requests.get(f"{base}/metrics",
+                                                              timeout=30).text):
+        if family.name == "veil_policy_evaluation_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_sum"):
+                    total += sample.value
+                elif sample.name.endswith("_count"):
+                    count += sample.value
+    return total, count
+
+
 def timed(calls: int, fn: Callable[[int], None]) -> list[float]:
     out = []
     for i in range(calls):
@@ -317,9 +335,12 @@ def all_groups_data(db: Path, managed: list[str]) -> dict[str, Any]:
     try:
         _, data = storage.policy_data(managed)
         with storage.backend.transaction(write=False) as tx:
-            rows = tx.all("SELECT id, name, members, former_members FROM groups")
-        data["groups"] = {gid: {"name": name, "members": dict.fromkeys(json.loads(m), True),
-                                "former_members": json.loads(f)} for gid, name, m, f in rows}
+            rows = tx.all("SELECT id, name FROM groups")
+            members = members_of(tx, [gid for gid, _ in rows])
+            former = former_of(tx, [gid for gid, _ in rows])
+        data["groups"] = {gid: {"name": name,
+                                "members": dict.fromkeys(members.get(gid, []), True),
+                                "former_members": former.get(gid, {})} for gid, name in rows}
         return data
     finally:
         storage.close()
@@ -400,10 +421,13 @@ def main(argv: list[str] | None = None) -> int:
         shown: dict[str, int] = {}
         targets = {"direct": f"{store_url}/api/activities", "small":
                    f"{small_url}/api/activities", "large": f"{large_url}/api/activities"}
+        evals_before = {name: eval_metric(targets[name]) for name in ("small", "large")}
         with requests.Session() as http:
             http.trust_env = False
             for i in range(30 + args.requests):
-                for name, url in targets.items():
+                order = ["direct", "small", "large"] if i % 2 else ["direct", "large", "small"]
+                for name in order:  # neither instance always goes right after the other
+                    url = targets[name]
                     t = time.perf_counter()
                     answer = http.get(url, headers=headers, timeout=60)
                     elapsed = (time.perf_counter() - t) * 1000
@@ -412,14 +436,21 @@ def main(argv: list[str] | None = None) -> int:
                     if i >= 30:
                         latencies[name].append(elapsed)
 
+        server_eval = {}
+        for name in ("small", "large"):
+            total, count = eval_metric(targets[name])
+            server_eval[name] = (total - evals_before[name][0]) / max(
+                1.0, count - evals_before[name][1]) * 1000
         managed = ["contoso.com"]
         engines = {
             "small (10 groups)": engine_figures(
-                instance_data(Path(tmp) / "small" / "veil.db", managed), body[0], 50, Path(tmp)),
+                instance_data(Path(tmp) / "small" / "veil.db", managed), body[0], 200,
+                Path(tmp)),
             f"large ({len(large_ids):,} groups)": engine_figures(
-                instance_data(Path(tmp) / "large" / "veil.db", managed), body[0], 50, Path(tmp)),
+                instance_data(Path(tmp) / "large" / "veil.db", managed), body[0], 200,
+                Path(tmp)),
             f"large, if data.veil carried all {len(large_ids):,} groups": engine_figures(
-                all_groups_data(Path(tmp) / "large" / "veil.db", managed), body[0], 20,
+                all_groups_data(Path(tmp) / "large" / "veil.db", managed), body[0], 200,
                 Path(tmp)),
         }
 
@@ -431,10 +462,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, values in latencies.items():
         added = "" if name == "direct" else \
             f"  added {median(values) - median(latencies['direct']):5.2f}"
+        evaluated = "" if name == "direct" else \
+            f"  policy evaluation (server mean) {server_eval[name]:5.2f}"
         print(f"  {name:<8} median {median(values):6.2f}  p90 {pct(values, 0.9):6.2f}"
-              f"{added}  rows shown {shown[name]}")
+              f"{added}  rows shown {shown[name]}{evaluated}")
     diff = median(latencies["large"]) - median(latencies["small"])
-    print(f"  large - small: {diff:+.2f} ms at the median")
+    paired = [b - a for a, b in zip(latencies["small"], latencies["large"], strict=True)]
+    print(f"  large - small: {diff:+.2f} ms between the medians; median of the paired "
+          f"differences {median(paired):+.2f} ms (p25 {pct(paired, 0.25):+.2f}, "
+          f"p75 {pct(paired, 0.75):+.2f})")
     print("\nthe engine's data (data.veil), each in a fresh process:")
     for name, figures in engines.items():
         print(f"  {name:<48} {figures['data_kb']:9.1f} KB JSON, engine RSS "

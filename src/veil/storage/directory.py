@@ -444,9 +444,11 @@ class Directory:
                 "ON sp.user_id = m.user_id WHERE m.group_id = ?", (group_id,))}
             gone = {p for p in candidates if p not in held}
         else:
+            # principal first: the few users holding it, not every member of a large group
             gone = {p for p in candidates if tx.one(
-                "SELECT 1 FROM scim_members m JOIN scim_principals sp ON sp.user_id = m.user_id "
-                "WHERE m.group_id = ? AND sp.principal = ? LIMIT 1", (group_id, p)) is None}
+                "SELECT 1 FROM scim_principals sp WHERE sp.principal = ? AND EXISTS "
+                "(SELECT 1 FROM scim_members m WHERE m.group_id = ? AND m.user_id = sp.user_id)"
+                " LIMIT 1", (p, group_id)) is None}
         self._left(tx, group_id, gone, ts)
         if (add or gone or changed) and self._is_or_was_private(tx, group_id):
             self.storage._changed(tx)  # data.veil carries this group: the engine reloads it
