@@ -658,3 +658,30 @@ def test_request_above_the_body_limit_is_413(store: LoopbackStore, tmp_path: Any
                        headers=SCIM).status_code == 201
     assert [r["action"] for r in app.extensions["veil"].storage.iter_log()] == [
         "scim_user_created"]
+
+
+def test_concurrent_patches_are_each_applied_once(client: FlaskClient,
+                                                  populated: tuple[str, str]) -> None:
+    """One transaction per request: concurrent member additions to one group all land, each
+    with its own governance record, and the chain stays whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, gid = populated
+    app = client.application
+    users = [client.post("/scim/v2/Users", json=entra_user(f"c{i}@contoso.com", f"c{i}"),
+                         headers=SCIM).get_json()["id"] for i in range(12)]
+    records = len(log(client))
+
+    def add(uid: str) -> int:
+        status: int = app.test_client().patch(f"/scim/v2/Groups/{gid}", json=patch(
+            {"op": "Add", "path": "members", "value": [{"value": uid}]}),
+            headers=SCIM).status_code
+        return status
+
+    with ThreadPoolExecutor(6) as pool:
+        assert set(pool.map(add, users)) == {204}
+    group = client.get(f"/scim/v2/Groups/{gid}", headers=SCIM)
+    assert len(group.get_json()["members"]) == 13
+    assert group.headers["ETag"] == 'W/"13"'  # created at 1, then 12 changes
+    assert len(log(client)) == records + 12
+    assert storage(client).verify_log().ok
