@@ -54,7 +54,7 @@ def document(routes: tuple[str, ...]) -> dict[str, Any]:
                              "responses": {"200": {"description": "Prometheus text format",
                                                    "content": {"text/plain": {}}}}}},
         "/veil/v1/openapi.json": {"get": _op("This document", "200")},
-        "/veil/v1/groups": {"get": _op("List imported groups", "200")},
+        "/veil/v1/groups": {"get": _op("List groups, each with its source (api or scim)", "200")},
         "/veil/v1/groups/{gid}": {
             "put": _op("Import or replace a group (201 when created)", "200", "Group",
                        errors=admin_errors, params=gid),
