@@ -1,4 +1,5 @@
-"""The SCIM conformance checker scim2-tester, run against a live `veil serve` (gunicorn).
+"""The SCIM conformance checker scim2-tester, run against a live `veil serve` (gunicorn), on
+SQLite and on PostgreSQL.
 
 Every check must pass, or be skipped for a reason listed in ALLOWED_SKIPS:
 - ``POST /.search`` across resource types: Veil answers 501 (RFC 7644 §3.12); it searches one
@@ -39,8 +40,9 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def served(store: LoopbackStore, tmp_path: Path) -> Iterator[str]:
-    doc = config_doc(store.url, f"sqlite:///{tmp_path / 'veil.db'}",
+def served(store: LoopbackStore, tmp_path: Path, storage_url: str) -> Iterator[str]:
+    """`veil serve` on SQLite, and on PostgreSQL (the storage_url fixture's two backends)."""
+    doc = config_doc(store.url, storage_url,
                      server={"workers": 2, "threads": 4},
                      scim={"token_env": "VEIL_SCIM_TOKEN"})
     path = tmp_path / "veil.yaml"
