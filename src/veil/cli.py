@@ -283,7 +283,8 @@ def parser() -> argparse.ArgumentParser:
         return p
 
     def groups(a: argparse._SubParsersAction[Any]) -> None:
-        common(a.add_parser("list", help="list imported groups"))
+        common(a.add_parser("list", help="list groups with where each came from "
+                                         "(source: api or scim)"))
         put = common(a.add_parser("put", help="import or replace a group"))
         put.add_argument("id")
         put.add_argument("members", nargs="*", help="member UPNs")

@@ -129,6 +129,20 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True)
+class ScimConfig:
+    """SCIM 2.0 provisioning under /scim/v2; off (404) while no token is configured."""
+
+    token: str | None = None
+    token_env: str | None = None
+    actor: str = "scim:provisioning"
+    max_body_bytes: int = 16 * 1024 * 1024
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token)
+
+
+@dataclass(frozen=True)
 class Config:
     upstream: UpstreamConfig
     managed_domains: tuple[str, ...] = ()
@@ -138,6 +152,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     reveal: RevealConfig = field(default_factory=RevealConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    scim: ScimConfig = field(default_factory=ScimConfig)
 
 
 def schema() -> dict[str, Any]:
@@ -250,6 +265,8 @@ def from_dict(
                           "upstream.routes; the console asks the store only through Veil")
 
     fields = up.get("fields", {})
+    scim = document.get("scim", {})
+    scim_token_env = scim.get("token_env")
     return Config(
         upstream=UpstreamConfig(
             url=up["url"].rstrip("/"),
@@ -300,6 +317,13 @@ def from_dict(
         ),
         reveal=RevealConfig(**document.get("reveal", {})),
         console=console,
+        # An unset or empty variable leaves the endpoint off (404), as no scim section does.
+        scim=ScimConfig(
+            token=env.get(scim_token_env) or None if scim_token_env else None,
+            token_env=scim_token_env,
+            actor=scim.get("actor", "scim:provisioning"),
+            max_body_bytes=scim.get("max_body_bytes", 16 * 1024 * 1024),
+        ),
     )
 
 
