@@ -146,11 +146,11 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-# Modules build their headers once, at collection (``A = auth(ADMIN)``): a token must outlive
-# the whole run, which takes well over five minutes on a loaded 2-core machine.
 def token(principal: str, *, secret: str = SECRET, issuer: str = ISSUER,
-          audience: str = AUDIENCE, ttl_s: int = 3600, claim: str = "upn",
+          audience: str = AUDIENCE, ttl_s: int = 3 * 3600, claim: str = "upn",
           **extra: Any) -> str:
+    """A token Veil accepts; modules mint theirs at collection, so it outlives the whole run
+    (the suite takes more than five minutes on a busy machine)."""
     now = int(time.time())
     claims = {claim: principal, "iss": issuer, "aud": audience, "iat": now, "exp": now + ttl_s,
               **extra}

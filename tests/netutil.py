@@ -55,21 +55,24 @@ def wait_until_ready(url: str, deadline_s: float = 60, *,
 
 
 @contextmanager
-def veil_serve(doc: dict[str, Any], tmp_path: Path) -> Iterator[tuple[str,
-                                                                   subprocess.Popen[bytes]]]:
-    """`veil serve` on a free port with this configuration; stopped with SIGTERM after."""
+def veil_serve(doc: dict[str, Any], tmp_path: Path, log: Path | None = None
+               ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`veil serve` on a free port with this configuration; stopped with SIGTERM after.
+    Its standard error (Veil's and gunicorn's log) goes to ``log``, by default
+    ``tmp_path/veil-serve.log``, and is shown when it does not come up."""
     path = tmp_path / "veil.yaml"
     path.write_text(yaml.safe_dump(doc))
     port = free_port()
-    log_path = tmp_path / "veil-serve.log"
-    log = log_path.open("wb")
+    log_path = log or tmp_path / "veil-serve.log"
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port", str(port)],
-        env={**env, "VEIL_TEST_JWT_SECRET": SECRET}, stdout=log, stderr=subprocess.STDOUT)
+    with log_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port",
+             str(port)], env={**env, "VEIL_TEST_JWT_SECRET": SECRET},
+            stdout=subprocess.DEVNULL, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_ready(url + "/healthz", 60, process=process,
+        wait_until_ready(url + "/healthz", 90, process=process,
                          describe=lambda: log_path.read_text(errors="replace")[-4000:])
         yield url, process
     finally:
@@ -79,4 +82,3 @@ def veil_serve(doc: dict[str, Any], tmp_path: Path) -> Iterator[tuple[str,
         finally:
             if process.poll() is None:
                 process.kill()
-            log.close()

@@ -34,6 +34,12 @@ ACTIONS = (
     "policy_reloaded",
     "permission_grant_refused",
     "refusals_coalesced",
+    "scim_user_created",
+    "scim_user_updated",
+    "scim_user_deleted",
+    "scim_group_created",
+    "scim_group_updated",
+    "scim_group_deleted",
 )
 
 

@@ -100,7 +100,7 @@ STRING = {"type": "string"}
 TIME = {"type": "string", "format": "date-time"}
 NULLABLE_STRING = {"type": ["string", "null"]}
 GROUP = _obj({"id": STRING, "name": STRING, "members": {"type": "array", "items": STRING}},
-             {"updated_at": TIME})
+             {"updated_at": TIME, "source": {"enum": ["api", "scim"]}})
 INTERVAL = _obj({"start": TIME, "end": {"type": ["string", "null"], "format": "date-time"}},
                 {"started_by": STRING, "ended_by": NULLABLE_STRING})
 PRIVACY_GROUP = _obj({"group": STRING, "private": {"type": "boolean"}},
@@ -130,8 +130,9 @@ def operations(require_justification: bool) -> list[Op]:
            ok_content="text/plain", ok_schema=STRING),
         Op("get", "/veil/v1/openapi.json", "This document", access="open",
            ok_schema=_obj({"openapi": STRING, "paths": {"type": "object"}})),
-        Op("get", "/veil/v1/groups", "List imported groups with their members (admins only: "
-           "members of private groups are private facts)", ok_schema=_list("groups", GROUP)),
+        Op("get", "/veil/v1/groups", "List groups, each with its members and source (api or "
+           "scim); admins only: members of private groups are private facts",
+           ok_schema=_list("groups", GROUP)),
         Op("put", "/veil/v1/groups/{gid}", "Import or replace a group (201 when created)",
            body="Group", params=gid, errors=("409",), also_ok=("201",), ok_schema=GROUP),
         Op("delete", "/veil/v1/groups/{gid}", "Delete a group that was never private", "204",
@@ -208,6 +209,10 @@ def document(routes: tuple[str, ...], require_justification: bool = True) -> dic
                                   "content": {"application/json": {"schema": {}}}},
                           **{status: PROBLEM for status in ("401", "403", "413", "502", "503",
                                                             "504")}}}}
+    from veil.scim import PREFIX
+    from veil.scim.discovery import openapi_paths
+
+    paths.update(openapi_paths(PREFIX))  # own bearer token: scimBearer, SCIM error bodies
     bodies = dict(schemas.BODIES)
     justified = dict(schemas.REVEAL_SESSION_BODY)
     justified["required"] = [*justified["required"], "justification"]
@@ -221,12 +226,25 @@ def document(routes: tuple[str, ...], require_justification: bool = True) -> dic
                 "type": "object", "required": ["type", "title", "status", "detail", "code"],
                 "properties": {"type": {"type": "string"}, "title": {"type": "string"},
                                "status": {"type": "integer"}, "detail": {"type": "string"},
-                               "code": {"type": "string"}, "field": {"type": "string"}}}},
+                               "code": {"type": "string"}, "field": {"type": "string"}}},
+                "ScimError": {
+                    "type": "object", "required": ["schemas", "status"],
+                    "properties": {"schemas": {"type": "array", "items": {"type": "string"}},
+                                   "status": {"type": "string"},
+                                   "scimType": {"type": "string"},
+                                   "detail": {"type": "string"}}}},
             "responses": {"Problem": {"description": "an RFC 9457 problem",
                                       "content": {"application/problem+json": {
-                                          "schema": {"$ref": "#/components/schemas/Problem"}}}}},
+                                          "schema": {"$ref": "#/components/schemas/Problem"}}}},
+                          "ScimError": {"description": "a SCIM error (RFC 7644 §3.12)",
+                                        "content": {"application/scim+json": {
+                                            "schema": {"$ref":
+                                                       "#/components/schemas/ScimError"}}}}},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "bearerFormat": "JWT"}},
+                                           "bearerFormat": "JWT"},
+                                "scimBearer": {"type": "http", "scheme": "bearer",
+                                               "description": "the SCIM token "
+                                                              "(scim.token_env)"}},
         },
         "security": [{"bearer": []}],
         "paths": paths,

@@ -6,15 +6,18 @@ Veil runs here on werkzeug's threaded server, which is simple to start and stop 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
+import shlex
 import signal
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ ADMIN = PERSONAS[0][0]  # alice@contoso.com, the security admin
 PLAIN_USER = PERSONAS[1][0]  # bob@contoso.com, in sales
 # A second admin: the view-private permission is granted by another admin, never self-granted.
 APPROVER = f"security-lead@{DOMAIN}"
+INVESTIGATOR = "erin@contoso.com"  # an admin the demo grants the view-private permission
 TOKEN_TTL_S = 30 * 86400
 
 
@@ -50,23 +54,43 @@ class DemoSettings:
     rate_per_minute: float = 60.0  # activities a minute in business hours
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """The store's requests are not logged: the terminal shows Veil's."""
+class _AccessLog(WSGIRequestHandler):
+    """An access log line on standard error, prefixed with the server it belongs to, so the
+    store's requests and Veil's can be told apart in the demo's terminal."""
 
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
+    prefix = "veil "
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        print(f"{self.prefix} | {self.address_string()} - - [{self.log_date_time_string()}] "
+              f"{message % args}", file=sys.stderr, flush=True)
+
+
+class _StoreAccessLog(_AccessLog):
+    prefix = "store"
+
+
+def veil_command() -> str:
+    """How to run this Veil from any shell: the venv's ``veil`` script by its full path (no
+    venv activation needed), else ``python -m veil`` with this interpreter."""
+    script = Path(sys.executable).parent / "veil"
+    if script.is_file() and os.access(script, os.X_OK):
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m veil"
 
 
 def default_policy_dir() -> Path:
-    """./policies when it holds policies, else the policies of the repository Veil runs from."""
+    """./policies when it holds policies, else the policies of the source checkout Veil runs
+    from (an installed Veil carries no policies)."""
     here = Path.cwd() / "policies"
     if here.is_dir() and any(here.rglob("*.rego")):
         return here
     repository = Path(__file__).resolve().parents[3] / "policies"
-    if repository.is_dir():
+    if repository.is_dir() and any(repository.rglob("*.rego")):
         return repository
-    raise VeilError("no policy directory: run from a directory with policies/ or give "
-                    "--policy-dir")
+    raise VeilError("no policy directory: ./policies holds no .rego file, and this Veil is "
+                    "not run from a source checkout (an installed Veil carries no policies). "
+                    "Give --policy-dir DIR, for example a copy of policies/ from the Veil "
+                    "repository, or run from a directory that has policies/")
 
 
 def demo_secret(data_dir: Path) -> str:
@@ -159,12 +183,12 @@ class Demo:
         s = self.settings
         store = create_store_app(seed=s.seed, rate_per_minute=s.rate_per_minute,
                                  directory=self.directory)
-        store_server = self._serve(store, s.store_port, "store", _QuietHandler)
+        store_server = self._serve(store, s.store_port, "store", _StoreAccessLog)
         self.store_url = f"http://{url_host(s.host)}:{store_server.server_port}"
 
         # Veil's server binds before the app exists, so its configuration names the real port.
         veil = _LateApp()
-        port = self._serve(veil, s.port, "Veil").server_port
+        port = self._serve(veil, s.port, "Veil", _AccessLog).server_port
         self.veil_url = f"http://{url_host(s.host)}:{port}"
         document = config_document(self.store_url, s.host, port, self.policy_dir,
                                    self.data_dir / "veil.db")
@@ -177,8 +201,22 @@ class Demo:
                                     env={**os.environ, SECRET_ENV: self.secret})
         from veil.app import create_app
 
-        self._veil = veil.app = create_app(config)
+        # The console, with the demo's pick-a-user sign-in (nothing but the demo offers it).
+        console_key = hashlib.sha256(f"veil-demo-console:{self.secret}".encode()).hexdigest()
+        config = replace(config, console=replace(config.console, enabled=True,
+                                                 secret_key=console_key))
+        app = create_app(config)
+        from veil.console.signin import DemoUser, enable_demo_sign_in
+
+        enable_demo_sign_in(app, (
+            DemoUser(INVESTIGATOR, "Erin Shah", "admin with the Activity privacy permission"),
+            DemoUser(ADMIN, "Alice Martin", "admin without the permission (until the "
+                                            "walk-through grants it)"),
+            DemoUser(PLAIN_USER, "Bob Jensen", "plain user"),
+        ))
+        self._veil = veil.app = app
         self.groups = self._import_groups()
+        self._set_up_investigator()
         self.already_private = sorted(p["group"] for p in self._veil.extensions["veil"]
                                       .storage.list_privacy_groups() if p["private"])
 
@@ -200,24 +238,24 @@ class Demo:
 
     def _import_groups(self) -> list[dict[str, Any]]:
         """Import the store's departments into Veil through its API, as the admin would."""
+        return import_groups(self.store_url, self.veil_url, self.admin_token)
+
+    def _set_up_investigator(self) -> None:
+        """Make the demo's investigator an admin holding the view-private permission, through
+        Veil's API as the admin would (409: already done by an earlier run on this data)."""
+        admin = {"Authorization": f"Bearer {self.admin_token}"}
         http = requests.Session()
-        http.trust_env = False  # loopback: never through a proxy
+        http.trust_env = False  # the demo's own servers: never through a proxy
         with http:
-            try:
-                found = http.get(f"{self.store_url}/api/directory/groups", timeout=10)
-                found.raise_for_status()
-                groups: list[dict[str, Any]] = found.json()["groups"]
-                for group in groups:
-                    answer = http.put(
-                        f"{self.veil_url}/veil/v1/groups/{group['id']}",
-                        json={"name": group["name"], "members": group["members"]},
-                        headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=10)
-                    if answer.status_code not in (200, 201):
-                        raise VeilError(f"importing group {group['id']!r} into Veil failed: "
-                                        f"{answer.status_code} {answer.text}")
-            except requests.RequestException as exc:
-                raise VeilError(f"the demo could not import the store's groups: {exc}") from exc
-        return groups
+            for path in ("/veil/v1/admins", "/veil/v1/private-viewers"):
+                try:
+                    answer = http.post(f"{self.veil_url}{path}", json={"principal": INVESTIGATOR},
+                                       headers=admin, timeout=10)
+                except requests.RequestException as exc:
+                    raise VeilError(f"the demo could not set up {INVESTIGATOR}: {exc}") from exc
+                if answer.status_code not in (201, 409):
+                    raise VeilError(f"the demo could not set up {INVESTIGATOR} for the console: "
+                                    f"{answer.status_code} {answer.text}")
 
     def stop(self) -> None:
         for server in self._servers:
@@ -247,6 +285,11 @@ class Demo:
                 "ADMIN_TOKEN": self.admin_token, "USER_TOKEN": self.user_token,
                 "APPROVER_TOKEN": self.approver_token}
 
+    def _someone(self) -> str:
+        """A member of hr, the group the walk-through makes private."""
+        hr = next((g for g in self.groups if g["id"] == "hr" and g["members"]), None)
+        return str(hr["members"][0]) if hr else PLAIN_USER
+
     def banner(self) -> str:
         """What ``veil demo`` prints: where things are, tokens, and the walk-through."""
         v = self.variables()
@@ -266,6 +309,8 @@ class Demo:
             f"  groups imported from the store's directory: {sizes}",
             f"  admin {ADMIN}, plain user {PLAIN_USER} and the admin who approves "
             f"permissions, {APPROVER}: tokens below, valid 30 days",
+            f"  admin console   {self.veil_url}/console/  (demo sign-in: pick {INVESTIGATOR}, "
+            f"{ADMIN} or {PLAIN_USER})",
             *([f"  already private from an earlier run on this data directory: "
                f"{', '.join(self.already_private)} (start with a new --data-dir to follow the "
                "walk-through from the beginning)"] if self.already_private else []),
@@ -278,13 +323,39 @@ class Demo:
             f"export APPROVER_TOKEN={v['APPROVER_TOKEN']}",
             "",
             walkthrough.script(walkthrough.steps(ADMIN)),
-            "# The command line works on the demo's state too:",
+            "# The command line works on the demo's state too (no venv to activate):",
+            f"{veil_command()} privacy-groups list --config {self.config_path}",
+            f"{veil_command()} governance verify --config {self.config_path}",
+            "# A token for another demo user (veil token signs with the demo's secret):",
             f"export {SECRET_ENV}={self.secret}",
-            f"veil privacy-groups list --config {self.config_path}",
-            f"veil governance verify --config {self.config_path}",
+            f"{veil_command()} token --sub {self._someone()} --config {self.config_path}",
             "",
+            "Access logs below: 'store |' is the activity store, 'veil  |' is Veil.",
             "Press Ctrl-C to stop the demo.",
         ])
+
+
+def import_groups(store_url: str, veil_url: str, admin_token: str) -> list[dict[str, Any]]:
+    """Put the demo store's departments (``/api/directory/groups``) into Veil as groups, through
+    Veil's API with an admin's token; return them."""
+    http = requests.Session()
+    http.trust_env = False  # the demo's own servers: never through a proxy
+    with http:
+        try:
+            found = http.get(f"{store_url}/api/directory/groups", timeout=10)
+            found.raise_for_status()
+            groups: list[dict[str, Any]] = found.json()["groups"]
+            for group in groups:
+                answer = http.put(
+                    f"{veil_url}/veil/v1/groups/{group['id']}",
+                    json={"name": group["name"], "members": group["members"]},
+                    headers={"Authorization": f"Bearer {admin_token}"}, timeout=10)
+                if answer.status_code not in (200, 201):
+                    raise VeilError(f"importing group {group['id']!r} into Veil failed: "
+                                    f"{answer.status_code} {answer.text}")
+        except requests.RequestException as exc:
+            raise VeilError(f"the demo could not import the store's groups: {exc}") from exc
+    return groups
 
 
 class _LateApp:

@@ -50,6 +50,23 @@ def normalize_principals(tx: Tx) -> None:
             left[_principal_key(member)] = max(ts, left.get(_principal_key(member), ts))
         tx.execute("UPDATE groups SET members = ?, former_members = ? WHERE id = ?",
                    (json.dumps(keyed), json.dumps(left, sort_keys=True), gid))
+    # SCIM (version 4): a user's principals, and when a principal left a group
+    principals_of: dict[tuple[str, str], None] = {}
+    for user, principal in tx.all("SELECT user_id, principal FROM scim_principals"):
+        principals_of[(user, _principal_key(principal))] = None
+    tx.execute("DELETE FROM scim_principals")
+    for user, principal in principals_of:
+        tx.execute("INSERT INTO scim_principals (user_id, principal) VALUES (?, ?)",
+                   (user, principal))
+    left_at: dict[tuple[str, str], int] = {}
+    for gid, principal, left_ns in tx.all("SELECT group_id, principal, left_ns "
+                                          "FROM scim_former"):
+        where = (gid, _principal_key(principal))
+        left_at[where] = max(int(left_ns), left_at.get(where, int(left_ns)))
+    tx.execute("DELETE FROM scim_former")
+    for (gid, principal), at in left_at.items():
+        tx.execute("INSERT INTO scim_former (group_id, principal, left_ns) VALUES (?, ?, ?)",
+                   (gid, principal, at))
     for sid, owner in tx.all("SELECT id, owner FROM reveal_sessions"):
         if _principal_key(owner) != owner:
             tx.execute("UPDATE reveal_sessions SET owner = ? WHERE id = ?",
@@ -121,7 +138,48 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     (
         "ALTER TABLE groups ADD COLUMN former_members TEXT NOT NULL DEFAULT '{}'",
     ),
-    # 4: refused attempts counted per principal (R12: one record per window, with the count);
+    # 4: SCIM provisioning: where a group came from (api | scim), the users an identity
+    # provider pushes, their principals, group membership by user, and when a principal left
+    # a SCIM group (scim_former; groups.members and former_members stay empty for SCIM groups,
+    # whose principals are read from these tables); a SCIM group deleted while it is or was
+    # private stays as a tombstone (deleted_ns) so R1 keeps its past
+    (
+        "ALTER TABLE groups ADD COLUMN source TEXT NOT NULL DEFAULT 'api'",
+        "ALTER TABLE groups ADD COLUMN external_id TEXT",
+        "ALTER TABLE groups ADD COLUMN resource TEXT",
+        "ALTER TABLE groups ADD COLUMN version BIGINT NOT NULL DEFAULT 1",
+        "ALTER TABLE groups ADD COLUMN created_ns BIGINT",
+        "ALTER TABLE groups ADD COLUMN deleted_ns BIGINT",
+        """CREATE TABLE scim_users (
+            id TEXT PRIMARY KEY,
+            user_name TEXT NOT NULL UNIQUE,
+            display_name TEXT,
+            external_id TEXT,
+            active INTEGER NOT NULL,
+            resource TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            created_ns BIGINT NOT NULL,
+            modified_ns BIGINT NOT NULL)""",
+        "CREATE INDEX scim_users_external_id ON scim_users (external_id)",
+        """CREATE TABLE scim_principals (
+            user_id TEXT NOT NULL,
+            principal TEXT NOT NULL,
+            PRIMARY KEY (user_id, principal))""",
+        "CREATE INDEX scim_principals_principal ON scim_principals (principal)",
+        """CREATE TABLE scim_members (
+            group_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            display TEXT,
+            PRIMARY KEY (group_id, user_id))""",
+        "CREATE INDEX scim_members_user ON scim_members (user_id)",
+        """CREATE TABLE scim_former (
+            group_id TEXT NOT NULL,
+            principal TEXT NOT NULL,
+            left_ns BIGINT NOT NULL,
+            PRIMARY KEY (group_id, principal))""",
+        "CREATE INDEX groups_source ON groups (source)",
+    ),
+    # 5: refused attempts counted per principal (R12: one record per window, with the count);
     # stored principals re-keyed by SPEC "Principal" (NFC + case folding)
     (
         """CREATE TABLE refusal_counts (
