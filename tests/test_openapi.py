@@ -24,8 +24,8 @@ def test_every_route_is_documented_and_every_operation_served(app: Flask) -> Non
     doc = document(app.extensions["veil"].config.upstream.routes)
     served = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
-            continue
+        if rule.endpoint in ("static", "scim.unknown"):
+            continue  # scim.unknown: SCIM's own 404/405 for paths that are no SCIM endpoint
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
         served |= {(path, method.lower()) for method in rule.methods or () if
                    method not in IMPLICIT}
@@ -77,6 +77,9 @@ def test_schemathesis_finds_no_failure(store: LoopbackStore, tmp_path: Path) -> 
             [str(Path(sys.executable).parent / "schemathesis"),
              "--config-file", str(ROOT / "tests" / "schemathesis.toml"), "--no-color",
              "run", f"{url}/veil/v1/openapi.json", "--checks", "all",
+             # SCIM has its own token and is off here; scim2-tester checks its conformance
+             # (tests/test_scim_conformance.py)
+             "--exclude-tag", "scim",
              "-H", f"Authorization: Bearer {token(ADMIN, ttl_s=3600)}",
              "--max-examples", "30", "--workers", "1", "--request-timeout", "30",
              "--generation-database", "none", "--report-dir", str(tmp_path / "report")],
