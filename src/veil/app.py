@@ -55,7 +55,14 @@ def create_app(config: Config, *, storage: Storage | None = None,
     app = Flask("veil")
     app.json.sort_keys = False  # type: ignore[attr-defined]
     storage = storage or open_storage(config.storage.url, config.storage.timeout_s,
-                                      config.identity.bootstrap_admins)
+                                      config.identity.bootstrap_admins, config.governance)
+    sealing = storage.sealing_status()
+    if sealing["signed"]:
+        log.info("governance log signed with key %s; witness: %s", sealing["key_id"],
+                 sealing["witness"] or "none (set governance.witness)")
+    else:
+        log.warning("governance log is UNSIGNED (hash chain only): someone who can write the "
+                    "database can rewrite it undetected; set governance.signing_key_file")
     modules = None
     if engine is None:
         # Read once: the engine serves these, and the hot reload compares the disk against them.

@@ -82,6 +82,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "ALTER TABLE groups ADD COLUMN former_members TEXT NOT NULL DEFAULT '{}'",
     ),
+    # 4: each record's Ed25519 signature of the chain head it produces, and the key's id
+    # (null for records appended without a signing key)
+    (
+        "ALTER TABLE governance_log ADD COLUMN key_id TEXT",
+        "ALTER TABLE governance_log ADD COLUMN signature TEXT",
+    ),
 )
 
 
