@@ -86,7 +86,7 @@ class Storage:
         self.backend = backend
         self.bootstrap_admins = frozenset(bootstrap_admins)
         self.signer = sealing.signer if sealing else None
-        self.keyring = sealing.keyring if sealing else None
+        self.keyring = sealing.keyring if sealing and sealing.keyring else None
         self.witness_file = (Path(sealing.witness) if sealing and sealing.witness
                              and not sealing.witness.startswith("https://") else None)
         self.checkpointer = Checkpointer(

@@ -1,0 +1,513 @@
+"""R10 against someone who can write the database: signed chain heads, a witness outside it.
+
+The attacker here is test code with write access to the real SQLite file or the real
+PostgreSQL tables: it drops the append-only triggers, rewrites records, recomputes every
+hash, re-signs with a key of its own and moves the stored head. Verify must name each.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flask import Flask
+from flask.testing import FlaskClient
+
+from veil import governance, signing
+from veil.app import create_app
+from veil.config import Config
+from veil.errors import ConfigError
+from veil.storage import Storage, open_storage
+
+from conftest import ADMIN, LoopbackStore, activity, auth, iso, make_config
+
+A = auth(ADMIN)
+ANN = "ann@contoso.com"
+SEC = 1_000_000_000
+
+
+@dataclass
+class Keys:
+    key: Path  # Veil's private key
+    pub: Path
+    other: Path  # a second key pair of Veil's (rotation)
+    other_pub: Path
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    signing.generate(tmp_path / "veil.key")
+    signing.generate(tmp_path / "next.key")
+    return Keys(tmp_path / "veil.key", tmp_path / "veil.key.pub", tmp_path / "next.key",
+                tmp_path / "next.key.pub")
+
+
+def signed_config(store: LoopbackStore, storage_url: str, tmp_path: Path, pair: Keys,
+                  **governance_doc: Any) -> Config:
+    doc = {"signing_key_file": str(pair.key), "witness": str(tmp_path / "checkpoints.jsonl"),
+           "checkpoint_s": 0.05, **governance_doc}
+    return make_config(store.url, storage_url, governance={k: v for k, v in doc.items()
+                                                            if v is not None})
+
+
+@pytest.fixture
+def signed_app(store: LoopbackStore, storage_url: str, tmp_path: Path,
+               keys: Keys) -> Iterator[Flask]:
+    application = create_app(signed_config(store, storage_url, tmp_path, keys))
+    yield application
+    application.extensions["veil"].storage.close()
+
+
+@pytest.fixture
+def client(signed_app: Flask) -> FlaskClient:
+    return signed_app.test_client()
+
+
+def storage_of(app: Flask) -> Storage:
+    found: Storage = app.extensions["veil"].storage
+    return found
+
+
+def make_records(client: FlaskClient, n: int = 6) -> None:
+    for i in range(n):
+        r = client.put(f"/veil/v1/groups/g{i}", json={"name": f"G{i}", "members": []}, headers=A)
+        assert r.status_code == 201, r.get_json()
+
+
+def verify(client: FlaskClient) -> dict[str, Any]:
+    r = client.get("/veil/v1/governance-log/verify", headers=A)
+    assert r.status_code == 200
+    result: dict[str, Any] = r.get_json()
+    return result
+
+
+def checkpoints(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for_checkpoint(path: Path, seq: int, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(c["seq"] >= seq for c in checkpoints(path)):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint of record {seq} in {path}: {checkpoints(path)}")
+
+
+# ---- the attacker -------------------------------------------------------------------------
+
+COLUMNS = ("seq", "ts", "action", "actor", "details", "prev_hash", "hash", "key_id",
+           "signature")
+
+
+class Attacker:
+    """Write access to the database, no access to Veil's private key."""
+
+    def __init__(self, storage_url: str) -> None:
+        self.url = storage_url
+        self.key = Ed25519PrivateKey.generate()
+        self.key_id = signing.key_id(self.key.public_key())
+
+    def _connect(self) -> Any:
+        if self.url.startswith("sqlite:///"):
+            return sqlite3.connect(self.url[len("sqlite:///"):])
+        return psycopg.connect(self.url)
+
+    def _sql(self, statement: str) -> str:
+        return statement if self.url.startswith("sqlite") else statement.replace("?", "%s")
+
+    def records(self) -> list[dict[str, Any]]:
+        with self._connect() as conn:
+            rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM governance_log "
+                                "ORDER BY seq").fetchall()
+        return [{**dict(zip(COLUMNS, row, strict=True)), "details": json.loads(row[4])}
+                for row in rows]
+
+    def rewrite(self, records: list[dict[str, Any]], head: tuple[int, str] | None = None
+                ) -> None:
+        """Drop the append-only triggers, replace the log, and move the head to its end."""
+        last = records[-1] if records else None
+        head = head or ((last["seq"], last["hash"]) if last else (0, "0" * 64))
+        with self._connect() as conn:
+            if self.url.startswith("sqlite"):
+                conn.execute("DROP TRIGGER IF EXISTS governance_log_no_update")
+                conn.execute("DROP TRIGGER IF EXISTS governance_log_no_delete")
+            else:
+                for trigger in ("no_update", "no_delete", "no_truncate"):
+                    conn.execute(f"DROP TRIGGER IF EXISTS governance_log_{trigger} "
+                                 "ON governance_log")
+            conn.execute("DELETE FROM governance_log")
+            for record in records:
+                conn.execute(self._sql(f"INSERT INTO governance_log ({', '.join(COLUMNS)}) "
+                                       f"VALUES ({', '.join('?' * len(COLUMNS))})"),
+                             tuple(governance.canonical(record[c]).decode() if c == "details"
+                                   else record[c] for c in COLUMNS))
+            conn.execute(self._sql("UPDATE governance_head SET seq = ?, hash = ? WHERE id = 1"),
+                         head)
+
+    def rechain(self, records: list[dict[str, Any]], start: int, *, sign: bool = False,
+                claim_key_id: str | None = None) -> list[dict[str, Any]]:
+        """Renumber from 1, recompute every hash from index ``start``, and re-sign those
+        records with the attacker's key (under its own id, or one it claims)."""
+        out: list[dict[str, Any]] = []
+        prev = governance.GENESIS
+        for index, record in enumerate(records):
+            record = {**record, "seq": index + 1}
+            if index >= start:
+                record["prev_hash"] = prev
+                record["hash"] = governance.record_hash(record)
+                if sign:
+                    kid = claim_key_id or self.key_id
+                    record["key_id"] = kid
+                    record["signature"] = self.key.sign(
+                        signing.head_message(record["seq"], record["hash"], kid)).hex()
+            prev = record["hash"]
+            out.append(record)
+        return out
+
+
+# ---- a healthy signed log -----------------------------------------------------------------
+
+def test_every_record_is_signed_and_the_log_verifies(client: FlaskClient, signed_app: Flask,
+                                                     keys: Keys, tmp_path: Path,
+                                                     storage_url: str) -> None:
+    make_records(client)
+    records = Attacker(storage_url).records()
+    kid = signing.key_id(signing.load_public(keys.pub))
+    assert [r["key_id"] for r in records] == [kid] * 6
+    public = signing.load_public(keys.pub)
+    for r in records:  # each signature covers (seq, hash, key id) of its record
+        public.verify(bytes.fromhex(r["signature"]),
+                      signing.head_message(r["seq"], r["hash"], kid))
+    wait_for_checkpoint(tmp_path / "checkpoints.jsonl", 6)
+    result = verify(client)
+    assert result["ok"] is True and result["records"] == 6 and result["signed"] is True
+    assert result["checkpoints"] >= 1
+    ready = client.get("/readyz").get_json()
+    assert ready["governance_log"] == {"signed": True, "key_id": kid,
+                                       "witness": str(tmp_path / "checkpoints.jsonl")}
+
+
+def test_an_unsigned_log_says_so(store: LoopbackStore, tmp_path: Path,
+                                 caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="veil"):
+        app = create_app(make_config(store.url, f"sqlite:///{tmp_path / 'veil.db'}"))
+    try:
+        assert "governance log is UNSIGNED" in caplog.text
+        ready = app.test_client().get("/readyz").get_json()
+        assert ready["governance_log"] == {"signed": False, "key_id": None, "witness": None}
+    finally:
+        storage_of(app).close()
+
+
+# ---- the attacks --------------------------------------------------------------------------
+
+def test_content_changed_and_rehashed(client: FlaskClient, storage_url: str) -> None:
+    make_records(client)
+    attacker = Attacker(storage_url)
+    records = attacker.records()
+    records[2]["actor"] = "mallory@contoso.com"
+    attacker.rewrite(attacker.rechain(records, 2))  # hashes right, signatures old
+    result = verify(client)
+    assert (result["ok"], result["first_bad_seq"], result["problem"]) == (
+        False, 3, "bad_signature")
+
+
+def test_content_changed_rehashed_and_resigned_with_another_key(client: FlaskClient,
+                                                                storage_url: str) -> None:
+    make_records(client)
+    attacker = Attacker(storage_url)
+    records = attacker.records()
+    records[2]["details"] = {"group": "nothing-to-see"}
+    attacker.rewrite(attacker.rechain(records, 2, sign=True))
+    result = verify(client)
+    assert (result["ok"], result["first_bad_seq"], result["problem"]) == (
+        False, 3, "unknown_key")
+    assert attacker.key_id in result["reason"]
+
+
+def test_resigned_under_the_configured_key_id(client: FlaskClient, storage_url: str,
+                                              keys: Keys) -> None:
+    make_records(client)
+    attacker = Attacker(storage_url)
+    records = attacker.records()
+    records[3]["actor"] = "mallory@contoso.com"
+    kid = signing.key_id(signing.load_public(keys.pub))
+    attacker.rewrite(attacker.rechain(records, 3, sign=True, claim_key_id=kid))
+    result = verify(client)
+    assert (result["ok"], result["first_bad_seq"], result["problem"]) == (
+        False, 4, "bad_signature")
+
+
+def test_record_removed_rest_rehashed_and_resigned(client: FlaskClient,
+                                                   storage_url: str) -> None:
+    make_records(client)
+    attacker = Attacker(storage_url)
+    records = attacker.records()
+    del records[2]  # record 3 goes; 4.. become 3..
+    attacker.rewrite(attacker.rechain(records, 2, sign=True))
+    result = verify(client)
+    assert (result["ok"], result["first_bad_seq"], result["problem"]) == (
+        False, 3, "unknown_key")
+
+
+def test_records_reordered(client: FlaskClient, storage_url: str) -> None:
+    make_records(client)
+    attacker = Attacker(storage_url)
+    records = attacker.records()
+    records[2], records[3] = records[3], records[2]
+    attacker.rewrite(attacker.rechain(records, 2))  # renumbered and rehashed
+    result = verify(client)
+    assert (result["ok"], result["first_bad_seq"], result["problem"]) == (
+        False, 3, "bad_signature")
+
+
+def test_signatures_stripped(client: FlaskClient, storage_url: str) -> None:
+    make_records(client)
+    attacker = Attacker(storage_url)
+    records = [{**r, "key_id": None, "signature": None} for r in attacker.records()]
+    records[4]["actor"] = "mallory@contoso.com"
+    attacker.rewrite(attacker.rechain(records, 4))
+    result = verify(client)
+    assert (result["ok"], result["first_bad_seq"], result["problem"]) == (
+        False, 6, "unsigned_record")
+
+
+def test_newest_records_cut_off_and_head_moved_back(client: FlaskClient, signed_app: Flask,
+                                                    storage_url: str, keys: Keys,
+                                                    tmp_path: Path) -> None:
+    make_records(client)
+    wait_for_checkpoint(tmp_path / "checkpoints.jsonl", 6)
+    attacker = Attacker(storage_url)
+    attacker.rewrite(attacker.records()[:4])  # 5 and 6 gone; the head says 4
+    # The chain and its signatures alone cannot tell: what is left is a genuine prefix.
+    storage = storage_of(signed_app)
+    keyring = signing.Keyring.from_files([keys.pub])
+    assert governance.verify(storage.iter_log(), keyring=keyring).ok is True
+    result = verify(client)  # with the witness
+    assert (result["ok"], result["first_bad_seq"], result["problem"]) == (
+        False, 5, "truncated")
+    assert "record 6" in result["reason"]
+
+
+def test_forged_checkpoint(client: FlaskClient, storage_url: str, keys: Keys,
+                           tmp_path: Path) -> None:
+    make_records(client, 3)
+    witness = tmp_path / "checkpoints.jsonl"
+    wait_for_checkpoint(witness, 3)
+    attacker = Attacker(storage_url)
+    third = attacker.records()[2]
+    # A checkpoint of a real record, signed by the attacker under the configured key id.
+    kid = signing.key_id(signing.load_public(keys.pub))
+    forged = {"seq": 3, "hash": third["hash"], "ts": "2030-01-01T00:00:00.000000Z",
+              "key_id": kid}
+    forged["signature"] = attacker.key.sign(signing.checkpoint_message(
+        3, third["hash"], forged["ts"], kid)).hex()
+    with witness.open("a") as out:
+        out.write(json.dumps(forged) + "\n")
+    result = verify(client)
+    assert (result["ok"], result["first_bad_seq"], result["problem"]) == (
+        False, 3, "forged_checkpoint")
+    # ... and one under its own key
+    lines = witness.read_text().splitlines()[:-1]
+    own = {**forged, "key_id": attacker.key_id}
+    own["signature"] = attacker.key.sign(signing.checkpoint_message(
+        3, third["hash"], own["ts"], attacker.key_id)).hex()
+    witness.write_text("\n".join([*lines, json.dumps(own)]) + "\n")
+    result = verify(client)
+    assert (result["ok"], result["first_bad_seq"], result["problem"]) == (
+        False, 3, "forged_checkpoint")
+    assert "not a configured public key" in result["reason"]
+
+
+def test_signature_from_a_key_that_is_not_configured(store: LoopbackStore, storage_url: str,
+                                                     tmp_path: Path, keys: Keys) -> None:
+    writer = open_storage(storage_url, 5, (), signed_config(store, storage_url, tmp_path, keys,
+                                                             witness=None).governance)
+    try:
+        for i in range(3):
+            writer.record("admin_added", ADMIN, {"principal": f"p{i}"})
+    finally:
+        writer.close()
+    # A verifier that trusts only the other key (the public key file alone, no private key).
+    verifier = open_storage(storage_url, 5, (), make_config(
+        store.url, storage_url, governance={"public_key_file": str(keys.other_pub)}
+    ).governance)
+    try:
+        result = verifier.verify_log().as_dict()
+    finally:
+        verifier.close()
+    assert (result["ok"], result["first_bad_seq"], result["problem"]) == (
+        False, 1, "unknown_key")
+
+
+def test_key_rotation(store: LoopbackStore, storage_url: str, tmp_path: Path,
+                      keys: Keys) -> None:
+    first = create_app(signed_config(store, storage_url, tmp_path, keys))
+    make_records(first.test_client(), 3)
+    storage_of(first).close()
+    # keygen a new key, restart with it; the old public key stays in `keys`
+    second = create_app(signed_config(store, storage_url, tmp_path, keys,
+                                      signing_key_file=str(keys.other),
+                                      keys=[str(keys.pub)]))
+    try:
+        client = second.test_client()
+        for i in range(3):
+            assert client.post("/veil/v1/admins", json={"principal": f"p{i}@contoso.com"},
+                               headers=A).status_code == 201
+        records = Attacker(storage_url).records()
+        old = signing.key_id(signing.load_public(keys.pub))
+        new = signing.key_id(signing.load_public(keys.other_pub))
+        assert [r["key_id"] for r in records] == [old] * 3 + [new] * 3
+        wait_for_checkpoint(tmp_path / "checkpoints.jsonl", 6)
+        result = verify(client)
+        assert result["ok"] is True and result["records"] == 6, result
+        # without the old public key, the old records are not vouched for
+        alone = governance.verify(storage_of(second).iter_log(),
+                                  keyring=signing.Keyring.from_files([keys.other_pub]))
+        assert (alone.ok, alone.first_bad_seq, alone.problem) == (False, 1, "unknown_key")
+    finally:
+        storage_of(second).close()
+
+
+def test_head_check_compares_the_hash_too(store: LoopbackStore, storage_url: str) -> None:
+    """Unsigned: only the stored head catches a rewritten newest record (same seq)."""
+    app = create_app(make_config(store.url, storage_url))
+    try:
+        client = app.test_client()
+        make_records(client, 4)
+        attacker = Attacker(storage_url)
+        records = attacker.records()
+        head = (records[-1]["seq"], records[-1]["hash"])
+        records[-1]["actor"] = "mallory@contoso.com"
+        attacker.rewrite(attacker.rechain(records, 3), head=head)  # head left as it was
+        result = verify(client)
+        assert (result["ok"], result["first_bad_seq"]) == (False, 4), result
+    finally:
+        storage_of(app).close()
+
+
+# ---- the witness on reveals (R7) ------------------------------------------------------------
+
+def _ready_to_reveal(client: FlaskClient, store: LoopbackStore) -> str:
+    client.put("/veil/v1/groups/finance", json={"name": "Finance", "members": [ANN]}, headers=A)
+    client.post("/veil/v1/privacy-groups", json={"group": "finance"}, headers=A)
+    assert client.post("/veil/v1/private-viewers", json={"principal": ADMIN},
+                       headers=A).status_code == 201
+    later = iso(time.time_ns() + 60 * SEC)
+    store.state.rows = [activity(1, ANN, later), activity(2, "bob@contoso.com", later)]
+    r = client.post("/veil/v1/reveal-sessions", json={"acknowledge_audit": True,
+                                                       "justification": "case 7"}, headers=A)
+    assert r.status_code == 201
+    session: str = r.get_json()["id"]
+    return session
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
+def test_reveal_is_checkpointed_before_rows_leave(store: LoopbackStore, storage_url: str,
+                                                  tmp_path: Path, keys: Keys) -> None:
+    # A long interval: only the reveal itself can have written the checkpoint in time.
+    app = create_app(signed_config(store, storage_url, tmp_path, keys, checkpoint_s=3600))
+    try:
+        client = app.test_client()
+        session = _ready_to_reveal(client, store)
+        r = client.get("/api/activities", headers={**A, "Veil-Reveal-Session": session})
+        assert r.status_code == 200 and len(r.get_json()["data"]) == 2
+        revealed = client.get("/veil/v1/governance-log?action=activities_revealed",
+                              headers=A).get_json()["records"]
+        seen = checkpoints(tmp_path / "checkpoints.jsonl")
+        assert (seen[-1]["seq"], seen[-1]["hash"]) == (revealed[0]["seq"], revealed[0]["hash"])
+    finally:
+        storage_of(app).close()
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
+def test_reveal_is_503_when_the_witness_cannot_be_written(store: LoopbackStore,
+                                                          storage_url: str, tmp_path: Path,
+                                                          keys: Keys) -> None:
+    witness = tmp_path / "witness"
+    app = create_app(signed_config(store, storage_url, tmp_path, keys, witness=str(witness),
+                                   checkpoint_s=3600))
+    try:
+        client = app.test_client()
+        session = _ready_to_reveal(client, store)
+        witness.mkdir()  # a directory cannot be appended to
+        r = client.get("/api/activities", headers={**A, "Veil-Reveal-Session": session})
+        assert r.status_code == 503
+        assert r.get_json()["code"] == "governance_write_failed"
+        assert ANN not in r.get_data(as_text=True)
+        # a query without a reveal still answers, private rows hidden
+        plain = client.get("/api/activities", headers=A)
+        assert plain.status_code == 200
+        assert [row["id"] for row in plain.get_json()["data"]] == ["act-2"]
+    finally:
+        storage_of(app).close()
+
+
+# ---- verify reads one snapshot (issue 9 item 7) -------------------------------------------
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_verify_never_breaks_a_healthy_log_under_concurrent_appends(
+        store: LoopbackStore, storage_url: str, tmp_path: Path, keys: Keys,
+        signed: bool) -> None:
+    sealing = signed_config(store, storage_url, tmp_path, keys).governance if signed else None
+    storage = open_storage(storage_url, 10, (), sealing)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def append(worker: int) -> None:
+        try:
+            n = 0
+            while not stop.is_set():
+                storage.record("admin_added", f"w{worker}", {"principal": f"p{n}"})
+                n += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    writers = [threading.Thread(target=append, args=(i,)) for i in range(3)]
+    for w in writers:
+        w.start()
+    verdicts = []
+    try:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline or len(verdicts) < 40:
+            verdicts.append(storage.verify_log())
+            if len(verdicts) >= 400:
+                break
+    finally:
+        stop.set()
+        for w in writers:
+            w.join()
+        storage.close()
+    assert not errors, errors
+    bad = [v.as_dict() for v in verdicts if not v.ok]
+    assert not bad, f"{len(bad)} of {len(verdicts)} verify calls failed: {bad[:3]}"
+    assert verdicts[-1].records > verdicts[0].records  # appends really ran alongside
+
+
+# ---- configuration ------------------------------------------------------------------------
+
+def test_config_errors_name_the_key(store: LoopbackStore, tmp_path: Path, keys: Keys) -> None:
+    url = f"sqlite:///{tmp_path / 'veil.db'}"
+    with pytest.raises(ConfigError, match=r"^governance.witness: .*signing_key_file"):
+        make_config(store.url, url, governance={"witness": str(tmp_path / "w.jsonl")})
+    (tmp_path / "bad.key").write_text("not a key")
+    with pytest.raises(ConfigError, match=r"^governance.signing_key_file: .*bad.key"):
+        make_config(store.url, url, governance={"signing_key_file": str(tmp_path / "bad.key")})
+    with pytest.raises(ConfigError, match=r"^governance.keys.1: "):
+        make_config(store.url, url, governance={"keys": [str(keys.pub), str(keys.key)]})
+    with pytest.raises(ConfigError, match=r"^governance.witness: "):
+        make_config(store.url, url, governance={"signing_key_file": str(keys.key),
+                                                "witness": "http://witness.example/cp"})
