@@ -223,13 +223,14 @@ def verify(records: Iterable[Any], head: tuple[int, str] | None = None,
         return verdict(False, count, head[0] + 1 if head[0] < last else head[0],
                        "broken_link", f"the log's head is record {head[0]} with another hash: "
                        "records were changed or added without the log")
-    if position < len(cps):
-        checkpoint = cps[position]
+    for checkpoint in cps[position:]:
         if checkpoint.problem is not None:
             return verdict(False, count, checkpoint.seq, *checkpoint.problem)
+    if position < len(cps):
+        newest = cps[-1]
         return verdict(False, count, expected_seq, "truncated",
-                       f"the witness saw record {checkpoint.seq} at {checkpoint.ts}, but the "
-                       f"log ends at record {last}: the newest records were cut off")
+                       f"the witness saw record {newest.seq} at {newest.ts}, but the log "
+                       f"ends at record {last}: the newest records were cut off")
     return verdict(True, count)
 
 
