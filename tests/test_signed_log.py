@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import sqlite3
+import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +24,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask
 from flask.testing import FlaskClient
@@ -29,7 +35,17 @@ from veil.config import Config
 from veil.errors import ConfigError
 from veil.storage import Storage, open_storage
 
-from conftest import ADMIN, LoopbackStore, activity, auth, iso, make_config
+from conftest import (
+    ADMIN,
+    ROOT,
+    SECRET,
+    LoopbackStore,
+    activity,
+    auth,
+    config_doc,
+    iso,
+    make_config,
+)
 
 A = auth(ADMIN)
 ANN = "ann@contoso.com"
@@ -511,3 +527,166 @@ def test_config_errors_name_the_key(store: LoopbackStore, tmp_path: Path, keys: 
     with pytest.raises(ConfigError, match=r"^governance.witness: "):
         make_config(store.url, url, governance={"signing_key_file": str(keys.key),
                                                 "witness": "http://witness.example/cp"})
+
+
+# ---- the command line: keygen, export, offline verify ---------------------------------------
+
+def veil_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "veil.cli", *args], capture_output=True,
+                          text=True, timeout=120,
+                          env={**os.environ, "VEIL_TEST_JWT_SECRET": SECRET})
+
+
+def test_keygen(tmp_path: Path) -> None:
+    out = tmp_path / "k" / "gov.key"
+    out.parent.mkdir()
+    made = veil_cli("governance", "keygen", "--out", str(out))
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    kid = json.loads(made.stdout)["key_id"]
+    assert signing.Signer.from_file(out).key_id == kid
+    assert signing.key_id(signing.load_public(Path(f"{out}.pub"))) == kid
+    again = veil_cli("governance", "keygen", "--out", str(out))
+    assert again.returncode == 2 and "exists" in again.stderr
+    assert signing.Signer.from_file(out).key_id == kid  # not replaced
+
+
+def _cli_config(store: LoopbackStore, storage_url: str, tmp_path: Path, keys: Keys) -> Path:
+    path = tmp_path / "veil.yaml"
+    path.write_text(yaml.safe_dump(config_doc(
+        store.url, storage_url,
+        governance={"signing_key_file": str(keys.key),
+                    "witness": str(tmp_path / "checkpoints.jsonl"), "checkpoint_s": 0.05})))
+    return path
+
+
+README_SCRIPT = re.compile(r"<!-- verify-script -->\n```python\n(.*?)```", re.S)
+
+
+def test_offline_verify_with_the_public_key_and_the_witness(
+        client: FlaskClient, store: LoopbackStore, storage_url: str, tmp_path: Path,
+        keys: Keys) -> None:
+    make_records(client, 4)
+    cfg = _cli_config(store, storage_url, tmp_path, keys)
+    # a management command from the command line appends a signed record too
+    added = veil_cli("admins", "add", "carol@contoso.com", "--config", str(cfg))
+    assert added.returncode == 0, added.stderr
+    witness = tmp_path / "checkpoints.jsonl"
+    wait_for_checkpoint(witness, 5)
+    export = tmp_path / "log.jsonl"
+    done = veil_cli("governance", "export", "--config", str(cfg), "-o", str(export))
+    assert done.returncode == 0, done.stderr
+    lines = export.read_text().splitlines()
+    assert len(lines) == 5 and all(json.loads(line)["signature"] for line in lines)
+    # Offline: nothing but the files.
+    offline = ["governance", "verify", "--file", str(export), "--public-key", str(keys.pub),
+               "--witness", str(witness)]
+    ok = veil_cli(*offline)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert json.loads(ok.stdout)["ok"] is True and json.loads(ok.stdout)["signed"] is True
+    script = tmp_path / "verify_log.py"
+    match = README_SCRIPT.search((ROOT / "README.md").read_text())
+    assert match, "the README's verification script is missing"
+    script.write_text(match.group(1))
+
+    def run_script(log: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(script), str(log), str(keys.pub),
+                               str(witness)], capture_output=True, text=True, timeout=60)
+
+    readme_ok = run_script(export)
+    assert readme_ok.returncode == 0 and "OK: 5 records" in readme_ok.stdout, readme_ok.stderr
+    # cut off the newest record: only the witness can tell
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("\n".join(lines[:4]) + "\n")
+    chain_only = veil_cli("governance", "verify", "--file", str(cut), "--public-key",
+                          str(keys.pub))
+    assert chain_only.returncode == 0
+    found = veil_cli("governance", "verify", "--file", str(cut), "--public-key", str(keys.pub),
+                     "--witness", str(witness))
+    assert found.returncode == 1
+    assert (json.loads(found.stdout)["problem"], json.loads(found.stdout)["first_bad_seq"]) == (
+        "truncated", 5)
+    assert run_script(cut).returncode != 0
+    # content changed and rehashed in the export: the signature does not match
+    edited = [json.loads(line) for line in lines]
+    edited[1]["actor"] = "mallory@contoso.com"
+    edited = Attacker(storage_url).rechain(edited, 1)
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text("".join(governance.canonical(r).decode() + "\n" for r in edited))
+    bad = veil_cli("governance", "verify", "--file", str(changed), "--public-key",
+                   str(keys.pub))
+    assert bad.returncode == 1
+    assert (json.loads(bad.stdout)["problem"], json.loads(bad.stdout)["first_bad_seq"]) == (
+        "bad_signature", 2)
+    script_bad = run_script(changed)
+    assert script_bad.returncode != 0 and "record 2" in script_bad.stderr
+    # another key's public key: not the configured one
+    other = veil_cli("governance", "verify", "--file", str(export), "--public-key",
+                     str(keys.other_pub))
+    assert json.loads(other.stdout)["problem"] == "unknown_key"
+
+
+GOOD = {"seq": 1, "ts": "2026-01-01T00:00:00.000000Z", "action": "admin_added", "actor": "a",
+        "details": {}, "prev_hash": "0" * 64}
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (None, "unreadable_file"),
+    ("this is not json\n", "malformed_record"),
+    ('{"seq": 1}\n', "malformed_record"),
+    ('[1, 2]\n', "malformed_record"),
+    (json.dumps({**GOOD, "seq": "1", "hash": "x"}) + "\n", "malformed_record"),
+    (json.dumps({**GOOD, "seq": True, "hash": "x"}) + "\n", "malformed_record"),
+    (json.dumps({**GOOD, "details": None, "hash": "x"}) + "\n", "malformed_record"),
+    (json.dumps({**GOOD, "hash": "x", "key_id": 5, "signature": 7}) + "\n", "unknown_key"),
+    (json.dumps({**GOOD, "hash": governance.record_hash(GOOD), "key_id": "k",
+                 "signature": "zz"}) + "\n", "unknown_key"),
+    (b"\xff\xfe\x00garbage\n", "unreadable_file"),
+], ids=["missing-file", "not-json", "missing-fields", "not-an-object", "seq-text", "seq-bool",
+        "details-null", "bad-types", "unknown-key", "not-utf8"])
+def test_malformed_offline_input_is_a_verdict(tmp_path: Path, keys: Keys,
+                                              content: str | bytes | None,
+                                              problem: str) -> None:
+    export = tmp_path / "log.jsonl"
+    if isinstance(content, bytes):
+        export.write_bytes(content)
+    elif content is not None:
+        export.write_text(content)
+    result = veil_cli("governance", "verify", "--file", str(export), "--public-key",
+                      str(keys.pub))
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
+    verdict = json.loads(result.stdout)
+    assert verdict["ok"] is False and verdict["problem"] in (problem, "changed_content")
+    assert verdict["reason"]
+
+
+@pytest.mark.parametrize("what", ["missing-key", "bad-key", "missing-witness", "bad-witness",
+                                  "witness-fields"])
+def test_malformed_keys_and_witness_are_a_verdict(tmp_path: Path, keys: Keys,
+                                                  what: str) -> None:
+    export = tmp_path / "log.jsonl"
+    record = {**GOOD, "hash": governance.record_hash(GOOD), "key_id": None, "signature": None}
+    export.write_text(json.dumps(record) + "\n")
+    key, witness = str(keys.pub), tmp_path / "w.jsonl"
+    witness.write_text("")
+    if what == "missing-key":
+        key = str(tmp_path / "nope.pub")
+    elif what == "bad-key":
+        key = str(keys.key)  # a private key where a public key belongs
+    elif what == "missing-witness":
+        witness = tmp_path / "nope.jsonl"
+    elif what == "bad-witness":
+        witness.write_text("{not json\n")
+    else:
+        witness.write_text('{"seq": 1}\n')
+    result = veil_cli("governance", "verify", "--file", str(export), "--public-key", key,
+                      "--witness", str(witness))
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1
+    verdict = json.loads(result.stdout)
+    assert verdict["ok"] is False and verdict["reason"]
+    assert verdict["problem"] == {"missing-key": "unreadable_key", "bad-key": "unreadable_key",
+                                  "missing-witness": "unreadable_witness",
+                                  "bad-witness": "unreadable_witness",
+                                  "witness-fields": "malformed_checkpoint"}[what]

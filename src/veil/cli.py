@@ -87,17 +87,20 @@ def cmd_governance(args: argparse.Namespace) -> int:
         raise VeilError("--public-key and --witness go with --file (offline verification); "
                         "a live verify uses the configuration's governance section")
     storage = _storage(args)
-    if args.governance_command == "verify":
-        verdict = storage.verify_log()
-        _print(verdict.as_dict())
-        return 0 if verdict.ok else 1
-    lines = (governance.canonical(record).decode() + "\n" for record in storage.iter_log())
-    if args.output in (None, "-"):
-        sys.stdout.writelines(lines)
-    else:
-        with open(args.output, "w", encoding="utf-8") as out:
-            out.writelines(lines)
-    return 0
+    try:
+        if args.governance_command == "verify":
+            verdict = storage.verify_log()
+            _print(verdict.as_dict())
+            return 0 if verdict.ok else 1
+        lines = (governance.canonical(record).decode() + "\n" for record in storage.iter_log())
+        if args.output in (None, "-"):
+            sys.stdout.writelines(lines)
+        else:
+            with open(args.output, "w", encoding="utf-8") as out:
+                out.writelines(lines)
+        return 0
+    finally:
+        storage.close()
 
 
 def _keygen(out: Path) -> int:
@@ -151,9 +154,16 @@ def _actor(args: argparse.Namespace) -> str:
 
 
 def cmd_manage(args: argparse.Namespace) -> int:
+    storage = _storage(args)
+    try:
+        return _manage(args, storage)
+    finally:
+        storage.close()  # writes the witness checkpoint of what was appended
+
+
+def _manage(args: argparse.Namespace, storage: Any) -> int:
     from veil.identity import normalize_principal
 
-    storage = _storage(args)
     actor = _actor(args)
     kind, action = args.command, args.action
     if kind == "groups":
