@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -18,12 +19,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import requests
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask
@@ -46,6 +49,7 @@ from conftest import (
     iso,
     make_config,
 )
+from postgres import free_port
 
 A = auth(ADMIN)
 ANN = "ann@contoso.com"
@@ -690,3 +694,107 @@ def test_malformed_keys_and_witness_are_a_verdict(tmp_path: Path, keys: Keys,
                                   "missing-witness": "unreadable_witness",
                                   "bad-witness": "unreadable_witness",
                                   "witness-fields": "malformed_checkpoint"}[what]
+
+
+# ---- three `veil serve` replicas on PostgreSQL sharing one key ------------------------------
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path,
+                timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"veil serve exited:\n{log.read_text(errors='replace')}")
+        try:
+            if requests.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"veil serve did not come up:\n{log.read_text(errors='replace')}")
+
+
+def test_three_replicas_keep_one_signed_chain(store: LoopbackStore, postgres_url: str,
+                                             tmp_path: Path, keys: Keys) -> None:
+    procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+    witnesses = [tmp_path / f"checkpoints-{i}.jsonl" for i in range(3)]
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    try:
+        for index, witness in enumerate(witnesses):
+            path = tmp_path / f"veil-{index}.yaml"
+            path.write_text(yaml.safe_dump(config_doc(
+                store.url, postgres_url, server={"workers": 2, "threads": 4},
+                governance={"signing_key_file": str(keys.key), "witness": str(witness),
+                            "checkpoint_s": 0.2})))
+            port = free_port()
+            log = tmp_path / f"replica-{index}.log"
+            with log.open("wb") as out:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "veil.cli", "serve", "--config", str(path),
+                     "--port", str(port)], env={**env, "VEIL_TEST_JWT_SECRET": SECRET},
+                    stdout=out, stderr=subprocess.STDOUT)
+            procs.append((f"http://127.0.0.1:{port}", process, log))
+        for url, process, log in procs:
+            _wait_ready(url, process, log)
+        urls = [url for url, _, _ in procs]
+        assert requests.get(urls[0] + "/readyz", timeout=30).json()["governance_log"][
+            "signed"] is True
+
+        def call(url: str, method: str, path: str, **kwargs: Any) -> requests.Response:
+            return requests.request(method, url + path, headers={**A, **kwargs.pop("headers",
+                                                                                    {})},
+                                    timeout=60, **kwargs)
+
+        assert call(urls[0], "PUT", "/veil/v1/groups/finance",
+                    json={"name": "Finance", "members": [ANN]}).status_code == 201
+        assert call(urls[0], "POST", "/veil/v1/privacy-groups",
+                    json={"group": "finance"}).status_code == 201
+        assert call(urls[1], "POST", "/veil/v1/private-viewers",
+                    json={"principal": ADMIN}).status_code == 201
+        later = iso(time.time_ns() + 600 * SEC)
+        store.state.rows = [activity(1, ANN, later), activity(2, "bob@contoso.com", later)]
+        session = call(urls[2], "POST", "/veil/v1/reveal-sessions",
+                       json={"acknowledge_audit": True, "justification": "case 9"}).json()["id"]
+
+        def work(n: int) -> int:
+            url = urls[n % 3]
+            if n % 2:
+                r = call(url, "GET", "/api/activities",
+                         headers={"Veil-Reveal-Session": session})
+                assert r.status_code == 200 and len(r.json()["data"]) == 2, r.text
+            else:
+                r = call(url, "PUT", f"/veil/v1/groups/g{n}", json={"name": "G", "members": []})
+                assert r.status_code == 201, r.text
+            return n
+
+        with ThreadPoolExecutor(max_workers=9) as pool:
+            assert len(list(pool.map(work, range(60)))) == 60
+        expected = 4 + 60
+        for url in urls:
+            result = call(url, "GET", "/veil/v1/governance-log/verify").json()
+            assert result["ok"] is True and result["records"] == expected, result
+            assert result["signed"] is True
+        records = Attacker(postgres_url).records()
+        kid = signing.key_id(signing.load_public(keys.pub))
+        assert [r["seq"] for r in records] == list(range(1, expected + 1))
+        assert all(r["key_id"] == kid and r["signature"] for r in records)
+        # every reveal record was checkpointed by the replica that wrote it
+        revealed = {r["seq"] for r in records if r["action"] == "activities_revealed"}
+        assert len(revealed) == 30
+        seen = {c["seq"] for w in witnesses for c in checkpoints(w)}
+        assert revealed <= seen
+        # offline, with the three witnesses
+        export = tmp_path / "log.jsonl"
+        export.write_text("".join(governance.canonical(r).decode() + "\n" for r in records))
+        offline = veil_cli("governance", "verify", "--file", str(export), "--public-key",
+                           str(keys.pub), *(a for w in witnesses for a in ("--witness", str(w))))
+        assert offline.returncode == 0, offline.stdout
+        assert json.loads(offline.stdout)["checkpoints"] >= 30
+    finally:
+        for _, process, _ in procs:
+            process.send_signal(signal.SIGTERM)
+        for _, process, _ in procs:
+            try:
+                process.wait(timeout=30)
+            finally:
+                if process.poll() is None:
+                    process.kill()
