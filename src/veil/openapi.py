@@ -13,6 +13,28 @@ blueprint = Blueprint("openapi", __name__)
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
 
+VERDICT: dict[str, Any] = {
+    "type": "object",
+    "required": ["ok", "records"],
+    "properties": {
+        "ok": {"type": "boolean"},
+        "records": {"type": "integer", "minimum": 0,
+                    "description": "records verified before the first bad one"},
+        "first_bad_seq": {"type": ["integer", "null"]},
+        "problem": {"enum": ["missing_record", "reordered", "broken_link", "changed_content",
+                             "bad_signature", "unknown_key", "unsigned_record",
+                             "witness_mismatch", "truncated", "forged_checkpoint",
+                             "malformed_record", "malformed_checkpoint",
+                             "unreadable_witness"]},
+        "reason": {"type": "string"},
+        "signed": {"type": "boolean",
+                   "description": "present when public keys are configured"},
+        "unsigned_records": {"type": "integer",
+                             "description": "records from before signing was turned on"},
+        "checkpoints": {"type": "integer", "description": "witness checkpoints checked"},
+    },
+}
+
 
 def _op(summary: str, ok: str, body: str | None = None, ok_schema: dict[str, Any] | None = None,
         errors: tuple[str, ...] = ("401",), params: list[dict[str, Any]] | None = None,
@@ -118,7 +140,9 @@ def document(routes: tuple[str, ...]) -> dict[str, Any]:
                        ]),
         },
         "/veil/v1/governance-log/verify": {
-            "get": _op("Verify the hash chain", "200", errors=admin_errors, tag="governance"),
+            "get": _op("Verify the hash chain, its signatures and the witness; ok is false "
+                       "with the first bad record and a reason when the log was changed",
+                       "200", errors=admin_errors, tag="governance", ok_schema=VERDICT),
         },
         "/veil/v1/policy/reload": {
             "post": _op("Check, test and load the policy directory (hot reload); a refused "
