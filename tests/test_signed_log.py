@@ -798,3 +798,78 @@ def test_three_replicas_keep_one_signed_chain(store: LoopbackStore, postgres_url
             finally:
                 if process.poll() is None:
                     process.kill()
+
+
+# ---- an HTTPS witness ---------------------------------------------------------------------
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "witness.crt", tmp_path / "witness.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
+def test_https_witness(store: LoopbackStore, storage_url: str, tmp_path: Path, keys: Keys,
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from flask import request as incoming
+    from werkzeug.serving import make_server
+
+    received: list[dict[str, Any]] = []
+    status = {"code": 204}
+    endpoint = Flask("witness")
+
+    @endpoint.post("/checkpoints")
+    def take() -> tuple[str, int]:
+        if status["code"] < 300:
+            received.append(json.loads(incoming.get_data()))
+        return "", status["code"]
+
+    cert, key = _self_signed(tmp_path)
+    server = make_server("127.0.0.1", 0, endpoint, threaded=True,
+                         ssl_context=(str(cert), str(key)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    url = f"https://127.0.0.1:{server.server_port}/checkpoints"
+    app = create_app(signed_config(store, storage_url, tmp_path, keys, witness=url,
+                                   checkpoint_s=3600))
+    try:
+        client = app.test_client()
+        session = _ready_to_reveal(client, store)
+        r = client.get("/api/activities", headers={**A, "Veil-Reveal-Session": session})
+        assert r.status_code == 200
+        revealed = client.get("/veil/v1/governance-log?action=activities_revealed",
+                              headers=A).get_json()["records"][0]
+        assert (received[-1]["seq"], received[-1]["hash"]) == (revealed["seq"],
+                                                               revealed["hash"])
+        public = signing.load_public(keys.pub)
+        public.verify(bytes.fromhex(received[-1]["signature"]), signing.checkpoint_message(
+            revealed["seq"], revealed["hash"], received[-1]["ts"], received[-1]["key_id"]))
+        status["code"] = 500  # the witness refuses: no reveal
+        r = client.get("/api/activities", headers={**A, "Veil-Reveal-Session": session})
+        assert r.status_code == 503 and r.get_json()["code"] == "governance_write_failed"
+        assert ANN not in r.get_data(as_text=True)
+    finally:
+        storage_of(app).close()
+        server.shutdown()

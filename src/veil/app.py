@@ -60,6 +60,10 @@ def create_app(config: Config, *, storage: Storage | None = None,
     if sealing["signed"]:
         log.info("governance log signed with key %s; witness: %s", sealing["key_id"],
                  sealing["witness"] or "none (set governance.witness)")
+        key_file = config.governance.signing_key_file
+        if key_file is not None and key_file.stat().st_mode & 0o077:
+            log.warning("%s (governance.signing_key_file) is readable by other users; "
+                        "chmod 600 it", key_file)
     else:
         log.warning("governance log is UNSIGNED (hash chain only): someone who can write the "
                     "database can rewrite it undetected; set governance.signing_key_file")
