@@ -297,12 +297,22 @@ def test_records_reordered(client: FlaskClient, storage_url: str) -> None:
 def test_signatures_stripped(client: FlaskClient, storage_url: str) -> None:
     make_records(client)
     attacker = Attacker(storage_url)
-    records = [{**r, "key_id": None, "signature": None} for r in attacker.records()]
-    records[4]["actor"] = "mallory@contoso.com"
-    attacker.rewrite(attacker.rechain(records, 4))
+    genuine = attacker.records()
+    # every signature stripped: the log claims to predate signing, but its newest record is
+    # not signed
+    stripped = [{**r, "key_id": None, "signature": None} for r in genuine]
+    stripped[4]["actor"] = "mallory@contoso.com"
+    attacker.rewrite(attacker.rechain(stripped, 4))
     result = verify(client)
     assert (result["ok"], result["first_bad_seq"], result["problem"]) == (
         False, 6, "unsigned_record")
+    # signatures stripped from record 3 on: unsigned after signed
+    tail = [*genuine[:2], *({**r, "key_id": None, "signature": None} for r in genuine[2:])]
+    tail[3]["actor"] = "mallory@contoso.com"
+    attacker.rewrite(attacker.rechain(tail, 3))
+    result = verify(client)
+    assert (result["ok"], result["first_bad_seq"], result["problem"]) == (
+        False, 3, "unsigned_record")
 
 
 def test_newest_records_cut_off_and_head_moved_back(client: FlaskClient, signed_app: Flask,
@@ -320,6 +330,22 @@ def test_newest_records_cut_off_and_head_moved_back(client: FlaskClient, signed_
     assert (result["ok"], result["first_bad_seq"], result["problem"]) == (
         False, 5, "truncated")
     assert "record 6" in result["reason"]
+    # an auditor's configuration: the public key and the witness, no private key
+    auditor = open_storage(storage_url, 5, (), make_config(
+        "http://127.0.0.1:9", storage_url,
+        governance={"public_key_file": str(keys.pub),
+                    "witness": str(tmp_path / "checkpoints.jsonl")}).governance)
+    try:
+        assert auditor.verify_log().problem == "truncated"
+    finally:
+        auditor.close()
+    # Veil appends on after the cut: new records 5, 6, 7 carry other hashes than the witness saw
+    for i in range(3):
+        assert client.post("/veil/v1/admins", json={"principal": f"p{i}@contoso.com"},
+                           headers=A).status_code == 201
+    result = verify(client)
+    assert (result["ok"], result["problem"]) == (False, "witness_mismatch"), result
+    assert result["first_bad_seq"] in (5, 6)
 
 
 def test_forged_checkpoint(client: FlaskClient, storage_url: str, keys: Keys,
@@ -523,6 +549,9 @@ def test_config_errors_name_the_key(store: LoopbackStore, tmp_path: Path, keys: 
     url = f"sqlite:///{tmp_path / 'veil.db'}"
     with pytest.raises(ConfigError, match=r"^governance.witness: .*signing_key_file"):
         make_config(store.url, url, governance={"witness": str(tmp_path / "w.jsonl")})
+    verifier = make_config(store.url, url, governance={"public_key_file": str(keys.pub),
+                                                       "witness": "w.jsonl"}).governance
+    assert verifier.signer is None and verifier.witness == str(Path.cwd() / "w.jsonl")
     (tmp_path / "bad.key").write_text("not a key")
     with pytest.raises(ConfigError, match=r"^governance.signing_key_file: .*bad.key"):
         make_config(store.url, url, governance={"signing_key_file": str(tmp_path / "bad.key")})

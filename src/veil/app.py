@@ -64,6 +64,10 @@ def create_app(config: Config, *, storage: Storage | None = None,
         if key_file is not None and key_file.stat().st_mode & 0o077:
             log.warning("%s (governance.signing_key_file) is readable by other users; "
                         "chmod 600 it", key_file)
+    elif config.governance.witness:
+        log.warning("governance.witness is set but governance.signing_key_file is not: this "
+                    "configuration can verify the log, but its own appends are UNSIGNED and "
+                    "no checkpoint is written")
     else:
         log.warning("governance log is UNSIGNED (hash chain only): someone who can write the "
                     "database can rewrite it undetected; set governance.signing_key_file")

@@ -264,9 +264,10 @@ def governance_config(doc: dict[str, Any], base_dir: Path) -> GovernanceConfig:
         except KeyFileError as exc:
             raise ConfigError(f"{name}: {exc}") from exc
     witness = doc.get("witness")
-    if witness is not None and signer is None:
+    if witness is not None and not publics:
         raise ConfigError("governance.witness: checkpoints are signed; set "
-                          "governance.signing_key_file too (veil governance keygen)")
+                          "governance.signing_key_file (veil governance keygen), or "
+                          "public_key_file for a configuration that only verifies")
     if witness is not None and not witness.startswith("https://"):
         witness = str(path(witness))
     return GovernanceConfig(signing_key_file=signing, public_key_file=public, keys=keys,
