@@ -642,6 +642,12 @@ def test_offline_verify_with_the_public_key_and_the_witness(
     chain_only = veil_cli("governance", "verify", "--file", str(cut), "--public-key",
                           str(keys.pub))
     assert chain_only.returncode == 0
+    no_key = veil_cli("governance", "verify", "--file", str(cut))
+    assert no_key.returncode == 0 and "not checked" in json.loads(no_key.stdout)["signatures"]
+    keyless_witness = veil_cli("governance", "verify", "--file", str(cut), "--witness",
+                               str(witness))
+    assert keyless_witness.returncode == 1
+    assert json.loads(keyless_witness.stdout)["problem"] == "no_public_key"
     found = veil_cli("governance", "verify", "--file", str(cut), "--public-key", str(keys.pub),
                      "--witness", str(witness))
     assert found.returncode == 1

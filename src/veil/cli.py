@@ -81,7 +81,10 @@ def cmd_governance(args: argparse.Namespace) -> int:
         return _keygen(Path(args.out))
     if args.file:
         verdict = _verify_offline(Path(args.file), args.public_key, args.witness)
-        _print(verdict.as_dict())
+        out = verdict.as_dict()
+        if not args.public_key:
+            out["signatures"] = "not checked: give --public-key"
+        _print(out)
         return 0 if verdict.ok else 1
     if args.public_key or args.witness:
         raise VeilError("--public-key and --witness go with --file (offline verification); "
@@ -122,6 +125,9 @@ def _verify_offline(path: Path, public_keys: Sequence[str] | None,
     def unreadable(problem: str, reason: str) -> governance.Verdict:
         return governance.Verdict(False, 0, None, problem, reason)
 
+    if witness and not public_keys:
+        return unreadable("no_public_key", "--witness needs --public-key: checkpoints are "
+                          "only evidence when their signatures are checked")
     try:
         keyring = signing.Keyring.from_files(Path(k) for k in public_keys) if public_keys \
             else None
