@@ -916,3 +916,17 @@ def test_https_witness(store: LoopbackStore, storage_url: str, tmp_path: Path, k
     finally:
         storage_of(app).close()
         server.shutdown()
+
+
+def test_start_up_log_says_signed_or_unsigned(store: LoopbackStore, tmp_path: Path,
+                                              keys: Keys) -> None:
+    from veil.server import startup_lines
+
+    url = f"sqlite:///{tmp_path / 'veil.db'}"
+    unsigned = startup_lines("veil.yaml", make_config(store.url, url), "p", "127.0.0.1:1")
+    assert any(line.startswith("governance log UNSIGNED") for line in unsigned), unsigned
+    signed = startup_lines("veil.yaml", signed_config(store, url, tmp_path, keys), "p",
+                           "127.0.0.1:1")
+    kid = signing.key_id(signing.load_public(keys.pub))
+    assert (f"governance log signed with key {kid}; witness {tmp_path / 'checkpoints.jsonl'}"
+            in signed), signed
