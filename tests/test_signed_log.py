@@ -493,6 +493,8 @@ def test_reveal_is_503_when_the_witness_cannot_be_written(store: LoopbackStore,
     try:
         client = app.test_client()
         session = _ready_to_reveal(client, store)
+        wait_for_checkpoint(witness, 1)  # the first append is checkpointed at once
+        witness.unlink()
         witness.mkdir()  # a directory cannot be appended to
         r = client.get("/api/activities", headers={**admin(), "Veil-Reveal-Session": session})
         assert r.status_code == 503

@@ -14,6 +14,7 @@ after records were appended.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -104,7 +105,7 @@ class Checkpointer:
         self._clock = clock
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
-        self._last_at = 0.0  # time.monotonic() of the last checkpoint written
+        self._last_at = -math.inf  # time.monotonic() of the last checkpoint written
         self._last_seq = 0
         self._closed = False
 

@@ -439,7 +439,7 @@ class Storage:
     def last_record(self, action: str) -> dict[str, Any] | None:
         """The newest record of one action, or None."""
         with self.backend.transaction(write=False) as tx:
-            row = tx.one("SELECT seq, ts, action, actor, details, prev_hash, hash "
+            row = tx.one(f"SELECT {_COLUMNS} "
                          "FROM governance_log WHERE action = ? ORDER BY seq DESC LIMIT 1",
                          (action,))
         return None if row is None else self._record(row)
