@@ -209,7 +209,15 @@ def test_upgrading_a_version_1_log_keeps_it_verifiable(client: FlaskClient, db: 
     with sqlite3.connect(db) as conn:  # back to schema version 1, as an older Veil left it
         conn.execute("DROP TABLE governance_head")
         conn.execute("ALTER TABLE groups DROP COLUMN former_members")
-        conn.execute("DROP TRIGGER governance_log_no_update")  # SQLite checks them on DROP
+        # version 4 (SCIM provisioning)
+        for table in ("scim_users", "scim_principals", "scim_members", "scim_former"):
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute("DROP INDEX groups_source")
+        for column in ("source", "external_id", "resource", "version", "created_ns",
+                       "deleted_ns"):
+            conn.execute(f"ALTER TABLE groups DROP COLUMN {column}")
+        # version 5 (signatures); SQLite checks the triggers on DROP COLUMN
+        conn.execute("DROP TRIGGER governance_log_no_update")
         conn.execute("DROP TRIGGER governance_log_no_delete")
         conn.execute("ALTER TABLE governance_log DROP COLUMN key_id")
         conn.execute("ALTER TABLE governance_log DROP COLUMN signature")
