@@ -932,3 +932,24 @@ def test_start_up_log_says_signed_or_unsigned(store: LoopbackStore, tmp_path: Pa
     kid = signing.key_id(signing.load_public(keys.pub))
     assert (f"governance log signed with key {kid}; witness {tmp_path / 'checkpoints.jsonl'}"
             in signed), signed
+
+
+def test_closing_writes_the_pending_checkpoint(tmp_path: Path, keys: Keys) -> None:
+    from veil.witness import Checkpointer, FileWitness
+
+    path = tmp_path / "w.jsonl"
+    signer = signing.Signer.from_file(keys.key)
+    head = {"now": (7, "ab" * 32)}
+    checkpointer = Checkpointer(signer, FileWitness(path), 3600, lambda: head["now"],
+                                lambda: "2026-01-01T00:00:00.000000Z")
+    checkpointer.now(6, "cd" * 32)  # a reveal: written at once; the next one waits an hour
+    assert [c["seq"] for c in checkpoints(path)] == [6]
+    checkpointer.soon()
+    time.sleep(0.05)
+    assert [c["seq"] for c in checkpoints(path)] == [6]  # not yet
+    checkpointer.close()  # a process that stops writes what it was waiting for
+    assert [c["seq"] for c in checkpoints(path)] == [6, 7]
+    public = signer.public
+    last = checkpoints(path)[-1]
+    public.verify(bytes.fromhex(last["signature"]), signing.checkpoint_message(
+        7, "ab" * 32, last["ts"], signer.key_id))

@@ -107,6 +107,7 @@ class Checkpointer:
         self._timer: threading.Timer | None = None
         self._last_at = -math.inf  # time.monotonic() of the last checkpoint written
         self._last_seq = 0
+        self._pending = False  # appended since the last checkpoint
         self._closed = False
 
     def now(self, seq: int, hash_: str) -> None:
@@ -122,6 +123,7 @@ class Checkpointer:
     def soon(self) -> None:
         """Checkpoint the head within ``interval_s``, at most once per interval."""
         with self._lock:
+            self._pending = True
             if self._timer is not None or self._closed:
                 return
             delay = max(0.0, self._last_at + self.interval_s - time.monotonic())
@@ -130,12 +132,17 @@ class Checkpointer:
             self._timer.start()
 
     def _due(self) -> None:
+        self.flush()
         with self._lock:
             self._timer = None
-        self.flush()
+            again = self._pending and not self._closed
+        if again:  # appended while this checkpoint was written
+            self.soon()
 
     def flush(self) -> None:
         """Checkpoint the current head if it moved since the last checkpoint."""
+        with self._lock:
+            self._pending = False
         try:
             head = self._head()
             if head is not None and head[0] > self._last_seq:
@@ -150,10 +157,13 @@ class Checkpointer:
             self._last_seq = max(self._last_seq, seq)
 
     def close(self) -> None:
-        """Stop the timer; checkpoint what it was waiting for."""
+        """Stop the timer; checkpoint what it was waiting for before returning."""
         with self._lock:
-            timer, self._timer = self._timer, None
+            timer = self._timer
             self._closed = True
         if timer is not None:
             timer.cancel()
+            if timer is not threading.current_thread():
+                timer.join()  # a checkpoint being written now is finished first
+        if self._pending:
             self.flush()
