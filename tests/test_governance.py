@@ -184,11 +184,12 @@ def test_cli_verify_export_and_offline_check(client: FlaskClient, app: Flask, db
     assert len(lines) == 6
     offline = _cli("governance", "verify", "--file", str(export))
     assert offline.returncode == 0 and json.loads(offline.stdout)["ok"] is True
-    # the documented procedure: sha256 of the canonical record without its hash
+    # the documented procedure: sha256 of the canonical record without its hash and signature
     import hashlib
 
     first = json.loads(lines[0])
-    body = {k: v for k, v in first.items() if k != "hash"}
+    assert (first["key_id"], first["signature"]) == (None, None)  # this log is unsigned
+    body = {k: v for k, v in first.items() if k not in ("hash", "key_id", "signature")}
     assert hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
                                      ensure_ascii=False).encode()).hexdigest() == first["hash"]
     edited = tmp_path / "edited.jsonl"
@@ -217,6 +218,11 @@ def test_upgrading_a_version_1_log_keeps_it_verifiable(client: FlaskClient, db: 
             conn.execute(f"ALTER TABLE groups DROP COLUMN {column}")
         # version 5 (coalesced refusals)
         conn.execute("DROP TABLE refusal_counts")
+        # version 6 (signatures); SQLite checks the triggers on DROP COLUMN
+        conn.execute("DROP TRIGGER governance_log_no_update")
+        conn.execute("DROP TRIGGER governance_log_no_delete")
+        conn.execute("ALTER TABLE governance_log DROP COLUMN key_id")
+        conn.execute("ALTER TABLE governance_log DROP COLUMN signature")
         conn.execute("DELETE FROM schema_version WHERE version > 1")
     storage = open_storage(f"sqlite:///{db}", 5)
     try:

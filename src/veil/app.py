@@ -58,7 +58,22 @@ def create_app(config: Config, *, storage: Storage | None = None,
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     storage = storage or open_storage(config.storage.url, config.storage.timeout_s,
-                                      config.identity.bootstrap_admins)
+                                      config.identity.bootstrap_admins, config.governance)
+    sealing = storage.sealing_status()
+    if sealing["signed"]:
+        log.info("governance log signed with key %s; witness: %s", sealing["key_id"],
+                 sealing["witness"] or "none (set governance.witness)")
+        key_file = config.governance.signing_key_file
+        if key_file is not None and key_file.stat().st_mode & 0o077:
+            log.warning("%s (governance.signing_key_file) is readable by other users; "
+                        "chmod 600 it", key_file)
+    elif config.governance.witness:
+        log.warning("governance.witness is set but governance.signing_key_file is not: this "
+                    "configuration can verify the log, but its own appends are UNSIGNED and "
+                    "no checkpoint is written")
+    else:
+        log.warning("governance log is UNSIGNED (hash chain only): someone who can write the "
+                    "database can rewrite it undetected; set governance.signing_key_file")
     modules = None
     if engine is None:
         # Read once: the engine serves these, and the hot reload compares the disk against them.

@@ -29,7 +29,8 @@ def _storage(args: argparse.Namespace, cfg: Any = None) -> Any:
     from veil.storage import open_storage
 
     cfg = cfg if cfg is not None else _config(args, require_secrets=False)
-    return open_storage(cfg.storage.url, cfg.storage.timeout_s, cfg.identity.bootstrap_admins)
+    return open_storage(cfg.storage.url, cfg.storage.timeout_s, cfg.identity.bootstrap_admins,
+                        cfg.governance)
 
 
 def _print(value: Any) -> None:
@@ -102,22 +103,80 @@ def _policy_dir(args: argparse.Namespace) -> Path:
 def cmd_governance(args: argparse.Namespace) -> int:
     from veil import governance
 
+    if args.governance_command == "keygen":
+        return _keygen(Path(args.out))
     if args.file:
-        verdict = governance.verify(governance.read_jsonl(Path(args.file)))
-        _print(verdict.as_dict())
+        verdict = _verify_offline(Path(args.file), args.public_key, args.witness)
+        out = verdict.as_dict()
+        if not args.public_key:
+            out["signatures"] = "not checked: give --public-key"
+        _print(out)
         return 0 if verdict.ok else 1
+    if args.public_key or args.witness:
+        raise VeilError("--public-key and --witness go with --file (offline verification); "
+                        "a live verify uses the configuration's governance section")
     storage = _storage(args)
-    if args.governance_command == "verify":
-        verdict = storage.verify_log()
-        _print(verdict.as_dict())
-        return 0 if verdict.ok else 1
-    lines = (governance.canonical(record).decode() + "\n" for record in storage.iter_log())
-    if args.output in (None, "-"):
-        sys.stdout.writelines(lines)
-    else:
-        with open(args.output, "w", encoding="utf-8") as out:
-            out.writelines(lines)
+    try:
+        if args.governance_command == "verify":
+            verdict = storage.verify_log()
+            _print(verdict.as_dict())
+            return 0 if verdict.ok else 1
+        lines = (governance.canonical(record).decode() + "\n" for record in storage.iter_log())
+        if args.output in (None, "-"):
+            sys.stdout.writelines(lines)
+        else:
+            with open(args.output, "w", encoding="utf-8") as out:
+                out.writelines(lines)
+        return 0
+    finally:
+        storage.close()
+
+
+def _keygen(out: Path) -> int:
+    from veil import signing
+
+    try:
+        kid = signing.generate(out)
+    except OSError as exc:
+        raise VeilError(f"cannot write the key: {exc}") from exc
+    _print({"private_key": str(out), "public_key": f"{out}.pub", "key_id": kid})
     return 0
+
+
+def _verify_offline(path: Path, public_keys: Sequence[str] | None,
+                    witness: Sequence[str] | None) -> Any:
+    """A verdict for an export file, from nothing but the given files; never a traceback."""
+    from veil import governance, signing
+
+    def unreadable(problem: str, reason: str) -> governance.Verdict:
+        return governance.Verdict(False, 0, None, problem, reason)
+
+    if witness and not public_keys:
+        return unreadable("no_public_key", "--witness needs --public-key: checkpoints are "
+                          "only evidence when their signatures are checked")
+    try:
+        keyring = signing.Keyring.from_files(Path(k) for k in public_keys) if public_keys \
+            else None
+    except signing.KeyFileError as exc:
+        return unreadable("unreadable_key", str(exc))
+    checkpoints: list[Any] | None = None
+    if witness:
+        checkpoints = []
+        for name in witness:
+            try:
+                checkpoints += governance.read_checkpoints(Path(name))
+            except (OSError, ValueError) as exc:
+                return unreadable("unreadable_witness", f"{name}: {exc}")
+    try:
+        with Path(path).open("rb"):
+            pass
+    except OSError as exc:
+        return unreadable("unreadable_file", f"{path}: {exc.strerror or exc}")
+    try:
+        return governance.verify(governance.read_jsonl(path), keyring=keyring,
+                                 checkpoints=checkpoints)
+    except (OSError, ValueError) as exc:  # read errors mid-file, undecodable bytes
+        return unreadable("unreadable_file", f"{path}: {exc}")
 
 
 def _actor(args: argparse.Namespace) -> str:
@@ -127,9 +186,16 @@ def _actor(args: argparse.Namespace) -> str:
 
 
 def cmd_manage(args: argparse.Namespace) -> int:
+    storage = _storage(args)
+    try:
+        return _manage(args, storage)
+    finally:
+        storage.close()  # writes the witness checkpoint of what was appended
+
+
+def _manage(args: argparse.Namespace, storage: Any) -> int:
     from veil.identity import normalize_principal
 
-    storage = _storage(args)
     actor = _actor(args)
     kind, action = args.command, args.action
     if kind == "groups":
@@ -262,13 +328,36 @@ def parser() -> argparse.ArgumentParser:
     peval.add_argument("--json", action="store_true", help="print the result as JSON")
     policy.set_defaults(func=cmd_policy)
 
-    gov = sub.add_parser("governance", help="verify or export the governance log")
+    gov = sub.add_parser("governance", help="verify, export or sign the governance log",
+                         description="Verify the governance log live (from the storage of "
+                         "--config) or offline (an export file, the public keys and the "
+                         "witness's checkpoints), export it, or make a signing key.")
     gsub = gov.add_subparsers(dest="governance_command", required=True, metavar="ACTION")
-    gverify = with_config(gsub.add_parser("verify", help="verify the hash chain"))
+    gverify = with_config(gsub.add_parser(
+        "verify", help="verify the hash chain, its signatures and the witness",
+        description="Report the first record whose content, order or presence changed, "
+        "with a reason. Live: the storage, keys and witness of --config. Offline: --file "
+        "with --public-key (repeat it for rotated keys) and --witness. Exits 0 when the log "
+        "verifies, 1 when it does not."))
     gverify.add_argument("--file", help="verify an exported JSON Lines file instead")
-    gexport = with_config(gsub.add_parser("export", help="export as JSON Lines"))
+    gverify.add_argument("--public-key", action="append", metavar="FILE.pub",
+                         help="with --file: a PEM public key whose signatures are accepted "
+                         "(repeatable); without it signatures are not checked")
+    gverify.add_argument("--witness", action="append", metavar="CHECKPOINTS.jsonl",
+                         help="with --file and --public-key: a witness file of signed "
+                         "checkpoints (repeatable), to find cut-off records")
+    gexport = with_config(gsub.add_parser("export", help="export as JSON Lines, with "
+                                          "signatures"))
     gexport.add_argument("--output", "-o", help="file to write (default: standard output)")
-    gexport.set_defaults(file=None)
+    gexport.set_defaults(file=None, public_key=None, witness=None)
+    gkeygen = gsub.add_parser(
+        "keygen", help="make an Ed25519 signing key (FILE, mode 0600) and FILE.pub",
+        description="Write a new Ed25519 private key to FILE (PEM, mode 0600) and its public "
+        "key to FILE.pub; refuses to overwrite. Set governance.signing_key_file to FILE; give "
+        "FILE.pub to verifiers. To rotate, make a new key, point signing_key_file at it and "
+        "add the old FILE.pub to governance.keys.")
+    gkeygen.add_argument("--out", required=True, metavar="FILE", help="private key file")
+    gkeygen.set_defaults(file=None, public_key=None, witness=None)
     gov.set_defaults(func=cmd_governance)
 
     def manage(name: str, help_: str, build: Callable[[argparse._SubParsersAction[Any]], None]

@@ -13,6 +13,7 @@ import jsonschema
 import yaml
 
 from veil.errors import ConfigError
+from veil.signing import KeyFileError, Keyring, Signer, load_public
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,19 @@ class RevealConfig:
 
 
 @dataclass(frozen=True)
+class GovernanceConfig:
+    """The governance log's keys (files, never the database) and its witness."""
+
+    signing_key_file: Path | None = None
+    public_key_file: Path | None = None
+    keys: tuple[Path, ...] = ()
+    witness: str | None = None  # a JSON Lines file path, or an https:// endpoint
+    checkpoint_s: float = 10.0
+    signer: Signer | None = None  # loaded from signing_key_file
+    keyring: Keyring = field(default_factory=Keyring)  # every public key verify accepts
+
+
+@dataclass(frozen=True)
 class ConsoleColumn:
     label: str
     pointer: str
@@ -152,6 +166,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     reveal: RevealConfig = field(default_factory=RevealConfig)
+    governance: GovernanceConfig = field(default_factory=GovernanceConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     scim: ScimConfig = field(default_factory=ScimConfig)
 
@@ -317,6 +332,7 @@ def from_dict(
             timeout_s=float(document.get("storage", {}).get("timeout_s", 5)),
         ),
         reveal=RevealConfig(**document.get("reveal", {})),
+        governance=governance_config(document.get("governance", {}), base_dir),
         console=console,
         # An unset or empty variable leaves the endpoint off (404), as no scim section does.
         scim=ScimConfig(
@@ -359,6 +375,45 @@ def _console(doc: dict[str, Any], secret: Any) -> ConsoleConfig:
                          session_ttl_s=doc.get("session_ttl_s", 8 * 3600),
                          page_size=doc.get("page_size", 50),
                          activities=ConsoleActivities(**activities))
+
+
+
+def governance_config(doc: dict[str, Any], base_dir: Path) -> GovernanceConfig:
+    """Resolve the key files (relative to the config file) and load the keys."""
+
+    def path(value: str) -> Path:
+        found = Path(value)
+        return found if found.is_absolute() else base_dir / found
+
+    signing = path(doc["signing_key_file"]) if "signing_key_file" in doc else None
+    public = path(doc["public_key_file"]) if "public_key_file" in doc else None
+    keys = tuple(path(k) for k in doc.get("keys", []))
+    signer = None
+    publics = []
+    try:
+        if signing is not None:
+            signer = Signer.from_file(signing)
+            publics.append(signer.public)
+    except KeyFileError as exc:
+        raise ConfigError(f"governance.signing_key_file: {exc}") from exc
+    for key_path, name in ((public, "governance.public_key_file"),
+                           *((k, f"governance.keys.{i}") for i, k in enumerate(keys))):
+        if key_path is None:
+            continue
+        try:
+            publics.append(load_public(key_path))
+        except KeyFileError as exc:
+            raise ConfigError(f"{name}: {exc}") from exc
+    witness = doc.get("witness")
+    if witness is not None and not publics:
+        raise ConfigError("governance.witness: checkpoints are signed; set "
+                          "governance.signing_key_file (veil governance keygen), or "
+                          "public_key_file for a configuration that only verifies")
+    if witness is not None and not witness.startswith("https://"):
+        witness = str(path(witness))
+    return GovernanceConfig(signing_key_file=signing, public_key_file=public, keys=keys,
+                            witness=witness, checkpoint_s=float(doc.get("checkpoint_s", 10)),
+                            signer=signer, keyring=Keyring.of(publics))
 
 
 def validate(document: Any) -> None:

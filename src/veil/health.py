@@ -25,7 +25,8 @@ def readyz() -> tuple[Response, int]:
     }
     ready = all(checks.values())
     return jsonify(status="ready" if ready else "not ready", checks=checks,
-                   policy=policy_status()), 200 if ready else 503
+                   policy=policy_status(),
+                   governance_log=svc.storage.sealing_status()), 200 if ready else 503
 
 
 @blueprint.get("/metrics")

@@ -29,6 +29,28 @@ Access = Literal["admin", "caller", "open"]
 SESSION_ID = r"^rs_[A-Za-z0-9_-]{32}$"
 CURSOR = r"^[0-9]{1,18}$"
 
+VERDICT: dict[str, Any] = {
+    "type": "object",
+    "required": ["ok", "records"],
+    "properties": {
+        "ok": {"type": "boolean"},
+        "records": {"type": "integer", "minimum": 0,
+                    "description": "records verified before the first bad one"},
+        "first_bad_seq": {"type": ["integer", "null"]},
+        "problem": {"enum": ["missing_record", "reordered", "broken_link", "changed_content",
+                             "bad_signature", "unknown_key", "unsigned_record",
+                             "witness_mismatch", "truncated", "forged_checkpoint",
+                             "malformed_record", "malformed_checkpoint",
+                             "unreadable_witness"]},
+        "reason": {"type": "string"},
+        "signed": {"type": "boolean",
+                   "description": "present when public keys are configured"},
+        "unsigned_records": {"type": "integer",
+                             "description": "records from before signing was turned on"},
+        "checkpoints": {"type": "integer", "description": "witness checkpoints checked"},
+    },
+}
+
 
 @dataclass(frozen=True)
 class Op:
@@ -178,8 +200,9 @@ def operations(require_justification: bool) -> list[Op]:
                query_param("limit", "records per page (1-1000, default 100)",
                            {"type": "integer", "minimum": 1, "maximum": 1000}),
            )),
-        Op("get", "/veil/v1/governance-log/verify", "Verify the hash chain", tag="governance",
-           ok_schema=_obj({"ok": {"type": "boolean"}, "records": {"type": "integer"}})),
+        Op("get", "/veil/v1/governance-log/verify", "Verify the hash chain, its signatures and "
+           "the witness; ok is false with the first bad record and a reason when the log was "
+           "changed", tag="governance", ok_schema=VERDICT),
         Op("post", "/veil/v1/policy/reload", "Check, test and load the policy directory (hot "
            "reload); a refused set (422, with the problems) leaves the running policy serving",
            errors=("422",), tag="policy",

@@ -106,8 +106,18 @@ def startup_lines(config_path: str, config: Config, policy: str, bind: str) -> l
             f"engine {engine}",
             f"storage {redacted(config.storage.url)}",
             f"identity {who}; {len(identity.bootstrap_admins)} bootstrap admin(s)",
+            _governance_line(config),
             f"listening on http://{bind} with {config.server.workers} worker(s) x "
             f"{config.server.threads} thread(s)"]
+
+
+def _governance_line(config: Config) -> str:
+    sealing = config.governance
+    if sealing.signer is None:
+        return ("governance log UNSIGNED (hash chain only: whoever can write the database can "
+                "rewrite it); set governance.signing_key_file")
+    return (f"governance log signed with key {sealing.signer.key_id}; witness "
+            f"{sealing.witness or 'none (set governance.witness)'}")
 
 
 def _log_to_stderr() -> None:

@@ -9,21 +9,29 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from veil import governance
 from veil import principal as principals
 from veil.errors import Conflict, Forbidden, NotFound, StorageError, Unprocessable
 from veil.storage import directory
+from veil.witness import Checkpointer, open_witness
+
+if TYPE_CHECKING:
+    from veil.config import GovernanceConfig
 
 BUILTIN_GROUPS = ("application", "external")
 
 # One principal's refused attempts (R12): the first in a window is written at once; the
 # others are counted, and the count goes into the principal's next record.
 REFUSAL_WINDOW_S = 60
+
+_COLUMNS = "seq, ts, action, actor, details, prev_hash, hash, key_id, signature"
 
 
 class Tx(Protocol):
@@ -32,6 +40,9 @@ class Tx(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None: ...
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once the transaction has committed; what it raises, the
+        transaction's ``with`` block raises (the commit stands)."""
 
 
 class Backend(Protocol):
@@ -43,8 +54,13 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def open_storage(url: str, timeout_s: float, bootstrap_admins: Sequence[str] = ()) -> Storage:
-    """The Storage for a ``storage.url``: ``sqlite:///path`` or ``postgresql://...``."""
+def open_storage(url: str, timeout_s: float, bootstrap_admins: Sequence[str] = (),
+                 sealing: GovernanceConfig | None = None) -> Storage:
+    """The Storage for a ``storage.url``: ``sqlite:///path`` or ``postgresql://...``.
+
+    ``sealing`` (the ``governance`` configuration) gives the key that signs every appended
+    record, the public keys verify accepts, and the witness that receives checkpoints.
+    """
     backend: Backend
     if url.startswith("sqlite:///"):
         from veil.storage.sqlite import SqliteBackend
@@ -62,7 +78,7 @@ def open_storage(url: str, timeout_s: float, bootstrap_admins: Sequence[str] = (
         backend = PostgresBackend(url, timeout_s)
     else:
         raise StorageError(f"unsupported storage URL {url!r}")
-    return Storage(backend, bootstrap_admins)
+    return Storage(backend, bootstrap_admins, sealing)
 
 
 def now_ns() -> int:
@@ -77,14 +93,33 @@ def rfc3339(ns: int) -> str:
 class Storage:
     """Every read and change of Veil's state; each change is audited in its own transaction."""
 
-    def __init__(self, backend: Backend, bootstrap_admins: Sequence[str] = ()) -> None:
+    def __init__(self, backend: Backend, bootstrap_admins: Sequence[str] = (),
+                 sealing: GovernanceConfig | None = None) -> None:
         self.backend = backend
         self.bootstrap_admins = frozenset(principals.normalize_all(bootstrap_admins,
                                                                    "bootstrap_admins"))
         self.refusal_window_ns = REFUSAL_WINDOW_S * 1_000_000_000
+        self.signer = sealing.signer if sealing else None
+        self.keyring = sealing.keyring if sealing and sealing.keyring else None
+        self.witness_file = (Path(sealing.witness) if sealing and sealing.witness
+                             and not sealing.witness.startswith("https://") else None)
+        self.checkpointer = Checkpointer(
+            sealing.signer, open_witness(sealing.witness), sealing.checkpoint_s,
+            self.head, lambda: rfc3339(now_ns()),
+        ) if sealing and sealing.signer and sealing.witness else None
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         self.backend.close()
+
+    def sealing_status(self) -> dict[str, Any]:
+        """Whether appended records are signed, and where checkpoints go (for /readyz)."""
+        return {
+            "signed": self.signer is not None,
+            "key_id": self.signer.key_id if self.signer else None,
+            "witness": self.checkpointer.witness.where if self.checkpointer else None,
+        }
 
     def ping(self) -> bool:
         try:
@@ -505,7 +540,7 @@ class Storage:
                 params.append(value)
         with self.backend.transaction(write=False) as tx:
             rows = tx.all(
-                "SELECT seq, ts, action, actor, details, prev_hash, hash FROM governance_log "
+                f"SELECT {_COLUMNS} FROM governance_log "
                 f"WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?", (*params, limit),
             )
         return [self._record(row) for row in rows]
@@ -513,53 +548,89 @@ class Storage:
     def last_record(self, action: str) -> dict[str, Any] | None:
         """The newest record of one action, or None."""
         with self.backend.transaction(write=False) as tx:
-            row = tx.one("SELECT seq, ts, action, actor, details, prev_hash, hash "
+            row = tx.one(f"SELECT {_COLUMNS} "
                          "FROM governance_log WHERE action = ? ORDER BY seq DESC LIMIT 1",
                          (action,))
         return None if row is None else self._record(row)
 
     def iter_log(self, batch: int = 1000) -> Iterator[dict[str, Any]]:
-        """Every record in chain order, read in batches."""
+        """Every record in chain order, from one snapshot of the log."""
+        with self.backend.transaction(write=False) as tx:
+            yield from self._records(tx, batch)
+
+    def _records(self, tx: Tx, batch: int = 1000) -> Iterator[dict[str, Any]]:
         after = 0
         while True:
-            with self.backend.transaction(write=False) as tx:
-                rows = tx.all("SELECT seq, ts, action, actor, details, prev_hash, hash "
-                              "FROM governance_log WHERE seq > ? ORDER BY seq LIMIT ?",
-                              (after, batch))
+            rows = tx.all(f"SELECT {_COLUMNS} FROM governance_log WHERE seq > ? "
+                          "ORDER BY seq LIMIT ?", (after, batch))
             if not rows:
                 return
             for row in rows:
                 yield self._record(row)
             after = rows[-1][0]
 
+    def head(self) -> tuple[int, str] | None:
+        """The chain head ``(seq, hash)``, or None while the log is empty."""
+        with self.backend.transaction(write=False) as tx:
+            row = tx.one("SELECT seq, hash FROM governance_head WHERE id = 1")
+        return (int(row[0]), row[1]) if row and int(row[0]) > 0 else None
+
     def verify_log(self) -> governance.Verdict:
-        """Verify the chain, and that it ends at the head recorded with the last append."""
+        """Verify the chain, its signatures and the witness's checkpoints, and that the chain
+        ends at the head recorded with the last append.
+
+        The witness is read first: every checkpoint in it names a record committed before,
+        so the snapshot read next holds it. Head and records come from that one snapshot.
+        """
+        checkpoints: list[Any] | None = None
+        if self.witness_file is not None and self.keyring:
+            try:
+                checkpoints = governance.read_checkpoints(self.witness_file)
+            except FileNotFoundError:
+                checkpoints = []
+            except (OSError, ValueError) as exc:
+                return governance.Verdict(False, 0, None, "unreadable_witness",
+                                          f"the witness {self.witness_file}: {exc}",
+                                          signed=True)
         with self.backend.transaction(write=False) as tx:
             head = tx.one("SELECT seq, hash FROM governance_head WHERE id = 1")
-        return governance.verify(self.iter_log(),
-                                 head=(int(head[0]), head[1]) if head else None)
+            return governance.verify(self._records(tx),
+                                     head=(int(head[0]), head[1]) if head else None,
+                                     keyring=self.keyring, checkpoints=checkpoints)
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> dict[str, Any]:
-        seq, ts, action, actor, details, prev_hash, hash_ = row
+        seq, ts, action, actor, details, prev_hash, hash_, key_id, signature = row
         return {"seq": int(seq), "ts": ts, "action": action, "actor": actor,
-                "details": json.loads(details), "prev_hash": prev_hash, "hash": hash_}
+                "details": json.loads(details), "prev_hash": prev_hash, "hash": hash_,
+                "key_id": key_id, "signature": signature}
 
     def _append(self, tx: Tx, action: str, actor: str, details: dict[str, Any]) -> dict[str, Any]:
-        """Add a record at the chain's head, inside the caller's (serialized) write transaction."""
+        """Add a record at the chain's head, inside the caller's (serialized) write transaction.
+
+        Every record goes through here: it is signed (the chain head it produces) in the same
+        transaction, and checkpointed to the witness after the commit (at once for a reveal,
+        whose ``with`` block then raises GovernanceWriteFailed if the witness fails).
+        """
         head = tx.one("SELECT seq, hash FROM governance_head WHERE id = 1")
         seq, prev = (int(head[0]) + 1, head[1]) if head else (1, governance.GENESIS)
         record: dict[str, Any] = {"seq": seq, "ts": rfc3339(now_ns()), "action": action,
                                   "actor": actor, "details": details, "prev_hash": prev}
         record["hash"] = governance.record_hash(record)
+        record["key_id"] = self.signer.key_id if self.signer else None
+        record["signature"] = self.signer.sign_head(seq, record["hash"]) if self.signer else None
         tx.execute(
-            "INSERT INTO governance_log (seq, ts, action, actor, details, prev_hash, hash) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO governance_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (seq, record["ts"], action, actor, governance.canonical(details).decode(), prev,
-             record["hash"]),
+             record["hash"], record["key_id"], record["signature"]),
         )
         tx.execute("UPDATE governance_head SET seq = ?, hash = ? WHERE id = 1",
                    (seq, record["hash"]))
+        if self.checkpointer is not None:
+            if action in governance.WITNESSED_AT_ONCE:
+                tx.after_commit(partial(self.checkpointer.now, seq, record["hash"]))
+            else:
+                tx.after_commit(self.checkpointer.soon)
         return record
 
     @staticmethod

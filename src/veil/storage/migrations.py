@@ -189,6 +189,12 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
             by_action TEXT NOT NULL)""",
         normalize_principals,
     ),
+    # 6: each record's Ed25519 signature of the chain head it produces, and the key's id
+    # (null for records appended without a signing key)
+    (
+        "ALTER TABLE governance_log ADD COLUMN key_id TEXT",
+        "ALTER TABLE governance_log ADD COLUMN signature TEXT",
+    ),
 )
 
 

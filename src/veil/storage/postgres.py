@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from types import MappingProxyType
 from typing import Any
@@ -93,6 +93,7 @@ class _Tx:
     def __init__(self, cursor: psycopg.Cursor[tuple[Any, ...]], backend: PostgresBackend) -> None:
         self.cursor = cursor
         self.backend = backend
+        self.committed: list[Callable[[], None]] = []
 
     def _run(self, sql: str, params: Sequence[Any]) -> None:
         if params:
@@ -106,6 +107,9 @@ class _Tx:
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         self._run(sql, params)
         return self.cursor.fetchone()
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        self.committed.append(action)
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self._run(sql, params)
@@ -184,7 +188,8 @@ class PostgresBackend:
         self._unreachable = False
         try:
             cursor = conn.cursor()
-            yield _Tx(cursor, self)
+            tx = _Tx(cursor, self)
+            yield tx
             cursor.execute("COMMIT")
         except psycopg.Error as exc:
             self._unreachable = conn.broken
@@ -195,6 +200,8 @@ class PostgresBackend:
             raise
         finally:
             self._pool.putconn(conn)  # the pool discards a broken connection and replaces it
+        for action in tx.committed:
+            action()
 
     def _begin(self, write: bool) -> psycopg.Connection[tuple[Any, ...]]:
         """A pooled connection inside a new transaction (holding the write lock for writes).

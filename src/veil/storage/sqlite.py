@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ APPEND_ONLY = (
 class _Tx:
     def __init__(self, cursor: sqlite3.Cursor) -> None:
         self.cursor = cursor
+        self.committed: list[Callable[[], None]] = []
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.cursor.execute(sql, params)
@@ -30,6 +31,9 @@ class _Tx:
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         row: tuple[Any, ...] | None = self.cursor.execute(sql, params).fetchone()
         return row
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        self.committed.append(action)
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.cursor.execute(sql, params).fetchall()
@@ -68,8 +72,9 @@ class SqliteBackend:
         except sqlite3.Error as exc:
             self._drop()
             raise StorageError(f"SQLite database {self.path} is unavailable: {exc}") from exc
+        tx = _Tx(cursor)
         try:
-            yield _Tx(cursor)
+            yield tx
             cursor.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback(conn)
@@ -77,6 +82,8 @@ class SqliteBackend:
         except BaseException:
             self._rollback(conn)
             raise
+        for action in tx.committed:
+            action()
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         try:
