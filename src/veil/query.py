@@ -2,7 +2,10 @@
 
 This is where private rows are removed (R1-R3), where a reveal is allowed only on the
 policy's word (R4), and where the governance record is committed before any private row
-leaves (R7). Nothing here tells a caller who cannot reveal how many rows were hidden (R9).
+leaves (R7). Nothing here tells a caller who cannot reveal how many rows were hidden (R9):
+the answer is rebuilt in one layout with only the kept envelope members, and a store answer
+other than 2xx is never passed on. The decision uses management state read after the store
+answered, and a reveal is checked again in the transaction that records it (R11).
 """
 
 from __future__ import annotations
@@ -19,27 +22,21 @@ from veil.errors import (
     GovernanceWriteFailed,
     PolicyError,
     RevealRefused,
+    StateChanged,
     StorageError,
-    UpstreamBadBody,
-    UpstreamNoRows,
+    UpstreamStatus,
 )
 from veil.identity import Headers
 from veil.metrics import Metrics
 from veil.policy import Decision, Engine
-from veil.rows import (
-    Answer,
-    Normalizer,
-    parse_answer,
-    pointer_tokens,
-    render,
-    rows_with_repeated_keys,
-)
+from veil.rows import Answer, Normalizer, parse_answer, pointer_tokens, render
 from veil.storage import Storage
 from veil.upstream import Upstream
 
 log = logging.getLogger("veil.query")
 
 REVEAL_HEADER = "Veil-Reveal-Session"
+REVEAL_ATTEMPTS = 3  # decisions of one reveal while the state keeps changing under it
 
 
 @dataclass(frozen=True)
@@ -60,42 +57,51 @@ class QueryService:
         self.metrics = metrics
         self.routes = frozenset(config.upstream.routes)
         self.rows_pointer = pointer_tokens(config.upstream.rows)
+        self.keep = tuple(pointer_tokens(p) for p in config.upstream.keep)
         self.normalizer = Normalizer(config.upstream.fields,
                                      frozenset(config.upstream.application_values))
         self._state_loaded = False
 
     def answer(self, caller: str, path: str, query_string: str, headers: Headers,
                session_id: str | None) -> Reply:
-        session = self._session(session_id) if session_id is not None else None
-        state_ok = self._sync_state()
         started = time.perf_counter()
         store = self.upstream.get(path, query_string, headers)
         self.metrics.upstream_latency.observe(time.perf_counter() - started)
-        try:
-            answer = parse_answer(store.body, self.rows_pointer)
-        except UpstreamNoRows:
-            if 200 <= store.status < 300:
-                raise
-            # A well-formed error answer without rows (the store refusing the query) goes back
-            # as it is; one Veil cannot read is never passed on (it might hold rows).
-            return Reply(store.status, store.content_type, store.body, (("Cache-Control",
-                                                                          "no-store"),))
-        except UpstreamBadBody as exc:
-            if 200 <= store.status < 300:
-                raise
-            raise UpstreamBadBody(f"the store answered {store.status} with a body Veil cannot "
-                                  f"check for private activities ({exc.detail})",
-                                  store_status=store.status) from exc
+        if not 200 <= store.status < 300:
+            # R9: an error answer may hold rows (a partial page, a debug dump): never passed on
+            raise UpstreamStatus(f"the activity store answered {store.status}; Veil does not "
+                                 "pass on answers other than success (their body may hold "
+                                 "private activities)", store_status=store.status)
         needs_raw = self.engine.needs_raw
-        ambiguous = rows_with_repeated_keys(answer, self.normalizer.pointers,
-                                            everywhere=needs_raw)
-        rows = self.normalizer.rows(answer.rows, include_raw=needs_raw, unreadable=ambiguous)
-        decision = self._decide(caller, path, query_string, session_id, session, rows,
-                                state_ok)
+        answer = parse_answer(store.body, self.rows_pointer, self.keep,
+                              self.normalizer.pointers, raw=needs_raw)
+        rows = self.normalizer.rows(answer.rows, include_raw=needs_raw,
+                                    unreadable=answer.unreadable)
         extra: list[tuple[str, str]] = [("Cache-Control", "no-store")]
+        if session_id is not None:
+            return self._reveal(caller, path, query_string, session_id, answer, rows, extra,
+                                store.status, store.content_type)
+        # R11: management state read after the store's answer arrived, never before
+        state_ok = self._sync_state()
+        decision = self._decide(caller, path, query_string, None, None, rows, state_ok)
         if decision.failed:
             extra.append(("Veil-Degraded", "policy"))
-        if session_id is not None:
+        hidden = decision.hidden(len(rows))
+        if hidden:
+            self.metrics.rows_hidden.inc(len(hidden))
+        return Reply(store.status, store.content_type, render(answer, hidden), tuple(extra))
+
+    def _reveal(self, caller: str, path: str, query_string: str, session_id: str,
+                answer: Answer, rows: list[dict[str, object]], extra: list[tuple[str, str]],
+                status: int, content_type: str) -> Reply:
+        """Decide a reveal, and record it only if it still holds when the record is written:
+        a revoke, a session end or a state change that commits first wins (R7, R11)."""
+        for _ in range(REVEAL_ATTEMPTS):
+            version = self._state_version()
+            state_ok = self._sync_state()
+            session = self._session(session_id)
+            decision = self._decide(caller, path, query_string, session_id, session, rows,
+                                    state_ok)
             if decision.failed:
                 raise PolicyError("the policy could not decide this reveal; nothing was revealed")
             if not decision.reveal:
@@ -104,21 +110,32 @@ class QueryService:
                                                                     ("the policy denied it",)),
                                     reasons=list(decision.refusals))
             private = sorted(decision.hidden(len(rows)))
+            try:
+                if private:
+                    self._audit_reveal(caller, session, path, query_string, answer, rows,
+                                       private, session_id, version)
+                elif self._state_version() != version:
+                    continue  # a row may have become private meanwhile: decide again
+            except StateChanged:
+                continue
             if private:
-                self._audit_reveal(caller, session, path, query_string, answer, rows, private)
                 self.metrics.rows_revealed.inc(len(private))
-            return Reply(store.status, store.content_type, store.body, tuple(extra))
-        hidden = decision.hidden(len(rows))
-        if not hidden:
-            return Reply(store.status, store.content_type, store.body, tuple(extra))
-        self.metrics.rows_hidden.inc(len(hidden))
-        return Reply(store.status, store.content_type, render(answer, hidden), tuple(extra))
+            return Reply(status, content_type, render(answer, ()), tuple(extra))
+        raise StateChanged("the management state kept changing while this reveal was decided; "
+                           "nothing was revealed. Retry.")
 
     def _session(self, session_id: str) -> dict[str, object] | None:
         try:
             return self.storage.get_session(session_id)
         except StorageError as exc:
             raise StorageError("cannot check the reveal session: storage is unavailable") from exc
+
+    def _state_version(self) -> int:
+        try:
+            return self.storage.state_version()
+        except StorageError as exc:
+            raise StorageError("cannot check the management state of this reveal: storage is "
+                               "unavailable") from exc
 
     def _sync_state(self) -> bool:
         """Bring the engine's data.veil up to date; False when no state could ever be loaded."""
@@ -162,7 +179,7 @@ class QueryService:
 
     def _audit_reveal(self, caller: str, session: dict[str, object] | None, path: str,
                       query_string: str, answer: Answer, rows: list[dict[str, object]],
-                      private: list[int]) -> None:
+                      private: list[int], session_id: str, version: int) -> None:
         text = answer.text
         details = {
             "session": session["id"] if session else None,
@@ -176,7 +193,11 @@ class QueryService:
                        for start, end in (answer.spans[i] for i in private)],
         }
         try:
-            self.storage.record("activities_revealed", caller, details)
+            self.storage.record_reveal(caller, session_id, details, state_version=version)
+        except RevealRefused as exc:
+            # revoked, ended or expired since the decision: the newer state wins (R11)
+            self._refused(caller, session_id, tuple(exc.extra.get("reasons", ())), path)
+            raise
         except StorageError as exc:
             log.error("governance record not written, reveal withheld: %s", exc.detail)
             raise GovernanceWriteFailed(

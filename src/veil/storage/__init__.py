@@ -15,7 +15,15 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from veil import governance
-from veil.errors import Conflict, Forbidden, NotFound, StorageError, Unprocessable
+from veil.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    RevealRefused,
+    StateChanged,
+    StorageError,
+    Unprocessable,
+)
 
 BUILTIN_GROUPS = ("application", "external")
 
@@ -377,6 +385,48 @@ class Storage:
         """Append one governance record and commit it; raise StorageError if it cannot be."""
         with self.backend.transaction(write=True) as tx:
             return self._append(tx, action, actor, details)
+
+    def record_reveal(self, caller: str, session_id: str, details: dict[str, Any],
+                      state_version: int | None = None) -> dict[str, Any]:
+        """Append ``activities_revealed`` only if the reveal still holds, in one transaction.
+
+        The session must be the caller's, not ended, not expired; the caller an admin holding
+        the view-private permission; and, given ``state_version``, the state the decision
+        used still current. A revoke, a session end or a group made private that commits
+        first wins (R11): RevealRefused or StateChanged, and nothing is written.
+        """
+        with self.backend.transaction(write=True) as tx:
+            reasons = self._reveal_refusals(tx, caller, session_id, now_ns())
+            if reasons:
+                raise RevealRefused("reveal refused: " + "; ".join(reasons), reasons=reasons)
+            if state_version is not None:
+                row = tx.one("SELECT version FROM state_version WHERE id = 1")
+                if (int(row[0]) if row else 0) != state_version:
+                    raise StateChanged("the management state changed while this reveal was "
+                                       "decided; nothing was revealed. Retry.")
+            return self._append(tx, "activities_revealed", caller, details)
+
+    def _reveal_refusals(self, tx: Tx, caller: str, session_id: str, ts: int) -> list[str]:
+        """Why ``caller`` may not reveal through ``session_id`` now (R4), in the policy's words."""
+        reasons = []
+        row = tx.one("SELECT owner, expires_ns, ended_ns FROM reveal_sessions WHERE id = ?",
+                     (session_id,))
+        if row is None:
+            reasons.append("the reveal session does not exist")
+        else:
+            owner, expires, ended = row
+            if owner != caller:
+                reasons.append("the reveal session belongs to another principal")
+            if ended is not None:
+                reasons.append("the reveal session has ended")
+            if ts >= int(expires):
+                reasons.append("the reveal session has expired")
+        if caller not in self.bootstrap_admins and tx.one(
+                "SELECT 1 FROM admins WHERE principal = ?", (caller,)) is None:
+            reasons.append("the caller is not an admin")
+        if tx.one("SELECT 1 FROM viewers WHERE principal = ?", (caller,)) is None:
+            reasons.append("the caller does not hold the view-private permission")
+        return sorted(reasons)
 
     def log_page(self, since: str | None = None, until: str | None = None,
                  action: str | None = None, actor: str | None = None,
