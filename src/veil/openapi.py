@@ -12,6 +12,8 @@ from veil.app import services
 blueprint = Blueprint("openapi", __name__)
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
+PROBLEM_CONTENT = {"content": {"application/problem+json": {
+    "schema": {"$ref": "#/components/schemas/Problem"}}}}
 
 
 def _op(summary: str, ok: str, body: str | None = None, ok_schema: dict[str, Any] | None = None,
@@ -141,9 +143,20 @@ def document(routes: tuple[str, ...]) -> dict[str, Any]:
         paths[route] = {"get": {
             "summary": "Activity query, forwarded to the store and filtered by policy",
             "tags": ["activities"], "parameters": [reveal_header],
-            "responses": {"200": {"description": "the store's answer without private rows"},
-                          "401": PROBLEM, "403": PROBLEM, "502": PROBLEM, "503": PROBLEM,
-                          "504": PROBLEM}}}
+            "responses": {
+                "2XX": {"description": "the store's success status, and its answer rebuilt: "
+                                       "the rows array without private rows (with them, "
+                                       "audited, for a reveal) and the members named in "
+                                       "upstream.keep; nothing else the store wrote"},
+                "401": PROBLEM, "403": PROBLEM, "404": PROBLEM,
+                "502": {**PROBLEM_CONTENT, "description":
+                        "the store is unreachable, its body is not the configured shape "
+                        "(upstream_bad_body, upstream_no_rows), or it answered other than 2xx "
+                        "(upstream_status; the member store_status names its status, and its "
+                        "body is dropped)"},
+                "503": PROBLEM, "504": {**PROBLEM_CONTENT, "description":
+                                        "the whole answer did not arrive within "
+                                        "upstream.timeout_s"}}}}
     for open_path in ("/healthz", "/readyz", "/metrics"):
         paths[open_path]["get"]["security"] = []  # no identity needed
     return {
@@ -155,7 +168,10 @@ def document(routes: tuple[str, ...]) -> dict[str, Any]:
                 "type": "object", "required": ["type", "title", "status", "detail", "code"],
                 "properties": {"type": {"type": "string"}, "title": {"type": "string"},
                                "status": {"type": "integer"}, "detail": {"type": "string"},
-                               "code": {"type": "string"}, "field": {"type": "string"}}}},
+                               "code": {"type": "string"}, "field": {"type": "string"},
+                               "store_status": {"type": "integer", "description":
+                                                "upstream_status: the status the store "
+                                                "answered"}}}},
             "responses": {"Problem": {"description": "an RFC 9457 problem",
                                       "content": {"application/problem+json": {
                                           "schema": {"$ref": "#/components/schemas/Problem"}}}}},

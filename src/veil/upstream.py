@@ -63,16 +63,12 @@ class Upstream:
                     content_type=response.headers.get("Content-Type", "application/json"),
                     body=body,
                 )
-        except requests.Timeout as exc:
+        except (requests.Timeout, urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
             raise self._timeout() from exc
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-            if _timed_out(exc):
-                raise self._timeout() from exc
             raise UpstreamUnavailable(
                 f"the store at {self.config.url} is unreachable ({type(exc).__name__})"
             ) from exc
-        except TimeoutError as exc:
-            raise self._timeout() from exc
 
     def _read_body(self, response: requests.Response, deadline: float) -> bytes:
         raw = response.raw
@@ -106,12 +102,3 @@ class Upstream:
             return False
         return True
 
-
-def _timed_out(exc: BaseException) -> bool:
-    """Whether a read error was caused, somewhere down its chain, by a socket timeout."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, (TimeoutError, urllib3.exceptions.TimeoutError)):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
