@@ -404,13 +404,12 @@ def test_a_change_between_decision_and_record_wins(app: Flask, client: FlaskClie
                                                    store: LoopbackStore, change: str) -> None:
     """R11: the reveal is checked again in the transaction that writes its record. A change
     committed after the policy decided but before the record is written wins."""
-    carol = "carol@contoso.com"
-    client.put("/veil/v1/groups/hr", json={"name": "hr", "members": [HR1]}, headers=A)
-    if change != "make-private":
-        assert client.post("/veil/v1/privacy-groups", json={"group": "hr"},
-                           headers=A).status_code == 201
+    carol, lee = "carol@contoso.com", "lee@contoso.com"
+    make_private(client, "hr", [HR1])
+    client.put("/veil/v1/groups/legal", json={"name": "legal", "members": [lee]}, headers=A)
     session = open_session(client, carol)
-    store.state.rows = [activity(1, HR1, later()), activity(2, USER, later())]
+    store.state.rows = [activity(1, HR1, later()), activity(2, USER, later()),
+                        activity(3, lee, later())]
     services = app.extensions["veil"]
     storage, engine = services.storage, services.engine
     decide = engine.evaluate
@@ -423,7 +422,7 @@ def test_a_change_between_decision_and_record_wins(app: Flask, client: FlaskClie
             {"revoke-permission": lambda: storage.revoke_viewer(carol, ADMIN),
              "end-session": lambda: storage.end_session(session, carol, False),
              "remove-admin": lambda: storage.remove_admin(carol, ADMIN),
-             "make-private": lambda: storage.add_privacy_group("hr", ADMIN)}[change]()
+             "make-private": lambda: storage.add_privacy_group("legal", ADMIN)}[change]()
         return result
 
     engine.evaluate = evaluate_then_change  # type: ignore[method-assign]
@@ -437,7 +436,7 @@ def test_a_change_between_decision_and_record_wins(app: Flask, client: FlaskClie
     if change == "make-private":
         # decided again on the newer state: the row that became private is in the record
         assert r.status_code == 200
-        assert [x["details"]["ids"] for x in revealed] == [["act-1"]]
+        assert [x["details"]["ids"] for x in revealed] == [["act-1", "act-3"]]
         return
     assert r.status_code == 403, r.get_json()
     assert r.get_json()["code"] == "reveal_refused"
