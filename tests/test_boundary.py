@@ -77,16 +77,28 @@ def actions(client: FlaskClient, action: str) -> list[dict[str, Any]]:
     return [r for r in records(client) if r["action"] == action]
 
 
-def app_with(store: LoopbackStore, storage_url: str, **upstream: Any) -> Flask:
-    return create_app(make_config(store.url, storage_url, upstream=upstream))
+@pytest.fixture
+def build(storage_url: str) -> Iterator[Any]:
+    """Make apps on the test's storage; each is closed at the end in this thread (a regorus
+    engine must be dropped by the thread that made it, never by a collector elsewhere)."""
+    made: list[Flask] = []
+
+    def make(store_url: str, **sections: Any) -> Flask:
+        made.append(create_app(make_config(store_url, storage_url, **sections)))
+        return made[-1]
+
+    yield make
+    for application in made:
+        application.extensions["veil"].engine.close()
+        application.extensions["veil"].storage.close()
 
 
 # ---- item 1: only the rows array and upstream.keep come back --------------------------------
 
 def test_only_the_rows_and_kept_members_come_back(store: LoopbackStore,
-                                                  storage_url: str) -> None:
+                                                  build: Any) -> None:
     """R9: totals, facets, sibling arrays and debug members may describe private rows."""
-    client = app_with(store, storage_url).test_client()
+    client = build(store.url).test_client()
     make_private(client, "hr", [HR1])
     secret, shown = activity(1, HR1, later()), activity(2, USER, later())
     store.state.body = json.dumps({
@@ -98,14 +110,14 @@ def test_only_the_rows_and_kept_members_come_back(store: LoopbackStore,
     assert r.get_json() == {"data": [shown]}  # secure default: nothing kept
     assert b"hr1" not in r.data
 
-    kept = app_with(store, storage_url, keep=["/next"]).test_client()
+    kept = build(store.url, upstream={"keep": ["/next"]}).test_client()
     r = kept.get("/api/activities", headers=auth(USER))
     assert r.get_json() == {"data": [shown], "next": "page-2"}
 
 
-def test_keep_with_a_nested_rows_pointer(store: LoopbackStore, storage_url: str) -> None:
-    client = app_with(store, storage_url, rows="/result/items",
-                      keep=["/result/next", "/request_id"]).test_client()
+def test_keep_with_a_nested_rows_pointer(store: LoopbackStore, build: Any) -> None:
+    client = build(store.url, upstream={"rows": "/result/items",
+                                          "keep": ["/result/next", "/request_id"]}).test_client()
     make_private(client, "hr", [HR1])
     secret, shown = activity(1, HR1, later()), activity(2, USER, later())
     store.state.body = json.dumps({
@@ -119,8 +131,8 @@ def test_keep_with_a_nested_rows_pointer(store: LoopbackStore, storage_url: str)
 
 
 def test_a_top_level_rows_array_comes_back_alone(store: LoopbackStore,
-                                                 storage_url: str) -> None:
-    client = app_with(store, storage_url, rows="").test_client()
+                                                 build: Any) -> None:
+    client = build(store.url, upstream={"rows": ""}).test_client()
     make_private(client, "hr", [HR1])
     shown = activity(2, USER, later())
     store.state.body = json.dumps([activity(1, HR1, later()), shown], indent=1).encode()
@@ -232,9 +244,9 @@ def test_an_escaped_key_in_one_row_never_balances_a_repeat_in_another(
 
 
 def test_an_escaped_repeat_under_a_nested_field_pointer(store: LoopbackStore,
-                                                        storage_url: str) -> None:
+                                                        build: Any) -> None:
     fields = {"id": "/id", "actor": "/who/upn", "actor_type": "/who/kind", "timestamp": "/at"}
-    client = app_with(store, storage_url, fields=fields).test_client()
+    client = build(store.url, upstream={"fields": fields}).test_client()
     make_private(client, "hr", [HR1])
     ts = later()
     rows = [
@@ -248,7 +260,7 @@ def test_an_escaped_repeat_under_a_nested_field_pointer(store: LoopbackStore,
 
 
 def test_a_policy_reading_raw_rows_makes_any_repeat_private(store: LoopbackStore,
-                                                            storage_url: str,
+                                                            build: Any,
                                                             tmp_path: Path) -> None:
     from conftest import POLICIES
 
@@ -261,7 +273,7 @@ def test_a_policy_reading_raw_rows_makes_any_repeat_private(store: LoopbackStore
     (policies / "veil" / "privacy" / "legal.rego").write_text(
         "package veil.privacy\n\nimport rego.v1\n\n"
         'private_rows contains i if input.rows[i].raw.department == "legal"\n')
-    app = create_app(make_config(store.url, storage_url, policy={"dir": str(policies)}))
+    app = build(store.url, policy={"dir": str(policies)})
     client = app.test_client()
     ts = later()
     rows = [
@@ -519,8 +531,8 @@ def trickling_store() -> Iterator[str]:
 
 
 def test_a_trickling_store_is_cut_at_the_deadline(trickling_store: str,
-                                                   storage_url: str) -> None:
-    app = create_app(make_config(trickling_store, storage_url, upstream={"timeout_s": 1}))
+                                                   build: Any) -> None:
+    app = build(trickling_store, upstream={"timeout_s": 1})
     started = time.monotonic()
     r = app.test_client().get("/api/activities", headers=auth(USER))
     elapsed = time.monotonic() - started

@@ -386,15 +386,24 @@ class _Parser:
                 if flags:
                     flagged.append(len(rows) - 1)
                     flags.clear()
-                pos = _skip(text, end) if text[end] in blank else end
+                char = text[end]
+                if char == ",":  # the usual separators, "," or ", ", without a regex
+                    pos = end + 1
+                    if text[pos] == " ":
+                        pos += 1
+                    if text[pos] in blank:
+                        pos = _skip(text, pos)
+                    continue
+                if char == "]":
+                    pos = end
+                    break
+                pos = _skip(text, end)
                 char = text[pos]
                 if char == "]":
                     break
                 if char != ",":
                     raise ValueError("expected ',' or ']'")
-                pos += 1
-                if text[pos] in blank:
-                    pos = _skip(text, pos)
+                pos = _skip(text, pos + 1)
         end = pos + 1
         unreadable = self.unreadable(rows, spans, start, end, flagged)
         self.answer = _Found(rows, spans, start, end, unreadable)
@@ -453,6 +462,7 @@ class _Parser:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_fromisoformat = datetime.fromisoformat
 
 
 def getter(pointer: str) -> Callable[[Any], Any]:
@@ -533,18 +543,13 @@ MIN_NS, MAX_NS = -(2**63), 2**63 - 1
 
 def timestamp_ns(value: Any) -> int | None:
     """Nanoseconds since the epoch from RFC 3339 text or epoch milliseconds; None if unreadable."""
-    ns = _timestamp_ns(value)
-    return ns if ns is not None and MIN_NS <= ns < MAX_NS else None
-
-
-def _timestamp_ns(value: Any) -> int | None:
     if type(value) is str:
         if len(value) < 20 or value[10] not in "Tt ":
             return None
         if value[10] == "t" or value[-1] == "z":
             value = value.upper()  # RFC 3339 allows "t" and "z"
         try:
-            moment = datetime.fromisoformat(value)
+            moment = _fromisoformat(value)
         except ValueError:
             return None
         if moment.tzinfo is None:
@@ -555,12 +560,13 @@ def _timestamp_ns(value: Any) -> int | None:
             while digits and not digits.isdigit():
                 digits = digits[:-1]
             ns += int(digits.ljust(3, "0"))
-        return ns
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value * 1_000_000
-    if isinstance(value, float):
+    elif type(value) is int:
+        ns = value * 1_000_000
+    elif type(value) is float:
         # float milliseconds carry no more than microseconds of precision
-        return round(value * 1000) * 1000 if value == value and abs(value) < 1e15 else None
-    return None
+        if not (value == value and abs(value) < 1e15):
+            return None
+        ns = round(value * 1000) * 1000
+    else:
+        return None  # bool, null, objects, arrays
+    return ns if MIN_NS <= ns < MAX_NS else None
