@@ -148,7 +148,7 @@ def document(routes: tuple[str, ...]) -> dict[str, Any]:
                                        "the rows array without private rows (with them, "
                                        "audited, for a reveal) and the members named in "
                                        "upstream.keep; nothing else the store wrote"},
-                "401": PROBLEM, "403": PROBLEM, "404": PROBLEM,
+                "401": PROBLEM, "403": PROBLEM,
                 "502": {**PROBLEM_CONTENT, "description":
                         "the store is unreachable, its body is not the configured shape "
                         "(upstream_bad_body, upstream_no_rows), or it answered other than 2xx "
