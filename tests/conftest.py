@@ -145,7 +145,7 @@ def client(app: Flask) -> FlaskClient:
 
 
 def token(principal: str, *, secret: str = SECRET, issuer: str = ISSUER,
-          audience: str = AUDIENCE, ttl_s: int = 300, claim: str = "upn",
+          audience: str = AUDIENCE, ttl_s: int = 3600, claim: str = "upn",
           **extra: Any) -> str:
     now = int(time.time())
     claims = {claim: principal, "iss": issuer, "aud": audience, "iat": now, "exp": now + ttl_s,
