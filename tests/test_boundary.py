@@ -411,7 +411,7 @@ def test_a_change_during_a_slow_store_answer_wins_over_the_reveal(
 
 
 @pytest.mark.parametrize("change", ["revoke-permission", "end-session", "remove-admin",
-                                    "make-private"])
+                                    "make-private", "unrelated"])
 def test_a_change_between_decision_and_record_wins(app: Flask, client: FlaskClient,
                                                    store: LoopbackStore, change: str) -> None:
     """R11: the reveal is checked again in the transaction that writes its record. A change
@@ -434,7 +434,9 @@ def test_a_change_between_decision_and_record_wins(app: Flask, client: FlaskClie
             {"revoke-permission": lambda: storage.revoke_viewer(carol, ADMIN),
              "end-session": lambda: storage.end_session(session, carol, False),
              "remove-admin": lambda: storage.remove_admin(carol, ADMIN),
-             "make-private": lambda: storage.add_privacy_group("legal", ADMIN)}[change]()
+             "make-private": lambda: storage.add_privacy_group("legal", ADMIN),
+             "unrelated": lambda: storage.put_group("sales", "sales", [USER], ADMIN),
+             }[change]()
         return result
 
     engine.evaluate = evaluate_then_change  # type: ignore[method-assign]
@@ -445,10 +447,13 @@ def test_a_change_between_decision_and_record_wins(app: Flask, client: FlaskClie
         engine.evaluate = decide  # type: ignore[method-assign]
     assert changed
     revealed = actions(client, "activities_revealed")
-    if change == "make-private":
-        # decided again on the newer state: the row that became private is in the record
+    if change in ("make-private", "unrelated"):
+        # decided again, in the record's transaction, on the newer state: a row that became
+        # private is in the record; a change that makes nothing private changes nothing
         assert r.status_code == 200
-        assert [x["details"]["ids"] for x in revealed] == [["act-1", "act-3"]]
+        assert ids(r) == ["act-1", "act-2", "act-3"]
+        expected = ["act-1", "act-3"] if change == "make-private" else ["act-1"]
+        assert [x["details"]["ids"] for x in revealed] == [expected]
         return
     assert r.status_code == 403, r.get_json()
     assert r.get_json()["code"] == "reveal_refused"

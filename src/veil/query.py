@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -22,7 +24,6 @@ from veil.errors import (
     GovernanceWriteFailed,
     PolicyError,
     RevealRefused,
-    StateChanged,
     StorageError,
     UpstreamStatus,
 )
@@ -35,8 +36,9 @@ from veil.upstream import Upstream
 
 log = logging.getLogger("veil.query")
 
+ReadState = Callable[[Sequence[str]], tuple[int, dict[str, Any]]]
+
 REVEAL_HEADER = "Veil-Reveal-Session"
-REVEAL_ATTEMPTS = 3  # decisions of one reveal while the state keeps changing under it
 
 
 @dataclass(frozen=True)
@@ -96,33 +98,32 @@ class QueryService:
                 status: int, content_type: str) -> Reply:
         """Decide a reveal, and record it only if it still holds when the record is written:
         a revoke, a session end or a state change that commits first wins (R7, R11)."""
-        for _ in range(REVEAL_ATTEMPTS):
-            version = self._state_version()
-            state_ok = self._sync_state()
-            session = self._session(session_id)
+        version = self._state_version()
+        state_ok = self._sync_state()
+        session = self._session(session_id)
+
+        def decide(in_record: bool) -> list[int]:
+            """The private rows to reveal; in the record's transaction (on newer state) a
+            refusal is recorded after that transaction, by ``_audit_reveal``."""
             decision = self._decide(caller, path, query_string, session_id, session, rows,
-                                    state_ok)
+                                    in_record or state_ok)
             if decision.failed:
                 raise PolicyError("the policy could not decide this reveal; nothing was revealed")
             if not decision.reveal:
-                self._refused(caller, session_id, decision.refusals, path)
+                if not in_record:
+                    self._refused(caller, session_id, decision.refusals, path)
                 raise RevealRefused("reveal refused: " + "; ".join(decision.refusals or
                                                                     ("the policy denied it",)),
                                     reasons=list(decision.refusals))
-            private = sorted(decision.hidden(len(rows)))
-            try:
-                if private:
-                    self._audit_reveal(caller, session, path, query_string, answer, rows,
-                                       private, session_id, version)
-                elif self._state_version() != version:
-                    continue  # a row may have become private meanwhile: decide again
-            except StateChanged:
-                continue
-            if private:
-                self.metrics.rows_revealed.inc(len(private))
-            return Reply(status, content_type, render(answer, ()), tuple(extra))
-        raise StateChanged("the management state kept changing while this reveal was decided; "
-                           "nothing was revealed. Retry.")
+            return sorted(decision.hidden(len(rows)))
+
+        private = decide(False)
+        if private or self._state_version() != version:
+            private = self._audit_reveal(caller, session, path, query_string, answer, rows,
+                                         private, session_id, version, decide)
+        if private:
+            self.metrics.rows_revealed.inc(len(private))
+        return Reply(status, content_type, render(answer, ()), tuple(extra))
 
     def _session(self, session_id: str) -> dict[str, object] | None:
         try:
@@ -179,21 +180,38 @@ class QueryService:
 
     def _audit_reveal(self, caller: str, session: dict[str, object] | None, path: str,
                       query_string: str, answer: Answer, rows: list[dict[str, object]],
-                      private: list[int], session_id: str, version: int) -> None:
+                      private: list[int], session_id: str, version: int,
+                      decide: Callable[[bool], list[int]]) -> list[int]:
+        """Record the reveal of ``private`` as decided on state ``version``; if the state has
+        moved on, the storage transaction has ``decide`` judge again on the newer state first.
+        Returns the rows recorded (and so revealed) as private."""
         text = answer.text
-        details = {
-            "session": session["id"] if session else None,
-            "justification": session.get("justification") if session else None,
-            "path": path,
-            "query": query_string,
-            "count": len(private),
-            "ids": [rows[i]["id"] for i in private],
-            # each revealed row exactly as sent, even one without a readable id
-            "sha256": [hashlib.sha256(text[start:end].encode()).hexdigest()
-                       for start, end in (answer.spans[i] for i in private)],
-        }
+        revealed = private
+
+        def details(indices: list[int]) -> dict[str, object] | None:
+            if not indices:
+                return None
+            return {
+                "session": session["id"] if session else session_id,
+                "justification": session.get("justification") if session else None,
+                "path": path,
+                "query": query_string,
+                "count": len(indices),
+                "ids": [rows[i]["id"] for i in indices],
+                # each revealed row exactly as sent, even one without a readable id
+                "sha256": [hashlib.sha256(text[start:end].encode()).hexdigest()
+                           for start, end in (answer.spans[i] for i in indices)],
+            }
+
+        def redecide(newer: int, read: ReadState) -> dict[str, object] | None:
+            nonlocal revealed
+            self.engine.sync(newer, lambda: read(self.config.managed_domains))
+            revealed = decide(True)
+            return details(revealed)
+
         try:
-            self.storage.record_reveal(caller, session_id, details, state_version=version)
+            self.storage.record_reveal(caller, session_id, details(private),
+                                       state_version=version, redecide=redecide)
         except RevealRefused as exc:
             # revoked, ended or expired since the decision: the newer state wins (R11)
             self._refused(caller, session_id, tuple(exc.extra.get("reasons", ())), path)
@@ -204,6 +222,7 @@ class QueryService:
                 "the governance record of this reveal could not be written; no private "
                 "activity was sent. Retry when storage is back."
             ) from exc
+        return revealed
 
     def _refused(self, caller: str, session_id: str, refusals: tuple[str, ...],
                  path: str) -> None:
