@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -26,6 +26,11 @@ from veil.errors import (
 )
 
 BUILTIN_GROUPS = ("application", "external")
+
+# Decides a reveal again on newer state: (version, read data.veil for these managed domains)
+# -> the record's details, or None when nothing private is revealed any more.
+Redecide = Callable[[int, Callable[[Sequence[str]], tuple[int, dict[str, Any]]]],
+                    dict[str, Any] | None]
 
 
 class Tx(Protocol):
@@ -98,13 +103,17 @@ class Storage:
     def policy_data(self, managed_domains: Sequence[str]) -> tuple[int, dict[str, Any]]:
         """``(version, data.veil)`` read in one transaction."""
         with self.backend.transaction(write=False) as tx:
-            version_row = tx.one("SELECT version FROM state_version WHERE id = 1")
-            groups = tx.all("SELECT id, name, members, former_members FROM groups")
-            intervals = tx.all(
-                "SELECT group_id, start_ns, end_ns FROM privacy_intervals ORDER BY start_ns"
-            )
-            admins = tx.all("SELECT principal FROM admins")
-            viewers = tx.all("SELECT principal FROM viewers")
+            return self._policy_data(tx, managed_domains)
+
+    def _policy_data(self, tx: Tx, managed_domains: Sequence[str]) -> tuple[int, dict[str, Any]]:
+        """``(version, data.veil)`` as the transaction ``tx`` sees them."""
+        version_row = tx.one("SELECT version FROM state_version WHERE id = 1")
+        groups = tx.all("SELECT id, name, members, former_members FROM groups")
+        intervals = tx.all(
+            "SELECT group_id, start_ns, end_ns FROM privacy_intervals ORDER BY start_ns"
+        )
+        admins = tx.all("SELECT principal FROM admins")
+        viewers = tx.all("SELECT principal FROM viewers")
         privacy: dict[str, list[dict[str, int | None]]] = {}
         for group_id, start, end in intervals:
             privacy.setdefault(group_id, []).append({"start_ns": start, "end_ns": end})
@@ -386,14 +395,18 @@ class Storage:
         with self.backend.transaction(write=True) as tx:
             return self._append(tx, action, actor, details)
 
-    def record_reveal(self, caller: str, session_id: str, details: dict[str, Any],
-                      state_version: int | None = None) -> dict[str, Any]:
+    def record_reveal(self, caller: str, session_id: str, details: dict[str, Any] | None,
+                      state_version: int | None = None,
+                      redecide: Redecide | None = None) -> dict[str, Any] | None:
         """Append ``activities_revealed`` only if the reveal still holds, in one transaction.
 
-        The session must be the caller's, not ended, not expired; the caller an admin holding
-        the view-private permission; and, given ``state_version``, the state the decision
-        used still current. A revoke, a session end or a group made private that commits
-        first wins (R11): RevealRefused or StateChanged, and nothing is written.
+        The session must be the caller's, not ended, not expired, and the caller an admin
+        holding the view-private permission. Given ``state_version`` (the state the decision
+        used) and a newer state committed since, ``redecide`` decides again on the state this
+        transaction sees (no other change can commit before it ends) and returns the record's
+        new details, or None when nothing private is revealed any more; without ``redecide``
+        that is StateChanged. A revoke, a session end or a group made private that commits
+        first therefore wins (R11). Returns the record, or None when none was needed.
         """
         with self.backend.transaction(write=True) as tx:
             reasons = self._reveal_refusals(tx, caller, session_id, now_ns())
@@ -401,9 +414,14 @@ class Storage:
                 raise RevealRefused("reveal refused: " + "; ".join(reasons), reasons=reasons)
             if state_version is not None:
                 row = tx.one("SELECT version FROM state_version WHERE id = 1")
-                if (int(row[0]) if row else 0) != state_version:
-                    raise StateChanged("the management state changed while this reveal was "
-                                       "decided; nothing was revealed. Retry.")
+                current = int(row[0]) if row else 0
+                if current != state_version:
+                    if redecide is None:
+                        raise StateChanged("the management state changed while this reveal "
+                                           "was decided; nothing was revealed. Retry.")
+                    details = redecide(current, lambda domains: self._policy_data(tx, domains))
+            if details is None:
+                return None
             return self._append(tx, "activities_revealed", caller, details)
 
     def _reveal_refusals(self, tx: Tx, caller: str, session_id: str, ts: int) -> list[str]:
