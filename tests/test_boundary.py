@@ -368,7 +368,7 @@ def test_group_made_private_while_the_store_answers(app: Flask, client: FlaskCli
     client.put("/veil/v1/groups/hr", json={"name": "hr", "members": [HR1]}, headers=A)
     store.state.rows = [activity(1, HR1, later()), activity(2, USER, later())]
     assert ids(client.get("/api/activities", headers=auth(USER))) == ["act-1", "act-2"]
-    store.state.delay_s = 1.0
+    store.state.delay_s = 2.0  # the change commits while the store still sleeps
 
     def make_hr_private() -> None:
         assert client.post("/veil/v1/privacy-groups", json={"group": "hr"},
@@ -390,7 +390,7 @@ def test_a_change_during_a_slow_store_answer_wins_over_the_reveal(
     make_private(client, "hr", [HR1])
     session = open_session(client, carol)
     store.state.rows = [activity(1, HR1, later()), activity(2, USER, later())]
-    store.state.delay_s = 1.0
+    store.state.delay_s = 2.0  # the change commits while the store still sleeps
 
     def change_state() -> None:
         r = {"revoke-permission": lambda: client.delete(f"/veil/v1/private-viewers/{carol}",
@@ -477,7 +477,7 @@ def test_concurrent_reveals_and_a_revoke(app: Flask, client: FlaskClient,
 
     with ThreadPoolExecutor(workers) as pool:
         before = list(pool.map(reveal, range(workers)))
-        store.state.delay_s = 1.0
+        store.state.delay_s = 2.0  # the change commits while the store still sleeps
         asked = len(store.state.requests)
         pending = [pool.submit(reveal, number) for number in range(workers)]
         deadline = time.monotonic() + 60
@@ -621,7 +621,7 @@ def test_served_boundary(store: LoopbackStore, trickling_store: str, tmp_path: P
         session = call("POST", "/veil/v1/reveal-sessions", carol,
                        json={"acknowledge_audit": True, "justification": "x"}).json()["id"]
         store.state.rows = [activity(1, HR1, later()), shown]
-        store.state.delay_s = 1.0
+        store.state.delay_s = 2.0  # the change commits while the store still sleeps
         answers: list[requests.Response] = []
         worker = threading.Thread(target=lambda: answers.append(
             call("GET", "/api/activities", carol, headers={"Veil-Reveal-Session": session})))
