@@ -342,6 +342,13 @@ def test_json_nested_too_deep_from_the_store_is_502(client: FlaskClient, store: 
 
 # ---- item 6: the decision uses state at least as new as the store's answer ----------------
 
+@pytest.fixture
+def patient(build: Any, store: LoopbackStore) -> Flask:
+    """An app that waits up to 10 s for the store (slow store answers take 2 s here)."""
+    application: Flask = build(store.url, upstream={"timeout_s": 10})
+    return application
+
+
 def query_in_flight(app: Flask, store: LoopbackStore, headers: dict[str, str],
                     during: Any) -> TestResponse:
     """Send one query to a slow store; run ``during`` while the store is answering."""
@@ -361,10 +368,11 @@ def query_in_flight(app: Flask, store: LoopbackStore, headers: dict[str, str],
     return answers[0]
 
 
-def test_group_made_private_while_the_store_answers(app: Flask, client: FlaskClient,
+def test_group_made_private_while_the_store_answers(patient: Flask,
                                                     store: LoopbackStore) -> None:
     """R11: a row dated after the privacy start is hidden even when the group became private
     while the query was already waiting for the store."""
+    app, client = patient, patient.test_client()
     client.put("/veil/v1/groups/hr", json={"name": "hr", "members": [HR1]}, headers=A)
     store.state.rows = [activity(1, HR1, later()), activity(2, USER, later())]
     assert ids(client.get("/api/activities", headers=auth(USER))) == ["act-1", "act-2"]
@@ -383,9 +391,10 @@ def test_group_made_private_while_the_store_answers(app: Flask, client: FlaskCli
 
 @pytest.mark.parametrize("change", ["revoke-permission", "end-session", "remove-admin"])
 def test_a_change_during_a_slow_store_answer_wins_over_the_reveal(
-        app: Flask, client: FlaskClient, store: LoopbackStore, change: str) -> None:
+        patient: Flask, store: LoopbackStore, change: str) -> None:
     """R11: a revoke, a session end or an admin removal that commits while the store is still
     answering is seen by the reveal: 403, no private row, no activities_revealed record."""
+    app, client = patient, patient.test_client()
     carol = "carol@contoso.com"
     make_private(client, "hr", [HR1])
     session = open_session(client, carol)
@@ -461,10 +470,11 @@ def test_a_change_between_decision_and_record_wins(app: Flask, client: FlaskClie
     assert revealed == []
 
 
-def test_concurrent_reveals_and_a_revoke(app: Flask, client: FlaskClient,
+def test_concurrent_reveals_and_a_revoke(patient: Flask,
                                          store: LoopbackStore) -> None:
     """Reveals answered before a revoke are recorded before it; reveals still in flight when it
     commits are refused: no activities_revealed record follows permission_revoked."""
+    app, client = patient, patient.test_client()
     carol = "carol@contoso.com"
     make_private(client, "hr", [HR1])
     session = open_session(client, carol)
@@ -589,7 +599,7 @@ def test_served_boundary(store: LoopbackStore, trickling_store: str, tmp_path: P
 
     carol = "carol@contoso.com"
     doc = config_doc(store.url, f"sqlite:///{tmp_path / 'veil.db'}",
-                     server={"workers": 2, "threads": 4})
+                     server={"workers": 2, "threads": 4}, upstream={"timeout_s": 10})
     doc["upstream"]["keep"] = ["/next"]
     with veil_serve(doc, tmp_path) as (url, _):
         http = requests.Session()
