@@ -47,6 +47,7 @@ class Reply:
     content_type: str
     body: bytes | str
     headers: tuple[tuple[str, str], ...] = ()
+    revealed: tuple[int, ...] = ()  # indices of the private rows a reveal let through
 
 
 class QueryService:
@@ -123,7 +124,8 @@ class QueryService:
                                          private, session_id, version, decide)
         if private:
             self.metrics.rows_revealed.inc(len(private))
-        return Reply(status, content_type, render(answer, ()), tuple(extra))
+        return Reply(status, content_type, render(answer, ()), tuple(extra),
+                     revealed=tuple(private))
 
     def _session(self, session_id: str) -> dict[str, object] | None:
         try:
