@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+from veil import principal
 from veil.config import FieldPointers
 from veil.errors import UpstreamBadBody, UpstreamNoRows
 
@@ -492,7 +493,7 @@ class Normalizer:
     """Reads each row's id, actor, actor type and timestamp through the configured pointers."""
 
     def __init__(self, fields: FieldPointers, application_values: frozenset[str]) -> None:
-        self.application_values = application_values
+        self.application_values = frozenset(principal.fold(v) for v in application_values)
         self._id = getter(fields.id)
         self._actor = getter(fields.actor)
         self._type = getter(fields.actor_type)
@@ -531,12 +532,13 @@ class Normalizer:
                     row_id = None
                 elif not MIN_INT <= row_id <= MAX_INT:
                     late.append(index)
-            actor = (actor.strip().lower() or None) if type(actor) is str else None
+            actor = principal.key(actor) if type(actor) is str else None
             row = {
                 "index": index,
                 "id": row_id,
                 "actor": actor,
-                "actor_type": "application" if type(kind) is str and kind in apps else "user",
+                "actor_type": ("application" if type(kind) is str and principal.fold(kind) in apps
+                               else "user"),
                 "ts_ns": to_ns(ts),
             }
             if include_raw:
