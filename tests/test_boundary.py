@@ -38,6 +38,7 @@ from conftest import ADMIN, SECRET, LoopbackStore, activity, auth, config_doc, i
 A = auth(ADMIN)
 USER = "bob@contoso.com"
 HR1 = "hr1@contoso.com"
+CAROL = "carol@contoso.com"  # an admin of the registry, granted the permission by ADMIN
 SEC = 1_000_000_000
 
 
@@ -53,10 +54,10 @@ def make_private(client: FlaskClient, group: str, members: list[str]) -> None:
     assert r.status_code == 201, r.get_json()
 
 
-def open_session(client: FlaskClient, who: str = ADMIN) -> str:
-    if who != ADMIN:
-        assert client.post("/veil/v1/admins", json={"principal": who},
-                           headers=A).status_code == 201
+def open_session(client: FlaskClient, who: str) -> str:
+    """A registry admin ``who``, granted the permission by ADMIN (never by themselves)."""
+    assert client.post("/veil/v1/admins", json={"principal": who},
+                       headers=A).status_code == 201
     assert client.post("/veil/v1/private-viewers", json={"principal": who},
                        headers=A).status_code == 201
     r = client.post("/veil/v1/reveal-sessions", json={"acknowledge_audit": True,
@@ -201,10 +202,10 @@ def test_store_error_answers_are_never_passed_on(client: FlaskClient, store: Loo
 def test_store_error_answer_to_a_reveal_reveals_and_records_nothing(client: FlaskClient,
                                                                      store: LoopbackStore) -> None:
     make_private(client, "hr", [HR1])
-    session = open_session(client)
+    session = open_session(client, CAROL)
     store.state.status = 500
     store.state.body = json.dumps({"debug": {"last_rows": [activity(1, HR1, later())]}}).encode()
-    r = client.get("/api/activities", headers={**A, "Veil-Reveal-Session": session})
+    r = client.get("/api/activities", headers={**auth(CAROL), "Veil-Reveal-Session": session})
     assert r.status_code == 502
     assert r.get_json()["store_status"] == 500
     assert b"hr1" not in r.data
@@ -317,12 +318,12 @@ def test_rows_veil_cannot_represent_are_private_and_the_rest_is_served(
 
 def test_an_unrepresentable_row_is_revealed_with_its_record(client: FlaskClient,
                                                             store: LoopbackStore) -> None:
-    session = open_session(client)
+    session = open_session(client, CAROL)
     ts = later()
     odd = json.dumps({**activity(2, USER, ts), "id": 2**64 + 5, "note": "\ud800"})
     store.state.body = ('{"data": [' + json.dumps(activity(1, USER, ts)) + ", " + odd +
                         "]}").encode()
-    r = client.get("/api/activities", headers={**A, "Veil-Reveal-Session": session})
+    r = client.get("/api/activities", headers={**auth(CAROL), "Veil-Reveal-Session": session})
     assert r.status_code == 200
     assert odd.encode() in r.data
     revealed = actions(client, "activities_revealed")
