@@ -138,7 +138,8 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def app(store: LoopbackStore, storage_url: str) -> Iterator[Flask]:
     application = create_app(make_config(store.url, storage_url))
     yield application
-    application.extensions["veil"].storage.close()
+    application.extensions["veil"].engine.close()  # in this thread: regorus engines are
+    application.extensions["veil"].storage.close()  # bound to the thread that made them
 
 
 @pytest.fixture

@@ -85,6 +85,7 @@ def console(store_server: LoopbackStore,
         identity={"mode": "header", "secret_env": "VEIL_GATEWAY_SECRET",
                   "bootstrap_admins": [ADMIN]},
         server={"workers": 1, "threads": 4},
+        upstream={"keep": ["/next"]},  # the console pages with the store's cursor
         console={"enabled": True, "secret_key_env": "VEIL_CONSOLE_KEY", "page_size": 25,
                  "activities": {"columns": [{"label": "Id", "pointer": "/id"},
                                             {"label": "Activity", "pointer": "/activity"}]}},

@@ -17,8 +17,9 @@ def test_spans_cover_each_row_exactly() -> None:
     assert answer.rows == [{"id": 1}, "two", [3], None]
     text = body.decode()
     assert [text[s:e] for s, e in answer.spans] == ['{"id": 1}', '"two"', "[3]", "null"]
-    assert render(answer, {1, 3}) == '{"a": {"data": [9]}, "data" : [{"id": 1},[3]] }'
-    assert render(answer, set()) == '{"a": {"data": [9]}, "data" : [{"id": 1},"two",[3],null] }'
+    # only the rows array comes back, in one layout, with each kept row as sent
+    assert render(answer, {1, 3}) == '{"data":[{"id": 1},[3]]}'
+    assert render(answer, set()) == '{"data":[{"id": 1},"two",[3],null]}'
 
 
 def test_pointer_escapes_and_array_indexes() -> None:
@@ -31,6 +32,7 @@ def test_pointer_escapes_and_array_indexes() -> None:
 def test_top_level_array_and_empty_rows() -> None:
     assert parse_answer(b" [ ] ", ()).rows == []
     assert render(parse_answer(b"[1, 2]", ()), {0}) == "[2]"
+    assert render(parse_answer(b" [ 1 ,\n 2 ] ", ()), ()) == "[1,2]"
 
 
 @pytest.mark.parametrize("body", [b'{"data": [1,]}', b'{"data": [1] ', b'{"data" [1]}',
@@ -93,13 +95,112 @@ def test_normalizer_reads_through_pointers() -> None:
 
 
 def test_repeated_keys_are_found_where_they_matter() -> None:
-    from veil.rows import rows_with_repeated_keys
-
     body = (b'{"data": [{"user": "a", "user": "b"}, {"user": "a", "note": "\\"user\\""},'
             b' {"x": 1, "x": 2}, {"who": {"user": 1, "user" : 2}}, {"kind": "user"}]}')
-    answer = parse_answer(body, ("data",))
-    assert rows_with_repeated_keys(answer, [("user",)], everywhere=False) == {0, 3}
-    assert rows_with_repeated_keys(answer, [("who", "user")], everywhere=False) == {0, 3}
-    assert rows_with_repeated_keys(answer, [("user",)], everywhere=True) == {0, 2, 3}
-    clean = parse_answer(b'[{"user": "a", "kind": "user"}, {"user": "b"}]', ())
-    assert rows_with_repeated_keys(clean, [("user",), ("kind",)], everywhere=False) == set()
+    def unreadable(read: list[tuple[str, ...]] | None, raw: bool = False) -> set[int]:
+        return set(parse_answer(body, ("data",), read=read, raw=raw).unreadable)
+
+    assert unreadable([("user",)]) == {0}
+    assert unreadable([("who", "user")]) == {3}
+    assert unreadable([("who",)]) == set()  # "who" is not repeated; what it holds is read whole
+    assert unreadable([("user",)], raw=True) == {0, 2, 3}
+    assert unreadable(None) == {0, 2, 3}
+    clean = parse_answer(b'[{"user": "a", "kind": "user"}, {"user": "b"}]', (),
+                         read=[("user",), ("kind",)])
+    assert clean.unreadable == frozenset()
+
+
+@pytest.mark.parametrize("row,repeated", [
+    ('{"user": "a", "\\u0075ser": "b"}', True),  # R2: names compared after unescaping
+    ('{"\\u0075\\u0073\\u0045r": "a", "usEr": "b"}', False),  # another name: usEr
+    ('{"user" : "a", "user": "b"}', True),
+    ('{"user":\n"a",\t"user"\r:"b"}', True),
+    ('{"who": {"user": "a"}, "who": {"user": "b"}}', False),  # /user is not under "who"
+    ('{"note": "\\":\\":\\":", "user": "a"}', False),  # '":' inside a string value
+    ('{"user": "a", "x": {"y": 1, "y": 2}}', False),
+    ('{"id": 1, "id": 2, "user": "a"}', True),  # the id is read too (the audit names it)
+])
+def test_repeated_key_verdict_per_row_on_decoded_names(row: str, repeated: bool) -> None:
+    fine = '{"user": "z", "extra": 1}'
+    body = ('{"data": [' + fine + ", " + row + ", " + fine + "]}").encode()
+    read = [("id",), ("user",), ("actorType",), ("timestamp",)]
+    answer = parse_answer(body, ("data",), read=read)
+    assert answer.unreadable == (frozenset({1}) if repeated else frozenset())
+
+
+def test_an_escaped_key_in_one_row_does_not_balance_a_repeat_in_another() -> None:
+    """Counting literal key text over the array let one row's escaped key hide another row's
+    repeated one: the verdict is per row."""
+    body = b'{"data": [{"user": "a", "user": "b"}, {"\\u0075ser": "c"}, {"user": "d"}]}'
+    answer = parse_answer(body, ("data",), read=[("user",)])
+    assert answer.unreadable == frozenset({0})
+
+
+@pytest.mark.parametrize("row,unrepresentable", [
+    ('{"user": "a", "note": "\\ud800"}', True),  # a lone high surrogate, anywhere
+    ('{"user": "a", "deep": [{"x": "\\uDFFF"}]}', True),  # a lone low surrogate, nested
+    ('{"user": "a", "\\udc00": 1}', True),  # in a member name
+    ('{"user": "a", "emoji": "\\ud83d\\ude00"}', False),  # a valid pair
+    ('{"user": "a", "path": "C:\\\\ud800"}', False),  # a backslash, then text
+    ('{"user": "a", "x": NaN}', True),
+    ('{"user": "a", "x": -Infinity}', True),
+])
+def test_values_veil_cannot_represent_make_a_row_unreadable(row: str,
+                                                            unrepresentable: bool) -> None:
+    body = ('[{"user": "z"}, ' + row + "]").encode()
+    answer = parse_answer(body, (), read=[("user",)])
+    assert answer.unreadable == (frozenset({1}) if unrepresentable else frozenset())
+    assert answer.rows[0] == {"user": "z"}
+
+
+def test_big_integers_are_unreadable_where_veil_reads_them() -> None:
+    normalizer = Normalizer(FieldPointers(), frozenset({"application"}))
+    big = 2**64 + 1
+    body = (f'[{{"id": {big}, "user": "a@x", "timestamp": 0}},'
+            f' {{"id": 1, "user": "b@x", "timestamp": 0, "amount": {big}}},'
+            f' {{"id": {2**63 - 1}, "user": "c@x", "timestamp": 0}}]').encode()
+    answer = parse_answer(body, (), read=normalizer.pointers)
+    rows = normalizer.rows(answer.rows, include_raw=False, unreadable=answer.unreadable)
+    assert [(r["id"], r["actor"]) for r in rows] == [(None, None), (1, "b@x"),
+                                                     (2**63 - 1, "c@x")]
+    # a policy reading raw rows needs every integer representable (signed 64-bit)
+    answer = parse_answer(body, (), read=normalizer.pointers, raw=True)
+    assert answer.unreadable == frozenset({0, 1})
+    rows = normalizer.rows(answer.rows, include_raw=True, unreadable=answer.unreadable)
+    assert rows[1]["raw"] is None and rows[1]["actor"] is None
+    assert rows[2]["raw"] == {"id": 2**63 - 1, "user": "c@x", "timestamp": 0}
+
+
+def test_an_integer_of_more_digits_than_python_converts_is_one_unreadable_row() -> None:
+    body = ('[{"user": "a"}, {"user": "b", "n": ' + "9" * 5000 + "}]").encode()
+    answer = parse_answer(body, (), read=[("user",)])
+    assert answer.unreadable == frozenset({1})
+    assert render(answer, {1}) == '[{"user": "a"}]'
+
+
+def test_rows_nested_too_deep_for_the_policy_are_unreadable_when_it_reads_raw() -> None:
+    deep = "[" * 80 + "]" * 80
+    body = ('[{"user": "a", "x": [[1]]}, {"user": "b", "x": ' + deep + "}]").encode()
+    assert parse_answer(body, (), read=[("user",)]).unreadable == frozenset()
+    assert parse_answer(body, (), read=[("user",)], raw=True).unreadable == frozenset({1})
+
+
+def test_a_body_nested_deeper_than_veil_reads_is_a_bad_body() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for body in (b'{"data": [' + deep + b"]}", b'{"x": ' + deep + b', "data": []}', deep):
+        with pytest.raises(UpstreamBadBody):
+            parse_answer(body, ("data",))
+
+
+def test_keep_returns_only_the_named_members_as_sent() -> None:
+    body = (b'{"total": 7, "data": [{"id": 1}, {"id": 2}], "facets": {"user": ["x"]},'
+            b' "next": {"cursor": "c\\u00e9", "n": 2}, "meta": {"page": 3, "debug": [1]}}')
+    answer = parse_answer(body, ("data",), keep=[("next",), ("meta", "page"), ("absent",)])
+    assert render(answer, {0}) == ('{"data":[{"id": 2}],"next":{"cursor": "c\\u00e9", "n": 2},'
+                                   '"meta":{"page":3}}')
+    nested = parse_answer(b'{"result": {"count": 2, "items": [1, 2], "next": "n"}, "x": 1}',
+                          ("result", "items"), keep=[("result", "next")])
+    assert render(nested, {1}) == '{"result":{"items":[1],"next":"n"}}'
+    indexed = parse_answer(b'{"pages": [{"rows": [1]}, {"rows": [2], "total": 1}]}',
+                           ("pages", "1", "rows"))
+    assert render(indexed, ()) == '{"pages":[null,{"rows":[2]}]}'

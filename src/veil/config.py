@@ -29,6 +29,7 @@ class UpstreamConfig:
     url: str
     routes: tuple[str, ...]
     rows: str = "/data"
+    keep: tuple[str, ...] = ()  # envelope members returned beside the rows (JSON pointers)
     fields: FieldPointers = field(default_factory=FieldPointers)
     application_values: tuple[str, ...] = ("application",)
     forward_headers: tuple[str, ...] = ("Authorization",)
@@ -288,6 +289,7 @@ def from_dict(
             url=up["url"].rstrip("/"),
             routes=tuple(up["routes"]),
             rows=up.get("rows", "/data"),
+            keep=_keep(up.get("rows", "/data"), up.get("keep", [])),
             fields=FieldPointers(**fields),
             application_values=tuple(up.get("application_values", ["application"])),
             forward_headers=tuple(up.get("forward_headers", ["Authorization"])),
@@ -435,6 +437,27 @@ def validate(document: Any) -> None:
         raise ConfigError(f"{'.'.join(parts)}: required key is missing")
     where = ".".join(parts) or "(top level)"
     raise ConfigError(f"{where}: {error.message}")
+
+
+def _keep(rows: str, keep: list[str]) -> tuple[str, ...]:
+    """``upstream.keep``, checked against the rows pointer: no member holds another."""
+
+    def tokens(pointer: str) -> tuple[str, ...]:
+        return tuple(t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:])
+
+    def overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+        return a[:len(b)] == b or b[:len(a)] == a
+
+    rows_tokens = tokens(rows)
+    for number, pointer in enumerate(keep):
+        if overlap(tokens(pointer), rows_tokens):
+            raise ConfigError(f"upstream.keep.{number}: {pointer!r} overlaps the rows array "
+                              f"{rows!r}; keep names members beside the rows, never around "
+                              "or inside them")
+        for other in keep[:number]:
+            if overlap(tokens(pointer), tokens(other)):
+                raise ConfigError(f"upstream.keep.{number}: {pointer!r} overlaps {other!r}")
+    return tuple(keep)
 
 
 def _resolve_sqlite_url(url: str, base_dir: Path) -> str:

@@ -15,8 +15,10 @@
     │   ├── UpstreamUnavailable    502 upstream_unavailable
     │   ├── UpstreamBadBody        502 upstream_bad_body
     │   │   └── UpstreamNoRows     502 upstream_no_rows (valid JSON, no rows array)
+    │   ├── UpstreamStatus         502 upstream_status (the store did not answer 2xx)
     │   └── UpstreamTimeout        504 upstream_timeout
     ├── PolicyError                503 policy_unavailable
+    ├── StateChanged               503 state_changed (kept changing while a reveal was decided)
     └── StorageError               503 storage_unavailable
         └── GovernanceWriteFailed  503 governance_write_failed
 """
@@ -118,9 +120,17 @@ class UpstreamBadBody(UpstreamError):
 
 
 class UpstreamNoRows(UpstreamBadBody):
-    """Well-formed JSON without the rows array: harmless in an error answer, bad in a success."""
+    """Well-formed JSON without the rows array."""
 
     code = "upstream_no_rows"
+
+
+class UpstreamStatus(UpstreamError):
+    """The store answered with a status other than 2xx: its body is dropped, never passed on
+    (it may hold rows, R9); ``store_status`` names the status it answered."""
+
+    code = "upstream_status"
+    title = "Activity store did not answer with success"
 
 
 class UpstreamTimeout(UpstreamError):
@@ -133,6 +143,14 @@ class PolicyError(VeilError):
     status = 503
     code = "policy_unavailable"
     title = "Policy engine unavailable"
+
+
+class StateChanged(VeilError):
+    """The management state changed between a reveal's decision and its record (R11)."""
+
+    status = 503
+    code = "state_changed"
+    title = "Management state changed during the reveal"
 
 
 class StorageError(VeilError):

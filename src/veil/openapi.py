@@ -24,6 +24,8 @@ from veil.app import services
 blueprint = Blueprint("openapi", __name__)
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
+PROBLEM_CONTENT = {"content": {"application/problem+json": {
+    "schema": {"$ref": "#/components/schemas/Problem"}}}}
 Access = Literal["admin", "caller", "open"]
 
 SESSION_ID = r"^rs_[A-Za-z0-9_-]{32}$"
@@ -228,10 +230,22 @@ def document(routes: tuple[str, ...], require_justification: bool = True) -> dic
             "summary": "Activity query, forwarded to the store and filtered by policy",
             "operationId": f"get{route}", "tags": ["activities"],
             "parameters": [reveal_header],
-            "responses": {"200": {"description": "the store's answer without private rows",
-                                  "content": {"application/json": {"schema": {}}}},
-                          **{status: PROBLEM for status in ("401", "403", "413", "502", "503",
-                                                            "504")}}}}
+            "responses": {
+                **{status: {"description": "the store's success status, and its answer "
+                                           "rebuilt: the rows array without private rows "
+                                           "(with them, audited, for a reveal) and the "
+                                           "members named in upstream.keep; nothing else "
+                                           "the store wrote",
+                            "content": {"application/json": {"schema": {}}}}
+                   for status in ("200", "2XX")},
+                **{status: PROBLEM for status in ("401", "403", "413", "503")},
+                "502": {**PROBLEM_CONTENT, "description":
+                        "the store is unreachable, its body is not the configured shape "
+                        "(upstream_bad_body, upstream_no_rows), or it answered other than 2xx "
+                        "(upstream_status; the member store_status names its status, and its "
+                        "body is dropped)"},
+                "504": {**PROBLEM_CONTENT, "description": "the whole answer did not arrive "
+                                                          "within upstream.timeout_s"}}}}
     from veil.scim import PREFIX
     from veil.scim.discovery import openapi_paths
 
@@ -249,7 +263,10 @@ def document(routes: tuple[str, ...], require_justification: bool = True) -> dic
                 "type": "object", "required": ["type", "title", "status", "detail", "code"],
                 "properties": {"type": {"type": "string"}, "title": {"type": "string"},
                                "status": {"type": "integer"}, "detail": {"type": "string"},
-                               "code": {"type": "string"}, "field": {"type": "string"}}},
+                               "code": {"type": "string"}, "field": {"type": "string"},
+                               "store_status": {"type": "integer", "description":
+                                                "upstream_status: the status the store "
+                                                "answered"}}},
                 "ScimError": {
                     "type": "object", "required": ["schemas", "status"],
                     "properties": {"schemas": {"type": "array", "items": {"type": "string"}},

@@ -2,7 +2,10 @@
 
 This is where private rows are removed (R1-R3), where a reveal is allowed only on the
 policy's word (R4), and where the governance record is committed before any private row
-leaves (R7). Nothing here tells a caller who cannot reveal how many rows were hidden (R9).
+leaves (R7). Nothing here tells a caller who cannot reveal how many rows were hidden (R9):
+the answer is rebuilt in one layout with only the kept envelope members, and a store answer
+other than 2xx is never passed on. The decision uses management state read after the store
+answered, and a reveal is checked again in the transaction that records it (R11).
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -20,24 +25,18 @@ from veil.errors import (
     PolicyError,
     RevealRefused,
     StorageError,
-    UpstreamBadBody,
-    UpstreamNoRows,
+    UpstreamStatus,
 )
 from veil.identity import Headers
 from veil.metrics import Metrics
 from veil.policy import Decision, Engine
-from veil.rows import (
-    Answer,
-    Normalizer,
-    parse_answer,
-    pointer_tokens,
-    render,
-    rows_with_repeated_keys,
-)
+from veil.rows import Answer, Normalizer, parse_answer, pointer_tokens, render
 from veil.storage import Storage
 from veil.upstream import Upstream
 
 log = logging.getLogger("veil.query")
+
+ReadState = Callable[[Sequence[str]], tuple[int, dict[str, Any]]]
 
 REVEAL_HEADER = "Veil-Reveal-Session"
 
@@ -61,66 +60,85 @@ class QueryService:
         self.metrics = metrics
         self.routes = frozenset(config.upstream.routes)
         self.rows_pointer = pointer_tokens(config.upstream.rows)
+        self.keep = tuple(pointer_tokens(p) for p in config.upstream.keep)
         self.normalizer = Normalizer(config.upstream.fields,
                                      frozenset(config.upstream.application_values))
         self._state_loaded = False
 
     def answer(self, caller: str, path: str, query_string: str, headers: Headers,
                session_id: str | None) -> Reply:
-        session = self._session(session_id) if session_id is not None else None
-        state_ok = self._sync_state()
         started = time.perf_counter()
         store = self.upstream.get(path, query_string, headers)
         self.metrics.upstream_latency.observe(time.perf_counter() - started)
-        try:
-            answer = parse_answer(store.body, self.rows_pointer)
-        except UpstreamNoRows:
-            if 200 <= store.status < 300:
-                raise
-            # A well-formed error answer without rows (the store refusing the query) goes back
-            # as it is; one Veil cannot read is never passed on (it might hold rows).
-            return Reply(store.status, store.content_type, store.body, (("Cache-Control",
-                                                                          "no-store"),))
-        except UpstreamBadBody as exc:
-            if 200 <= store.status < 300:
-                raise
-            raise UpstreamBadBody(f"the store answered {store.status} with a body Veil cannot "
-                                  f"check for private activities ({exc.detail})",
-                                  store_status=store.status) from exc
+        if not 200 <= store.status < 300:
+            # R9: an error answer may hold rows (a partial page, a debug dump): never passed on
+            raise UpstreamStatus(f"the activity store answered {store.status}; Veil does not "
+                                 "pass on answers other than success (their body may hold "
+                                 "private activities)", store_status=store.status)
         needs_raw = self.engine.needs_raw
-        ambiguous = rows_with_repeated_keys(answer, self.normalizer.pointers,
-                                            everywhere=needs_raw)
-        rows = self.normalizer.rows(answer.rows, include_raw=needs_raw, unreadable=ambiguous)
-        decision = self._decide(caller, path, query_string, session_id, session, rows,
-                                state_ok)
+        answer = parse_answer(store.body, self.rows_pointer, self.keep,
+                              self.normalizer.pointers, raw=needs_raw)
+        rows = self.normalizer.rows(answer.rows, include_raw=needs_raw,
+                                    unreadable=answer.unreadable)
         extra: list[tuple[str, str]] = [("Cache-Control", "no-store")]
+        if session_id is not None:
+            return self._reveal(caller, path, query_string, session_id, answer, rows, extra,
+                                store.status, store.content_type)
+        # R11: management state read after the store's answer arrived, never before
+        state_ok = self._sync_state()
+        decision = self._decide(caller, path, query_string, None, None, rows, state_ok)
         if decision.failed:
             extra.append(("Veil-Degraded", "policy"))
-        if session_id is not None:
+        hidden = decision.hidden(len(rows))
+        if hidden:
+            self.metrics.rows_hidden.inc(len(hidden))
+        return Reply(store.status, store.content_type, render(answer, hidden), tuple(extra))
+
+    def _reveal(self, caller: str, path: str, query_string: str, session_id: str,
+                answer: Answer, rows: list[dict[str, object]], extra: list[tuple[str, str]],
+                status: int, content_type: str) -> Reply:
+        """Decide a reveal, and record it only if it still holds when the record is written:
+        a revoke, a session end or a state change that commits first wins (R7, R11)."""
+        version = self._state_version()
+        state_ok = self._sync_state()
+        session = self._session(session_id)
+
+        def decide(in_record: bool) -> list[int]:
+            """The private rows to reveal; in the record's transaction (on newer state) a
+            refusal is recorded after that transaction, by ``_audit_reveal``."""
+            decision = self._decide(caller, path, query_string, session_id, session, rows,
+                                    in_record or state_ok)
             if decision.failed:
                 raise PolicyError("the policy could not decide this reveal; nothing was revealed")
             if not decision.reveal:
-                self._refused(caller, session_id, decision.refusals, path)
+                if not in_record:
+                    self._refused(caller, session_id, decision.refusals, path)
                 raise RevealRefused("reveal refused: " + "; ".join(decision.refusals or
                                                                     ("the policy denied it",)),
                                     reasons=list(decision.refusals))
-            private = sorted(decision.hidden(len(rows)))
-            if private:
-                self._audit_reveal(caller, session, path, query_string, answer, rows, private)
-                self.metrics.rows_revealed.inc(len(private))
-            return Reply(store.status, store.content_type, store.body, tuple(extra),
-                         revealed=tuple(private))
-        hidden = decision.hidden(len(rows))
-        if not hidden:
-            return Reply(store.status, store.content_type, store.body, tuple(extra))
-        self.metrics.rows_hidden.inc(len(hidden))
-        return Reply(store.status, store.content_type, render(answer, hidden), tuple(extra))
+            return sorted(decision.hidden(len(rows)))
+
+        private = decide(False)
+        if private or self._state_version() != version:
+            private = self._audit_reveal(caller, session, path, query_string, answer, rows,
+                                         private, session_id, version, decide)
+        if private:
+            self.metrics.rows_revealed.inc(len(private))
+        return Reply(status, content_type, render(answer, ()), tuple(extra),
+                     revealed=tuple(private))
 
     def _session(self, session_id: str) -> dict[str, object] | None:
         try:
             return self.storage.get_session(session_id)
         except StorageError as exc:
             raise StorageError("cannot check the reveal session: storage is unavailable") from exc
+
+    def _state_version(self) -> int:
+        try:
+            return self.storage.state_version()
+        except StorageError as exc:
+            raise StorageError("cannot check the management state of this reveal: storage is "
+                               "unavailable") from exc
 
     def _sync_state(self) -> bool:
         """Bring the engine's data.veil up to date; False when no state could ever be loaded."""
@@ -164,27 +182,49 @@ class QueryService:
 
     def _audit_reveal(self, caller: str, session: dict[str, object] | None, path: str,
                       query_string: str, answer: Answer, rows: list[dict[str, object]],
-                      private: list[int]) -> None:
+                      private: list[int], session_id: str, version: int,
+                      decide: Callable[[bool], list[int]]) -> list[int]:
+        """Record the reveal of ``private`` as decided on state ``version``; if the state has
+        moved on, the storage transaction has ``decide`` judge again on the newer state first.
+        Returns the rows recorded (and so revealed) as private."""
         text = answer.text
-        details = {
-            "session": session["id"] if session else None,
-            "justification": session.get("justification") if session else None,
-            "path": path,
-            "query": query_string,
-            "count": len(private),
-            "ids": [rows[i]["id"] for i in private],
-            # each revealed row exactly as sent, even one without a readable id
-            "sha256": [hashlib.sha256(text[start:end].encode()).hexdigest()
-                       for start, end in (answer.spans[i] for i in private)],
-        }
+        revealed = private
+
+        def details(indices: list[int]) -> dict[str, object] | None:
+            if not indices:
+                return None
+            return {
+                "session": session["id"] if session else session_id,
+                "justification": session.get("justification") if session else None,
+                "path": path,
+                "query": query_string,
+                "count": len(indices),
+                "ids": [rows[i]["id"] for i in indices],
+                # each revealed row exactly as sent, even one without a readable id
+                "sha256": [hashlib.sha256(text[start:end].encode()).hexdigest()
+                           for start, end in (answer.spans[i] for i in indices)],
+            }
+
+        def redecide(newer: int, read: ReadState) -> dict[str, object] | None:
+            nonlocal revealed
+            self.engine.sync(newer, lambda: read(self.config.managed_domains))
+            revealed = decide(True)
+            return details(revealed)
+
         try:
-            self.storage.record("activities_revealed", caller, details)
+            self.storage.record_reveal(caller, session_id, details(private),
+                                       state_version=version, redecide=redecide)
+        except RevealRefused as exc:
+            # revoked, ended or expired since the decision: the newer state wins (R11)
+            self._refused(caller, session_id, tuple(exc.extra.get("reasons", ())), path)
+            raise
         except StorageError as exc:
             log.error("governance record not written, reveal withheld: %s", exc.detail)
             raise GovernanceWriteFailed(
                 "the governance record of this reveal could not be written; no private "
                 "activity was sent. Retry when storage is back."
             ) from exc
+        return revealed
 
     def _refused(self, caller: str, session_id: str, refusals: tuple[str, ...],
                  path: str) -> None:

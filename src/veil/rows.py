@@ -1,41 +1,87 @@
-"""Reading the store's answer: find the rows array, normalize each row, and drop hidden rows.
+"""Reading the store's answer: rows, their spans, and what Veil cannot read, in one pass.
 
-The rows are located with a single pass of the standard library's C JSON scanner that also
-records where each row starts and ends in the body, so the rows that are kept go back to the
-caller byte-for-byte as the store sent them, and nothing outside the rows array changes.
+The body is read once by the standard library's C JSON scanner, row by row, recording where
+each row starts and ends. That same pass yields, per row, whether a key Veil reads appears
+twice (names compared after JSON unescaping) and whether the row holds a value Veil cannot
+represent (a lone surrogate; an integer beyond 64 bits where Veil or the policy reads it;
+``NaN``/``Infinity``). Such rows are unreadable, so private (R2). The checks are counts at C
+speed over the whole rows array; only rows they cannot clear are decoded again, one by one.
+
+The answer Veil sends is rebuilt from these parts in one layout (R9): the rows array written
+as ``[row,row,...]`` with each kept row byte-for-byte as the store sent it, and around it only
+the members named in ``upstream.keep``, also as sent. Nothing else the store wrote is returned.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from veil import principal
 from veil.config import FieldPointers
 from veil.errors import UpstreamBadBody, UpstreamNoRows
 
+Tokens = tuple[str, ...]
+
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
-_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_BLANK = " \t\n\r"
+_BLANK_BYTES = b" \t\n\r"
+# A member name with whitespace before its ':' (the fast member count looks for '":').
+_SPACED_COLON = re.compile(r'"[ \t\n\r]+:')
+# A decoded string holds a lone surrogate only through a \uD800-\uDFFF escape: raw surrogates
+# are not UTF-8, so a body holding one does not decode at all.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 _scan_string = json.decoder.scanstring  # type: ignore[attr-defined]
+_skip_value = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+# Integers Veil and the policy engines represent: signed 64-bit.
+MIN_INT, MAX_INT = -(2**63), 2**63 - 1
+# A row given to the policy as ``raw`` nests at most this deep (the engines refuse deeper).
+MAX_RAW_DEPTH = 64
+
+
+class _Span(NamedTuple):
+    """A kept envelope member: where its value is in the body's text."""
+
+    start: int
+    end: int
+
+
+class _Members(dict[str, Any]):
+    """An object on the way to the rows array or a kept member: what of it is returned."""
+
+
+class _Items(dict[int, Any]):
+    """An array on the way to the rows array or a kept member: what of it is returned."""
+
+
+class _RowsArray:
+    """Where the rows array sits in the envelope."""
+
+
+ROWS = _RowsArray()
 
 
 @dataclass(frozen=True)
 class Answer:
-    """A parsed store answer: the rows, and where each sits in the body's text."""
+    """A parsed store answer: its rows, where each sits in the text, and which are unreadable."""
 
     text: str
     rows: list[Any]
     spans: list[tuple[int, int]]
     array_start: int  # index of "["
     array_end: int  # index just past "]"
+    unreadable: frozenset[int] = frozenset()  # R2: a repeated read key, or an unrepresentable value
+    envelope: Any = ROWS  # the rows array and the kept members, as they nest
 
 
-def pointer_tokens(pointer: str) -> tuple[str, ...]:
+def pointer_tokens(pointer: str) -> Tokens:
     """Split an RFC 6901 JSON pointer into its unescaped reference tokens."""
     if pointer == "":
         return ()
@@ -59,88 +105,73 @@ def resolve(document: Any, tokens: Sequence[str]) -> Any:
     return document
 
 
-def parse_answer(body: bytes, rows_pointer: tuple[str, ...]) -> Answer:
-    """Parse the store's body; raise UpstreamBadBody unless the pointer names a JSON array."""
+def parse_answer(body: bytes, rows_pointer: Tokens, keep: Sequence[Tokens] = (),
+                 read: Sequence[Tokens] | None = None, raw: bool = False) -> Answer:
+    """Parse the store's body in one pass; raise UpstreamBadBody unless the pointer names an array.
+
+    ``keep`` are the envelope members returned beside the rows; ``read`` the row fields Veil
+    reads (None: every key counts), whose repetition makes a row unreadable; ``raw``: the
+    policy reads whole rows, so any repeated key, any integer beyond 64 bits and any nesting
+    deeper than ``MAX_RAW_DEPTH`` make a row unreadable too.
+    """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UpstreamBadBody("the store's answer is not UTF-8 JSON") from exc
+    parser = _Parser(text, read, raw, body)
+    targets = ((rows_pointer, True), *((tokens, False) for tokens in keep))
     try:
         start = _skip(text, 0)
-        end, found = _scan(text, start, rows_pointer)
+        end, envelope = parser.value(start, targets)
         if _skip(text, end) != len(text):
             raise UpstreamBadBody("the store's answer has trailing data after the JSON document")
+    except RecursionError as exc:
+        raise UpstreamBadBody("the store's answer nests JSON deeper than Veil reads") from exc
     except (StopIteration, IndexError, ValueError) as exc:
         raise UpstreamBadBody("the store's answer is not valid JSON") from exc
-    if found is None:
+    if parser.answer is None:
         where = "/" + "/".join(rows_pointer)
         raise UpstreamNoRows(f"the store's answer has no rows array at {where!r}")
-    return found
+    found = parser.answer
+    return Answer(text, found.rows, found.spans, found.array_start, found.array_end,
+                  found.unreadable, envelope)
 
 
 def render(answer: Answer, hidden: Iterable[int]) -> str:
-    """The body without the hidden rows; kept rows and everything around them are unchanged."""
+    """The answer Veil sends: the rows array without the hidden rows, in one layout, and the
+    kept envelope members; kept rows and members are byte-for-byte as the store sent them."""
     drop = set(hidden)
     text = answer.text
-    kept = [text[s:e] for i, (s, e) in enumerate(answer.spans) if i not in drop]
-    return text[: answer.array_start + 1] + ",".join(kept) + text[answer.array_end - 1 :]
+    if drop:
+        rows = [text[s:e] for i, (s, e) in enumerate(answer.spans) if i not in drop]
+    else:
+        rows = [text[s:e] for s, e in answer.spans]
+    out: list[str] = []
+    _emit(answer.envelope, "[" + ",".join(rows) + "]", text, out)
+    return "".join(out)
 
 
-def rows_with_repeated_keys(answer: Answer, pointers: Iterable[tuple[str, ...]],
-                            everywhere: bool) -> set[int]:
-    """Rows that a JSON reader keeping the *first* of two equal keys would read differently.
-
-    Python keeps the last; such a row must not be judged on one reading and shown for the
-    other. The configured fields' member names are counted over the whole rows array at C
-    speed: when each top-level field name appears exactly as often as rows carry it, no row
-    repeats it. Otherwise, or for nested fields, or when a policy reads the raw rows
-    (``everywhere``: any repeated key counts), rows are parsed again one by one.
-    """
-    text, rows = answer.text, answer.rows
-    suspects: list[tuple[str, re.Pattern[str]]] = []
-    top = sorted({tokens[0] for tokens in pointers if len(tokens) == 1})
-    if top:
-        names = re.compile("|".join(re.escape(json.dumps(key)) for key in top)
-                           + r"(?=[ \t\n\r]*:)")
-        named = Counter(names.findall(text, answer.array_start, answer.array_end))
-        carried = Counter(key for row in rows if type(row) is dict for key in top if key in row)
-        for key in top:
-            quoted = json.dumps(key)
-            if named[quoted] != carried[key]:
-                suspects.append((quoted, re.compile(re.escape(quoted) + r"[ \t\n\r]*:")))
-    for tokens in pointers:
-        if len(tokens) > 1:
-            quoted = json.dumps(tokens[-1])
-            suspects.append((quoted, re.compile(re.escape(quoted) + r"[ \t\n\r]*:")))
-    found: set[int] = set()
-    if not suspects and not everywhere:
-        return found
-    for index, (start, end) in enumerate(answer.spans):
-        suspect = everywhere or any(
-            text.count(quoted, start, end) > 1 and len(as_key.findall(text, start, end)) > 1
-            for quoted, as_key in suspects)
-        if suspect and _repeats_a_key(text[start:end]):
-            found.add(index)
-    return found
-
-
-def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise _RepeatedKey
-    return dict(pairs)
-
-
-class _RepeatedKey(Exception):
-    pass
-
-
-def _repeats_a_key(row_text: str) -> bool:
-    try:
-        json.loads(row_text, object_pairs_hook=_refuse_repeats)
-    except _RepeatedKey:
-        return True
-    return False
+def _emit(node: Any, rows: str, text: str, out: list[str]) -> None:
+    if node is ROWS:
+        out.append(rows)
+    elif type(node) is _Span:
+        out.append(text[node.start:node.end])
+    elif type(node) is _Members:
+        out.append("{")
+        for number, (key, value) in enumerate(node.items()):
+            out.append(("," if number else "") + json.dumps(key) + ":")
+            _emit(value, rows, text, out)
+        out.append("}")
+    else:  # _Items: positions not returned are null
+        out.append("[")
+        for index in range(max(node) + 1):
+            if index:
+                out.append(",")
+            if index in node:
+                _emit(node[index], rows, text, out)
+            else:
+                out.append("null")
+        out.append("]")
 
 
 def _skip(text: str, pos: int) -> int:
@@ -148,100 +179,305 @@ def _skip(text: str, pos: int) -> int:
     return match.end() if match else pos
 
 
-def _scan(text: str, pos: int, tokens: tuple[str, ...]) -> tuple[int, Answer | None]:
-    """Scan one JSON value at ``pos``; descend along ``tokens`` to find the rows array."""
-    if not tokens:
-        if text[pos] != "[":
-            _, end = _scan_once(text, pos)
-            return end, None
-        return _scan_rows(text, pos)
-    char = text[pos]
-    if char == "{":
-        return _scan_object(text, pos, tokens)
-    if char == "[" and tokens[0].isdigit():
-        return _scan_array(text, pos, tokens)
-    _, end = _scan_once(text, pos)
-    return end, None
+class _Repeated(dict[str, Any]):
+    """A decoded object that wrote some member names more than once."""
+
+    repeated: frozenset[str] = frozenset()
 
 
-def _scan_object(text: str, pos: int, tokens: tuple[str, ...]) -> tuple[int, Answer | None]:
-    found: Answer | None = None
-    seen = False
-    pos = _skip(text, pos + 1)
-    if text[pos] == "}":
-        return pos + 1, None
-    while True:
-        if text[pos] != '"':
-            raise ValueError("expected a member name")
-        key, pos = _scan_string(text, pos + 1, True)
-        pos = _skip(text, pos)
-        if text[pos] != ":":
-            raise ValueError("expected ':'")
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    marked = _Repeated(obj)
+    marked.repeated = frozenset(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+    return marked
+
+
+def _decode_marking_repeats(row_text: str) -> Any:
+    return json.loads(row_text, object_pairs_hook=_pairs, parse_constant=lambda _: None)
+
+
+def _repeats_anywhere(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if type(node) is _Repeated:
+            return True
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif type(node) is list:
+            stack.extend(node)
+    return False
+
+
+def _repeats_on(value: Any, tokens: Tokens) -> bool:
+    """Whether a key on the way to ``tokens`` (the field itself included) is repeated."""
+    node = value
+    for token in tokens:
+        if type(node) is _Repeated and token in node.repeated:
+            return True
+        node = resolve(node, (token,))
+        if node is None:
+            return False
+    return False
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    except (ValueError, TypeError, RecursionError):
+        return True
+    return False
+
+
+def _depth(value: Any) -> int:
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in node.values())
+        elif type(node) is list:
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in node)
+    return deepest
+
+
+@dataclass(frozen=True)
+class _Found:
+    rows: list[Any]
+    spans: list[tuple[int, int]]
+    array_start: int
+    array_end: int
+    unreadable: frozenset[int]
+
+
+class _Parser:
+    """One pass over a body: descends to the rows array and the kept members."""
+
+    def __init__(self, text: str, read: Sequence[Tokens] | None, raw: bool,
+                 body: bytes | None = None) -> None:
+        self.text = text
+        self.body = text.encode() if body is None else body
+        self.read = read
+        self.raw = raw
+        self.flags: list[int] = []  # set by the scanner's hooks while it reads a row
+        self.scan = self._scanner(raw)
+        self._tolerant: Callable[[str, int], tuple[Any, int]] | None = None
+        self.answer: _Found | None = None
+
+    def _scanner(self, check_ints: bool) -> Callable[[str, int], tuple[Any, int]]:
+        flags = self.flags
+
+        def constant(_: str) -> None:  # NaN, Infinity, -Infinity: not JSON
+            flags.append(1)
+
+        def integer(digits: str) -> int:
+            if len(digits) < 19:
+                return int(digits)
+            try:
+                value = int(digits)
+            except ValueError:  # more digits than Python converts
+                flags.append(1)
+                return 0
+            if not MIN_INT <= value <= MAX_INT:
+                flags.append(1)
+            return value
+
+        decoder = json.JSONDecoder(parse_constant=constant,
+                                   parse_int=integer if check_ints else None)
+        scan: Callable[[str, int], tuple[Any, int]] = decoder.scan_once  # type: ignore[attr-defined]
+        return scan
+
+    def value(self, pos: int, targets: tuple[tuple[Tokens, bool], ...]) -> tuple[int, Any]:
+        """Read the value at ``pos``; what of it is returned (None: nothing)."""
+        text = self.text
+        for tokens, is_rows in targets:
+            if not tokens:  # pointers are prefix-free: this is the only target here
+                if not is_rows:
+                    _, end = _skip_value(text, pos)
+                    return end, _Span(pos, end)
+                if text[pos] != "[":
+                    _, end = _skip_value(text, pos)
+                    return end, None
+                return self.rows_array(pos), ROWS
+        char = text[pos]
+        if char == "{":
+            return self.object(pos, targets)
+        if char == "[":
+            return self.array(pos, targets)
+        _, end = _skip_value(text, pos)
+        return end, None
+
+    def object(self, pos: int, targets: tuple[tuple[Tokens, bool], ...]) -> tuple[int, Any]:
+        text = self.text
+        found = _Members()
+        seen: set[str] = set()
         pos = _skip(text, pos + 1)
-        if key == tokens[0]:
-            if seen:
-                raise UpstreamBadBody(f"the store's answer repeats the member {key!r}")
-            seen = True
-            pos, found = _scan(text, pos, tokens[1:])
-        else:
-            _, pos = _scan_once(text, pos)
-        pos = _skip(text, pos)
         if text[pos] == "}":
-            return pos + 1, found
-        if text[pos] != ",":
-            raise ValueError("expected ',' or '}'")
-        pos = _skip(text, pos + 1)
-
-
-def _scan_array(text: str, pos: int, tokens: tuple[str, ...]) -> tuple[int, Answer | None]:
-    found: Answer | None = None
-    wanted = int(tokens[0])
-    index = 0
-    pos = _skip(text, pos + 1)
-    if text[pos] == "]":
-        return pos + 1, None
-    while True:
-        if index == wanted:
-            pos, found = _scan(text, pos, tokens[1:])
-        else:
-            _, pos = _scan_once(text, pos)
-        index += 1
-        pos = _skip(text, pos)
-        if text[pos] == "]":
-            return pos + 1, found
-        if text[pos] != ",":
-            raise ValueError("expected ',' or ']'")
-        pos = _skip(text, pos + 1)
-
-
-def _scan_rows(text: str, start: int) -> tuple[int, Answer]:
-    """Decode each row with the C scanner and remember where it starts and ends."""
-    rows: list[Any] = []
-    spans: list[tuple[int, int]] = []
-    append_row, append_span = rows.append, spans.append
-    scan, skip, blank = _scan_once, _skip, " \t\n\r"
-    pos = skip(text, start + 1)
-    if text[pos] != "]":
+            return pos + 1, None
         while True:
-            value, end = scan(text, pos)
-            append_row(value)
-            append_span((pos, end))
-            pos = skip(text, end) if text[end] in blank else end
-            char = text[pos]
-            if char == "]":
-                break
-            if char != ",":
+            if text[pos] != '"':
+                raise ValueError("expected a member name")
+            key, pos = _scan_string(text, pos + 1, True)
+            pos = _skip(text, pos)
+            if text[pos] != ":":
+                raise ValueError("expected ':'")
+            pos = _skip(text, pos + 1)
+            below = tuple((t[1:], r) for t, r in targets if t[0] == key)
+            if below:
+                if key in seen:
+                    raise UpstreamBadBody(f"the store's answer repeats the member {key!r}")
+                seen.add(key)
+                pos, node = self.value(pos, below)
+                if node is not None:
+                    found[key] = node
+            else:
+                _, pos = _skip_value(text, pos)
+            pos = _skip(text, pos)
+            if text[pos] == "}":
+                return pos + 1, (found or None)
+            if text[pos] != ",":
+                raise ValueError("expected ',' or '}'")
+            pos = _skip(text, pos + 1)
+
+    def array(self, pos: int, targets: tuple[tuple[Tokens, bool], ...]) -> tuple[int, Any]:
+        text = self.text
+        found = _Items()
+        index = 0
+        pos = _skip(text, pos + 1)
+        if text[pos] == "]":
+            return pos + 1, None
+        while True:
+            below = tuple((t[1:], r) for t, r in targets if t[0] == str(index))
+            if below:
+                pos, node = self.value(pos, below)
+                if node is not None:
+                    found[index] = node
+            else:
+                _, pos = _skip_value(text, pos)
+            index += 1
+            pos = _skip(text, pos)
+            if text[pos] == "]":
+                return pos + 1, (found or None)
+            if text[pos] != ",":
                 raise ValueError("expected ',' or ']'")
-            pos += 1
-            if text[pos] in blank:
-                pos = skip(text, pos)
-    return pos + 1, Answer(text, rows, spans, start, pos + 1)
+            pos = _skip(text, pos + 1)
+
+    def rows_array(self, start: int) -> int:
+        """Decode each row with the C scanner and remember where it starts and ends."""
+        if self.answer is not None:
+            raise UpstreamBadBody("the store's answer has two rows arrays")
+        text = self.text
+        rows: list[Any] = []
+        spans: list[tuple[int, int]] = []
+        flagged: list[int] = []
+        append_row, append_span = rows.append, spans.append
+        scan, flags, blank = self.scan, self.flags, _BLANK
+        pos = _skip(text, start + 1)
+        if text[pos] != "]":
+            while True:
+                try:
+                    value, end = scan(text, pos)
+                except ValueError:  # perhaps an integer of more digits than Python converts
+                    value, end = self.tolerant(text, pos)
+                append_row(value)
+                append_span((pos, end))
+                if flags:
+                    flagged.append(len(rows) - 1)
+                    flags.clear()
+                char = text[end]
+                if char == ",":  # the usual separators, "," or ", ", without a regex
+                    pos = end + 1
+                    if text[pos] == " ":
+                        pos += 1
+                    if text[pos] in blank:
+                        pos = _skip(text, pos)
+                    continue
+                if char == "]":
+                    pos = end
+                    break
+                pos = _skip(text, end)
+                char = text[pos]
+                if char == "]":
+                    break
+                if char != ",":
+                    raise ValueError("expected ',' or ']'")
+                pos = _skip(text, pos + 1)
+        end = pos + 1
+        unreadable = self.unreadable(rows, spans, start, end, flagged)
+        self.answer = _Found(rows, spans, start, end, unreadable)
+        return end
+
+    def tolerant(self, text: str, pos: int) -> tuple[Any, int]:
+        if self._tolerant is None:
+            self._tolerant = self._scanner(True)
+        return self._tolerant(text, pos)
+
+    def unreadable(self, rows: list[Any], spans: list[tuple[int, int]], start: int, end: int,
+                   flagged: list[int]) -> frozenset[int]:
+        """Rows Veil cannot read with certainty (R2), found with counts over the whole array.
+
+        Repeated keys: every member name is followed by ``":`` once the whitespace is taken
+        out, so when the array holds as many ``":`` (outside whitespace) as its rows have
+        distinct top-level keys, no object in any row repeats a name, however spelled (a ``":``
+        inside a string only adds to the count). Rows the count cannot clear are decoded again
+        and their repeats located.
+        """
+        text = self.text
+        bad = set(flagged)
+        if not (set(map(type, rows)) <= {dict}
+                and self.member_names(start, end) == sum(map(len, rows))):
+            count, spaced = text.count, _SPACED_COLON.search
+            for index, (s, e) in enumerate(spans):
+                row = rows[index]
+                if (type(row) is dict and len(row) == count('":', s, e)
+                        and spaced(text, s, e) is None):
+                    continue
+                if self.repeats_a_read_key(text[s:e]):
+                    bad.add(index)
+        if _SURROGATE_ESCAPE.search(text, start, end):
+            starts = [s for s, _ in spans]
+            suspects = {bisect_right(starts, m.start()) - 1
+                        for m in _SURROGATE_ESCAPE.finditer(text, start, end)}
+            bad.update(i for i in suspects if i >= 0 and _holds_lone_surrogate(rows[i]))
+        if self.raw:
+            count = text.count
+            bad.update(i for i, (s, e) in enumerate(spans)
+                       if count("{", s, e) + count("[", s, e) > MAX_RAW_DEPTH
+                       and _depth(rows[i]) > MAX_RAW_DEPTH)
+        return frozenset(bad)
+
+    def member_names(self, start: int, end: int) -> int:
+        """How many ``":`` the text ``[start, end)`` holds once its whitespace is taken out
+        (counted in the UTF-8 body, where deleting bytes is one C pass)."""
+        text = self.text
+
+        def names(part: bytes) -> int:
+            return part.translate(None, _BLANK_BYTES).count(b'":')
+
+        return (names(self.body) - names(text[:start].encode())
+                - names(text[end:].encode()))
+
+    def repeats_a_read_key(self, row_text: str) -> bool:
+        try:
+            value = _decode_marking_repeats(row_text)
+        except (ValueError, RecursionError):
+            return True
+        if self.read is None or self.raw:
+            return _repeats_anywhere(value)
+        return any(_repeats_on(value, tokens) for tokens in self.read)
 
 
 # ---- normalization ------------------------------------------------------------------------
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_fromisoformat = datetime.fromisoformat
 
 
 def getter(pointer: str) -> Callable[[Any], Any]:
@@ -262,25 +498,28 @@ class Normalizer:
         self._actor = getter(fields.actor)
         self._type = getter(fields.actor_type)
         self._ts = getter(fields.timestamp)
-        self._pointers = tuple(pointer_tokens(p) for p in (fields.actor, fields.actor_type,
-                                                           fields.timestamp))
-        tokens = [pointer_tokens(p) for p in (fields.id, fields.actor, fields.actor_type,
-                                              fields.timestamp)]
+        tokens = tuple(pointer_tokens(p) for p in (fields.id, fields.actor, fields.actor_type,
+                                                   fields.timestamp))
+        self._pointers = tokens
         self._flat = (tuple(t[0] for t in tokens) if all(len(t) == 1 for t in tokens)
                       else None)
 
     @property
-    def pointers(self) -> tuple[tuple[str, ...], ...]:
-        """The pointers (as tokens) of the fields privacy depends on: actor, type and time."""
+    def pointers(self) -> tuple[Tokens, ...]:
+        """The pointers (as tokens) of the fields Veil reads: id, actor, type and time."""
         return self._pointers
 
     def rows(self, rows: Sequence[Any], include_raw: bool,
              unreadable: frozenset[int] | set[int] = frozenset()) -> list[dict[str, Any]]:
-        """The rows as the policy sees them; rows in ``unreadable`` get no actor nor time."""
+        """The rows as the policy sees them; an unreadable row (``unreadable``, or an id Veil
+        cannot represent) gets no id, actor, time nor raw, so it is private (R2)."""
         get_id, get_actor, get_type, get_ts = self._id, self._actor, self._type, self._ts
         apps = self.application_values
         flat = self._flat  # every field one level down: read the dict directly (hot loop)
-        out = []
+        to_ns = timestamp_ns
+        out: list[dict[str, Any]] = []
+        append = out.append
+        late: list[int] = []
         for index, raw in enumerate(rows):
             if flat is not None:
                 row_id, actor, kind, ts = ((raw.get(flat[0]), raw.get(flat[1]),
@@ -288,20 +527,28 @@ class Normalizer:
                                            if type(raw) is dict else (None, None, None, None))
             else:
                 row_id, actor, kind, ts = get_id(raw), get_actor(raw), get_type(raw), get_ts(raw)
+            if type(row_id) is not str:
+                if type(row_id) is not int:
+                    row_id = None
+                elif not MIN_INT <= row_id <= MAX_INT:
+                    late.append(index)
             actor = principal.key(actor) if type(actor) is str else None
             row = {
                 "index": index,
-                "id": row_id if type(row_id) in (str, int) else None,
+                "id": row_id,
                 "actor": actor,
                 "actor_type": ("application" if type(kind) is str and principal.fold(kind) in apps
                                else "user"),
-                "ts_ns": timestamp_ns(ts),
+                "ts_ns": to_ns(ts),
             }
             if include_raw:
                 row["raw"] = raw
-            out.append(row)
-        for index in unreadable:
-            out[index]["actor"] = out[index]["ts_ns"] = None  # private (R2)
+            append(row)
+        for index in (*unreadable, *late):
+            row = out[index]
+            row["id"] = row["actor"] = row["ts_ns"] = None  # private (R2)
+            if include_raw:
+                row["raw"] = None
         return out
 
 
@@ -312,18 +559,13 @@ MIN_NS, MAX_NS = -(2**63), 2**63 - 1
 
 def timestamp_ns(value: Any) -> int | None:
     """Nanoseconds since the epoch from RFC 3339 text or epoch milliseconds; None if unreadable."""
-    ns = _timestamp_ns(value)
-    return ns if ns is not None and MIN_NS <= ns < MAX_NS else None
-
-
-def _timestamp_ns(value: Any) -> int | None:
     if type(value) is str:
         if len(value) < 20 or value[10] not in "Tt ":
             return None
         if value[10] == "t" or value[-1] == "z":
             value = value.upper()  # RFC 3339 allows "t" and "z"
         try:
-            moment = datetime.fromisoformat(value)
+            moment = _fromisoformat(value)
         except ValueError:
             return None
         if moment.tzinfo is None:
@@ -334,12 +576,13 @@ def _timestamp_ns(value: Any) -> int | None:
             while digits and not digits.isdigit():
                 digits = digits[:-1]
             ns += int(digits.ljust(3, "0"))
-        return ns
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value * 1_000_000
-    if isinstance(value, float):
+    elif type(value) is int:
+        ns = value * 1_000_000
+    elif type(value) is float:
         # float milliseconds carry no more than microseconds of precision
-        return round(value * 1000) * 1000 if value == value and abs(value) < 1e15 else None
-    return None
+        if not (value == value and abs(value) < 1e15):
+            return None
+        ns = round(value * 1000) * 1000
+    else:
+        return None  # bool, null, objects, arrays
+    return ns if MIN_NS <= ns < MAX_NS else None

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from veil.config import UpstreamConfig
@@ -40,7 +41,11 @@ class Upstream:
         return forwarded
 
     def get(self, path: str, query_string: str, headers: Headers) -> StoreAnswer:
-        """GET ``path?query`` on the store; the whole answer must arrive within ``timeout_s``."""
+        """GET ``path?query`` on the store; the whole answer must arrive within ``timeout_s``.
+
+        The deadline holds for the answer as a whole, however slowly it trickles in: before
+        each read the connection's timeout is set to the time left (R12).
+        """
         url = self.config.url + path + (f"?{query_string}" if query_string else "")
         deadline = time.monotonic() + self.config.timeout_s
         try:
@@ -52,32 +57,42 @@ class Upstream:
                 allow_redirects=False,
             )
             with response:
-                chunks = []
-                size = 0
-                for chunk in response.iter_content(64 * 1024):
-                    size += len(chunk)
-                    if size > self.config.max_body_bytes:
-                        raise UpstreamBadBody(
-                            f"the store's answer is larger than {self.config.max_body_bytes} bytes"
-                        )
-                    if time.monotonic() > deadline:
-                        raise UpstreamTimeout(
-                            f"the store did not answer within {self.config.timeout_s:g} s"
-                        )
-                    chunks.append(chunk)
+                body = self._read_body(response, deadline)
                 return StoreAnswer(
                     status=response.status_code,
                     content_type=response.headers.get("Content-Type", "application/json"),
-                    body=b"".join(chunks),
+                    body=body,
                 )
-        except requests.Timeout as exc:
-            raise UpstreamTimeout(
-                f"the store did not answer within {self.config.timeout_s:g} s"
-            ) from exc
-        except requests.RequestException as exc:
+        except (requests.Timeout, urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+            raise self._timeout() from exc
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise UpstreamUnavailable(
                 f"the store at {self.config.url} is unreachable ({type(exc).__name__})"
             ) from exc
+
+    def _read_body(self, response: requests.Response, deadline: float) -> bytes:
+        raw = response.raw
+        connection = getattr(raw, "connection", None)
+        sock = getattr(connection, "sock", None)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._timeout()
+            if sock is not None:
+                sock.settimeout(left)
+            chunk = raw.read1(64 * 1024, decode_content=True)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > self.config.max_body_bytes:
+                raise UpstreamBadBody(
+                    f"the store's answer is larger than {self.config.max_body_bytes} bytes")
+            chunks.append(chunk)
+
+    def _timeout(self) -> UpstreamTimeout:
+        return UpstreamTimeout(f"the store did not answer within {self.config.timeout_s:g} s")
 
     def reachable(self) -> bool:
         """True when the store accepts a connection and answers anything at all."""
@@ -86,3 +101,4 @@ class Upstream:
         except requests.RequestException:
             return False
         return True
+

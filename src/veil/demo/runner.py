@@ -131,6 +131,7 @@ def config_document(store_url: str, host: str, port: int, policy_dir: Path,
             "url": store_url,
             "routes": ["/api/activities"],
             "rows": "/data",
+            "keep": ["/next"],  # the paging cursor; anything else around the rows is dropped
             "fields": {"id": "/id", "actor": "/user", "actor_type": "/actorType",
                        "timestamp": "/timestamp"},
             "timeout_s": 10,

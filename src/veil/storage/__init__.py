@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from veil import governance
 from veil import principal as principals
-from veil.errors import Conflict, Forbidden, NotFound, StorageError, Unprocessable
+from veil.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    RevealRefused,
+    StateChanged,
+    StorageError,
+    Unprocessable,
+)
 from veil.storage import directory
 from veil.witness import Checkpointer, open_witness
 
@@ -26,6 +34,11 @@ if TYPE_CHECKING:
     from veil.config import GovernanceConfig
 
 BUILTIN_GROUPS = ("application", "external")
+
+# Decides a reveal again on newer state: (version, read data.veil for these managed domains)
+# -> the record's details, or None when nothing private is revealed any more.
+Redecide = Callable[[int, Callable[[Sequence[str]], tuple[int, dict[str, Any]]]],
+                    dict[str, Any] | None]
 
 # One principal's refused attempts (R12): the first in a window is written at once; the
 # others are counted, and the count goes into the principal's next record.
@@ -139,19 +152,23 @@ class Storage:
     def policy_data(self, managed_domains: Sequence[str]) -> tuple[int, dict[str, Any]]:
         """``(version, data.veil)`` read in one transaction."""
         with self.backend.transaction(write=False) as tx:
-            version_row = tx.one("SELECT version FROM state_version WHERE id = 1")
-            # Only groups that are or were private: no rule reads the others, and the data
-            # document stays small however many groups an identity provider provisions.
-            groups = tx.all("SELECT id, name, members, former_members, source FROM groups "
-                            "WHERE id IN (SELECT group_id FROM privacy_intervals)")
-            scim_ids = [row[0] for row in groups if row[4] == "scim"]
-            scim_members = directory.members_of(tx, scim_ids)
-            scim_former = directory.former_of(tx, scim_ids)
-            intervals = tx.all(
-                "SELECT group_id, start_ns, end_ns FROM privacy_intervals ORDER BY start_ns"
-            )
-            admins = tx.all("SELECT principal FROM admins")
-            viewers = tx.all("SELECT principal FROM viewers")
+            return self._policy_data(tx, managed_domains)
+
+    def _policy_data(self, tx: Tx, managed_domains: Sequence[str]) -> tuple[int, dict[str, Any]]:
+        """``(version, data.veil)`` as the transaction ``tx`` sees them."""
+        version_row = tx.one("SELECT version FROM state_version WHERE id = 1")
+        # Only groups that are or were private: no rule reads the others, and the data
+        # document stays small however many groups an identity provider provisions.
+        groups = tx.all("SELECT id, name, members, former_members, source FROM groups "
+                        "WHERE id IN (SELECT group_id FROM privacy_intervals)")
+        scim_ids = [row[0] for row in groups if row[4] == "scim"]
+        scim_members = directory.members_of(tx, scim_ids)
+        scim_former = directory.former_of(tx, scim_ids)
+        intervals = tx.all(
+            "SELECT group_id, start_ns, end_ns FROM privacy_intervals ORDER BY start_ns"
+        )
+        admins = tx.all("SELECT principal FROM admins")
+        viewers = tx.all("SELECT principal FROM viewers")
         privacy: dict[str, list[dict[str, int | None]]] = {}
         for group_id, start, end in intervals:
             privacy.setdefault(group_id, []).append({"start_ns": start, "end_ns": end})
@@ -527,6 +544,57 @@ class Storage:
         """Append one governance record and commit it; raise StorageError if it cannot be."""
         with self.backend.transaction(write=True) as tx:
             return self._append(tx, action, actor, details)
+
+    def record_reveal(self, caller: str, session_id: str, details: dict[str, Any] | None,
+                      state_version: int | None = None,
+                      redecide: Redecide | None = None) -> dict[str, Any] | None:
+        """Append ``activities_revealed`` only if the reveal still holds, in one transaction.
+
+        The session must be the caller's, not ended, not expired, and the caller an admin
+        holding the view-private permission. Given ``state_version`` (the state the decision
+        used) and a newer state committed since, ``redecide`` decides again on the state this
+        transaction sees (no other change can commit before it ends) and returns the record's
+        new details, or None when nothing private is revealed any more; without ``redecide``
+        that is StateChanged. A revoke, a session end or a group made private that commits
+        first therefore wins (R11). Returns the record, or None when none was needed.
+        """
+        with self.backend.transaction(write=True) as tx:
+            reasons = self._reveal_refusals(tx, caller, session_id, now_ns())
+            if reasons:
+                raise RevealRefused("reveal refused: " + "; ".join(reasons), reasons=reasons)
+            if state_version is not None:
+                row = tx.one("SELECT version FROM state_version WHERE id = 1")
+                current = int(row[0]) if row else 0
+                if current != state_version:
+                    if redecide is None:
+                        raise StateChanged("the management state changed while this reveal "
+                                           "was decided; nothing was revealed. Retry.")
+                    details = redecide(current, lambda domains: self._policy_data(tx, domains))
+            if details is None:
+                return None
+            return self._append(tx, "activities_revealed", caller, details)
+
+    def _reveal_refusals(self, tx: Tx, caller: str, session_id: str, ts: int) -> list[str]:
+        """Why ``caller`` may not reveal through ``session_id`` now (R4), in the policy's words."""
+        reasons = []
+        row = tx.one("SELECT owner, expires_ns, ended_ns FROM reveal_sessions WHERE id = ?",
+                     (session_id,))
+        if row is None:
+            reasons.append("the reveal session does not exist")
+        else:
+            owner, expires, ended = row
+            if owner != caller:
+                reasons.append("the reveal session belongs to another principal")
+            if ended is not None:
+                reasons.append("the reveal session has ended")
+            if ts >= int(expires):
+                reasons.append("the reveal session has expired")
+        if caller not in self.bootstrap_admins and tx.one(
+                "SELECT 1 FROM admins WHERE principal = ?", (caller,)) is None:
+            reasons.append("the caller is not an admin")
+        if tx.one("SELECT 1 FROM viewers WHERE principal = ?", (caller,)) is None:
+            reasons.append("the caller does not hold the view-private permission")
+        return sorted(reasons)
 
     def log_page(self, since: str | None = None, until: str | None = None,
                  action: str | None = None, actor: str | None = None,
