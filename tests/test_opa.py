@@ -37,6 +37,7 @@ ANN = "ann@contoso.com"
 BOB = "bob@contoso.com"
 SEC = 1_000_000_000
 DECISION = "/v1/data/veil/privacy/decision"
+POLICY_QUERY = re.compile(r".*/v1/data/veil/privacy/[a-z_]+$")  # the decision or actor_windows
 
 
 @pytest.fixture
@@ -139,7 +140,7 @@ def test_first_query_after_start_up_is_answered_with_state_loaded(
     application = veil_app(store, tmp_path, opa.url)
     try:
         assert_filters(application.test_client())
-        assert opa.calls("POST", DECISION) == 1
+        assert opa.calls("POST", "/v1/data/veil/privacy/") == 1
     finally:
         application.extensions["veil"].storage.close()
 
@@ -362,14 +363,17 @@ def test_opa_fault_fails_closed(fault: str, client: FlaskClient, store: Loopback
     assert_filters(client)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.add_passthru(store.url)
-        # Everything but the decision still reaches the loopback OPA (reloads included).
+        # Everything but the policy's answers still reaches the loopback OPA (reloads included).
         mock.add_passthru(re.compile(re.escape(opa.url) + r"/(health|v1/policies|v1/data/veil$|"
                                                           r"v1/data/veil/[a-z_]+$)"))
-        mock.post(opa.url + DECISION, **OPA_FAULTS[fault])
+        mock.post(POLICY_QUERY, **OPA_FAULTS[fault])
+        # A new state version: the actors' windows cached for the previous one are not used.
+        assert client.post("/veil/v1/admins", json={"principal": "carol@contoso.com"},
+                           headers=A).status_code == 201
         assert_fails_closed(client, reveal)
         assert client.get("/readyz").get_json()["checks"]["engine"] is False
-        decisions = [c for c in mock.calls if c.request.url.endswith(DECISION)]
-        assert decisions, "the decision was never asked"
+        decisions = [c for c in mock.calls if POLICY_QUERY.match(c.request.url)]
+        assert decisions, "the policy was never asked"
     assert_filters(client)  # OPA answers well again: so does Veil
     assert client.get("/readyz").get_json()["checks"]["engine"] is True
 
@@ -384,9 +388,11 @@ def test_undefined_decision_is_retried_once_after_reloading(client: FlaskClient,
         mock.add_passthru(store.url)
         mock.add_passthru(re.compile(re.escape(opa.url) + r"/v1/(policies|data/veil$|"
                                                           r"data/veil/[a-z_]+$)"))
-        mock.post(opa.url + DECISION, json={})
+        mock.post(POLICY_QUERY, json={})
+        assert client.post("/veil/v1/admins", json={"principal": "carol@contoso.com"},
+                           headers=A).status_code == 201  # nothing cached for this state
         assert ids(client.get("/api/activities", headers=auth(BOB))) == []
-        asked = [c for c in mock.calls if c.request.url.endswith(DECISION)]
+        asked = [c for c in mock.calls if POLICY_QUERY.match(c.request.url)]
         assert len(asked) == 2
     assert opa.calls("PUT", "/v1/policies/") == puts + 1
 

@@ -12,8 +12,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-import orjson
-
 from veil.config import Config
 from veil.errors import (
     GovernanceWriteFailed,
@@ -26,6 +24,7 @@ from veil.errors import (
 from veil.identity import Headers
 from veil.metrics import Metrics
 from veil.policy import Decision, Engine
+from veil.policy.decide import RowDecider
 from veil.rows import (
     Answer,
     Normalizer,
@@ -63,6 +62,7 @@ class QueryService:
         self.normalizer = Normalizer(config.upstream.fields,
                                      frozenset(config.upstream.application_values))
         self._state_loaded = False
+        self.decider = RowDecider()  # each actor's private windows, per policy and state
 
     def answer(self, caller: str, path: str, query_string: str, headers: Headers,
                session_id: str | None) -> Reply:
@@ -147,14 +147,13 @@ class QueryService:
         }
         started = time.perf_counter()
         try:
-            result = self.engine.evaluate(orjson.dumps(document))
+            decision = self.decider.decide(self.engine.begin, document, rows)
         except PolicyError as exc:
             log.error("policy evaluation failed, hiding every row: %s", exc.detail)
             self.metrics.policy_failures.inc()
             return Decision.fail_closed()
         finally:
             self.metrics.policy_latency.observe(time.perf_counter() - started)
-        decision = Decision.read(result, len(rows))
         if decision.failed:
             log.error("policy decision undefined or malformed, hiding every row")
             self.metrics.policy_failures.inc()

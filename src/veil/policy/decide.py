@@ -1,0 +1,144 @@
+"""Which rows of one answer are private: the policy's word, computed once per actor.
+
+For a policy whose plan (``veil.policy.plan``) Veil follows, the private windows of each
+(actor type, actor) come from the policy's ``data.veil.privacy.actor_windows``, asked only for
+the actors not yet cached for this policy set and state version, and the shipped rules R1 and
+R2 are applied to the rows here; the authors' ``private_rows`` rules, if any, are evaluated by
+the engine on the answer's rows. A reveal, and any policy Veil does not follow, is decided by
+``data.veil.privacy.decision`` as a whole. Anything the engine cannot answer, or answers in a
+shape Veil does not expect, fails closed (every row private).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import orjson
+
+from veil.policy import DECISION, Decision, Evaluation
+from veil.policy.plan import CUSTOM_RULE, R1_WINDOW, R2_ACTOR, R2_TIME, WINDOWS, RowPlan
+
+Windows = tuple[tuple[int | float, int | float], ...]
+MAX_CACHED_ACTORS = 200_000  # per policy set and state version; the cache starts over beyond
+MAX_TABLES = 4  # policy sets or state versions cached at once (threads can lag one behind)
+
+_NUMBER = (int, float)
+
+
+class RowDecider:
+    """Decides one answer's rows on an engine; caches each actor's windows per ``key``."""
+
+    def __init__(self) -> None:
+        self._tables: dict[Hashable, dict[tuple[Any, str], Windows]] = {}
+        self._lock = threading.Lock()
+
+    def decide(self, begin: Callable[[], Evaluation], document: dict[str, Any],
+               rows: Sequence[dict[str, Any]]) -> Decision:
+        """The decision for ``document`` (the policy input, its ``rows`` being ``rows``).
+
+        Raises PolicyError when the engine fails; returns a failed Decision when its answer
+        is malformed (both mean: hide every row).
+        """
+        evaluation = begin()
+        row_plan = evaluation.plan
+        if row_plan is None or document.get("reveal_session_id") is not None:
+            result = evaluation.evaluate(DECISION, orjson.dumps(document))
+            return Decision.read(result, len(rows))
+        private = self.private_rows(evaluation, row_plan, document, rows)
+        if private is None:
+            return Decision.fail_closed()
+        return Decision(frozenset(private), False, ())
+
+    def private_rows(self, evaluation: Evaluation, row_plan: RowPlan,
+                     document: dict[str, Any], rows: Sequence[dict[str, Any]]) -> set[int] | None:
+        """``private_rows`` for the answer as the plan computes it; None when malformed."""
+        shipped = row_plan.shipped
+        private: set[int] = set()
+        if R2_ACTOR in shipped:
+            private.update(i for i, row in enumerate(rows) if row.get("actor") is None)
+        if R2_TIME in shipped:
+            private.update(i for i, row in enumerate(rows) if row.get("ts_ns") is None)
+        if R1_WINDOW in shipped:
+            table = self._windows(evaluation, rows)
+            if table is None:
+                return None
+            for i, row in enumerate(rows):
+                ts = row.get("ts_ns")
+                if ts is None:
+                    continue
+                windows = table.get((row.get("actor_type"), row.get("actor", "")))
+                if windows and any(start <= ts < end for start, end in windows):
+                    private.add(i)
+        if row_plan.custom:
+            custom = evaluation.evaluate(CUSTOM_RULE, orjson.dumps(document))
+            if not isinstance(custom, (set, frozenset, list, tuple)):
+                return None
+            for index in custom:
+                if type(index) is not int or not 0 <= index < len(rows):
+                    return None
+                private.add(index)
+        return private
+
+    def _windows(self, evaluation: Evaluation, rows: Sequence[dict[str, Any]]
+                 ) -> dict[tuple[Any, str], Windows] | None:
+        """The windows of every (actor type, actor) of the rows; asks the policy for those
+        not cached yet. None when its answer is malformed."""
+        table = self._table(evaluation.key)
+        missing: dict[tuple[Any, str], None] = {}
+        for row in rows:
+            actor = row.get("actor")
+            if type(actor) is str:
+                pair = (row.get("actor_type"), actor)
+                if pair not in table:
+                    missing[pair] = None
+        if not missing:
+            return table
+        fresh = self._ask(evaluation, list(missing))
+        if fresh is None:
+            return None
+        if len(table) + len(fresh) > MAX_CACHED_ACTORS:
+            table.clear()
+        table.update(fresh)
+        return table if all(pair in table for pair in missing) else {**table, **fresh}
+
+    @staticmethod
+    def _ask(evaluation: Evaluation, pairs: list[tuple[Any, str]]
+             ) -> dict[tuple[Any, str], Windows] | None:
+        """``actor_windows`` for these actors: an input with one row per (type, actor)."""
+        probe: dict[str, Any] = {
+                 "caller": "", "request": {}, "reveal_session_id": None, "session": None,
+                 "now_ns": 0,
+                 "rows": [{"index": n, "id": None, "actor": actor, "actor_type": kind,
+                           "ts_ns": None} for n, (kind, actor) in enumerate(pairs)]}
+        result = evaluation.evaluate(WINDOWS, orjson.dumps(probe))
+        if not isinstance(result, dict):
+            return None
+        read: dict[tuple[Any, str], Windows] = {}
+        for kind, by_actor in result.items():  # all of it must be well-formed, asked or not
+            if not isinstance(by_actor, dict):
+                return None
+            for actor, found in by_actor.items():
+                if not isinstance(found, (list, tuple)):
+                    return None
+                windows = []
+                for window in found:
+                    if not isinstance(window, (list, tuple)) or len(window) != 2 or not all(
+                            type(bound) in _NUMBER for bound in window):
+                        return None
+                    windows.append((window[0], window[1]))
+                read[(kind, actor)] = tuple(windows)
+        return {pair: read.get(pair, ()) for pair in pairs}
+
+    def _table(self, key: Hashable) -> dict[tuple[Any, str], Windows]:
+        table = self._tables.get(key)
+        if table is None:
+            with self._lock:
+                table = self._tables.get(key)
+                if table is None:
+                    while len(self._tables) >= MAX_TABLES:
+                        self._tables.pop(next(iter(self._tables)))
+                    table = self._tables[key] = {}
+        return table
+
