@@ -41,7 +41,8 @@ HEADER = "package veil.privacy\n\nimport rego.v1\n\n"
 RAW_RULE = HEADER + ('private_rows contains i if {\n\tsome i, row in input.rows\n'
                      '\trow.raw.activity == "FileDownloaded"\n}\n')
 ACTOR_RULE = HEADER + ('private_rows contains i if {\n\tsome i, row in input.rows\n'
-                       '\tis_string(row.actor)\n\tstartswith(row.actor, "ops")\n\trow.ts_ns > 1704070800000000000\n}\n')
+                       '\tis_string(row.actor)\n\tstartswith(row.actor, "ops")\n'
+                       '\trow.ts_ns > 1704070800000000000\n}\n')
 # Re-uses a shipped helper: still the policy's word, evaluated by the engine.
 HELPER_RULE = HEADER + ('private_rows contains i if {\n\tsome i in rows_without_timestamp\n'
                         '\tinput.rows[i].actor_type == "application"\n}\n')
