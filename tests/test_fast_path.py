@@ -449,3 +449,17 @@ def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         if n == 4:
             break
     assert all(len(table) <= 5 for table in decider._tables.values())
+
+
+def test_at_most_one_evaluation_per_answer_with_an_authors_rule(tmp_path: Path) -> None:
+    modules = policy_set(tmp_path, [RAW_RULE])
+    engine = EmbeddedEngine(tmp_path / "policies", modules)
+    engine.sync(1, lambda: (1, FINANCE))
+    counting, decider = Counting(engine), RowDecider()
+    rows = [{**row, "raw": {"activity": "FileDownloaded" if row["index"] else "Login"}}
+            for row in rows_of(("ann@contoso.com", "user", T0 + HOUR),
+                               ("bob@contoso.com", "user", T0))]
+    assert decider.decide(counting.begin, document(rows), rows).hidden(2) == {0, 1}
+    assert counting.asked == ["data.veil.privacy.__veil_windows_and_custom"]  # cold: both
+    assert decider.decide(counting.begin, document(rows), rows).hidden(2) == {0, 1}
+    assert counting.asked[1:] == [CUSTOM_RULE]  # warm: only the author's rule

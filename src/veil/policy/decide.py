@@ -18,7 +18,15 @@ from typing import Any
 import orjson
 
 from veil.policy import DECISION, Decision, Evaluation
-from veil.policy.plan import CUSTOM_RULE, R1_WINDOW, R2_ACTOR, R2_TIME, WINDOWS, RowPlan
+from veil.policy.plan import (
+    BOTH_RULE,
+    CUSTOM_RULE,
+    R1_WINDOW,
+    R2_ACTOR,
+    R2_TIME,
+    WINDOWS,
+    RowPlan,
+)
 
 Windows = tuple[tuple[int | float, int | float], ...]
 MAX_CACHED_ACTORS = 200_000  # per policy set and state version; the cache starts over beyond
@@ -53,26 +61,49 @@ class RowDecider:
 
     def private_rows(self, evaluation: Evaluation, row_plan: RowPlan,
                      document: dict[str, Any], rows: Sequence[dict[str, Any]]) -> set[int] | None:
-        """``private_rows`` for the answer as the plan computes it; None when malformed."""
+        """``private_rows`` for the answer as the plan computes it, with at most one
+        evaluation; None when the policy's answer is malformed."""
         shipped = row_plan.shipped
         private: set[int] = set()
         if R2_ACTOR in shipped:
             private.update(i for i, row in enumerate(rows) if row.get("actor") is None)
         if R2_TIME in shipped:
             private.update(i for i, row in enumerate(rows) if row.get("ts_ns") is None)
+        custom: Any = None
+        fresh: dict[tuple[Any, str], Windows] = {}
         if R1_WINDOW in shipped:
-            table = self._windows(evaluation, rows)
-            if table is None:
-                return None
+            table = self._table(evaluation.key)
+            missing = list(dict.fromkeys(
+                (row.get("actor_type"), actor) for row in rows
+                if type(actor := row.get("actor")) is str
+                and (row.get("actor_type"), actor) not in table))
+            if missing:
+                if row_plan.custom:  # one evaluation on the answer for both
+                    both = evaluation.evaluate(BOTH_RULE, orjson.dumps(document))
+                    if not isinstance(both, dict):
+                        return None
+                    read = _read_windows(both.get("windows"), missing)
+                    custom = both.get("custom")
+                else:
+                    read = _read_windows(evaluation.evaluate(WINDOWS, _probe(missing)),
+                                         missing)
+                if read is None:
+                    return None
+                fresh = read
+                if len(table) + len(fresh) > MAX_CACHED_ACTORS:
+                    table.clear()
+                table.update(fresh)
             for i, row in enumerate(rows):
                 ts = row.get("ts_ns")
                 if ts is None:
                     continue
-                windows = table.get((row.get("actor_type"), row.get("actor", "")))
+                pair = (row.get("actor_type"), row.get("actor", ""))
+                windows = table.get(pair) or fresh.get(pair)  # even if another thread clears
                 if windows and any(start <= ts < end for start, end in windows):
                     private.add(i)
         if row_plan.custom:
-            custom = evaluation.evaluate(CUSTOM_RULE, orjson.dumps(document))
+            if custom is None:
+                custom = evaluation.evaluate(CUSTOM_RULE, orjson.dumps(document))
             if not isinstance(custom, (set, frozenset, list, tuple)):
                 return None
             for index in custom:
@@ -80,56 +111,6 @@ class RowDecider:
                     return None
                 private.add(index)
         return private
-
-    def _windows(self, evaluation: Evaluation, rows: Sequence[dict[str, Any]]
-                 ) -> dict[tuple[Any, str], Windows] | None:
-        """The windows of every (actor type, actor) of the rows; asks the policy for those
-        not cached yet. None when its answer is malformed."""
-        table = self._table(evaluation.key)
-        missing: dict[tuple[Any, str], None] = {}
-        for row in rows:
-            actor = row.get("actor")
-            if type(actor) is str:
-                pair = (row.get("actor_type"), actor)
-                if pair not in table:
-                    missing[pair] = None
-        if not missing:
-            return table
-        fresh = self._ask(evaluation, list(missing))
-        if fresh is None:
-            return None
-        if len(table) + len(fresh) > MAX_CACHED_ACTORS:
-            table.clear()
-        table.update(fresh)
-        return table if all(pair in table for pair in missing) else {**table, **fresh}
-
-    @staticmethod
-    def _ask(evaluation: Evaluation, pairs: list[tuple[Any, str]]
-             ) -> dict[tuple[Any, str], Windows] | None:
-        """``actor_windows`` for these actors: an input with one row per (type, actor)."""
-        probe: dict[str, Any] = {
-                 "caller": "", "request": {}, "reveal_session_id": None, "session": None,
-                 "now_ns": 0,
-                 "rows": [{"index": n, "id": None, "actor": actor, "actor_type": kind,
-                           "ts_ns": None} for n, (kind, actor) in enumerate(pairs)]}
-        result = evaluation.evaluate(WINDOWS, orjson.dumps(probe))
-        if not isinstance(result, dict):
-            return None
-        read: dict[tuple[Any, str], Windows] = {}
-        for kind, by_actor in result.items():  # all of it must be well-formed, asked or not
-            if not isinstance(by_actor, dict):
-                return None
-            for actor, found in by_actor.items():
-                if not isinstance(found, (list, tuple)):
-                    return None
-                windows = []
-                for window in found:
-                    if not isinstance(window, (list, tuple)) or len(window) != 2 or not all(
-                            type(bound) in _NUMBER for bound in window):
-                        return None
-                    windows.append((window[0], window[1]))
-                read[(kind, actor)] = tuple(windows)
-        return {pair: read.get(pair, ()) for pair in pairs}
 
     def _table(self, key: Hashable) -> dict[tuple[Any, str], Windows]:
         table = self._tables.get(key)
@@ -142,3 +123,32 @@ class RowDecider:
                     table = self._tables[key] = {}
         return table
 
+
+def _probe(pairs: list[tuple[Any, str]]) -> bytes:
+    """An input with one row per (actor type, actor): what ``actor_windows`` reads."""
+    return orjson.dumps({
+        "caller": "", "request": {}, "reveal_session_id": None, "session": None, "now_ns": 0,
+        "rows": [{"index": n, "id": None, "actor": actor, "actor_type": kind, "ts_ns": None}
+                 for n, (kind, actor) in enumerate(pairs)]})
+
+
+def _read_windows(result: Any, pairs: list[tuple[Any, str]]
+                  ) -> dict[tuple[Any, str], Windows] | None:
+    """The windows of these pairs in an ``actor_windows`` answer; None when malformed."""
+    if not isinstance(result, dict):
+        return None
+    read: dict[tuple[Any, str], Windows] = {}
+    for kind, by_actor in result.items():  # all of it must be well-formed, asked or not
+        if not isinstance(by_actor, dict):
+            return None
+        for actor, found in by_actor.items():
+            if not isinstance(found, (list, tuple)):
+                return None
+            windows = []
+            for window in found:
+                if not isinstance(window, (list, tuple)) or len(window) != 2 or not all(
+                        type(bound) in _NUMBER for bound in window):
+                    return None
+                windows.append((window[0], window[1]))
+            read[(kind, actor)] = tuple(windows)
+    return {pair: read.get(pair, ()) for pair in pairs}

@@ -31,6 +31,8 @@ PACKAGE = "veil.privacy"
 WINDOWS = "data.veil.privacy.actor_windows"
 CUSTOM = "__veil_custom_rows"
 CUSTOM_RULE = f"data.{PACKAGE}.{CUSTOM}"
+BOTH = "__veil_windows_and_custom"  # both in one evaluation: {"windows", "custom"}
+BOTH_RULE = f"data.{PACKAGE}.{BOTH}"
 _RENAMED = "__veil_rows_"
 GENERATED = Path("veil-row-rules.rego")  # the generated module's name in the engine
 
@@ -168,13 +170,15 @@ def plan(modules: Sequence[PolicyModule]) -> RowPlan | None:
             shipped.add(known[0])
         else:
             custom.append(number)
-    return RowPlan(frozenset(shipped), bool(custom), _renamed(policy, row_rules, custom))
+    return RowPlan(frozenset(shipped), bool(custom),
+                   _renamed(policy, row_rules, custom, R1_WINDOW in shipped))
 
 
 def _renamed(policy: Sequence[PolicyModule], row_rules: Sequence[tuple[PolicyModule, _Rule]],
-             custom: Sequence[int]) -> tuple[PolicyModule, ...]:
+             custom: Sequence[int], windows: bool) -> tuple[PolicyModule, ...]:
     """The policy with each ``private_rows`` rule renamed, and a module that makes
-    ``private_rows`` their union again and ``CUSTOM`` the union of the authors' rules."""
+    ``private_rows`` their union again, ``CUSTOM`` the union of the authors' rules and
+    ``BOTH`` that with ``actor_windows`` (one evaluation when both are needed)."""
     spans: dict[Path, list[tuple[int, int, str]]] = {}
     for number, (module, rule) in enumerate(row_rules):
         spans.setdefault(module.path, []).append((*rule.name_span, f"{_RENAMED}{number}"))
@@ -187,6 +191,8 @@ def _renamed(policy: Sequence[PolicyModule], row_rules: Sequence[tuple[PolicyMod
     lines = [f"private_rows contains i if some i in {_RENAMED}{n}"
              for n in range(len(row_rules))]
     lines += [f"{CUSTOM} contains i if some i in {_RENAMED}{n}" for n in custom]
+    if custom and windows:
+        lines.append(f'{BOTH} := {{"windows": actor_windows, "custom": {CUSTOM}}}')
     out.append(PolicyModule(GENERATED, f"package {PACKAGE}\n\nimport rego.v1\n\n"
                             + "\n".join(lines) + "\n"))
     return tuple(out)
