@@ -561,3 +561,32 @@ def test_hot_reload_through_the_api(opa: FakeOpa, store: LoopbackStore, tmp_path
         assert "veil/veil/privacy/secret.rego" in opa.policy_ids()
     finally:
         application.extensions["veil"].storage.close()
+
+
+# ---- the fast path on OPA ------------------------------------------------------------------
+
+def test_an_answer_is_not_decided_across_a_state_change_in_opa(opa: FakeOpa) -> None:
+    """Windows cached per (policy, state version) must come from that state: an evaluation
+    begun on one version and answered after another was pushed fails closed."""
+    engine = OpaEngine(POLICIES, opa.url, 2.0)
+    engine.sync(1, lambda: (1, {"groups": {}}))
+    evaluation = engine.begin()
+    assert evaluation.plan is not None  # the shipped policy: actor_windows per actor
+    probe = orjson.dumps({"caller": "", "request": {}, "reveal_session_id": None,
+                          "session": None, "now_ns": 0, "rows": []})
+    assert evaluation.evaluate("data.veil.privacy.actor_windows", probe) == {
+        "application": {}, "user": {}}
+    engine.sync(2, lambda: (2, {"groups": {}}))
+    with pytest.raises(PolicyError, match="changed while this answer was decided"):
+        evaluation.evaluate("data.veil.privacy.actor_windows", probe)
+    engine.close()
+
+
+def test_opa_with_an_authors_row_rule_is_asked_the_whole_decision(opa: FakeOpa,
+                                                                  tmp_path: Path) -> None:
+    directory = tmp_path / "policies"
+    shutil.copytree(POLICIES, directory)
+    (directory / "veil/privacy/secret.rego").write_text(RAW_RULE)
+    engine = OpaEngine(directory, opa.url, 2.0)
+    assert engine.begin().plan is None
+    engine.close()

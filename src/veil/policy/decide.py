@@ -64,43 +64,53 @@ class RowDecider:
         """``private_rows`` for the answer as the plan computes it, with at most one
         evaluation; None when the policy's answer is malformed."""
         shipped = row_plan.shipped
+        no_actor, no_time, in_window = (R2_ACTOR in shipped, R2_TIME in shipped,
+                                        R1_WINDOW in shipped)
         private: set[int] = set()
-        if R2_ACTOR in shipped:
-            private.update(i for i, row in enumerate(rows) if row.get("actor") is None)
-        if R2_TIME in shipped:
-            private.update(i for i, row in enumerate(rows) if row.get("ts_ns") is None)
+        add = private.add
+        table = self._table(evaluation.key) if in_window else {}
+        cached = table.get
+        pending: list[int] = []  # rows whose (actor type, actor) is not cached yet
+        missing: dict[tuple[Any, str], None] = {}
+        for i, row in enumerate(rows):  # one pass: R2, then R1 from the cache
+            actor, ts = row.get("actor"), row.get("ts_ns")
+            if actor is None or ts is None:
+                if (no_actor and actor is None) or (no_time and ts is None):
+                    add(i)
+                continue  # R1 compares a time, of an actor: neither is here
+            if in_window and type(actor) is str:
+                pair = (row.get("actor_type"), actor)
+                windows = cached(pair)
+                if windows is None:
+                    pending.append(i)
+                    missing[pair] = None
+                elif windows:
+                    for start, end in windows:
+                        if start <= ts < end:
+                            add(i)
+                            break
         custom: Any = None
-        fresh: dict[tuple[Any, str], Windows] = {}
-        if R1_WINDOW in shipped:
-            table = self._table(evaluation.key)
-            missing = list(dict.fromkeys(
-                (row.get("actor_type"), actor) for row in rows
-                if type(actor := row.get("actor")) is str
-                and (row.get("actor_type"), actor) not in table))
-            if missing:
-                if row_plan.custom:  # one evaluation on the answer for both
-                    both = evaluation.evaluate(BOTH_RULE, orjson.dumps(document))
-                    if not isinstance(both, dict):
-                        return None
-                    read = _read_windows(both.get("windows"), missing)
-                    custom = both.get("custom")
-                else:
-                    read = _read_windows(evaluation.evaluate(WINDOWS, _probe(missing)),
-                                         missing)
-                if read is None:
+        if missing:
+            pairs = list(missing)
+            if row_plan.custom:  # one evaluation on the answer for both
+                both = evaluation.evaluate(BOTH_RULE, orjson.dumps(document))
+                if not isinstance(both, dict):
                     return None
-                fresh = read
-                if len(table) + len(fresh) > MAX_CACHED_ACTORS:
-                    table.clear()
-                table.update(fresh)
-            for i, row in enumerate(rows):
-                ts = row.get("ts_ns")
-                if ts is None:
-                    continue
-                pair = (row.get("actor_type"), row.get("actor", ""))
-                windows = table.get(pair) or fresh.get(pair)  # even if another thread clears
-                if windows and any(start <= ts < end for start, end in windows):
-                    private.add(i)
+                fresh = _read_windows(both.get("windows"), pairs)
+                custom = both.get("custom")
+            else:
+                fresh = _read_windows(evaluation.evaluate(WINDOWS, _probe(pairs)), pairs)
+            if fresh is None:
+                return None
+            if len(table) + len(fresh) > MAX_CACHED_ACTORS:
+                table.clear()
+            table.update(fresh)
+            for i in pending:
+                row = rows[i]
+                ts = row["ts_ns"]
+                if any(start <= ts < end
+                       for start, end in fresh[(row.get("actor_type"), row["actor"])]):
+                    add(i)
         if row_plan.custom:
             if custom is None:
                 custom = evaluation.evaluate(CUSTOM_RULE, orjson.dumps(document))
@@ -109,7 +119,7 @@ class RowDecider:
             for index in custom:
                 if type(index) is not int or not 0 <= index < len(rows):
                     return None
-                private.add(index)
+                add(index)
         return private
 
     def _table(self, key: Hashable) -> dict[tuple[Any, str], Windows]:
