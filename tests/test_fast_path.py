@@ -49,12 +49,16 @@ HELPER_RULE = HEADER + ('private_rows contains i if {\n\tsome i in rows_without_
 # Adds a definition to a shipped helper: R2's timestamp rule is no longer the shipped one.
 CHANGED_HELPER = HEADER + ('rows_without_timestamp contains i if {\n\tsome i, row in input.rows\n'
                            '\trow.id == "a3"\n}\n')
+# Adds to data.veil.privacy.private_rows from the parent package: Veil evaluates the decision.
+PARENT_RULE = ("package veil\n\nimport rego.v1\n\nprivacy.private_rows contains i if {\n"
+               "\tsome i, row in input.rows\n\trow.raw.activity == \"MailSent\"\n}\n")
 VARIANTS: dict[str, list[str]] = {
     "shipped": [],
     "raw rule": [RAW_RULE],
     "actor rule": [ACTOR_RULE],
     "helper rule": [HELPER_RULE],
     "changed helper": [CHANGED_HELPER],
+    "parent package rule": [PARENT_RULE],
     "all": [RAW_RULE, ACTOR_RULE, HELPER_RULE, CHANGED_HELPER],
 }
 
@@ -221,11 +225,12 @@ def test_fast_path_matches_the_plain_decision_on_opa(variant: str, tmp_path: Pat
     bindings = opa_bindings_module()
     modules = policy_set(tmp_path, VARIANTS[variant])
     row_plan = plan(modules)
-    assert row_plan is not None
+    assert (row_plan is None) == (variant == "parent package rule")
+    served = row_plan.modules if row_plan is not None else modules  # as the plan rewrites it
     decider = RowDecider()
     for version, data, answers in corpus(seed=100 + len(variant), states=12, answers=3):
         plain = opa_engine(bindings, modules, data)
-        fast = opa_engine(bindings, row_plan.modules, data)  # as the plan rewrites it
+        fast = opa_engine(bindings, served, data)
         for rows in answers:
             verdict = Decision.read(plain.eval_document("veil.privacy.decision",
                                                         document(rows)), len(rows))
@@ -463,3 +468,15 @@ def test_at_most_one_evaluation_per_answer_with_an_authors_rule(tmp_path: Path) 
     assert counting.asked == ["data.veil.privacy.__veil_windows_and_custom"]  # cold: both
     assert decider.decide(counting.begin, document(rows), rows).hidden(2) == {0, 1}
     assert counting.asked[1:] == [CUSTOM_RULE]  # warm: only the author's rule
+
+
+def test_plan_gives_up_on_a_rule_added_to_the_package_from_its_parent(tmp_path: Path) -> None:
+    """``package veil`` + ``privacy.private_rows contains ...`` adds to the same rule."""
+    parent = ("package veil\n\nimport rego.v1\n\nprivacy.private_rows contains i if {\n"
+              "\tsome i, row in input.rows\n\trow.id == \"a1\"\n}\n")
+    modules = policy_set(tmp_path, [parent])
+    assert plan(modules) is None
+    engine = EmbeddedEngine(tmp_path / "policies", modules)
+    engine.sync(1, lambda: (1, FINANCE))
+    rows = rows_of(("bob@contoso.com", "user", T0), ("bob@contoso.com", "user", T0))
+    assert RowDecider().decide(engine.begin, document(rows), rows).hidden(2) == {1}

@@ -140,7 +140,12 @@ def plan(modules: Sequence[PolicyModule]) -> RowPlan | None:
         ast = _parse(module)
         if ast is None:
             return None
-        if _ref_path(ast["package"]["refr"]) not in (PACKAGE, f"data.{PACKAGE}"):
+        package = (_ref_path(ast["package"]["refr"]) or "").removeprefix("data.")
+        if package != PACKAGE:
+            if f"{PACKAGE}.".startswith(f"{package}.") and any(
+                    rule.name is None or f"{package}.{rule.name}".startswith(f"{PACKAGE}.")
+                    for rule in _rules(module, ast)):
+                return None  # a rule of package veil.privacy written from a parent package
             continue
         plain = _imports_only_keywords(ast)
         for rule in _rules(module, ast):
