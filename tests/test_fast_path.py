@@ -167,10 +167,10 @@ def corpus(seed: int, states: int, answers: int) -> Iterator[tuple[int, dict[str
 # ---- the engines, plainly and through the fast path ----------------------------------------
 
 def plain_regorus(modules: list[PolicyModule], data: dict[str, Any],
-                  rows: list[dict[str, Any]]) -> frozenset[int]:
+                  rows: list[dict[str, Any]], now_ns: int = T0) -> frozenset[int]:
     engine = new_engine([m for m in modules if not m.is_test])
     engine.add_data_json(orjson.dumps({"veil": data}).decode())
-    engine.set_input_json(orjson.dumps(document(rows)).decode())
+    engine.set_input_json(orjson.dumps({**document(rows), "now_ns": now_ns}).decode())
     verdict = Decision.read(engine.eval_rule(DECISION), len(rows))
     assert not verdict.failed
     return verdict.hidden(len(rows))
@@ -480,3 +480,22 @@ def test_plan_gives_up_on_a_rule_added_to_the_package_from_its_parent(tmp_path: 
     engine.sync(1, lambda: (1, FINANCE))
     rows = rows_of(("bob@contoso.com", "user", T0), ("bob@contoso.com", "user", T0))
     assert RowDecider().decide(engine.begin, document(rows), rows).hidden(2) == {1}
+
+
+def test_actor_windows_that_read_more_than_the_actors_are_evaluated_on_the_answer(
+        tmp_path: Path) -> None:
+    """An actor_windows that reads the time of the request cannot be cached per actor."""
+    modules = policy_set(tmp_path, [])
+    path = tmp_path / "policies/veil/privacy/privacy.rego"
+    path.write_text(path.read_text().replace("\t\tcount(windows) > 0\n",
+                                             "\t\tcount(windows) > 0\n\t\tinput.now_ns > 0\n"))
+    modules = load_modules(tmp_path / "policies")
+    found = plan(modules)
+    assert found is not None and R1_WINDOW not in found.shipped and found.custom
+    engine = EmbeddedEngine(tmp_path / "policies", modules)
+    engine.sync(1, lambda: (1, FINANCE))
+    rows = rows_of(("ann@contoso.com", "user", T0 + HOUR), ("bob@contoso.com", "user", T0))
+    for now in (T0, 0):
+        answer = {**document(rows), "now_ns": now}
+        assert RowDecider().decide(engine.begin, answer, rows).hidden(2) == \
+            plain_regorus(modules, FINANCE, rows, now) == ({0} if now else set())

@@ -170,13 +170,37 @@ def plan(modules: Sequence[PolicyModule]) -> RowPlan | None:
         intact = known is not None and plain_rules[number] and \
             texts.get(known[1]) == [known[2]] and trusted.get(known[1]) == [known[2]]
         if known is not None and known[0] == R1_WINDOW:
-            intact = intact and "actor_windows" in texts
+            intact = intact and "actor_windows" in texts and reads_only_actors(texts)
         if known is not None and intact:
             shipped.add(known[0])
         else:
             custom.append(number)
     return RowPlan(frozenset(shipped), bool(custom),
                    _renamed(policy, row_rules, custom, R1_WINDOW in shipped))
+
+
+# What actor_windows may not read: anything of the input but the rows, the rows' other fields.
+_NOT_PER_ACTOR = re.compile(r"\binput\b(?!\.rows\b)|\b(?:ts_ns|raw|index|id|now_ns|caller|"
+                            r"session|request|reveal_session_id)\b|\bwalk\b|\bobject\.keys\b")
+_NAME = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
+
+
+def reads_only_actors(texts: dict[str, list[str]]) -> bool:
+    """Does ``actor_windows``, with every rule of the package it reaches, read no more of the
+    input than the rows' actor and actor_type? (A check by name, for the usual mistakes; the
+    contract is in policies/README.md.)"""
+    seen, todo = set(), ["actor_windows"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for text in texts.get(name, []):
+            if _NOT_PER_ACTOR.search(text):
+                return False
+            todo.extend(found for found in _NAME.findall(text)
+                        if found in texts and found not in seen)
+    return True
 
 
 def _renamed(policy: Sequence[PolicyModule], row_rules: Sequence[tuple[PolicyModule, _Rule]],
