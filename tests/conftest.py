@@ -144,8 +144,10 @@ def client(app: Flask) -> FlaskClient:
 
 
 def token(principal: str, *, secret: str = SECRET, issuer: str = ISSUER,
-          audience: str = AUDIENCE, ttl_s: int = 300, claim: str = "upn",
+          audience: str = AUDIENCE, ttl_s: int = 3 * 3600, claim: str = "upn",
           **extra: Any) -> str:
+    """A token Veil accepts; modules mint theirs at collection, so it outlives the whole run
+    (the suite takes more than five minutes on a busy machine)."""
     now = int(time.time())
     claims = {claim: principal, "iss": issuer, "aud": audience, "iat": now, "exp": now + ttl_s,
               **extra}

@@ -51,14 +51,14 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
            "storage": {"url": "sqlite:///data/veil.db"}, "policy": {"dir": "pol"}}
     path = tmp_path / "veil.yaml"
     path.write_text(yaml.safe_dump(doc))
-    cfg = config_module.load(path, env={"S": "secret"})
+    cfg = config_module.load(path, env={"S": "s" * 32})
     assert cfg.upstream.url == "http://127.0.0.1:9000"
     assert cfg.upstream.rows == "/data"
     assert cfg.identity.principal_claims == ("upn", "preferred_username", "email")
     assert cfg.reveal.session_ttl_s == 900 and cfg.reveal.require_justification
     assert cfg.policy.engine == "embedded" and cfg.policy.dir == tmp_path / "pol"
     assert cfg.storage.url == f"sqlite:///{tmp_path / 'data' / 'veil.db'}"
-    assert cfg.identity.jwt.hs256_secret == "secret"
+    assert cfg.identity.jwt.hs256_secret == "s" * 32
 
 
 def test_config_is_frozen() -> None:

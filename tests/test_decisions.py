@@ -1,11 +1,12 @@
 """One decision suite, run on both engines: `embedded` (regorus in-process) and `opa` (an OPA
-server, here the loopback stand-in of tests/opa_server.py, reached with opa-python-client).
+server, here tests/opa_server.py: OPA's REST API over OPA's own Go evaluator, reached with
+opa-python-client; skipped locally when that evaluator is not installed).
 
-The same inputs must give the same hidden and revealed rows (SPEC: "Both engines give the same
-decisions on the same inputs"): R1-R5, the built-in groups `application` and `external`,
-case-insensitive UPNs and managed subdomains. Each case is checked twice: through the Engine API
-on a data document built by Storage.policy_data, and end to end through the Flask app with a
-real loopback store and a real SQLite file.
+The same inputs must give the same hidden and revealed rows (docs/rules.md: both policy
+engines must give the same decisions on the same inputs): R1-R5, the built-in groups
+`application` and `external`, case-insensitive UPNs and managed subdomains. Each case is
+checked twice: through the Engine API on a data document built by Storage.policy_data, and end
+to end through the Flask app with a real loopback store and a real SQLite file.
 """
 
 from __future__ import annotations
@@ -43,16 +44,24 @@ def opa_server() -> Iterator[FakeOpa]:
 
 
 @pytest.fixture(params=ENGINES)
-def engine_kind(request: pytest.FixtureRequest, opa_server: FakeOpa) -> str:
+def engine_kind(request: pytest.FixtureRequest) -> str:
     kind: str = request.param
-    if kind == "opa":
-        opa_server.reset()  # each test starts from an OPA that holds nothing
     return kind
 
 
-def policy_section(kind: str, opa_server: FakeOpa) -> dict[str, Any]:
+@pytest.fixture
+def opa_url(engine_kind: str, request: pytest.FixtureRequest) -> str:
+    """The OPA server's URL for the ``opa`` engine (started only then), else ``""``."""
+    if engine_kind != "opa":
+        return ""
+    server: FakeOpa = request.getfixturevalue("opa_server")
+    server.reset()  # each test starts from an OPA that holds nothing
+    return server.url
+
+
+def policy_section(kind: str, opa_url: str) -> dict[str, Any]:
     if kind == "opa":
-        return {"engine": "opa", "opa_url": opa_server.url, "timeout_s": 5}
+        return {"engine": "opa", "opa_url": opa_url, "timeout_s": 5}
     return {"engine": "embedded"}
 
 
@@ -97,9 +106,9 @@ class World:
 
 
 @pytest.fixture
-def world(engine_kind: str, opa_server: FakeOpa, tmp_path: Path) -> Iterator[World]:
+def world(engine_kind: str, opa_url: str, tmp_path: Path) -> Iterator[World]:
     storage = open_storage(f"sqlite:///{tmp_path / 'veil.db'}", 5.0, [ADMIN])
-    engine = create_engine(engine_kind, POLICIES, opa_server.url, 5.0)
+    engine = create_engine(engine_kind, POLICIES, opa_url, 5.0)
     yield World(storage, engine)
     engine.close()
     storage.close()
@@ -256,10 +265,10 @@ def test_r4_unknown_session(world: World) -> None:
 
 
 @pytest.fixture
-def veil(engine_kind: str, opa_server: FakeOpa, store: LoopbackStore,
+def veil(engine_kind: str, opa_url: str, store: LoopbackStore,
          tmp_path: Path) -> Iterator[FlaskClient]:
     app = create_app(make_config(store.url, f"sqlite:///{tmp_path / 'veil.db'}",
-                                 policy=policy_section(engine_kind, opa_server)))
+                                 policy=policy_section(engine_kind, opa_url)))
     services = app.extensions["veil"]
     assert services.engine.name == engine_kind
     yield app.test_client()

@@ -297,3 +297,60 @@ def _read_until(process: subprocess.Popen[str], marker: str, timeout_s: float) -
         seen.append(line)
         if marker in line:
             return seen
+
+
+def test_printed_veil_commands_run_without_activating_the_venv(demo: Demo,
+                                                               tmp_path: Path) -> None:
+    banner = demo.banner()
+    listing = next(line for line in banner.splitlines() if " privacy-groups list " in line)
+    assert not listing.startswith("veil ")  # the full path, or python -m veil
+    bare = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no venv, no secret
+    done = subprocess.run(["sh", "-ec", listing], env=bare, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("[")
+    lines = banner.splitlines()
+    token_at = next(n for n, line in enumerate(lines) if " token --sub " in line)
+    assert lines[token_at - 1].startswith(f"export {SECRET_ENV}=")
+    done = subprocess.run(["sh", "-ec", "\n".join(lines[token_at - 1:token_at + 1])],
+                          env=bare, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    answer = requests.get(f"{demo.veil_url}/api/activities?limit=1", timeout=10,
+                          headers={"Authorization": f"Bearer {done.stdout.strip()}"})
+    assert answer.status_code == 200
+
+
+def test_access_logs_say_whether_the_store_or_veil_answered(
+        demo: Demo, http: requests.Session, capfd: pytest.CaptureFixture[str]) -> None:
+    capfd.readouterr()
+    assert http.get(f"{demo.store_url}/api/activities?limit=1&probe=store",
+                    timeout=10).status_code in (200, 400)
+    assert http.get(f"{demo.veil_url}/api/activities?limit=1",
+                    headers={"Authorization": f"Bearer {demo.admin_token}"},
+                    timeout=10).status_code == 200
+    logged = capfd.readouterr().err.splitlines()
+    assert any(line.startswith("store | ") and "/api/activities?limit=1&probe=store" in line
+               for line in logged), logged
+    assert any(line.startswith("veil  | ") and '"GET /api/activities?limit=1 HTTP' in line
+               for line in logged), logged
+    assert "'store |' is the activity store, 'veil  |' is Veil" in demo.banner()
+
+
+def test_demo_help_and_error_tell_where_policies_come_from(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from veil.demo import runner
+    from veil.errors import VeilError
+
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    helped = capsys.readouterr().out
+    assert "a plain `pip install` carries no policies" in " ".join(helped.split())
+    # An installed Veil: no ./policies, and no checkout around the package.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runner, "__file__", str(tmp_path / "site" / "veil" / "demo" / "r.py"))
+    with pytest.raises(VeilError, match="an installed Veil carries no policies"):
+        runner.default_policy_dir()
+    (tmp_path / "policies" / "veil").mkdir(parents=True)
+    (tmp_path / "policies" / "veil" / "p.rego").write_text("package veil.privacy\n")
+    assert runner.default_policy_dir() == tmp_path / "policies"

@@ -128,7 +128,7 @@ def container_config() -> config_module.Config:
 
 def test_compose_runs_the_store_opa_and_veil() -> None:
     services = compose()["services"]
-    assert set(services) == {"store", "opa", "veil"}
+    assert set(services) == {"store", "opa", "veil", "setup"}
     opa = services["opa"]
     image, _, tag = opa["image"].partition(":")
     assert image == "openpolicyagent/opa"
@@ -201,7 +201,8 @@ def test_dockerfile_is_slim_non_root_and_checks_healthz_with_python() -> None:
     assert instruction("FROM") == ["python:3.11-slim"]
     user = instruction("USER")[-1].split(":")[0]
     assert user not in ("root", "0")
-    assert any(re.search(r"\bpip install \.(\s|$)", run) for run in instruction("RUN"))
+    assert any(re.search(r"\bpip install \"\.\[postgres\]\"(\s|$)", run)
+               for run in instruction("RUN"))  # one image for SQLite and PostgreSQL
     check = exec_form("HEALTHCHECK")
     assert check[0] == "python"
     assert "/healthz" in check[-1]
@@ -254,7 +255,7 @@ def test_the_image_entry_command_serves_healthz(store: LoopbackStore, opa: FakeO
             try:
                 answer = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
                 break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 if process.poll() is not None or time.monotonic() > deadline:
                     output = process.stdout.read().decode() if process.stdout else ""
                     pytest.fail(f"`{shlex.join(argv)}` did not serve /healthz:\n{output}")
@@ -276,3 +277,96 @@ def test_the_image_entry_command_serves_healthz(store: LoopbackStore, opa: FakeO
             process.wait()
         if process.stdout:
             process.stdout.close()
+
+
+# ---- the one-shot set-up: groups imported, tokens printed ---------------------------------
+
+
+def test_setup_service_runs_the_setup_against_the_compose_services() -> None:
+    services = compose()["services"]
+    setup, veil = services["setup"], services["veil"]
+    assert setup["image"] == veil["image"] and setup["restart"] == "no"
+    assert setup["entrypoint"] == ["python", "-m", "veil.demo.setup"]
+    assert set(setup["depends_on"]) == {"veil", "store"}
+    command = setup["command"]
+    assert mounts(setup)[option(command, "--config")] == mounts(veil)[
+        option(veil["command"], "--config")]
+    assert compose_env(setup, SECRET) == compose_env(veil, SECRET)
+    config = container_config()
+    veil_url, store_url = urlsplit(option(command, "--veil")), urlsplit(option(command,
+                                                                               "--store"))
+    assert (veil_url.hostname, veil_url.port) == ("veil", int(option(veil["command"],
+                                                                     "--port")))
+    assert option(command, "--store") == config.upstream.url
+    assert store_url.port in published(services["store"])
+    assert urlsplit(option(command, "--public-veil")).port in published(veil)
+
+
+@pytest.fixture
+def demo_store_and_veil(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """The demo store and a Veil with the container's configuration, on loopback."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from veil.app import create_app
+    from veil.demo.store import create_store_app
+
+    servers = [make_server("127.0.0.1", 0, create_store_app(seed=7), threaded=True)]
+    document = yaml.safe_load((DOCKER / "veil.yaml").read_text())
+    document["upstream"]["url"] = f"http://127.0.0.1:{servers[0].server_port}"
+    document["policy"] = {"engine": "embedded", "dir": str(POLICIES)}
+    document["storage"]["url"] = f"sqlite:///{tmp_path / 'veil.db'}"
+    app = create_app(config_module.from_dict(document, base_dir=tmp_path, env=SECRET))
+    servers.append(make_server("127.0.0.1", 0, app, threaded=True))
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield (f"http://127.0.0.1:{servers[1].server_port}",
+               f"http://127.0.0.1:{servers[0].server_port}")
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+        app.extensions["veil"].storage.close()
+
+
+def test_setup_imports_the_demo_groups_and_prints_working_tokens(
+        demo_store_and_veil: tuple[str, str], tmp_path: Path) -> None:
+    """The setup service's command, run here with loopback addresses for the service names."""
+    veil_url, store_url = demo_store_and_veil
+    command = compose()["services"]["setup"]["command"]
+    argv = [sys.executable, *compose()["services"]["setup"]["entrypoint"][1:], *command]
+    argv[argv.index("--config") + 1] = str(DOCKER / "veil.yaml")
+    argv[argv.index("--veil") + 1] = veil_url
+    argv[argv.index("--store") + 1] = store_url
+    env = {**os.environ, **compose_env(compose()["services"]["setup"], SECRET)}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    exports = {name: value for line in done.stdout.splitlines() if line.startswith("export ")
+               for name, value in re.findall(r"(\w+)=(\S+)", line)}
+    assert exports["VEIL"] == "http://127.0.0.1:8080"  # as the host reaches it
+    with requests.Session() as http:
+        http.trust_env = False
+        admin = {"Authorization": f"Bearer {exports['ADMIN_TOKEN']}"}
+        groups = http.get(f"{veil_url}/veil/v1/groups", headers=admin,
+                          timeout=10).json()["groups"]
+        imported = {g["id"] for g in groups}
+        assert {"hr", "it", "sales"} <= imported
+        user = {"Authorization": f"Bearer {exports['USER_TOKEN']}"}
+        assert http.get(f"{veil_url}/api/activities?limit=2", headers=user,
+                        timeout=10).status_code == 200
+    assert "groups imported from the demo store: " in done.stdout
+    # Run again (compose restarts nothing, but an operator may): groups are replaced, no error.
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+
+
+def test_setup_waits_for_veil_and_gives_up_with_a_clear_error(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "veil.demo.setup", "--config", str(DOCKER / "veil.yaml"),
+            "--veil", f"http://127.0.0.1:{free_port()}", "--store", "http://127.0.0.1:9",
+            "--timeout", "1"]
+    done = subprocess.run(argv, env={**os.environ, **SECRET}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "Veil did not answer at http://127.0.0.1:" in done.stderr

@@ -1,11 +1,12 @@
 """`veil policy test|check|eval` on good and broken policy sets built in temporary directories,
-coverage that counts what the engine leaves out, and the documented FileDownload example."""
+coverage that counts what the engine leaves out, and the documented FileDownloaded example."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from veil.cli import main
 from veil.policy import load_modules
 
 from conftest import ADMIN, POLICIES, ROOT, LoopbackStore, activity, auth, ids, iso, make_config
+from opa_server import require_opa_bindings
 
 EXAMPLES = ROOT / "docs" / "examples"
 HEADER = "package veil.privacy\n\nimport rego.v1\n\n"
@@ -169,6 +171,7 @@ def test_check_refuses_rego_v0_and_says_so(tmp_path: Path,
     ("crypto.sha256(row.id) != \"\"", "does not implement"),
     ("any([true])", "deprecated built-in"),
     ("no_such_function(row)", "neither a built-in nor a function"),
+    ('http.send({"method": "GET", "url": row.id}).status_code == 200', "leaves undefined"),
 ])
 def test_check_refuses_builtins_one_engine_lacks(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], call: str, expected: str) -> None:
@@ -318,7 +321,7 @@ def test_example_is_explained_by_eval(with_example: Path,
                     str(EXAMPLES / "eval-input.json"), "--data",
                     str(EXAMPLES / "eval-data.json"))
     assert code == 0
-    assert re.search(r'row 1 \(id "act-1".*\n  .*file_downloads\.rego:\d+  Every FileDownload '
+    assert re.search(r'row 1 \(id "act-1".*\n  .*file_downloads\.rego:\d+  Every FileDownloaded '
                      r"activity is private\n", out)
 
 
@@ -327,8 +330,88 @@ def test_example_hides_file_downloads_through_veil(with_example: Path, store: Lo
     app = create_app(make_config(store.url, storage_url, policy={"dir": str(with_example)}))
     now = iso(time.time_ns())
     store.state.rows = [activity(1, "carl@contoso.com", now),
-                        activity(2, "carl@contoso.com", now, activity="FileDownload")]
+                        activity(2, "carl@contoso.com", now, activity="FileDownloaded")]
     try:
         assert ids(app.test_client().get("/api/activities", headers=auth(ADMIN))) == ["act-1"]
     finally:
         app.extensions["veil"].storage.close()
+
+
+# ---- OPA's own evaluator (opa-golib-python-bindings) ----------------------------------
+
+OPA_ONLY_ERROR = HEADER + "unused_helper(x) := upper(1)\n"
+
+
+def test_check_also_compiles_with_opa(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                      ) -> None:
+    """A type error in a function nothing calls: regorus never sees it, OPA's compiler does."""
+    require_opa_bindings()
+    code, out = run(capsys, "check", str(POLICIES))
+    assert code == 0 and "OPA's evaluator compiles and evaluates them too" in out
+    directory = policy_set(tmp_path, {"helper.rego": OPA_ONLY_ERROR})
+    code, out = run(capsys, "check", str(directory))
+    assert code == 1
+    assert re.search(r"helper\.rego:5:1: OPA: rego_type_error: upper: invalid argument", out), out
+
+
+def test_check_without_opa_says_it_did_not_compile_with_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "opa_bindings", None)  # import fails: not installed
+    directory = policy_set(tmp_path, {"helper.rego": OPA_ONLY_ERROR})
+    code, out = run(capsys, "check", str(directory))
+    assert code == 0
+    assert "note: OPA's evaluator is not installed, so the set was not compiled with OPA" in out
+
+
+def test_opa_coverage_runs_the_tests_on_opa_and_reports_its_coverage(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    require_opa_bindings()
+    code, out = run(capsys, "test", "--coverage", "--opa-coverage", str(POLICIES))
+    assert code == 0, out
+    assert re.search(r"^OPA coverage .*privacy\.rego: 100\.0% \((\d+)/\1 lines\)$", out, re.M)
+    passed = re.search(r"^(\d+) passed, 0 failed$", out, re.M)
+    assert passed and f"on OPA's evaluator: {passed.group(1)} passed, 0 failed" in out
+    directory = policy_set(tmp_path, {"wrong_test.rego": TEST_HEADER + (
+        "test_nothing_is_private_wrongly if {\n"
+        "\tprivacy.private_rows == {0} with input as {\"rows\": []}\n}\n"),
+        "extra.rego": HEADER + "never_used := 1 if input.never\n"})
+    code, out = run(capsys, "test", "--opa-coverage", str(directory))
+    assert code == 1
+    assert re.search(r"^FAIL data\.veil\.privacy_test\.test_nothing_is_private_wrongly: "
+                     r"undefined on OPA \(.*wrong_test\.rego:7\)$", out, re.M), out
+    assert re.search(r"^OPA coverage .*extra\.rego: 0\.0% \(0/1 lines\), not covered: 5$", out,
+                     re.M), out
+    assert "on OPA's evaluator: " in out and " 1 failed" in out
+
+
+def test_the_documented_example_matches_what_the_demo_store_emits() -> None:
+    """An author who follows the docs against `veil demo` sees the rule take effect."""
+    from veil.demo.store import create_store_app
+
+    store = create_store_app(seed=7).test_client()
+    named = set()
+    for document in (EXAMPLES / "file_downloads.rego", EXAMPLES / "eval-input.json",
+                     ROOT / "policies" / "README.md", ROOT / "README.md"):
+        named |= set(re.findall(r'activity\\?"?\s*(?:==|:)\s*\\?"(\w+)\\?"',
+                                document.read_text()))
+    assert "FileDownloaded" in named
+    for name in named:
+        answer = store.get(f"/api/activities?activity={name}&limit=1")
+        assert answer.status_code == 200 and answer.get_json()["data"], name
+
+
+def test_eval_gives_rows_the_defaults_veil_gives_so_r2_fires(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A row without ts_ns (or actor) is one Veil could not read: private, as in Veil."""
+    partial = tmp_path / "input.json"
+    partial.write_text(json.dumps({"rows": [
+        {"id": "no-time", "actor": "ann@contoso.com"},
+        {"id": "no-actor", "ts_ns": 1704067200000000000},
+        {"id": "fine", "actor": "ann@contoso.com", "ts_ns": 1704067200000000000}]}))
+    code, out = run(capsys, "eval", str(POLICIES), "--input", str(partial), "--json")
+    assert code == 0
+    document = json.loads(out)
+    assert document["decision"]["private_rows"] == [0, 1]
+    assert "rows_without_timestamp" in document["reasons"]["0"][0]["source"]
+    assert "rows_without_actor" in document["reasons"]["1"][0]["source"]

@@ -84,7 +84,7 @@ def wait_up(replica: Replica, timeout_s: float = 60) -> None:
         try:
             if requests.get(replica.url + "/healthz", timeout=1).status_code == 200:
                 return
-        except requests.RequestException:  # refused, or too slow to answer under load
+        except requests.RequestException:
             pass
         time.sleep(0.1)
     raise AssertionError(f"veil serve did not come up:\n{replica.log_tail()}")

@@ -67,7 +67,7 @@ def rows_now() -> list[dict[str, Any]]:
     now = iso(time.time_ns())
     return [activity(1, "ann@contoso.com", now),  # private: finance is private
             activity(2, "carl@contoso.com", now),
-            activity(3, "carl@contoso.com", now, activity="FileDownload")]
+            activity(3, "carl@contoso.com", now, activity="FileDownloaded")]
 
 
 def reloads(client: FlaskClient) -> list[dict[str, Any]]:
@@ -250,7 +250,7 @@ def test_an_input_built_without_raw_rows_is_not_judged_by_a_policy_that_reads_th
     # Evaluated with the policy the input was built for: no rule sees a missing raw.
     assert engine.evaluate(orjson.dumps(document))["private_rows"] == set()
     assert engine.needs_raw is True
-    raw_row = {**row, "raw": {"activity": "FileDownload"}}
+    raw_row = {**row, "raw": {"activity": "FileDownloaded"}}
     assert engine.evaluate(orjson.dumps({**document, "rows": [raw_row]}))["private_rows"] == {0}
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,23 +40,25 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30
         try:
             if requests.get(url + "/healthz", timeout=1).status_code == 200:
                 return
-        except requests.RequestException:  # refused, or too slow to answer under load
+        except requests.RequestException:
             time.sleep(0.1)
     raise AssertionError("veil serve did not come up")
 
 
 @contextmanager
-def veil_serve(doc: dict[str, Any], tmp_path: Path) -> Iterator[tuple[str,
-                                                                   subprocess.Popen[bytes]]]:
-    """`veil serve` on a free port with this configuration; stopped with SIGTERM after."""
+def veil_serve(doc: dict[str, Any], tmp_path: Path, log: Path | None = None
+               ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`veil serve` on a free port with this configuration; stopped with SIGTERM after.
+    Its standard error goes to ``log`` when given."""
     path = tmp_path / "veil.yaml"
     path.write_text(yaml.safe_dump(doc))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port", str(port)],
-        env={**env, "VEIL_TEST_JWT_SECRET": SECRET}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+    with (log.open("wb") if log else open(os.devnull, "wb")) as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port",
+             str(port)], env={**env, "VEIL_TEST_JWT_SECRET": SECRET},
+            stdout=subprocess.DEVNULL, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)
@@ -128,7 +132,7 @@ def test_sighup_reloads_policy_safely_in_every_worker(store: LoopbackStore,
                      policy={"dir": str(policies), "reload_on_sighup": True})
     a = auth(ADMIN)
     now = iso(time.time_ns())
-    store.state.rows = [activity(1, "carl@contoso.com", now, activity="FileDownload"),
+    store.state.rows = [activity(1, "carl@contoso.com", now, activity="FileDownloaded"),
                         activity(2, "carl@contoso.com", now, activity="FileAccessed")]
 
     def answers(n: int = 12) -> set[tuple[str, ...]]:
@@ -206,7 +210,7 @@ def test_api_reload_reaches_every_worker(store: LoopbackStore, tmp_path: Path) -
                      server={"workers": 3, "threads": 2}, policy={"dir": str(policies)})
     a = auth(ADMIN)
     now = iso(time.time_ns())
-    store.state.rows = [activity(1, "carl@contoso.com", now, activity="FileDownload"),
+    store.state.rows = [activity(1, "carl@contoso.com", now, activity="FileDownloaded"),
                         activity(2, "carl@contoso.com", now, activity="FileAccessed")]
     with veil_serve(doc, tmp_path) as (url, _):
         time.sleep(1)  # let every worker finish starting
@@ -227,3 +231,77 @@ def test_api_reload_reaches_every_worker(store: LoopbackStore, tmp_path: Path) -
                                headers=a, timeout=10).json()["records"]
         assert {r["details"]["outcome"] for r in records} == {"accepted"}
         assert len({r["details"]["pid"] for r in records}) == 3
+        # /readyz, whichever worker answers, shows one policy and one last reload (only
+        # loaded_at, when that worker swapped the policy in, is its own).
+        def reading() -> str:
+            policy = requests.get(f"{url}/readyz", timeout=10).json()["policy"]
+            return json.dumps([policy["digest"], policy["last_reload"]], sort_keys=True)
+
+        deadline = time.monotonic() + 30
+        while True:
+            readings = {reading() for _ in range(30)}
+            if len(readings) == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(readings) == 1, readings
+        digest, last_reload = json.loads(readings.pop())
+        assert last_reload["outcome"] == "accepted"
+        assert last_reload["digest"] == digest == r.json()["digest"]
+
+
+def test_serve_logs_what_it_loaded(store: LoopbackStore, tmp_path: Path) -> None:
+    doc = config_doc(store.url, f"sqlite:///{tmp_path / 'veil.db'}",
+                     server={"workers": 1, "threads": 2})
+    log = tmp_path / "stderr"
+    with veil_serve(doc, tmp_path, log) as (url, _):
+        text = log.read_text()
+    port = url.rsplit(":", 1)[1]
+    assert re.search(r"veil: configuration .*veil\.yaml$", text, re.M)
+    assert re.search(r"veil: policy .*policies: 1 policy file\(s\), set [0-9a-f]{12}, all "
+                     r"\d+ policy tests passed$", text, re.M), text
+    assert re.search(r"veil: engine embedded \(regorus [\d.]+, in-process\)$", text, re.M)
+    assert f"veil: storage sqlite:///{tmp_path / 'veil.db'}" in text
+    assert "veil: identity jwt (HS256 secret; issuer" in text
+    assert f"veil: listening on http://127.0.0.1:{port} with 1 worker(s) x 2 thread(s)" in text
+    assert SECRET not in text
+
+
+def test_serve_on_a_busy_port_says_so_and_names_the_option(store: LoopbackStore,
+                                                           tmp_path: Path) -> None:
+    path = tmp_path / "veil.yaml"
+    path.write_text(yaml.safe_dump(config_doc(store.url, f"sqlite:///{tmp_path / 'v.db'}")))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port",
+             str(port)], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "VEIL_TEST_JWT_SECRET": SECRET})
+    assert result.returncode == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "--port" in result.stderr
+    assert "Retrying" not in result.stderr and "Connection in use" not in result.stderr
+    assert time.monotonic() - started < 30  # no gunicorn retries
+
+
+def test_storage_urls_are_logged_without_their_password() -> None:
+    from veil.server import redacted
+
+    assert redacted("postgresql://veil:s3cret@db:5432/veil?sslmode=require") == \
+        "postgresql://veil:***@db:5432/veil?sslmode=require"
+    assert redacted("sqlite:////var/lib/veil/veil.db") == "sqlite:////var/lib/veil/veil.db"
+
+
+def test_both_readmes_say_sighup_and_the_post_reach_every_worker() -> None:
+    """What test_sighup_reloads... and test_api_reload_reaches_every_worker show."""
+    from conftest import ROOT
+
+    for path in (ROOT / "README.md", ROOT / "policies" / "README.md"):
+        text = " ".join(path.read_text().split())
+        assert "reaches one worker" not in text, path
+        assert re.search(r"SIGHUP[^.]*(?:reach|passed on to) every worker"
+                         r"|every trigger reaches every worker", text), path
+        assert re.search(r"POST[^.]*(?:reach every worker|passed on to the others)", text) \
+            or "both of which reach every worker" in text, path

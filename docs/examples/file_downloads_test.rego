@@ -24,7 +24,7 @@ download_row(i, activity) := {
 
 test_file_download_is_private if {
 	result := privacy.decision with input as download_query([
-		download_row(0, "FileDownload"),
+		download_row(0, "FileDownloaded"),
 		download_row(1, "FileAccessed"),
 	])
 		with data.veil.privacy_groups as {}

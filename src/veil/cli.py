@@ -15,19 +15,20 @@ from veil import __version__
 from veil.errors import VeilError
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace, require_secrets: bool = True) -> Any:
     from veil import config
 
     path = args.config or os.environ.get("VEIL_CONFIG")
     if not path:
         raise VeilError("give --config FILE or set VEIL_CONFIG")
-    return config.load(path)
+    return config.load(path, require_secrets=require_secrets)
 
 
-def _storage(args: argparse.Namespace) -> Any:
+def _storage(args: argparse.Namespace, cfg: Any = None) -> Any:
+    """The configured storage; commands that only touch it need no identity secret."""
     from veil.storage import open_storage
 
-    cfg = _config(args)
+    cfg = cfg if cfg is not None else _config(args, require_secrets=False)
     return open_storage(cfg.storage.url, cfg.storage.timeout_s, cfg.identity.bootstrap_admins)
 
 
@@ -45,6 +46,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    from veil import tokens
+    from veil.errors import Conflict
+
+    cfg = _config(args)
+    if args.sub is None:
+        if not (args.admin and cfg.identity.bootstrap_admins):
+            raise VeilError("give --sub PRINCIPAL (with --admin alone: a bootstrap admin)")
+        principal = cfg.identity.bootstrap_admins[0]
+    else:
+        principal = tokens.checked_principal(args.sub)
+    token = tokens.mint(cfg, principal, args.ttl)
+    if args.admin and principal not in cfg.identity.bootstrap_admins:
+        storage = _storage(args, cfg)
+        try:
+            storage.add_admin(principal, _actor(args))
+            print(f"veil: {principal} added to the admin registry (audited)", file=sys.stderr)
+        except Conflict:
+            pass  # already an admin
+        finally:
+            storage.close()
+    print(token)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from veil.demo import run_demo
 
@@ -59,7 +85,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     directory = Path(args.dir) if args.dir else _policy_dir(args)
     if args.policy_command == "test":
         return policytools.cmd_test(directory, pattern=args.run, coverage=args.coverage,
-                                    threshold=args.threshold)
+                                    threshold=args.threshold, opa_coverage=args.opa_coverage)
     if args.policy_command == "eval":
         return policytools.cmd_eval(directory, Path(args.input),
                                     Path(args.data) if args.data else None, as_json=args.json)
@@ -162,13 +188,34 @@ def parser() -> argparse.ArgumentParser:
                       help="the demo store's port (default 9000; 0: any free port)")
     demo.add_argument("--data-dir", help="where the demo keeps its SQLite file "
                       "(default: a new temporary directory)")
-    demo.add_argument("--policy-dir", help="policy directory (default: ./policies, else the "
-                      "policies shipped with Veil)")
+    demo.add_argument("--policy-dir", help="policy directory (default: ./policies when it "
+                      "holds .rego files, else the policies/ of the source checkout Veil runs "
+                      "from; a plain `pip install` carries no policies, so give --policy-dir "
+                      "or run where policies/ is)")
     demo.add_argument("--seed", type=int, default=7,
                       help="seed of the synthetic organisation and activities (default 7)")
     demo.add_argument("--rate", type=float, default=60.0,
                       help="activities a minute in business hours (default 60)")
     demo.set_defaults(func=cmd_demo)
+
+    token = with_config(sub.add_parser(
+        "token", help="print a signed development token (HS256 set-ups)",
+        description="Print an HS256 JWT that the configured Veil accepts, signed with the "
+        "secret in the environment variable named by identity.jwt.hs256_secret_env. Claims: "
+        "iss and aud from identity.jwt, sub and the first of identity.principal_claims set to "
+        "the principal, iat, and exp (required by Veil). Tokens carry no roles: --admin makes "
+        "the principal an admin in Veil's admin registry (audited) unless it is a bootstrap "
+        "admin. Use tokens from your identity provider in production."))
+    token.add_argument("--sub", metavar="PRINCIPAL",
+                       help="the caller's UPN or e-mail (with --admin alone: the first "
+                       "identity.bootstrap_admins)")
+    token.add_argument("--admin", action="store_true",
+                       help="make sure the principal is an admin (adds it to the registry)")
+    token.add_argument("--ttl", type=int, default=3600, metavar="SECONDS",
+                       help="lifetime in seconds (default 3600, at most 30 days)")
+    token.add_argument("--actor", help="who the governance log names for --admin "
+                       "(default cli:$USER)")
+    token.set_defaults(func=cmd_token)
 
     policy = sub.add_parser("policy", help="check, test and explain Rego policies",
                             description="Tools for policy authors; see policies/README.md.")
@@ -186,11 +233,17 @@ def parser() -> argparse.ArgumentParser:
                        help="print line coverage of each policy file (tests excluded)")
     ptest.add_argument("--threshold", type=float, metavar="PERCENT",
                        help="exit 1 when total coverage is below PERCENT (implies --coverage)")
+    ptest.add_argument("--opa-coverage", action="store_true",
+                       help="also run the tests on OPA's own evaluator and print OPA's line "
+                       "coverage (needs: pip install --ignore-requires-python "
+                       "opa-golib-python-bindings); exit 1 when a test fails there")
     pcheck = with_config(psub.add_parser(
         "check", help="parse, compile and check entry points and built-ins",
         description="Parse every file as Rego v1, refuse v0 syntax and built-ins that OPA or "
-        "the embedded engine lacks, require data.veil.privacy.decision and private_rows, "
-        "and evaluate every rule once. Problems are printed as file:line:col: message."))
+        "the embedded engine lacks (or leaves undefined, such as http.send), require "
+        "data.veil.privacy.decision and private_rows, and evaluate every rule once. When "
+        "OPA's evaluator is installed (opa-golib-python-bindings), the set is also compiled "
+        "and evaluated by it. Problems are printed as file:line:col: message."))
     pcheck.add_argument("dir", nargs="?", help=dir_help)
     peval = with_config(psub.add_parser(
         "eval", help="evaluate the decision for a sample input and explain hidden rows",

@@ -105,8 +105,13 @@ def schema() -> dict[str, Any]:
     return loaded
 
 
-def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
-    """Read, validate and resolve a configuration file; raise ConfigError naming the bad key."""
+def load(path: str | os.PathLike[str], env: dict[str, str] | None = None,
+         require_secrets: bool = True) -> Config:
+    """Read, validate and resolve a configuration file; raise ConfigError naming the bad key.
+
+    ``require_secrets=False`` is for commands that never check a caller's identity (the
+    management commands touch only the storage): secrets that are not set are left None.
+    """
     path = Path(path)
     try:
         document = yaml.safe_load(path.read_text("utf-8"))
@@ -114,11 +119,17 @@ def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Con
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    return from_dict(document if document is not None else {}, base_dir=path.parent, env=env)
+    return from_dict(document if document is not None else {}, base_dir=path.parent, env=env,
+                     require_secrets=require_secrets)
+
+
+# HS256 keys shorter than the hash (RFC 7518, section 3.2) are refused.
+MIN_HS256_SECRET_BYTES = 32
 
 
 def from_dict(
-    document: Any, base_dir: Path | None = None, env: dict[str, str] | None = None
+    document: Any, base_dir: Path | None = None, env: dict[str, str] | None = None,
+    require_secrets: bool = True,
 ) -> Config:
     """Validate a parsed configuration document and resolve it into a Config."""
     validate(document)
@@ -137,6 +148,8 @@ def from_dict(
             return None
         value = env.get(env_name)
         if not value:
+            if not require_secrets:
+                return None
             raise ConfigError(f"{key_path}: environment variable {env_name} is not set or empty")
         return value
 
@@ -158,15 +171,22 @@ def from_dict(
     # Only the active mode's secrets must be present.
     hs256 = secret("identity.jwt.hs256_secret_env",
                    jwt_doc.get("hs256_secret_env") if mode == "jwt" else None)
+    if hs256 is not None and len(hs256.encode()) < MIN_HS256_SECRET_BYTES:
+        raise ConfigError(
+            f"identity.jwt.hs256_secret_env: the secret in {jwt_doc['hs256_secret_env']} is "
+            f"{len(hs256.encode())} bytes; HS256 needs at least {MIN_HS256_SECRET_BYTES} "
+            "(RFC 7518, 3.2). Make one with: python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'")
     if mode == "jwt":
-        if hs256 is None and jwks is None:
+        if hs256 is None and jwks is None and (require_secrets
+                                               or "hs256_secret_env" not in jwt_doc):
             raise ConfigError("identity.jwt: set hs256_secret_env or jwks_file to verify tokens")
         for key in ("issuer", "audience"):
             if key not in jwt_doc:
                 raise ConfigError(f"identity.jwt.{key}: required key is missing in jwt mode")
     shared = secret("identity.secret_env",
                     identity.get("secret_env") if mode == "header" else None)
-    if mode == "header" and shared is None:
+    if mode == "header" and shared is None and require_secrets:
         raise ConfigError("identity.secret_env: header mode needs a shared gateway secret")
 
     fields = up.get("fields", {})

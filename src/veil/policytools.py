@@ -85,6 +85,11 @@ OPA_DEPRECATED = frozenset({"any", "all", "re_match", "net.cidr_overlap", "set_d
                             "cast_array", "cast_set", "cast_string", "cast_boolean",
                             "cast_null", "cast_object"})
 
+# Listed by the embedded engine's ``opa.runtime()`` but evaluated as undefined there (regorus
+# 0.13 has no HTTP client): a rule calling one would silently never hold on the embedded
+# engine while it holds on OPA. Refused by ``check``.
+EMBEDDED_UNDEFINED = frozenset({"http.send"})
+
 # Called by the interpreter for ``print``; not listed by ``opa.runtime()``.
 _EMBEDDED_SPECIAL = frozenset({"print"})
 
@@ -297,6 +302,10 @@ def _builtin_message(name: str, embedded: frozenset[str]) -> str | None:
     if name not in embedded:
         return (f"'{name}' is an OPA built-in that the embedded engine (regorus) does not "
                 "implement; use only built-ins both engines have")
+    if name in EMBEDDED_UNDEFINED:
+        return (f"'{name}' is an OPA built-in that the embedded engine (regorus) leaves "
+                "undefined (a rule calling it never holds there); use only built-ins both "
+                "engines evaluate")
     return None
 
 
@@ -837,15 +846,24 @@ def _split_private_rows(parsed: Sequence[Parsed]
 
 
 def complete_input(document: dict[str, Any]) -> dict[str, Any]:
-    """A sample input with Veil's defaults for what it leaves out (rows get their index)."""
+    """A sample input with Veil's defaults for what it leaves out.
+
+    Each row gets its ``index``, and every field Veil always sends gets the value Veil sends
+    when the store's row does not have it: ``null`` for ``id``, ``actor`` and ``ts_ns`` (so
+    R2 hides a row without an actor or a time, as in Veil) and ``"user"`` for ``actor_type``.
+    """
     filled: dict[str, Any] = {"caller": "", "request": {"method": "GET", "path": "/",
                                                         "query": ""},
                               "reveal_session_id": None, "session": None,
                               "now_ns": time.time_ns(), "rows": []}
     filled.update(document)
-    filled["rows"] = [{"index": n, **row} if isinstance(row, dict) else row
+    filled["rows"] = [{**ROW_DEFAULTS, "index": n, **row} if isinstance(row, dict) else row
                       for n, row in enumerate(filled["rows"] or [])]
     return filled
+
+
+# What Veil puts in a row's fields when it cannot read them (``veil.rows``).
+ROW_DEFAULTS: dict[str, Any] = {"id": None, "actor": None, "actor_type": "user", "ts_ns": None}
 
 
 def explain(modules: Sequence[PolicyModule], input_doc: dict[str, Any],
@@ -889,6 +907,104 @@ def explain(modules: Sequence[PolicyModule], input_doc: dict[str, Any],
     return Explanation(result, verdict, rows, hidden, reasons)
 
 
+# ---- OPA's own evaluator, when installed -------------------------------------------------
+
+_OPA_ERROR = re.compile(r"(?P<path>[^\s:][^:]*):(?P<line>\d+): (?P<code>rego_\w+): (?P<msg>.*)")
+
+
+def opa_evaluator() -> Any | None:
+    """OPA's Go evaluator (``opa_bindings``, PyPI ``opa-golib-python-bindings``), or None."""
+    try:
+        import opa_bindings
+    except ImportError:
+        return None
+    return opa_bindings
+
+
+def _opa_problems(exc: Any) -> list[Problem]:
+    """Problems from an ``OpaError`` ("N errors occurred:" then ``file:row: code: msg``)."""
+    found = []
+    for line in str(exc.message).splitlines():
+        match = _OPA_ERROR.search(line)
+        if match:
+            found.append(Problem(match.group("path"), int(match.group("line")), 1,
+                                 f"OPA: {match.group('code')}: {match.group('msg')}"))
+    return found or [Problem("policies", 1, 1, f"OPA: {exc.code}: {exc.message}")]
+
+
+def opa_check_problems(modules: Sequence[PolicyModule], opa: Any) -> list[Problem]:
+    """What OPA's compiler and evaluator say about the set: every file (tests too) compiled
+    together, then the decision evaluated on the sample inputs."""
+    engine = opa.OpaEngine()
+    try:
+        for module in modules:
+            engine.add_policy(str(module.path), module.text)
+        engine.add_data({"veil": SAMPLE_DATA})
+        for sample in SAMPLE_INPUTS:
+            engine.eval_query(f"result := {DECISION}", sample)
+    except opa.OpaError as exc:
+        return _opa_problems(exc)
+    finally:
+        engine.close()
+    return []
+
+
+def _rows_of(ranges: Iterable[dict[str, Any]] | None) -> set[int]:
+    return {row for span in ranges or () for row in range(span["start"]["row"],
+                                                          span["end"]["row"] + 1)}
+
+
+def run_tests_on_opa(modules: Sequence[PolicyModule], opa: Any, pattern: str | None = None,
+                     ) -> TestRun:
+    """The same tests on OPA's evaluator, with OPA's own line coverage of the policy files."""
+    parsed, problems = parse_all(modules)
+    if problems:
+        return TestRun(problems=problems)
+    selector = re.compile(pattern) if pattern else None
+    engine = opa.OpaEngine()
+    covered: dict[str, set[int]] = {}
+    missed: dict[str, set[int]] = {}
+    run = TestRun()
+    try:
+        for module in modules:
+            engine.add_policy(str(module.path), module.text)
+        for case in discover(parsed):
+            if selector and not selector.search(case.name):
+                continue
+            if case.rule.startswith("todo_"):
+                run.results.append(TestResult(case, "SKIP", 0.0))
+                continue
+            started = time.perf_counter()
+            try:
+                found = engine.eval_query(f"result := {case.name}", coverage=True)
+            except opa.OpaError as exc:
+                run.results.append(TestResult(case, "ERROR", time.perf_counter() - started,
+                                              f"OPA: {exc.code}: {exc.message}"))
+                continue
+            elapsed = time.perf_counter() - started
+            for path, report in ((engine.last_coverage or {}).get("files") or {}).items():
+                covered.setdefault(path, set()).update(_rows_of(report.get("covered")))
+                missed.setdefault(path, set()).update(_rows_of(report.get("not_covered")))
+            value = found[0]["result"] if found else None
+            if value is True:
+                run.results.append(TestResult(case, "PASS", elapsed))
+            else:
+                outcome = "undefined" if value is None else f"evaluated to {_show(value)}"
+                run.results.append(TestResult(case, "FAIL", elapsed,
+                                              f"{outcome} on OPA ({case.path}:{case.line})"))
+    except opa.OpaError as exc:
+        return TestRun(problems=_opa_problems(exc))
+    finally:
+        engine.close()
+    run.coverage = [
+        FileCoverage(item.path, frozenset(covered.get(item.path, ())),
+                     frozenset(missed.get(item.path, set()) - covered.get(item.path, set()))
+                     if item.path in covered or item.path in missed
+                     else frozenset(_coverable_lines(item.ast)))
+        for item in parsed if not item.module.is_test]
+    return run
+
+
 # ---- the command line ---------------------------------------------------------------------
 
 def _load(directory: Path, out: TextIO) -> list[PolicyModule] | None:
@@ -899,13 +1015,20 @@ def _load(directory: Path, out: TextIO) -> list[PolicyModule] | None:
         return None
 
 
-def cmd_check(directory: Path, out: TextIO | None = None) -> int:
-    """``veil policy check``: one ``file:line:col: message`` line per problem."""
+def cmd_check(directory: Path, out: TextIO | None = None, opa: Any | None = None) -> int:
+    """``veil policy check``: one ``file:line:col: message`` line per problem.
+
+    When OPA's evaluator is installed (``opa``: the ``opa_bindings`` module, default: found
+    by import), the set is also compiled and evaluated by it.
+    """
     out = out or sys.stdout
     modules = _load(directory, out)
     if modules is None:
         return 1
     problems = check_modules(modules)
+    opa = opa if opa is not None else opa_evaluator()
+    if not problems and opa is not None:
+        problems = opa_check_problems(modules, opa)
     for problem in problems:
         print(problem, file=out)
     if problems:
@@ -913,12 +1036,19 @@ def cmd_check(directory: Path, out: TextIO | None = None) -> int:
         return 1
     print(f"ok: {len(modules)} files in {directory} compile as Rego v1, use only built-ins "
           f"OPA and the embedded engine share, and define data.{PACKAGE}.decision", file=out)
+    print("ok: OPA's evaluator compiles and evaluates them too" if opa is not None else
+          "note: OPA's evaluator is not installed, so the set was not compiled with OPA "
+          "(pip install --ignore-requires-python opa-golib-python-bindings)", file=out)
     return 0
 
 
 def cmd_test(directory: Path, pattern: str | None = None, coverage: bool = False,
-             threshold: float | None = None, out: TextIO | None = None) -> int:
-    """``veil policy test``: a line per test, coverage if asked, and a summary line."""
+             threshold: float | None = None, out: TextIO | None = None,
+             opa_coverage: bool = False) -> int:
+    """``veil policy test``: a line per test, coverage if asked, and a summary line.
+
+    ``opa_coverage`` also runs the tests on OPA's evaluator and prints OPA's own coverage.
+    """
     out = out or sys.stdout
     modules = _load(directory, out)
     if modules is None:
@@ -947,20 +1077,43 @@ def cmd_test(directory: Path, pattern: str | None = None, coverage: bool = False
     if percent is not None and threshold is not None and percent < threshold:
         print(f"FAIL coverage {percent:.1f}% is below the threshold {threshold:g}%", file=out)
         code = 1
+    if opa_coverage:
+        code = max(code, _opa_test_report(modules, pattern, out))
     return code
 
 
-def _print_coverage(files: list[FileCoverage], out: TextIO) -> float:
+def _opa_test_report(modules: Sequence[PolicyModule], pattern: str | None, out: TextIO) -> int:
+    """The tests on OPA's evaluator: failures, OPA's coverage and a summary; 1 on failure."""
+    opa = opa_evaluator()
+    if opa is None:
+        print("OPA coverage: OPA's evaluator is not installed (pip install "
+              "--ignore-requires-python opa-golib-python-bindings)", file=out)
+        return 1
+    run = run_tests_on_opa(modules, opa, pattern)
+    for problem in run.problems:
+        print(problem, file=out)
+    for result in run.results:
+        if not result.passed:
+            print(f"{result.status} {result.case.name}: {result.detail}", file=out)
+    if run.coverage is not None and not run.problems:
+        _print_coverage(run.coverage, out, label="OPA coverage")
+    passed = sum(r.status == "PASS" for r in run.results)
+    print(f"on OPA's evaluator: {passed} passed, {run.failed} failed", file=out)
+    return 0 if run.ok else 1
+
+
+def _print_coverage(files: list[FileCoverage], out: TextIO, label: str = "coverage") -> float:
     """Print a line per policy file and the total; return the total percentage."""
     covered = sum(len(f.covered) for f in files)
     total = sum(f.total for f in files)
     for item in files:
-        line = f"coverage {item.path}: {item.percent:.1f}% ({len(item.covered)}/{item.total} lines)"
+        line = (f"{label} {item.path}: {item.percent:.1f}% "
+                f"({len(item.covered)}/{item.total} lines)")
         if item.not_covered:
             line += f", not covered: {_ranges(item.not_covered)}"
         print(line, file=out)
     percent = 100.0 * covered / total if total else 100.0
-    print(f"coverage total: {percent:.1f}% ({covered}/{total} lines)", file=out)
+    print(f"{label} total: {percent:.1f}% ({covered}/{total} lines)", file=out)
     return percent
 
 

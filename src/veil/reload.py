@@ -223,13 +223,33 @@ class PolicyReloader:
                          "%s", exc.detail)
 
     def status(self) -> dict[str, Any]:
-        """The policy being served and the last reload attempt (for /readyz)."""
+        """The policy this process serves, and the last reload (for /readyz).
+
+        ``last_reload`` is the newest ``policy_reloaded`` record of the governance log, which
+        every worker and replica shares, so each of them shows the same one (a worker's own
+        attempts differ: the one a POST reached reloads first, the others on the broadcast).
+        Only when the log cannot be read is it this process's own last attempt.
+        """
+        try:
+            record = self.storage.last_record("policy_reloaded")
+        except StorageError:
+            last = self._last.summary() if self._last else None
+        else:
+            last = None if record is None else _summary_of(record)
         return {
             "digest": self._serving.digest if self._serving else None,
             "files": len(self._serving.files) if self._serving else None,
             "loaded_at": self._loaded_at,
-            "last_reload": self._last.summary() if self._last else None,
+            "last_reload": last,
         }
+
+
+def _summary_of(record: dict[str, Any]) -> dict[str, Any]:
+    """A ``policy_reloaded`` record as ``ReloadOutcome.summary`` shows an attempt."""
+    details = record.get("details") or {}
+    return {"outcome": details.get("outcome"), "trigger": details.get("trigger"),
+            "at": record.get("ts"), "reason": details.get("reason"),
+            "digest": details.get("digest"), "seq": record.get("seq")}
 
 
 class ReloadTriggers:

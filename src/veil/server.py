@@ -5,15 +5,25 @@ each worker loads it, so no process ever serves a policy that fails its tests. S
 master is passed to the workers, which each run the safe hot reload (check, test, swap)
 instead of being restarted; ``POST /veil/v1/policy/reload`` on one worker reaches the others
 the same way.
+
+Before gunicorn starts, the address is tried (a busy port is one clear error naming
+``--port``, not gunicorn's retries), and what Veil loaded is logged: configuration, policy
+set and its tests, engine, storage, identity, and where it listens.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import signal
+import socket
+import sys
 import tempfile
 from dataclasses import replace
+from importlib import metadata
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
@@ -21,20 +31,94 @@ from gunicorn.arbiter import Arbiter
 
 from veil import config as config_module
 from veil.config import Config
-from veil.errors import PolicyError
+from veil.errors import PolicyError, VeilError
+
+log = logging.getLogger("veil.server")
 
 
-def validated(config: Config) -> None:
-    """Raise PolicyError unless the policy directory checks and its tests pass."""
+def validated(config: Config) -> str:
+    """Raise PolicyError unless the policy directory checks and its tests pass; else say what
+    was loaded (files, the set's digest, the tests that passed)."""
     if config.policy.engine == "opa" and config.policy.opa_bundle:
-        return  # the policies come from OPA's bundle, not from this directory
+        return "from OPA's bundle (not checked here)"
     from veil import policytools
     from veil.policy import load_modules
+    from veil.reload import PolicySet
 
-    validation = policytools.validate(load_modules(config.policy.dir))
+    modules = load_modules(config.policy.dir)
+    validation = policytools.validate(modules)
     if not validation.ok:
         details = "\n  ".join(validation.details()[:20])
         raise PolicyError(f"{config.policy.dir}: {validation.summary}\n  {details}")
+    policy_files = sum(not m.is_test for m in modules)
+    digest = PolicySet.of(config.policy.dir, modules).digest
+    return (f"{config.policy.dir}: {policy_files} policy file(s), set {digest[:12]}, "
+            f"{validation.summary}")
+
+
+def check_address(host: str, port: int) -> None:
+    """Raise VeilError, naming ``--port``/``--host``, when Veil cannot listen there."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise VeilError(f"cannot listen on {host}:{port}: {exc.strerror}; give another "
+                        "--host (or server.host)") from exc
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise VeilError(f"port {port} on {host} is already in use by another "
+                                "process; choose another one with --port (or server.port), "
+                                "or stop what listens there") from exc
+            raise VeilError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another "
+                            "--port or --host") from exc
+
+
+def redacted(url: str) -> str:
+    """A storage URL without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port
+                                                           else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def startup_lines(config_path: str, config: Config, policy: str, bind: str) -> list[str]:
+    """What Veil logs once at start: what it loaded and where it listens."""
+    engine = ("embedded (regorus " + metadata.version("gordon-to-regorus") + ", in-process)"
+              if config.policy.engine == "embedded" else
+              f"opa at {config.policy.opa_url}" + (" (policies from its bundle)"
+                                                   if config.policy.opa_bundle else ""))
+    identity = config.identity
+    if identity.mode == "jwt":
+        keys = " and ".join(k for k, on in (("HS256 secret", identity.jwt.hs256_secret),
+                                            ("JWKS", identity.jwt.jwks)) if on)
+        who = f"jwt ({keys}; issuer {identity.jwt.issuer}, audience {identity.jwt.audience})"
+    else:
+        who = f"gateway header {identity.header}"
+    return [f"configuration {config_path}",
+            f"policy {policy}",
+            f"engine {engine}",
+            f"storage {redacted(config.storage.url)}",
+            f"identity {who}; {len(identity.bootstrap_admins)} bootstrap admin(s)",
+            f"listening on http://{bind} with {config.server.workers} worker(s) x "
+            f"{config.server.threads} thread(s)"]
+
+
+def _log_to_stderr() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            "[%(asctime)s] [%(process)d] [%(levelname)s] veil: %(message)s",
+            "%Y-%m-%d %H:%M:%S %z"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 class VeilArbiter(Arbiter):  # type: ignore[misc]
@@ -75,7 +159,10 @@ class VeilServer(BaseApplication):  # type: ignore[misc]
 def serve(config_path: str, host: str | None = None, port: int | None = None) -> None:
     """Validate the config and the policy up front (a bad one stops here), then run gunicorn."""
     config = config_module.load(config_path)
-    validated(config)
+    policy = validated(config)
+    bind_host = host or config.server.host
+    bind_port = port if port is not None else config.server.port
+    check_address(bind_host, bind_port)
     workers = config.server.workers
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # prometheus_client picks its value store when first imported: set this before that.
@@ -84,8 +171,12 @@ def serve(config_path: str, host: str | None = None, port: int | None = None) ->
 
     # Create or migrate the storage once, before the workers fork.
     open_storage(config.storage.url, config.storage.timeout_s).close()
+    bind = f"[{bind_host}]:{bind_port}" if ":" in bind_host else f"{bind_host}:{bind_port}"
+    _log_to_stderr()
+    for line in startup_lines(config_path, config, policy, bind):
+        log.info("%s", line)
     options = {
-        "bind": f"{host or config.server.host}:{port if port is not None else config.server.port}",
+        "bind": bind,
         "workers": workers,
         "threads": config.server.threads,
         "worker_class": "gthread",

@@ -2,7 +2,7 @@
 # title: Veil activity privacy
 # description: |
 #   Decides, for one upstream answer at a time, which activity rows are private
-#   (SPEC rules R1 and R2, with the built-in groups `application` and `external`)
+#   (rules R1 and R2 of docs/rules.md, with the built-in groups `application` and `external`)
 #   and whether the caller may see them through a reveal session (R4).
 #   The state admins manage lives in data.veil (see policies/README.md).
 package veil.privacy

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -48,23 +50,43 @@ class DemoSettings:
     rate_per_minute: float = 60.0  # activities a minute in business hours
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """The store's requests are not logged: the terminal shows Veil's."""
+class _AccessLog(WSGIRequestHandler):
+    """An access log line on standard error, prefixed with the server it belongs to, so the
+    store's requests and Veil's can be told apart in the demo's terminal."""
 
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
+    prefix = "veil "
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        print(f"{self.prefix} | {self.address_string()} - - [{self.log_date_time_string()}] "
+              f"{message % args}", file=sys.stderr, flush=True)
+
+
+class _StoreAccessLog(_AccessLog):
+    prefix = "store"
+
+
+def veil_command() -> str:
+    """How to run this Veil from any shell: the venv's ``veil`` script by its full path (no
+    venv activation needed), else ``python -m veil`` with this interpreter."""
+    script = Path(sys.executable).parent / "veil"
+    if script.is_file() and os.access(script, os.X_OK):
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m veil"
 
 
 def default_policy_dir() -> Path:
-    """./policies when it holds policies, else the policies of the repository Veil runs from."""
+    """./policies when it holds policies, else the policies of the source checkout Veil runs
+    from (an installed Veil carries no policies)."""
     here = Path.cwd() / "policies"
     if here.is_dir() and any(here.rglob("*.rego")):
         return here
     repository = Path(__file__).resolve().parents[3] / "policies"
-    if repository.is_dir():
+    if repository.is_dir() and any(repository.rglob("*.rego")):
         return repository
-    raise VeilError("no policy directory: run from a directory with policies/ or give "
-                    "--policy-dir")
+    raise VeilError("no policy directory: ./policies holds no .rego file, and this Veil is "
+                    "not run from a source checkout (an installed Veil carries no policies). "
+                    "Give --policy-dir DIR, for example a copy of policies/ from the Veil "
+                    "repository, or run from a directory that has policies/")
 
 
 def demo_secret(data_dir: Path) -> str:
@@ -156,12 +178,12 @@ class Demo:
         s = self.settings
         store = create_store_app(seed=s.seed, rate_per_minute=s.rate_per_minute,
                                  directory=self.directory)
-        store_server = self._serve(store, s.store_port, "store", _QuietHandler)
+        store_server = self._serve(store, s.store_port, "store", _StoreAccessLog)
         self.store_url = f"http://{url_host(s.host)}:{store_server.server_port}"
 
         # Veil's server binds before the app exists, so its configuration names the real port.
         veil = _LateApp()
-        port = self._serve(veil, s.port, "Veil").server_port
+        port = self._serve(veil, s.port, "Veil", _AccessLog).server_port
         self.veil_url = f"http://{url_host(s.host)}:{port}"
         document = config_document(self.store_url, s.host, port, self.policy_dir,
                                    self.data_dir / "veil.db")
@@ -197,24 +219,7 @@ class Demo:
 
     def _import_groups(self) -> list[dict[str, Any]]:
         """Import the store's departments into Veil through its API, as the admin would."""
-        http = requests.Session()
-        http.trust_env = False  # loopback: never through a proxy
-        with http:
-            try:
-                found = http.get(f"{self.store_url}/api/directory/groups", timeout=10)
-                found.raise_for_status()
-                groups: list[dict[str, Any]] = found.json()["groups"]
-                for group in groups:
-                    answer = http.put(
-                        f"{self.veil_url}/veil/v1/groups/{group['id']}",
-                        json={"name": group["name"], "members": group["members"]},
-                        headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=10)
-                    if answer.status_code not in (200, 201):
-                        raise VeilError(f"importing group {group['id']!r} into Veil failed: "
-                                        f"{answer.status_code} {answer.text}")
-            except requests.RequestException as exc:
-                raise VeilError(f"the demo could not import the store's groups: {exc}") from exc
-        return groups
+        return import_groups(self.store_url, self.veil_url, self.admin_token)
 
     def stop(self) -> None:
         for server in self._servers:
@@ -242,6 +247,11 @@ class Demo:
         """The shell variables the printed walk-through uses."""
         return {"VEIL": self.veil_url, "STORE": self.store_url,
                 "ADMIN_TOKEN": self.admin_token, "USER_TOKEN": self.user_token}
+
+    def _someone(self) -> str:
+        """A member of hr, the group the walk-through makes private."""
+        hr = next((g for g in self.groups if g["id"] == "hr" and g["members"]), None)
+        return str(hr["members"][0]) if hr else PLAIN_USER
 
     def banner(self) -> str:
         """What ``veil demo`` prints: where things are, tokens, and the walk-through."""
@@ -272,13 +282,39 @@ class Demo:
             f"export USER_TOKEN={v['USER_TOKEN']}",
             "",
             walkthrough.script(walkthrough.steps(ADMIN)),
-            "# The command line works on the demo's state too:",
+            "# The command line works on the demo's state too (no venv to activate):",
+            f"{veil_command()} privacy-groups list --config {self.config_path}",
+            f"{veil_command()} governance verify --config {self.config_path}",
+            "# A token for another demo user (veil token signs with the demo's secret):",
             f"export {SECRET_ENV}={self.secret}",
-            f"veil privacy-groups list --config {self.config_path}",
-            f"veil governance verify --config {self.config_path}",
+            f"{veil_command()} token --sub {self._someone()} --config {self.config_path}",
             "",
+            "Access logs below: 'store |' is the activity store, 'veil  |' is Veil.",
             "Press Ctrl-C to stop the demo.",
         ])
+
+
+def import_groups(store_url: str, veil_url: str, admin_token: str) -> list[dict[str, Any]]:
+    """Put the demo store's departments (``/api/directory/groups``) into Veil as groups, through
+    Veil's API with an admin's token; return them."""
+    http = requests.Session()
+    http.trust_env = False  # the demo's own servers: never through a proxy
+    with http:
+        try:
+            found = http.get(f"{store_url}/api/directory/groups", timeout=10)
+            found.raise_for_status()
+            groups: list[dict[str, Any]] = found.json()["groups"]
+            for group in groups:
+                answer = http.put(
+                    f"{veil_url}/veil/v1/groups/{group['id']}",
+                    json={"name": group["name"], "members": group["members"]},
+                    headers={"Authorization": f"Bearer {admin_token}"}, timeout=10)
+                if answer.status_code not in (200, 201):
+                    raise VeilError(f"importing group {group['id']!r} into Veil failed: "
+                                    f"{answer.status_code} {answer.text}")
+        except requests.RequestException as exc:
+            raise VeilError(f"the demo could not import the store's groups: {exc}") from exc
+    return groups
 
 
 class _LateApp:

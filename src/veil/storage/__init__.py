@@ -45,7 +45,13 @@ def open_storage(url: str, timeout_s: float, bootstrap_admins: Sequence[str] = (
 
         backend = SqliteBackend(url[len("sqlite:///"):], timeout_s)
     elif url.startswith(("postgresql://", "postgres://")):
-        from veil.storage.postgres import PostgresBackend
+        try:
+            from veil.storage.postgres import PostgresBackend
+        except ImportError as exc:
+            raise StorageError(
+                "storage.url is a PostgreSQL URL but the PostgreSQL driver (psycopg) is not "
+                "installed: install Veil with the 'postgres' extra, "
+                "pip install 'veil[postgres]'") from exc
 
         backend = PostgresBackend(url, timeout_s)
     else:
@@ -394,6 +400,14 @@ class Storage:
                 f"WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?", (*params, limit),
             )
         return [self._record(row) for row in rows]
+
+    def last_record(self, action: str) -> dict[str, Any] | None:
+        """The newest record of one action, or None."""
+        with self.backend.transaction(write=False) as tx:
+            row = tx.one("SELECT seq, ts, action, actor, details, prev_hash, hash "
+                         "FROM governance_log WHERE action = ? ORDER BY seq DESC LIMIT 1",
+                         (action,))
+        return None if row is None else self._record(row)
 
     def iter_log(self, batch: int = 1000) -> Iterator[dict[str, Any]]:
         """Every record in chain order, read in batches."""

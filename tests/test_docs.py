@@ -1,0 +1,25 @@
+"""The project's own documents: the rules R1-R12 are written down here and cited."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import ROOT
+
+RULES = ROOT / "docs" / "rules.md"
+
+
+def test_rules_md_states_r1_to_r12_once_each() -> None:
+    text = RULES.read_text()
+    stated = re.findall(r"^\*\*(R\d+) — [^*]+\*\*", text, re.M)
+    assert stated == [f"R{n}" for n in range(1, 13)]
+
+
+def test_documents_cite_rules_md_not_a_spec_outside_the_repository() -> None:
+    citing = [ROOT / "README.md", ROOT / "policies" / "README.md",
+              ROOT / "policies" / "veil" / "privacy" / "privacy.rego"]
+    for path in [*citing, *sorted((ROOT / "src" / "veil").rglob("*.py"))]:
+        text = path.read_text()
+        assert "SPEC.md" not in text and "SPEC rules" not in text, path
+    for path in citing:
+        assert "docs/rules.md" in path.read_text(), path
