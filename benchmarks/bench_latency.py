@@ -270,9 +270,10 @@ def measure(size: int, count: int, warmup: int, store_url: str, veil_url: str,
 
 def breakdown(config_path: Path, store_url: str, size: int, runs: int
               ) -> list[tuple[str, float]]:
-    """Median milliseconds of each step of one answer, in this process, on Veil's own objects
-    (same config, same SQLite state as the server): what Veil does per answer besides the
-    HTTP hop to it, gunicorn and Flask."""
+    """Median CPU milliseconds (of this thread: what another process's load does not inflate)
+    of each step of one answer, in this process, on Veil's own objects (same config, same
+    SQLite state as the server): what Veil does per answer besides the HTTP hop to it,
+    gunicorn and Flask."""
     from veil import reload as policy_reload
     from veil.app import create_app
 
@@ -285,11 +286,11 @@ def breakdown(config_path: Path, store_url: str, size: int, runs: int
 
     def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
+            started = time.thread_time()
             try:
                 return function(*args, **kwargs)
             finally:
-                steps.setdefault(name, []).append(time.perf_counter() - started)
+                steps.setdefault(name, []).append(time.thread_time() - started)
         return wrapper
 
     def each(name: str, function: Callable[[], Any]) -> None:
@@ -398,15 +399,16 @@ def report(results: list[Figures], workers: int, steps: list[tuple[str, float]],
         print(f"  least squares: added ~ {fit.intercept:.2f} ms + {fit.slope * 1000:.2f} ms "
               f"per 1,000 rows (largest residual {worst:.2f} ms)")
     if steps:
-        print(f"\nOne {steps_rows}-row answer, step by step (in-process medians, ms):")
+        print(f"\nOne {steps_rows}-row answer, step by step (in-process, median CPU ms of the "
+              "thread):")
         for name, value in steps:
             print(f"  {name:<62} {value:7.3f}")
         at_size = next((f for f in results if f.rows == steps_rows), None)
         if at_size is not None:
             inside = sum(value for name, value in steps if not name.startswith("Flask"))
             print(f"  {'the rest of the added time: HTTP hop to Veil, gunicorn, Flask':<62} "
-                  f"{at_size.added_ms - inside:7.3f}  (added {at_size.added_ms:.3f} minus the "
-                  "steps above but Flask)")
+                  f"{at_size.added_ms - inside:7.3f}  (added {at_size.added_ms:.3f}, wall "
+                  "clock, minus the steps above but Flask)")
     if rates is not None:
         direct, veil = rates
         print(f"\nThroughput at {rate_rows:,} rows, {clients} concurrent clients: store alone "
