@@ -208,6 +208,13 @@ def test_upgrading_a_version_1_log_keeps_it_verifiable(client: FlaskClient, db: 
     with sqlite3.connect(db) as conn:  # back to schema version 1, as an older Veil left it
         conn.execute("DROP TABLE governance_head")
         conn.execute("ALTER TABLE groups DROP COLUMN former_members")
+        # version 4 (SCIM provisioning)
+        for table in ("scim_users", "scim_principals", "scim_members", "scim_former"):
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute("DROP INDEX groups_source")
+        for column in ("source", "external_id", "resource", "version", "created_ns",
+                       "deleted_ns"):
+            conn.execute(f"ALTER TABLE groups DROP COLUMN {column}")
         conn.execute("DELETE FROM schema_version WHERE version > 1")
     storage = open_storage(f"sqlite:///{db}", 5)
     try:

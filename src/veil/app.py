@@ -76,18 +76,25 @@ def create_app(config: Config, *, storage: Storage | None = None,
     except VeilError as exc:
         log.warning("policy state not loaded at start-up; retried at each query: %s", exc.detail)
 
-    from veil import api, health, openapi, proxy
+    from veil import api, health, openapi, proxy, scim
     from veil import reload as policy_reload
 
     app.register_blueprint(health.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(proxy.blueprint)
+    scim.init_app(app)  # /scim/v2: group provisioning, with its own bearer token
     policy_reload.init_app(app, modules=modules)  # the API route, file watch, SIGHUP
+    if config.console.enabled:
+        from veil import console
+
+        console.init_app(app, config)
 
     @app.before_request
     def authenticate() -> None:
-        if request.endpoint in OPEN_ENDPOINTS:
+        # The console signs its users in itself (veil.console.signin); /scim/v2 has its own
+        # bearer token (veil.scim). Neither takes the JWT identity.
+        if request.endpoint in OPEN_ENDPOINTS or request.blueprint in ("console", "scim"):
             return
         g.principal = services().auth.principal(request.headers)
 

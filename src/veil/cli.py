@@ -180,7 +180,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (overrides server.port)")
     serve.set_defaults(func=cmd_serve)
 
-    demo = sub.add_parser("demo", help="run a demo activity store with Veil in front of it")
+    demo = sub.add_parser("demo", help="run a demo activity store with Veil and its admin "
+                                       "console (demo sign-in) in front of it")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080,
                       help="Veil's port (default 8080; 0: any free port)")
@@ -282,7 +283,8 @@ def parser() -> argparse.ArgumentParser:
         return p
 
     def groups(a: argparse._SubParsersAction[Any]) -> None:
-        common(a.add_parser("list", help="list imported groups"))
+        common(a.add_parser("list", help="list groups with where each came from "
+                                         "(source: api or scim)"))
         put = common(a.add_parser("put", help="import or replace a group"))
         put.add_argument("id")
         put.add_argument("members", nargs="*", help="member UPNs")

@@ -46,6 +46,17 @@ class JwtConfig:
 
 
 @dataclass(frozen=True)
+class OidcConfig:
+    """The identity provider the console signs in with (authorization code flow + PKCE)."""
+
+    issuer: str
+    client_id: str
+    redirect_url: str
+    client_secret: str | None = None
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+
+
+@dataclass(frozen=True)
 class IdentityConfig:
     mode: str = "jwt"
     jwt: JwtConfig = field(default_factory=JwtConfig)
@@ -54,6 +65,7 @@ class IdentityConfig:
     secret_header: str = "X-Veil-Gateway-Secret"
     shared_secret: str | None = None
     bootstrap_admins: tuple[str, ...] = ()
+    oidc: OidcConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,49 @@ class RevealConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleColumn:
+    label: str
+    pointer: str
+
+
+@dataclass(frozen=True)
+class ConsoleActivities:
+    """How the console's Activity log asks the store, through Veil, for a page of activities."""
+
+    route: str | None = None  # None: the first of upstream.routes
+    user_param: str = "user"
+    since_param: str = "since"
+    until_param: str = "until"
+    limit_param: str = "limit"
+    cursor_param: str = "cursor"
+    next: str = "/next"  # JSON pointer to the next page's cursor in the answer
+    columns: tuple[ConsoleColumn, ...] = (ConsoleColumn("Activity", "/activity"),)
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    enabled: bool = False
+    secret_key: str | None = None
+    session_ttl_s: int = 8 * 3600
+    page_size: int = 50
+    activities: ConsoleActivities = field(default_factory=ConsoleActivities)
+
+
+@dataclass(frozen=True)
+class ScimConfig:
+    """SCIM 2.0 provisioning under /scim/v2; off (404) while no token is configured."""
+
+    token: str | None = None
+    token_env: str | None = None
+    actor: str = "scim:provisioning"
+    max_body_bytes: int = 16 * 1024 * 1024
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token)
+
+
+@dataclass(frozen=True)
 class Config:
     upstream: UpstreamConfig
     managed_domains: tuple[str, ...] = ()
@@ -96,6 +151,8 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     reveal: RevealConfig = field(default_factory=RevealConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    scim: ScimConfig = field(default_factory=ScimConfig)
 
 
 def schema() -> dict[str, Any]:
@@ -189,7 +246,27 @@ def from_dict(
     if mode == "header" and shared is None and require_secrets:
         raise ConfigError("identity.secret_env: header mode needs a shared gateway secret")
 
+    oidc = None
+    if "oidc" in identity:
+        oidc_doc = identity["oidc"]
+        oidc = OidcConfig(
+            issuer=oidc_doc["issuer"].rstrip("/"),
+            client_id=oidc_doc["client_id"],
+            redirect_url=oidc_doc["redirect_url"],
+            client_secret=secret("identity.oidc.client_secret_env",
+                                 oidc_doc.get("client_secret_env")),
+            scopes=tuple(oidc_doc.get("scopes", ["openid", "profile", "email"])),
+        )
+        if "openid" not in oidc.scopes:
+            raise ConfigError("identity.oidc.scopes: must include 'openid'")
+    console = _console(document.get("console", {}), secret)
+    if console.activities.route is not None and console.activities.route not in up["routes"]:
+        raise ConfigError(f"console.activities.route: {console.activities.route} is not one of "
+                          "upstream.routes; the console asks the store only through Veil")
+
     fields = up.get("fields", {})
+    scim = document.get("scim", {})
+    scim_token_env = scim.get("token_env")
     return Config(
         upstream=UpstreamConfig(
             url=up["url"].rstrip("/"),
@@ -221,6 +298,7 @@ def from_dict(
             secret_header=identity.get("secret_header", "X-Veil-Gateway-Secret"),
             shared_secret=shared,
             bootstrap_admins=tuple(p.strip().lower() for p in identity.get("bootstrap_admins", [])),
+            oidc=oidc,
         ),
         policy=PolicyConfig(
             engine=policy.get("engine", "embedded"),
@@ -238,7 +316,34 @@ def from_dict(
             timeout_s=float(document.get("storage", {}).get("timeout_s", 5)),
         ),
         reveal=RevealConfig(**document.get("reveal", {})),
+        console=console,
+        # An unset or empty variable leaves the endpoint off (404), as no scim section does.
+        scim=ScimConfig(
+            token=env.get(scim_token_env) or None if scim_token_env else None,
+            token_env=scim_token_env,
+            actor=scim.get("actor", "scim:provisioning"),
+            max_body_bytes=scim.get("max_body_bytes", 16 * 1024 * 1024),
+        ),
     )
+
+
+def _console(doc: dict[str, Any], secret: Any) -> ConsoleConfig:
+    """The console section; an enabled console needs the key that signs its cookies."""
+    enabled = bool(doc.get("enabled", False))
+    key = secret("console.secret_key_env", doc.get("secret_key_env") if enabled else None)
+    if enabled and key is None:
+        raise ConfigError("console.secret_key_env: an enabled console needs the name of an "
+                          "environment variable holding the key that signs its cookies")
+    if key is not None and len(key) < 32:
+        raise ConfigError("console.secret_key_env: the cookie signing key must be at least "
+                          "32 characters")
+    activities = dict(doc.get("activities", {}))
+    if "columns" in activities:
+        activities["columns"] = tuple(ConsoleColumn(**c) for c in activities["columns"])
+    return ConsoleConfig(enabled=enabled, secret_key=key,
+                         session_ttl_s=doc.get("session_ttl_s", 8 * 3600),
+                         page_size=doc.get("page_size", 50),
+                         activities=ConsoleActivities(**activities))
 
 
 def validate(document: Any) -> None:

@@ -9,6 +9,7 @@
     │   └── RevealRefused          403 reveal_refused
     ├── NotFound                   404 not_found
     ├── Conflict                   409 conflict
+    ├── PreconditionFailed         412 precondition_failed
     ├── Unprocessable              422 unprocessable
     ├── UpstreamError              502 upstream_error
     │   ├── UpstreamUnavailable    502 upstream_unavailable
@@ -86,6 +87,12 @@ class Conflict(VeilError):
     status = 409
     code = "conflict"
     title = "Conflict"
+
+
+class PreconditionFailed(VeilError):
+    status = 412
+    code = "precondition_failed"
+    title = "Precondition failed"
 
 
 class Unprocessable(VeilError):

@@ -32,6 +32,12 @@ ACTIONS = (
     "activities_revealed",
     "reveal_refused",
     "policy_reloaded",
+    "scim_user_created",
+    "scim_user_updated",
+    "scim_user_deleted",
+    "scim_group_created",
+    "scim_group_updated",
+    "scim_group_deleted",
 )
 
 

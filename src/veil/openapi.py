@@ -54,7 +54,7 @@ def document(routes: tuple[str, ...]) -> dict[str, Any]:
                              "responses": {"200": {"description": "Prometheus text format",
                                                    "content": {"text/plain": {}}}}}},
         "/veil/v1/openapi.json": {"get": _op("This document", "200")},
-        "/veil/v1/groups": {"get": _op("List imported groups", "200")},
+        "/veil/v1/groups": {"get": _op("List groups, each with its source (api or scim)", "200")},
         "/veil/v1/groups/{gid}": {
             "put": _op("Import or replace a group (201 when created)", "200", "Group",
                        errors=admin_errors, params=gid),
@@ -144,6 +144,10 @@ def document(routes: tuple[str, ...]) -> dict[str, Any]:
             "responses": {"200": {"description": "the store's answer without private rows"},
                           "401": PROBLEM, "403": PROBLEM, "502": PROBLEM, "503": PROBLEM,
                           "504": PROBLEM}}}
+    from veil.scim import PREFIX
+    from veil.scim.discovery import openapi_paths
+
+    paths.update(openapi_paths(PREFIX))  # own bearer token: scimBearer, SCIM error bodies
     for open_path in ("/healthz", "/readyz", "/metrics"):
         paths[open_path]["get"]["security"] = []  # no identity needed
     return {
@@ -155,12 +159,25 @@ def document(routes: tuple[str, ...]) -> dict[str, Any]:
                 "type": "object", "required": ["type", "title", "status", "detail", "code"],
                 "properties": {"type": {"type": "string"}, "title": {"type": "string"},
                                "status": {"type": "integer"}, "detail": {"type": "string"},
-                               "code": {"type": "string"}, "field": {"type": "string"}}}},
+                               "code": {"type": "string"}, "field": {"type": "string"}}},
+                "ScimError": {
+                    "type": "object", "required": ["schemas", "status"],
+                    "properties": {"schemas": {"type": "array", "items": {"type": "string"}},
+                                   "status": {"type": "string"},
+                                   "scimType": {"type": "string"},
+                                   "detail": {"type": "string"}}}},
             "responses": {"Problem": {"description": "an RFC 9457 problem",
                                       "content": {"application/problem+json": {
-                                          "schema": {"$ref": "#/components/schemas/Problem"}}}}},
+                                          "schema": {"$ref": "#/components/schemas/Problem"}}}},
+                          "ScimError": {"description": "a SCIM error (RFC 7644 §3.12)",
+                                        "content": {"application/scim+json": {
+                                            "schema": {"$ref":
+                                                       "#/components/schemas/ScimError"}}}}},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "bearerFormat": "JWT"}},
+                                           "bearerFormat": "JWT"},
+                                "scimBearer": {"type": "http", "scheme": "bearer",
+                                               "description": "the SCIM token "
+                                                              "(scim.token_env)"}},
         },
         "security": [{"bearer": []}],
         "paths": paths,

@@ -47,6 +47,7 @@ class Reply:
     content_type: str
     body: bytes | str
     headers: tuple[tuple[str, str], ...] = ()
+    revealed: tuple[int, ...] = ()  # indices of the private rows a reveal let through
 
 
 class QueryService:
@@ -107,7 +108,8 @@ class QueryService:
             if private:
                 self._audit_reveal(caller, session, path, query_string, answer, rows, private)
                 self.metrics.rows_revealed.inc(len(private))
-            return Reply(store.status, store.content_type, store.body, tuple(extra))
+            return Reply(store.status, store.content_type, store.body, tuple(extra),
+                         revealed=tuple(private))
         hidden = decision.hidden(len(rows))
         if not hidden:
             return Reply(store.status, store.content_type, store.body, tuple(extra))

@@ -6,6 +6,7 @@ Veil runs here on werkzeug's threaded server, which is simple to start and stop 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shlex
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ ISSUER = "https://idp.veil-demo.local"
 AUDIENCE = "veil"
 ADMIN = PERSONAS[0][0]  # alice@contoso.com, the security admin
 PLAIN_USER = PERSONAS[1][0]  # bob@contoso.com, in sales
+INVESTIGATOR = "erin@contoso.com"  # an admin the demo grants the view-private permission
 TOKEN_TTL_S = 30 * 86400
 
 
@@ -196,8 +198,22 @@ class Demo:
                                     env={**os.environ, SECRET_ENV: self.secret})
         from veil.app import create_app
 
-        self._veil = veil.app = create_app(config)
+        # The console, with the demo's pick-a-user sign-in (nothing but the demo offers it).
+        console_key = hashlib.sha256(f"veil-demo-console:{self.secret}".encode()).hexdigest()
+        config = replace(config, console=replace(config.console, enabled=True,
+                                                 secret_key=console_key))
+        app = create_app(config)
+        from veil.console.signin import DemoUser, enable_demo_sign_in
+
+        enable_demo_sign_in(app, (
+            DemoUser(INVESTIGATOR, "Erin Shah", "admin with the Activity privacy permission"),
+            DemoUser(ADMIN, "Alice Martin", "admin without the permission (until the "
+                                            "walk-through grants it)"),
+            DemoUser(PLAIN_USER, "Bob Jensen", "plain user"),
+        ))
+        self._veil = veil.app = app
         self.groups = self._import_groups()
+        self._set_up_investigator()
         self.already_private = sorted(p["group"] for p in self._veil.extensions["veil"]
                                       .storage.list_privacy_groups() if p["private"])
 
@@ -220,6 +236,23 @@ class Demo:
     def _import_groups(self) -> list[dict[str, Any]]:
         """Import the store's departments into Veil through its API, as the admin would."""
         return import_groups(self.store_url, self.veil_url, self.admin_token)
+
+    def _set_up_investigator(self) -> None:
+        """Make the demo's investigator an admin holding the view-private permission, through
+        Veil's API as the admin would (409: already done by an earlier run on this data)."""
+        admin = {"Authorization": f"Bearer {self.admin_token}"}
+        http = requests.Session()
+        http.trust_env = False  # the demo's own servers: never through a proxy
+        with http:
+            for path in ("/veil/v1/admins", "/veil/v1/private-viewers"):
+                try:
+                    answer = http.post(f"{self.veil_url}{path}", json={"principal": INVESTIGATOR},
+                                       headers=admin, timeout=10)
+                except requests.RequestException as exc:
+                    raise VeilError(f"the demo could not set up {INVESTIGATOR}: {exc}") from exc
+                if answer.status_code not in (201, 409):
+                    raise VeilError(f"the demo could not set up {INVESTIGATOR} for the console: "
+                                    f"{answer.status_code} {answer.text}")
 
     def stop(self) -> None:
         for server in self._servers:
@@ -271,6 +304,8 @@ class Demo:
             f"{self.config_path})",
             f"  groups imported from the store's directory: {sizes}",
             f"  admin {ADMIN} and plain user {PLAIN_USER}: tokens below, valid 30 days",
+            f"  admin console   {self.veil_url}/console/  (demo sign-in: pick {INVESTIGATOR}, "
+            f"{ADMIN} or {PLAIN_USER})",
             *([f"  already private from an earlier run on this data directory: "
                f"{', '.join(self.already_private)} (start with a new --data-dir to follow the "
                "walk-through from the beginning)"] if self.already_private else []),

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from veil import governance
 from veil.errors import Conflict, Forbidden, NotFound, StorageError, Unprocessable
+from veil.storage import directory
 
 BUILTIN_GROUPS = ("application", "external")
 
@@ -97,7 +98,13 @@ class Storage:
         """``(version, data.veil)`` read in one transaction."""
         with self.backend.transaction(write=False) as tx:
             version_row = tx.one("SELECT version FROM state_version WHERE id = 1")
-            groups = tx.all("SELECT id, name, members, former_members FROM groups")
+            # Only groups that are or were private: no rule reads the others, and the data
+            # document stays small however many groups an identity provider provisions.
+            groups = tx.all("SELECT id, name, members, former_members, source FROM groups "
+                            "WHERE id IN (SELECT group_id FROM privacy_intervals)")
+            scim_ids = [row[0] for row in groups if row[4] == "scim"]
+            scim_members = directory.members_of(tx, scim_ids)
+            scim_former = directory.former_of(tx, scim_ids)
             intervals = tx.all(
                 "SELECT group_id, start_ns, end_ns FROM privacy_intervals ORDER BY start_ns"
             )
@@ -108,9 +115,12 @@ class Storage:
             privacy.setdefault(group_id, []).append({"start_ns": start, "end_ns": end})
         data = {
             "groups": {
-                gid: {"name": name, "members": dict.fromkeys(json.loads(members), True),
-                      "former_members": json.loads(former)}
-                for gid, name, members, former in groups
+                gid: {"name": name,
+                      "members": dict.fromkeys(scim_members.get(gid, []) if source == "scim"
+                                               else json.loads(members), True),
+                      "former_members": scim_former.get(gid, {}) if source == "scim"
+                      else json.loads(former)}
+                for gid, name, members, former, source in groups
             },
             "privacy_groups": privacy,
             "admins": dict.fromkeys(sorted(self.bootstrap_admins | {a for (a,) in admins}), True),
@@ -122,12 +132,22 @@ class Storage:
     # ---- groups ----------------------------------------------------------------------
 
     def list_groups(self) -> list[dict[str, Any]]:
+        """Every group with where it came from (``api`` or ``scim``)."""
         with self.backend.transaction(write=False) as tx:
-            rows = tx.all("SELECT id, name, members, updated_ns FROM groups ORDER BY id")
-        return [
-            {"id": gid, "name": name, "members": json.loads(members), "updated_at": rfc3339(ns)}
-            for gid, name, members, ns in rows
-        ]
+            rows = tx.all("SELECT id, name, members, updated_ns, source, external_id, "
+                          "deleted_ns FROM groups ORDER BY id")
+            scim_members = directory.members_of(tx, [r[0] for r in rows if r[4] == "scim"])
+        listed = []
+        for gid, name, members, ns, source, external_id, deleted_ns in rows:
+            group: dict[str, Any] = {"id": gid, "name": name, "source": source,
+                                     "members": scim_members.get(gid, []) if source == "scim"
+                                     else json.loads(members),
+                                     "updated_at": rfc3339(ns)}
+            if source == "scim":
+                group["external_id"] = external_id
+                group["deleted_at"] = rfc3339(deleted_ns) if deleted_ns is not None else None
+            listed.append(group)
+        return listed
 
     def put_group(self, group_id: str, name: str, members: Sequence[str],
                   actor: str) -> tuple[bool, dict[str, Any]]:
@@ -137,8 +157,11 @@ class Storage:
         normalized = sorted({m.strip().lower() for m in members if m.strip()})
         ts = now_ns()
         with self.backend.transaction(write=True) as tx:
-            row = tx.one("SELECT members, former_members FROM groups WHERE id = ?",
+            row = tx.one("SELECT members, former_members, source FROM groups WHERE id = ?",
                          (group_id,))
+            if row is not None and row[2] == "scim":
+                raise Conflict(f"group {group_id!r} is provisioned by SCIM; change it in the "
+                               "identity provider")
             existed = row is not None
             # Who leaves the group stays a member for the time they were one (R1 looks at the
             # group as it was at each row's time): remember when they left.
@@ -161,8 +184,12 @@ class Storage:
 
     def delete_group(self, group_id: str, actor: str) -> None:
         with self.backend.transaction(write=True) as tx:
-            if tx.one("SELECT 1 FROM groups WHERE id = ?", (group_id,)) is None:
+            found = tx.one("SELECT source FROM groups WHERE id = ?", (group_id,))
+            if found is None:
                 raise NotFound(f"there is no group {group_id!r}")
+            if found[0] == "scim":
+                raise Conflict(f"group {group_id!r} is provisioned by SCIM; delete it in the "
+                               "identity provider")
             if tx.one("SELECT 1 FROM privacy_intervals WHERE group_id = ?", (group_id,)):
                 raise Conflict(
                     f"group {group_id!r} is or was a privacy group; deleting it would expose "
@@ -193,9 +220,12 @@ class Storage:
     def add_privacy_group(self, group_id: str, actor: str) -> dict[str, Any]:
         ts = now_ns()
         with self.backend.transaction(write=True) as tx:
-            if group_id not in BUILTIN_GROUPS and tx.one(
-                "SELECT 1 FROM groups WHERE id = ?", (group_id,)
-            ) is None:
+            found = tx.one("SELECT deleted_ns FROM groups WHERE id = ?", (group_id,))
+            if found is not None and found[0] is not None:
+                raise Unprocessable(f"group {group_id!r} was deleted by SCIM provisioning; "
+                                    "it is kept only for the activities it kept private",
+                                    field="group")
+            if group_id not in BUILTIN_GROUPS and found is None:
                 raise Unprocessable(
                     f"unknown group {group_id!r}: import it with PUT /veil/v1/groups/{group_id} "
                     f"or use a built-in group ({', '.join(BUILTIN_GROUPS)})",

@@ -82,6 +82,47 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "ALTER TABLE groups ADD COLUMN former_members TEXT NOT NULL DEFAULT '{}'",
     ),
+    # 4: SCIM provisioning: where a group came from (api | scim), the users an identity
+    # provider pushes, their principals, group membership by user, and when a principal left
+    # a SCIM group (scim_former; groups.members and former_members stay empty for SCIM groups,
+    # whose principals are read from these tables); a SCIM group deleted while it is or was
+    # private stays as a tombstone (deleted_ns) so R1 keeps its past
+    (
+        "ALTER TABLE groups ADD COLUMN source TEXT NOT NULL DEFAULT 'api'",
+        "ALTER TABLE groups ADD COLUMN external_id TEXT",
+        "ALTER TABLE groups ADD COLUMN resource TEXT",
+        "ALTER TABLE groups ADD COLUMN version BIGINT NOT NULL DEFAULT 1",
+        "ALTER TABLE groups ADD COLUMN created_ns BIGINT",
+        "ALTER TABLE groups ADD COLUMN deleted_ns BIGINT",
+        """CREATE TABLE scim_users (
+            id TEXT PRIMARY KEY,
+            user_name TEXT NOT NULL UNIQUE,
+            display_name TEXT,
+            external_id TEXT,
+            active INTEGER NOT NULL,
+            resource TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            created_ns BIGINT NOT NULL,
+            modified_ns BIGINT NOT NULL)""",
+        "CREATE INDEX scim_users_external_id ON scim_users (external_id)",
+        """CREATE TABLE scim_principals (
+            user_id TEXT NOT NULL,
+            principal TEXT NOT NULL,
+            PRIMARY KEY (user_id, principal))""",
+        "CREATE INDEX scim_principals_principal ON scim_principals (principal)",
+        """CREATE TABLE scim_members (
+            group_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            display TEXT,
+            PRIMARY KEY (group_id, user_id))""",
+        "CREATE INDEX scim_members_user ON scim_members (user_id)",
+        """CREATE TABLE scim_former (
+            group_id TEXT NOT NULL,
+            principal TEXT NOT NULL,
+            left_ns BIGINT NOT NULL,
+            PRIMARY KEY (group_id, principal))""",
+        "CREATE INDEX groups_source ON groups (source)",
+    ),
 )
 
 

@@ -47,7 +47,16 @@ _C_COLLATED = (
     ("governance_log", "ts"), ("governance_log", "action"), ("governance_log", "actor"),
 )
 
+_C_COLLATED_4 = (
+    ("groups", "source"), ("groups", "external_id"), ("scim_users", "id"),
+    ("scim_users", "user_name"), ("scim_users", "external_id"), ("scim_principals", "user_id"),
+    ("scim_principals", "principal"), ("scim_members", "group_id"), ("scim_members", "user_id"),
+    ("scim_former", "group_id"), ("scim_former", "principal"),
+)
+
 AFTER_VERSION = MappingProxyType({
+    4: tuple(f'ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT COLLATE "C"'
+             for table, column in _C_COLLATED_4),
     1: (
         *(f'ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT COLLATE "C"'
           for table, column in _C_COLLATED),
