@@ -27,6 +27,9 @@ SECRET = "test-secret-that-is-long-enough-for-hs256"
 ISSUER = "https://idp.test"
 AUDIENCE = "veil"
 ADMIN = "alice@contoso.com"
+# A second bootstrap admin: the view-private permission is granted by another admin, never
+# self-granted (README "Admin controls"), so tests grant ADMIN's permission as GRANTOR.
+GRANTOR = "grace@contoso.com"
 
 
 @dataclass
@@ -101,7 +104,7 @@ def config_doc(store_url: str, storage_url: str, **sections: Any) -> dict[str, A
         "identity": {"mode": "jwt",
                      "jwt": {"issuer": ISSUER, "audience": AUDIENCE,
                              "hs256_secret_env": "VEIL_TEST_JWT_SECRET"},
-                     "bootstrap_admins": [ADMIN]},
+                     "bootstrap_admins": [ADMIN, GRANTOR]},
         "policy": {"engine": "embedded", "dir": str(POLICIES)},
         "storage": {"url": storage_url},
     }

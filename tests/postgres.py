@@ -16,7 +16,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +24,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+
+from netutil import free_port
 
 SUPERUSER = "veil"
 START_TIMEOUT_S = 60
@@ -51,13 +52,6 @@ def find_bin_dir() -> Path | None:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class PostgresCluster:

@@ -25,7 +25,7 @@ from veil.app import create_app
 from veil.policy import Decision, Engine, create_engine
 from veil.storage import Storage, open_storage
 
-from conftest import ADMIN, POLICIES, LoopbackStore, activity, auth, ids, iso, make_config
+from conftest import ADMIN, GRANTOR, POLICIES, LoopbackStore, activity, auth, ids, iso, make_config
 from opa_server import FakeOpa
 
 ENGINES = ["embedded", "opa"]
@@ -107,7 +107,7 @@ class World:
 
 @pytest.fixture
 def world(engine_kind: str, opa_url: str, tmp_path: Path) -> Iterator[World]:
-    storage = open_storage(f"sqlite:///{tmp_path / 'veil.db'}", 5.0, [ADMIN])
+    storage = open_storage(f"sqlite:///{tmp_path / 'veil.db'}", 5.0, [ADMIN, GRANTOR])
     engine = create_engine(engine_kind, POLICIES, opa_url, 5.0)
     yield World(storage, engine)
     engine.close()
@@ -192,7 +192,7 @@ def test_group_members_are_compared_case_insensitively(world: World) -> None:
 def test_r3_hidden_for_admins_without_a_session(world: World) -> None:
     world.storage.put_group("finance", "Finance", [ANN], ADMIN)
     ann = world.row(ANN, world.private_now("finance"))
-    world.storage.grant_viewer(ADMIN, ADMIN)
+    world.storage.grant_viewer(ADMIN, GRANTOR)
     decision = world.decide(caller=ADMIN)
     assert decision.private == {ann}
     assert decision.reveal is False
@@ -204,7 +204,7 @@ def revealing(world: World) -> tuple[World, str, int]:
     world.storage.put_group("finance", "Finance", [ANN], ADMIN)
     ann = world.row(ANN, world.private_now("finance"))
     world.row(BOB, time.time_ns())
-    world.storage.grant_viewer(ADMIN, ADMIN)
+    world.storage.grant_viewer(ADMIN, GRANTOR)
     session = world.storage.open_session(ADMIN, "case INC-42", 900)
     return world, session["id"], ann
 
@@ -255,7 +255,7 @@ def test_r5_session_expires(revealing: tuple[World, str, int]) -> None:
 
 
 def test_r4_unknown_session(world: World) -> None:
-    world.storage.grant_viewer(ADMIN, ADMIN)
+    world.storage.grant_viewer(ADMIN, GRANTOR)
     decision = world.decide(caller=ADMIN, session_id="rs_unknown")
     assert decision.reveal is False
     assert "the reveal session does not exist" in decision.refusals

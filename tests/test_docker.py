@@ -14,7 +14,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import yaml
 from veil import config as config_module
 
 from conftest import POLICIES, ROOT, LoopbackStore
+from netutil import free_port, wait_until_ready
 from opa_server import FakeOpa
 
 DOCKER = ROOT / "docker"
@@ -220,15 +220,6 @@ def opa() -> Iterator[FakeOpa]:
     server.close()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def test_the_image_entry_command_serves_healthz(store: LoopbackStore, opa: FakeOpa,
                                                 tmp_path: Path) -> None:
     """The Dockerfile's ENTRYPOINT + CMD, run here: only the config path and the port change
@@ -250,16 +241,11 @@ def test_the_image_entry_command_serves_healthz(store: LoopbackStore, opa: FakeO
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                answer = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except requests.RequestException:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    output = process.stdout.read().decode() if process.stdout else ""
-                    pytest.fail(f"`{shlex.join(argv)}` did not serve /healthz:\n{output}")
-                time.sleep(0.2)
+        try:
+            answer = wait_until_ready(f"http://127.0.0.1:{port}/healthz", 60, process=process)
+        except AssertionError as exc:
+            output = process.stdout.read().decode() if process.stdout else ""
+            pytest.fail(f"`{shlex.join(argv)}` did not serve /healthz: {exc}\n{output}")
         assert answer.status_code == 200
         assert answer.json() == {"status": "ok"}
         ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5)

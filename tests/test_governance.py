@@ -215,6 +215,8 @@ def test_upgrading_a_version_1_log_keeps_it_verifiable(client: FlaskClient, db: 
         for column in ("source", "external_id", "resource", "version", "created_ns",
                        "deleted_ns"):
             conn.execute(f"ALTER TABLE groups DROP COLUMN {column}")
+        # version 5 (coalesced refusals)
+        conn.execute("DROP TABLE refusal_counts")
         conn.execute("DELETE FROM schema_version WHERE version > 1")
     storage = open_storage(f"sqlite:///{db}", 5)
     try:

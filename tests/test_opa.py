@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,8 @@ from veil.policy.embedded import EmbeddedEngine
 from veil.policy.opa import OpaEngine
 from veil.storage import open_storage
 
-from conftest import ADMIN, POLICIES, LoopbackStore, activity, auth, ids, iso, make_config
+from conftest import ADMIN, GRANTOR, POLICIES, LoopbackStore, activity, auth, ids, iso, make_config
+from netutil import free_port
 from opa_server import Bundle, FakeOpa, bundle_from
 
 A = auth(ADMIN)
@@ -78,19 +78,12 @@ def finance_private(client: FlaskClient, store: LoopbackStore) -> None:
 
 def open_reveal(client: FlaskClient) -> dict[str, str]:
     assert client.post("/veil/v1/private-viewers", json={"principal": ADMIN},
-                       headers=A).status_code == 201
+                       headers=auth(GRANTOR)).status_code == 201
     r = client.post("/veil/v1/reveal-sessions", json={"acknowledge_audit": True,
                                                        "justification": "case INC-42"},
                     headers=A)
     assert r.status_code == 201, r.get_json()
     return {**A, "Veil-Reveal-Session": r.get_json()["id"]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def assert_fails_closed(client: FlaskClient, reveal_headers: dict[str, str]) -> None:
@@ -123,7 +116,7 @@ def test_start_up_loads_policies_and_data(app: Flask, opa: FakeOpa) -> None:
     assert opa.policy_ids() == ["veil/veil/privacy/privacy.rego"]
     storage = app.extensions["veil"].storage
     assert opa.document("veil/state_version") == storage.state_version()
-    assert opa.document("veil/admins") == {ADMIN: True}
+    assert opa.document("veil/admins") == {ADMIN: True, GRANTOR: True}
     assert opa.document("veil/managed_domains") == ["contoso.com"]
     assert opa.calls("PUT", "/v1/policies/") == 1
 

@@ -15,7 +15,7 @@ from veil.app import create_app
 from veil.errors import PolicyError
 from veil.policy.embedded import EmbeddedEngine
 
-from conftest import ADMIN, POLICIES, LoopbackStore, activity, auth, ids, iso, make_config
+from conftest import ADMIN, GRANTOR, POLICIES, LoopbackStore, activity, auth, ids, iso, make_config
 
 A = auth(ADMIN)
 HEADER = "\nimport rego.v1\n"
@@ -114,7 +114,7 @@ def test_engine_faults_fail_closed(store: LoopbackStore, storage_url: str, tmp_p
     assert r.status_code == 200
     assert ids(r) == []
     assert r.headers["Veil-Degraded"] == "policy"
-    client.post("/veil/v1/private-viewers", json={"principal": ADMIN}, headers=A)
+    client.post("/veil/v1/private-viewers", json={"principal": ADMIN}, headers=auth(GRANTOR))
     sid = client.post("/veil/v1/reveal-sessions", json={"acknowledge_audit": True,
                                                          "justification": "x"},
                       headers=A).get_json()["id"]

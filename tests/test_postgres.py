@@ -33,8 +33,19 @@ from veil.storage import Storage, open_storage
 from veil.storage.migrations import MIGRATIONS
 from veil.storage.postgres import to_pyformat
 
-from conftest import ADMIN, SECRET, LoopbackStore, activity, auth, config_doc, iso, make_config
-from postgres import PostgresCluster, free_port, require_bin_dir
+from conftest import (
+    ADMIN,
+    GRANTOR,
+    SECRET,
+    LoopbackStore,
+    activity,
+    auth,
+    config_doc,
+    iso,
+    make_config,
+)
+from netutil import free_port, wait_until_ready
+from postgres import PostgresCluster, require_bin_dir
 
 SEC = 1_000_000_000
 A = auth(ADMIN)
@@ -75,19 +86,9 @@ def row_ids(response: requests.Response) -> list[str]:
     return [row["id"] for row in response.json()["data"]]
 
 
-def wait_up(replica: Replica, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if replica.process.poll() is not None:
-            raise AssertionError(f"veil serve exited with {replica.process.returncode}:\n"
-                                 f"{replica.log_tail()}")
-        try:
-            if requests.get(replica.url + "/healthz", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"veil serve did not come up:\n{replica.log_tail()}")
+def wait_up(replica: Replica, timeout_s: float = 90) -> None:
+    wait_until_ready(replica.url + "/healthz", timeout_s, process=replica.process,
+                     describe=replica.log_tail)
 
 
 @pytest.fixture
@@ -432,7 +433,7 @@ def test_reveal_is_503_when_postgres_refuses_the_record(store: LoopbackStore,
         client.put("/veil/v1/groups/finance", json={"name": "F", "members": [ANN]}, headers=A)
         client.post("/veil/v1/privacy-groups", json={"group": "finance"}, headers=A)
         assert client.post("/veil/v1/private-viewers", json={"principal": ADMIN},
-                           headers=A).status_code == 201
+                           headers=auth(GRANTOR)).status_code == 201
         later = iso(time.time_ns() + 600 * SEC)
         store.state.rows = [activity(1, ANN, later), activity(2, CAROL, later)]
         sid = client.post("/veil/v1/reveal-sessions", headers=A,

@@ -16,7 +16,7 @@ from werkzeug.test import TestResponse
 
 from veil.app import create_app
 
-from conftest import ADMIN, LoopbackStore, activity, auth, ids, iso, make_config
+from conftest import ADMIN, GRANTOR, LoopbackStore, activity, auth, ids, iso, make_config
 
 A = auth(ADMIN)
 ANN = "ann@contoso.com"
@@ -47,7 +47,7 @@ def permit(client: FlaskClient, who: str = ADMIN) -> None:
     if who != ADMIN:
         assert client.post("/veil/v1/admins", json={"principal": who}, headers=A).status_code == 201
     assert client.post("/veil/v1/private-viewers", json={"principal": who},
-                       headers=A).status_code == 201
+                       headers=auth(GRANTOR)).status_code == 201
 
 
 def reveal(client: FlaskClient, session_id: str, who: str = ADMIN, query: str = "") -> TestResponse:

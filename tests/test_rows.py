@@ -76,7 +76,7 @@ def test_normalizer_reads_through_pointers() -> None:
                            timestamp="/at")
     normalizer = Normalizer(fields, frozenset({"ServicePrincipal"}))
     rows = [
-        {"meta": {"id": "a"}, "who": {"upn": " Ann@Contoso.COM ", "kind": "User"},
+        {"meta": {"id": "a"}, "who": {"upn": "Ann@Contoso.COM", "kind": "User"},
          "at": "2024-01-01T00:00:00Z"},
         {"meta": {"id": 7}, "who": {"upn": "app-1", "kind": "ServicePrincipal"}, "at": 0},
         {"meta": {"id": True}, "who": {"upn": "", "kind": ["weird"]}, "at": "x"},

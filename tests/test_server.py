@@ -12,64 +12,16 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 import yaml
 
 from conftest import ADMIN, SECRET, LoopbackStore, activity, auth, config_doc, iso
+from netutil import free_port, veil_serve
 
 SEC = 1_000_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"veil serve exited with {process.returncode}")
-        try:
-            if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            time.sleep(0.1)
-    raise AssertionError("veil serve did not come up")
-
-
-@contextmanager
-def veil_serve(doc: dict[str, Any], tmp_path: Path, log: Path | None = None
-               ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`veil serve` on a free port with this configuration; stopped with SIGTERM after.
-    Its standard error goes to ``log`` when given."""
-    path = tmp_path / "veil.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    with (log.open("wb") if log else open(os.devnull, "wb")) as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port",
-             str(port)], env={**env, "VEIL_TEST_JWT_SECRET": SECRET},
-            stdout=subprocess.DEVNULL, stderr=stderr)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process)
-        yield url, process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            assert process.wait(timeout=20) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
 
 
 @pytest.fixture

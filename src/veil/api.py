@@ -5,17 +5,17 @@ and render."""
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from veil import reload as policy_reload
 from veil import schemas
 from veil.app import caller, require_admin, services
 from veil.errors import BadRequest, InvalidBody, Unprocessable
 from veil.identity import normalize_principal
-from veil.storage import rfc3339
 
 blueprint = Blueprint("api", __name__, url_prefix="/veil/v1")
 
@@ -24,22 +24,36 @@ _GROUP_ID = re.compile(schemas.GROUP_ID)
 
 
 def body(schema: dict[str, Any]) -> dict[str, Any]:
-    """The request's JSON body, validated; a bad body is a 400 naming the field."""
+    """The request's JSON body, validated; a bad body is a 400 naming the field.
+
+    A body above ``server.max_body_bytes`` is a 413 before it is read whole (werkzeug's
+    ``MAX_CONTENT_LENGTH``, also for chunked bodies); one nested too deeply, or holding a
+    string Veil cannot store (a lone surrogate), is a 400.
+    """
     if not request.is_json:
         raise InvalidBody("send a JSON body with 'Content-Type: application/json'")
-    document = request.get_json(silent=True)
+    data = request.get_data(cache=True)  # at most max_content_length bytes are read
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        # a streamed body that reached the limit: werkzeug stops there, silently cut
+        raise RequestEntityTooLarge()
+    try:
+        document = request.get_json(silent=True)
+    except RecursionError:
+        raise InvalidBody("the request body is nested too deeply") from None
     if document is None:
         raise InvalidBody("the request body is not valid JSON")
-    problem = schemas.body_error(schema, document)
+    problem = schemas.unrepresentable(document) or schemas.body_error(schema, document)
     if problem is not None:
         field, message = problem
         raise InvalidBody(message, field=field)
     return dict(document)
 
 
-def group_id(value: str) -> str:
-    if not _GROUP_ID.match(value):
-        raise BadRequest(f"group id {value!r} must match {schemas.GROUP_ID}", field="id")
+def group_id(value: str, field: str = "id") -> str:
+    """A group id, matched whole (``hr\\n`` is not ``hr``)."""
+    if not _GROUP_ID.fullmatch(value):
+        raise BadRequest(f"group id {value!r} must match {schemas.GROUP_ID}", field=field)
     return value
 
 
@@ -55,6 +69,7 @@ def no_content() -> Response:
 
 @blueprint.get("/groups")
 def list_groups() -> Response:
+    require_admin()  # members of private groups are private facts (R9)
     return jsonify(groups=services().storage.list_groups())
 
 
@@ -77,6 +92,7 @@ def delete_group(gid: str) -> Response:
 
 @blueprint.get("/privacy-groups")
 def list_privacy_groups() -> Response:
+    require_admin()
     return jsonify(privacy_groups=services().storage.list_privacy_groups())
 
 
@@ -84,7 +100,7 @@ def list_privacy_groups() -> Response:
 def add_privacy_group() -> tuple[Response, int]:
     actor = require_admin()
     doc = body(schemas.PRIVACY_GROUP_BODY)
-    return created(services().storage.add_privacy_group(doc["group"], actor))
+    return created(services().storage.add_privacy_group(group_id(doc["group"], "group"), actor))
 
 
 @blueprint.delete("/privacy-groups/<gid>")
@@ -111,7 +127,8 @@ def add_admin() -> tuple[Response, int]:
 
 @blueprint.delete("/admins/<principal>")
 def remove_admin(principal: str) -> Response:
-    services().storage.remove_admin(normalize_principal(principal), require_admin())
+    actor = require_admin()
+    services().storage.remove_admin(normalize_principal(principal), actor)
     return no_content()
 
 
@@ -131,7 +148,8 @@ def grant_viewer() -> tuple[Response, int]:
 
 @blueprint.delete("/private-viewers/<principal>")
 def revoke_viewer(principal: str) -> Response:
-    services().storage.revoke_viewer(normalize_principal(principal), require_admin())
+    actor = require_admin()
+    services().storage.revoke_viewer(normalize_principal(principal), actor)
     return no_content()
 
 
@@ -140,11 +158,15 @@ def revoke_viewer(principal: str) -> Response:
 @blueprint.post("/reveal-sessions")
 def open_session() -> tuple[Response, int]:
     svc = services()
-    doc = body(schemas.REVEAL_SESSION_BODY)
-    justification = doc.get("justification")
-    if svc.config.reveal.require_justification and not (justification or "").strip():
-        raise InvalidBody("field 'justification' is required: say why you need to see "
-                          "private activities", field="justification")
+    try:
+        doc = body(schemas.REVEAL_SESSION_BODY)
+        justification = doc.get("justification")
+        if justification is not None or svc.config.reveal.require_justification:
+            schemas.check_justification(justification)
+    except InvalidBody as exc:  # a refused opt-in is audited like any other (coalesced, R12)
+        svc.storage.refusal("reveal_session_refused", caller(),
+                            {"reason": exc.detail, "field": exc.extra.get("field")})
+        raise
     session = svc.storage.open_session(caller(), justification, svc.config.reveal.session_ttl_s)
     return created({"id": session["id"], "expires_at": session["expires_at"],
                     "owner": session["owner"]})
@@ -160,18 +182,36 @@ def end_session(sid: str) -> Response:
 
 # ---- governance log ---------------------------------------------------------------------
 
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?"
+                      r"(?:([Zz])|([+-])(\d{2}):(\d{2}))")
+
+
 def _time_filter(name: str) -> str | None:
+    """A time filter (RFC 3339, leap seconds and years 0-9999 included) as the log's text."""
     value = request.args.get(name)
     if value is None:
         return None
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        raise BadRequest(f"query parameter {name!r} must be an RFC 3339 time with a time zone "
+                         "offset, e.g. 2026-11-25T10:00:00Z", field=name)
+    year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
+    fraction = (match.group(7) or ".")[1:]
+    sign, off_h, off_m = match.group(9), int(match.group(10) or 0), int(match.group(11) or 0)
     try:
-        moment = datetime.fromisoformat(value)
+        local = datetime(max(year, 1), month, day, hour, minute, min(second, 59),
+                         int(fraction[:6].ljust(6, "0")))
+        if off_h > 23 or off_m > 59:
+            raise ValueError("offset out of range")
     except ValueError:
-        raise BadRequest(f"query parameter {name!r} must be an RFC 3339 time",
-                         field=name) from None
-    if moment.tzinfo is None:
-        raise BadRequest(f"query parameter {name!r} needs a time zone offset", field=name)
-    return rfc3339(int(moment.timestamp() * 1_000_000) * 1000)
+        raise BadRequest(f"query parameter {name!r} is not a valid time", field=name) from None
+    offset = timedelta(hours=off_h, minutes=off_m) * (-1 if sign == "-" else 1)
+    try:
+        moment = local - offset if year > 0 else datetime.min
+    except OverflowError:
+        moment = datetime.min if offset > timedelta(0) else datetime.max
+    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+            f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z")
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
@@ -193,11 +233,12 @@ def governance_log() -> Response:
                          field=sorted(unknown)[0])
     limit = _int_arg("limit", 100, 1, 1000)
     actor = request.args.get("actor")
+    if actor is not None:
+        actor = normalize_principal(actor, "actor")
     records = services().storage.log_page(
         since=_time_filter("since"), until=_time_filter("until"),
         action=request.args.get("action"),
-        actor=normalize_principal(actor) if actor else None,
-        after=_int_arg("cursor", 0, 0, 2**62), limit=limit,
+        actor=actor, after=_int_arg("cursor", 0, 0, 10**18 - 1), limit=limit,
     )
     next_cursor = str(records[-1]["seq"]) if len(records) == limit else None
     return jsonify(records=records, next_cursor=next_cursor)

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from flask import Flask, Response, current_app, g, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from veil.config import Config
 from veil.errors import Forbidden, VeilError, problem
@@ -19,7 +19,8 @@ from veil.upstream import Upstream
 
 log = logging.getLogger("veil")
 
-OPEN_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "health.metrics"})
+OPEN_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "health.metrics",
+                            "openapi.openapi_json"})
 PROXY_ENDPOINT = "proxy.activities"
 
 
@@ -54,6 +55,8 @@ def require_admin() -> str:
 def create_app(config: Config, *, storage: Storage | None = None,
                engine: Engine | None = None) -> Flask:
     app = Flask("veil")
+    # R12: a body above the limit is refused (413) before it is read whole, chunked ones too.
+    app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     storage = storage or open_storage(config.storage.url, config.storage.timeout_s,
                                       config.identity.bootstrap_admins)
@@ -91,6 +94,15 @@ def create_app(config: Config, *, storage: Storage | None = None,
         console.init_app(app, config)
 
     @app.before_request
+    def bounded() -> None:
+        """A declared length above the limit is refused at once, whatever the route (SCIM
+        applies its own ``scim.max_body_bytes`` the same way, after its token)."""
+        length = request.content_length
+        if (length is not None and length > config.server.max_body_bytes
+                and request.blueprint != "scim"):
+            raise RequestEntityTooLarge()
+
+    @app.before_request
     def authenticate() -> None:
         # The console signs its users in itself (veil.console.signin); /scim/v2 has its own
         # bearer token (veil.scim). Neither takes the JWT identity.
@@ -121,8 +133,16 @@ def create_app(config: Config, *, storage: Storage | None = None,
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
+        if isinstance(exc, RequestEntityTooLarge):  # (a blueprint's own handler wins, as SCIM's)
+            return problem(413, "Request body too large",
+                           f"the request body is larger than {config.server.max_body_bytes} "
+                           "bytes (server.max_body_bytes); it was not read", "body_too_large")
         code = (exc.name or "error").lower().replace(" ", "_")
-        return problem(status, exc.name or "Error", exc.description or "", code)
+        response = problem(status, exc.name or "Error", exc.description or "", code)
+        allow = dict(exc.get_headers()).get("Allow")
+        if allow:  # 405 names the methods the path answers (RFC 9110)
+            response.headers["Allow"] = allow
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:

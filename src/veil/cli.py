@@ -136,8 +136,9 @@ def cmd_manage(args: argparse.Namespace) -> int:
         if action == "list":
             _print(storage.list_groups())
         elif action == "put":
-            members = [m.strip() for m in Path(args.members_file).read_text().splitlines()
-                       if m.strip()] if args.members_file else list(args.members)
+            # one principal a line, taken as written (never trimmed: SPEC "Principal")
+            members = [m for m in Path(args.members_file).read_text("utf-8").splitlines()
+                       if m] if args.members_file else list(args.members)
             _print(storage.put_group(args.id, args.name or args.id, members, actor)[1])
         else:
             storage.delete_group(args.id, actor)

@@ -85,6 +85,7 @@ class ServerConfig:
     port: int = 8080
     workers: int = 2
     threads: int = 8
+    max_body_bytes: int = 1024 * 1024  # request bodies above this get 413 before being read
 
 
 @dataclass(frozen=True)
@@ -297,7 +298,7 @@ def from_dict(
             header=identity.get("header", "X-Forwarded-User"),
             secret_header=identity.get("secret_header", "X-Veil-Gateway-Secret"),
             shared_secret=shared,
-            bootstrap_admins=tuple(p.strip().lower() for p in identity.get("bootstrap_admins", [])),
+            bootstrap_admins=_bootstrap_admins(identity.get("bootstrap_admins", [])),
             oidc=oidc,
         ),
         policy=PolicyConfig(
@@ -325,6 +326,20 @@ def from_dict(
             max_body_bytes=scim.get("max_body_bytes", 16 * 1024 * 1024),
         ),
     )
+
+
+def _bootstrap_admins(values: list[str]) -> tuple[str, ...]:
+    """The configured admins as principals (SPEC "Principal"); a bad one stops start-up."""
+    from veil import principal
+
+    admins = []
+    for index, value in enumerate(values):
+        normalized = principal.key(value)
+        if normalized is None:
+            raise ConfigError(f"identity.bootstrap_admins.{index}: {value!r} is not a valid "
+                              f"principal: {principal.problem(value)}")
+        admins.append(normalized)
+    return tuple(admins)
 
 
 def _console(doc: dict[str, Any], secret: Any) -> ConsoleConfig:

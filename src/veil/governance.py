@@ -32,6 +32,8 @@ ACTIONS = (
     "activities_revealed",
     "reveal_refused",
     "policy_reloaded",
+    "permission_grant_refused",
+    "refusals_coalesced",
     "scim_user_created",
     "scim_user_updated",
     "scim_user_deleted",

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import jwt
 
+from veil import principal as principals
 from veil.config import IdentityConfig
 from veil.errors import ConfigError, Unauthenticated
 
@@ -21,9 +22,18 @@ class Headers(Protocol):
     def get(self, key: str, default: str) -> str: ...
 
 
-def normalize_principal(value: str) -> str:
-    """Principals (UPNs, e-mails) compare case-insensitively; store and compare them lowercased."""
-    return value.strip().lower()
+def normalize_principal(value: str, field: str = "principal") -> str:
+    """The principal's comparison key (``veil.principal.normalize``); 400 naming ``field``."""
+    return principals.normalize(value, field)
+
+
+def _identified(value: str, source: str) -> str:
+    """The principal from an identity source; one that is not a valid principal is a 401."""
+    normalized = principals.key(value)
+    if normalized is None:
+        raise Unauthenticated(f"the principal in {source} is not valid: "
+                              f"{principals.problem(value)}; it is refused, never trimmed")
+    return normalized
 
 
 class Authenticator:
@@ -65,10 +75,10 @@ class Authenticator:
             raise Unauthenticated(
                 f"the gateway secret header {self.config.secret_header} is missing or wrong"
             )
-        user = headers.get(self.config.header, "").strip()
+        user = headers.get(self.config.header, "")
         if not user:
             raise Unauthenticated(f"the identity header {self.config.header} is missing or empty")
-        return normalize_principal(user)
+        return _identified(user, f"the header {self.config.header}")
 
     def _from_jwt(self, headers: Headers) -> str:
         auth = headers.get("Authorization", "")
@@ -122,14 +132,20 @@ class Authenticator:
             raise Unauthenticated("the token's issuer is not accepted") from exc
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"the token is invalid: {exc}") from exc
+        unverified = False
         for claim in self.config.principal_claims:
             value = claims.get(claim)
-            if isinstance(value, str) and value.strip():
-                principal = normalize_principal(value)
-                self._remember(token, principal, claims)
-                return principal
+            if not isinstance(value, str) or not value:
+                continue
+            if claim == "email" and claims.get("email_verified") is not True:
+                unverified = True  # an unverified address names nobody: anyone can claim it
+                continue
+            principal = _identified(value, f"the token's {claim!r} claim")
+            self._remember(token, principal, claims)
+            return principal
         raise Unauthenticated(
             f"the token carries none of the principal claims {list(self.config.principal_claims)}"
+            + (" (its 'email' is not used: 'email_verified' is not true)" if unverified else "")
         )
 
     def _remember(self, token: str, principal: str, claims: dict[str, Any]) -> None:

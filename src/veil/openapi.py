@@ -1,161 +1,228 @@
-"""The OpenAPI 3.1 document of Veil's HTTP interface, built from the same schemas it enforces."""
+"""The OpenAPI 3.1 document of Veil's HTTP interface, built from the same schemas it enforces.
+
+The document is the truth about the API (SPEC "HTTP interface"): Schemathesis runs against it
+in CI (``tests/test_openapi.py``), and a test checks that every route Flask serves is in it.
+
+Adding an endpoint: add one ``Op`` to ``operations()``. Say who may call it (``access``:
+``admin``, ``caller`` or ``open``), its success status, its body schema (a name in
+``schemas.BODIES``), its parameters and the errors its service can raise (404, 409, 422...);
+the statuses every such route answers are added for you: 401 (identity), 403 (admin), 400
+(body or parameters), 413 (body above ``server.max_body_bytes``).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from flask import Blueprint, Response, jsonify
 
 from veil import __version__, schemas
+from veil import principal as principal_rules
 from veil.app import services
 
 blueprint = Blueprint("openapi", __name__)
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
+Access = Literal["admin", "caller", "open"]
+
+SESSION_ID = r"^rs_[A-Za-z0-9_-]{32}$"
+CURSOR = r"^[0-9]{1,18}$"
 
 
-def _op(summary: str, ok: str, body: str | None = None, ok_schema: dict[str, Any] | None = None,
-        errors: tuple[str, ...] = ("401",), params: list[dict[str, Any]] | None = None,
-        tag: str = "management") -> dict[str, Any]:
-    operation: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": {}}
-    if body:
-        operation["requestBody"] = {"required": True, "content": {"application/json": {
-            "schema": {"$ref": f"#/components/schemas/{body}"}}}}
-        errors = ("400", *errors)
-    content = {"application/json": {"schema": ok_schema or {"type": "object"}}}
-    operation["responses"][ok] = ({"description": "done"} if ok == "204" else
-                                  {"description": "done", "content": content})
-    for status in errors:
-        operation["responses"][status] = PROBLEM
-    if params:
-        operation["parameters"] = params
-    return operation
+@dataclass(frozen=True)
+class Op:
+    """One operation: what it does, who may call it, what it takes and what it answers."""
+
+    method: str
+    path: str
+    summary: str
+    ok: str = "200"
+    ok_schema: dict[str, Any] | None = None
+    body: str | None = None
+    params: tuple[dict[str, Any], ...] = ()
+    errors: tuple[str, ...] = ()
+    access: Access = "admin"
+    tag: str = "management"
+    ok_content: str = "application/json"
+    also_ok: tuple[str, ...] = ()  # other success statuses with the same body
+
+    def document(self) -> dict[str, Any]:
+        operation: dict[str, Any] = {"summary": self.summary, "tags": [self.tag],
+                                     "operationId": f"{self.method}{self.path}",
+                                     "responses": {}}
+        if self.body:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{self.body}"}}}}
+        if self.params:
+            operation["parameters"] = list(self.params)
+        responses = operation["responses"]
+        responses[self.ok] = ({"description": "done"} if self.ok == "204" else
+                              {"description": "done", "content": {self.ok_content: {
+                                  "schema": self.ok_schema or {"type": "object"}}}})
+        for status in self.also_ok:
+            responses[status] = responses[self.ok]
+        implied = [*(["400"] if self.body or self.params else []),
+                   *(["401"] if self.access != "open" else []),
+                   *(["403"] if self.access == "admin" else []),
+                   *(["413"] if self.body else [])]
+        for status in sorted({*implied, *self.errors}):
+            responses.setdefault(status, PROBLEM)
+        if self.access == "open":
+            operation["security"] = []  # no identity needed
+        return operation
 
 
-def _path_param(name: str, description: str) -> dict[str, Any]:
+def path_param(name: str, description: str, pattern: str,
+               max_length: int | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", "pattern": pattern}
+    if max_length is not None:
+        schema["maxLength"] = max_length
     return {"name": name, "in": "path", "required": True, "description": description,
-            "schema": {"type": "string"}}
+            "schema": schema}
 
 
-def _query_param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+def query_param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "description": description,
             "schema": schema}
 
 
-def document(routes: tuple[str, ...]) -> dict[str, Any]:
-    gid = [_path_param("gid", "group id")]
-    principal = [_path_param("principal", "a principal (UPN or e-mail, case-insensitive)")]
-    admin_errors = ("401", "403")
-    paths: dict[str, Any] = {
-        "/healthz": {"get": _op("The process is up", "200", errors=(), tag="operations")},
-        "/readyz": {"get": _op("Store, engine and governance storage are reachable", "200",
-                               errors=("503",), tag="operations")},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "tags": ["operations"],
-                             "responses": {"200": {"description": "Prometheus text format",
-                                                   "content": {"text/plain": {}}}}}},
-        "/veil/v1/openapi.json": {"get": _op("This document", "200")},
-        "/veil/v1/groups": {"get": _op("List groups, each with its source (api or scim)", "200")},
-        "/veil/v1/groups/{gid}": {
-            "put": _op("Import or replace a group (201 when created)", "200", "Group",
-                       errors=admin_errors, params=gid),
-            "delete": _op("Delete a group that was never private", "204",
-                          errors=(*admin_errors, "404", "409"), params=gid),
-        },
-        "/veil/v1/privacy-groups": {
-            "get": _op("List privacy groups with their intervals", "200"),
-            "post": _op("Make a group private from now on", "201", "PrivacyGroupRequest",
-                        errors=(*admin_errors, "409", "422")),
-        },
-        "/veil/v1/privacy-groups/{gid}": {
-            "delete": _op("End a group's current privacy interval", "204",
-                          errors=(*admin_errors, "404"), params=gid),
-        },
-        "/veil/v1/admins": {
-            "get": _op("List admins", "200", errors=admin_errors),
-            "post": _op("Add an admin", "201", "PrincipalRequest",
-                        errors=(*admin_errors, "409")),
-        },
-        "/veil/v1/admins/{principal}": {
-            "delete": _op("Remove an admin; ends their permission and reveal sessions", "204",
-                          errors=(*admin_errors, "404", "409"), params=principal),
-        },
-        "/veil/v1/private-viewers": {
-            "get": _op("List holders of the view-private permission", "200",
-                       errors=admin_errors),
-            "post": _op("Grant the view-private permission to an admin", "201",
-                        "PrincipalRequest", errors=(*admin_errors, "409", "422")),
-        },
-        "/veil/v1/private-viewers/{principal}": {
-            "delete": _op("Revoke the permission; ends the holder's reveal sessions", "204",
-                          errors=(*admin_errors, "404"), params=principal),
-        },
-        "/veil/v1/reveal-sessions": {
-            "post": _op("Open an audited reveal session", "201", "RevealSessionRequest",
-                        ok_schema={"type": "object", "required": ["id", "expires_at"],
-                                   "properties": {"id": {"type": "string"},
-                                                  "expires_at": {"type": "string",
-                                                                 "format": "date-time"},
-                                                  "owner": {"type": "string"}}},
-                        errors=("401", "403"), tag="reveal"),
-        },
-        "/veil/v1/reveal-sessions/{sid}": {
-            "delete": _op("End a reveal session", "204", errors=("401", "404", "409"),
-                          params=[_path_param("sid", "reveal session id")], tag="reveal"),
-        },
-        "/veil/v1/governance-log": {
-            "get": _op("Read the governance log, oldest first", "200", errors=admin_errors,
-                       tag="governance", params=[
-                           _query_param("since", "records at or after this time (RFC 3339)",
-                                        {"type": "string", "format": "date-time"}),
-                           _query_param("until", "records before this time (RFC 3339)",
-                                        {"type": "string", "format": "date-time"}),
-                           _query_param("action", "only this action", {"type": "string"}),
-                           _query_param("actor", "only this actor", {"type": "string"}),
-                           _query_param("cursor", "next_cursor of the previous page",
-                                        {"type": "string"}),
-                           _query_param("limit", "records per page (1-1000, default 100)",
-                                        {"type": "integer", "minimum": 1, "maximum": 1000}),
-                       ]),
-        },
-        "/veil/v1/governance-log/verify": {
-            "get": _op("Verify the hash chain", "200", errors=admin_errors, tag="governance"),
-        },
-        "/veil/v1/policy/reload": {
-            "post": _op("Check, test and load the policy directory (hot reload); a refused "
-                        "set (422, with the problems) leaves the running policy serving",
-                        "200", errors=(*admin_errors, "422"), tag="policy",
-                        ok_schema={"type": "object",
-                                   "required": ["outcome", "trigger", "at", "reason"],
-                                   "properties": {
-                                       "outcome": {"enum": ["accepted", "unchanged"]},
-                                       "trigger": {"type": "string"},
-                                       "at": {"type": "string", "format": "date-time"},
-                                       "reason": {"type": "string"},
-                                       "digest": {"type": ["string", "null"]}}}),
-        },
-    }
+def _obj(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"type": "object", "required": list(required),
+            "properties": {**required, **(optional or {})}}
+
+
+def _list(member: str, item: dict[str, Any]) -> dict[str, Any]:
+    return _obj({member: {"type": "array", "items": item}})
+
+
+STRING = {"type": "string"}
+TIME = {"type": "string", "format": "date-time"}
+NULLABLE_STRING = {"type": ["string", "null"]}
+GROUP = _obj({"id": STRING, "name": STRING, "members": {"type": "array", "items": STRING}},
+             {"updated_at": TIME, "source": {"enum": ["api", "scim"]}})
+INTERVAL = _obj({"start": TIME, "end": {"type": ["string", "null"], "format": "date-time"}},
+                {"started_by": STRING, "ended_by": NULLABLE_STRING})
+PRIVACY_GROUP = _obj({"group": STRING, "private": {"type": "boolean"}},
+                     {"intervals": {"type": "array", "items": INTERVAL}, "start": TIME})
+ADMIN = _obj({"principal": STRING}, {"source": {"enum": ["config", "registry"]},
+                                     "added_at": {"type": ["string", "null"]},
+                                     "added_by": NULLABLE_STRING})
+VIEWER = _obj({"principal": STRING}, {"granted_at": TIME, "granted_by": STRING})
+RECORD = _obj({"seq": {"type": "integer"}, "ts": STRING, "action": STRING, "actor": STRING,
+               "details": {"type": "object"}, "prev_hash": STRING, "hash": STRING})
+
+
+def operations(require_justification: bool) -> list[Op]:
+    """Every operation of the management API, the health endpoints and this document."""
+    gid = (path_param("gid", "group id", schemas.GROUP_ID),)
+    principal = (path_param("principal", "a principal (UPN or e-mail; compared after NFC and "
+                            "case folding; no whitespace nor control characters)",
+                            principal_rules.PATTERN, principal_rules.MAX_LENGTH),)
+    sid = (path_param("sid", "reveal session id", SESSION_ID),)
+    return [
+        Op("get", "/healthz", "The process is up", access="open", tag="operations",
+           ok_schema=_obj({"status": {"const": "ok"}})),
+        Op("get", "/readyz", "Store, engine and governance storage are reachable",
+           access="open", tag="operations",
+           ok_schema=_obj({"status": STRING, "checks": {"type": "object"}})),
+        Op("get", "/metrics", "Prometheus metrics", access="open", tag="operations",
+           ok_content="text/plain", ok_schema=STRING),
+        Op("get", "/veil/v1/openapi.json", "This document", access="open",
+           ok_schema=_obj({"openapi": STRING, "paths": {"type": "object"}})),
+        Op("get", "/veil/v1/groups", "List groups, each with its members and source (api or "
+           "scim); admins only: members of private groups are private facts",
+           ok_schema=_list("groups", GROUP)),
+        Op("put", "/veil/v1/groups/{gid}", "Import or replace a group (201 when created)",
+           body="Group", params=gid, errors=("409",), also_ok=("201",), ok_schema=GROUP),
+        Op("delete", "/veil/v1/groups/{gid}", "Delete a group that was never private", "204",
+           params=gid, errors=("404", "409")),
+        Op("get", "/veil/v1/privacy-groups", "List privacy groups with their intervals "
+           "(admins only)", ok_schema=_list("privacy_groups", PRIVACY_GROUP)),
+        Op("post", "/veil/v1/privacy-groups", "Make a group private from now on", "201",
+           body="PrivacyGroupRequest", errors=("409", "422"), ok_schema=PRIVACY_GROUP),
+        Op("delete", "/veil/v1/privacy-groups/{gid}", "End a group's current privacy interval",
+           "204", params=gid, errors=("404",)),
+        Op("get", "/veil/v1/admins", "List admins", ok_schema=_list("admins", ADMIN)),
+        Op("post", "/veil/v1/admins", "Add an admin", "201", body="PrincipalRequest",
+           errors=("409",), ok_schema=_obj({"principal": STRING})),
+        Op("delete", "/veil/v1/admins/{principal}", "Remove an admin; ends their permission "
+           "and reveal sessions. The last admin stays when no bootstrap admin is configured "
+           "(409).", "204", params=principal, errors=("404", "409")),
+        Op("get", "/veil/v1/private-viewers", "List holders of the view-private permission",
+           ok_schema=_list("private_viewers", VIEWER)),
+        Op("post", "/veil/v1/private-viewers", "Grant the view-private permission to an admin "
+           "(422 for a non-admin); another admin grants it, never the holder (403)", "201",
+           body="PrincipalRequest", errors=("409", "422"),
+           ok_schema=_obj({"principal": STRING})),
+        Op("delete", "/veil/v1/private-viewers/{principal}", "Revoke the permission; ends the "
+           "holder's reveal sessions", "204", params=principal, errors=("404",)),
+        Op("post", "/veil/v1/reveal-sessions", "Open an audited reveal session"
+           + (" (a justification is required)" if require_justification else ""), "201",
+           body="RevealSessionRequest" + ("Justified" if require_justification else ""),
+           access="caller", tag="reveal", errors=("403",),
+           ok_schema=_obj({"id": {"type": "string", "pattern": SESSION_ID},
+                           "expires_at": TIME}, {"owner": STRING})),
+        Op("delete", "/veil/v1/reveal-sessions/{sid}", "End a reveal session (its owner or an "
+           "admin)", "204", params=sid, access="caller", tag="reveal", errors=("404", "409")),
+        Op("get", "/veil/v1/governance-log", "Read the governance log, oldest first",
+           tag="governance", ok_schema=_obj({"records": {"type": "array", "items": RECORD},
+                                             "next_cursor": NULLABLE_STRING}),
+           params=(
+               query_param("since", "records at or after this time (RFC 3339)", TIME),
+               query_param("until", "records before this time (RFC 3339)", TIME),
+               query_param("action", "only this action", STRING),
+               query_param("actor", "only this actor", schemas.PRINCIPAL),
+               query_param("cursor", "next_cursor of the previous page",
+                           {"type": "string", "pattern": CURSOR}),
+               query_param("limit", "records per page (1-1000, default 100)",
+                           {"type": "integer", "minimum": 1, "maximum": 1000}),
+           )),
+        Op("get", "/veil/v1/governance-log/verify", "Verify the hash chain", tag="governance",
+           ok_schema=_obj({"ok": {"type": "boolean"}, "records": {"type": "integer"}})),
+        Op("post", "/veil/v1/policy/reload", "Check, test and load the policy directory (hot "
+           "reload); a refused set (422, with the problems) leaves the running policy serving",
+           errors=("422",), tag="policy",
+           ok_schema=_obj({"outcome": {"enum": ["accepted", "unchanged"]}, "trigger": STRING,
+                           "at": TIME, "reason": STRING},
+                          {"digest": NULLABLE_STRING})),
+    ]
+
+
+def document(routes: tuple[str, ...], require_justification: bool = True) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for op in operations(require_justification):
+        paths.setdefault(op.path, {})[op.method] = op.document()
+    paths["/readyz"]["get"]["responses"]["503"] = {
+        "description": "not ready: which check failed",
+        "content": {"application/json": {"schema": _obj({"status": STRING,
+                                                          "checks": {"type": "object"}})}}}
     reveal_header = {"name": "Veil-Reveal-Session", "in": "header", "required": False,
                      "description": "a reveal session id: include private rows (audited)",
                      "schema": {"type": "string"}}
     for route in routes:
         paths[route] = {"get": {
             "summary": "Activity query, forwarded to the store and filtered by policy",
-            "tags": ["activities"], "parameters": [reveal_header],
-            "responses": {"200": {"description": "the store's answer without private rows"},
-                          "401": PROBLEM, "403": PROBLEM, "502": PROBLEM, "503": PROBLEM,
-                          "504": PROBLEM}}}
+            "operationId": f"get{route}", "tags": ["activities"],
+            "parameters": [reveal_header],
+            "responses": {"200": {"description": "the store's answer without private rows",
+                                  "content": {"application/json": {"schema": {}}}},
+                          **{status: PROBLEM for status in ("401", "403", "413", "502", "503",
+                                                            "504")}}}}
     from veil.scim import PREFIX
     from veil.scim.discovery import openapi_paths
 
     paths.update(openapi_paths(PREFIX))  # own bearer token: scimBearer, SCIM error bodies
-    for open_path in ("/healthz", "/readyz", "/metrics"):
-        paths[open_path]["get"]["security"] = []  # no identity needed
+    bodies = dict(schemas.BODIES)
+    justified = dict(schemas.REVEAL_SESSION_BODY)
+    justified["required"] = [*justified["required"], "justification"]
+    bodies["RevealSessionRequestJustified"] = justified
     return {
         "openapi": "3.1.0",
         "info": {"title": "Veil", "version": __version__,
                  "description": "Policy-as-code privacy sidecar for activity logs"},
         "components": {
-            "schemas": {**schemas.BODIES, "Problem": {
+            "schemas": {**bodies, "Problem": {
                 "type": "object", "required": ["type", "title", "status", "detail", "code"],
                 "properties": {"type": {"type": "string"}, "title": {"type": "string"},
                                "status": {"type": "integer"}, "detail": {"type": "string"},
@@ -186,4 +253,5 @@ def document(routes: tuple[str, ...]) -> dict[str, Any]:
 
 @blueprint.get("/veil/v1/openapi.json")
 def openapi_json() -> Response:
-    return jsonify(document(services().config.upstream.routes))
+    config = services().config
+    return jsonify(document(config.upstream.routes, config.reveal.require_justification))

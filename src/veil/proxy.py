@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, request
+from flask.blueprints import BlueprintSetupState
 
 from veil.app import caller, services
 from veil.errors import NotFound
@@ -11,10 +12,17 @@ from veil.query import REVEAL_HEADER
 blueprint = Blueprint("proxy", __name__)
 
 
-@blueprint.get("/<path:path>")
-def activities(path: str) -> Response:
+@blueprint.record
+def _route_each(state: BlueprintSetupState) -> None:
+    """One GET rule per configured route: any other path is Flask's 404, and a 405's Allow
+    names exactly the methods a path answers (the OpenAPI document says the same)."""
+    for route in state.app.extensions["veil"].config.upstream.routes:
+        state.add_url_rule(route, "activities", activities, methods=["GET"])
+
+
+def activities() -> Response:
     svc = services()
-    full = "/" + path
+    full = request.path
     if full not in svc.query.routes:
         raise NotFound(f"{full} is not a proxied route; Veil forwards "
                        f"{', '.join(sorted(svc.query.routes))}")

@@ -188,7 +188,8 @@ class QueryService:
     def _refused(self, caller: str, session_id: str, refusals: tuple[str, ...],
                  path: str) -> None:
         try:
-            self.storage.record("reveal_refused", caller, {"session": session_id, "path": path,
-                                                           "reasons": list(refusals)})
+            # coalesced per principal (R12): a loop of refusals cannot flood the log
+            self.storage.refusal("reveal_refused", caller, {"session": session_id, "path": path,
+                                                            "reasons": list(refusals)})
         except StorageError as exc:
             log.error("could not record a refused reveal: %s", exc.detail)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from veil import principal
 from veil.config import FieldPointers
 from veil.errors import UpstreamBadBody, UpstreamNoRows
 
@@ -256,7 +257,7 @@ class Normalizer:
     """Reads each row's id, actor, actor type and timestamp through the configured pointers."""
 
     def __init__(self, fields: FieldPointers, application_values: frozenset[str]) -> None:
-        self.application_values = application_values
+        self.application_values = frozenset(principal.fold(v) for v in application_values)
         self._id = getter(fields.id)
         self._actor = getter(fields.actor)
         self._type = getter(fields.actor_type)
@@ -287,12 +288,13 @@ class Normalizer:
                                            if type(raw) is dict else (None, None, None, None))
             else:
                 row_id, actor, kind, ts = get_id(raw), get_actor(raw), get_type(raw), get_ts(raw)
-            actor = (actor.strip().lower() or None) if type(actor) is str else None
+            actor = principal.key(actor) if type(actor) is str else None
             row = {
                 "index": index,
                 "id": row_id if type(row_id) in (str, int) else None,
                 "actor": actor,
-                "actor_type": "application" if type(kind) is str and kind in apps else "user",
+                "actor_type": ("application" if type(kind) is str and principal.fold(kind) in apps
+                               else "user"),
                 "ts_ns": timestamp_ns(ts),
             }
             if include_raw:

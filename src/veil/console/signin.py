@@ -14,9 +14,9 @@ from authlib.integrations.flask_client import OAuth
 from flask import Flask, current_app, session
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from veil import principal as principal_rules
 from veil.config import Config
 from veil.errors import Unauthenticated
-from veil.identity import normalize_principal
 
 log = logging.getLogger("veil.console")
 
@@ -38,7 +38,11 @@ def valid_principal(value: Any) -> str:
         raise Unauthenticated("the identity provider named no user")
     if any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in value):
         raise Unauthenticated("the signed-in user's name holds whitespace or control characters")
-    return normalize_principal(value)
+    key = principal_rules.key(value)
+    if key is None:
+        raise Unauthenticated(f"the signed-in user's name is not a principal: "
+                              f"{principal_rules.problem(value)}")
+    return key
 
 
 def demo_users(app: Flask) -> tuple[DemoUser, ...]:

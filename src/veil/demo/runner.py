@@ -37,6 +37,8 @@ ISSUER = "https://idp.veil-demo.local"
 AUDIENCE = "veil"
 ADMIN = PERSONAS[0][0]  # alice@contoso.com, the security admin
 PLAIN_USER = PERSONAS[1][0]  # bob@contoso.com, in sales
+# A second admin: the view-private permission is granted by another admin, never self-granted.
+APPROVER = f"security-lead@{DOMAIN}"
 INVESTIGATOR = "erin@contoso.com"  # an admin the demo grants the view-private permission
 TOKEN_TTL_S = 30 * 86400
 
@@ -137,7 +139,7 @@ def config_document(store_url: str, host: str, port: int, policy_dir: Path,
         "identity": {
             "mode": "jwt",
             "jwt": {"issuer": ISSUER, "audience": AUDIENCE, "hs256_secret_env": SECRET_ENV},
-            "bootstrap_admins": [ADMIN],
+            "bootstrap_admins": [ADMIN, APPROVER],
         },
         "policy": {"engine": "embedded", "dir": str(policy_dir)},
         "server": {"host": host, "port": port},
@@ -160,6 +162,7 @@ class Demo:
         self.config_path = self.data_dir / "veil.yaml"
         self.admin_token = mint(ADMIN, self.secret)
         self.user_token = mint(PLAIN_USER, self.secret)
+        self.approver_token = mint(APPROVER, self.secret)
         self.groups: list[dict[str, Any]] = []
         self.already_private: list[str] = []  # by an earlier run on the same data directory
         self._servers: list[BaseWSGIServer] = []
@@ -279,7 +282,8 @@ class Demo:
     def variables(self) -> dict[str, str]:
         """The shell variables the printed walk-through uses."""
         return {"VEIL": self.veil_url, "STORE": self.store_url,
-                "ADMIN_TOKEN": self.admin_token, "USER_TOKEN": self.user_token}
+                "ADMIN_TOKEN": self.admin_token, "USER_TOKEN": self.user_token,
+                "APPROVER_TOKEN": self.approver_token}
 
     def _someone(self) -> str:
         """A member of hr, the group the walk-through makes private."""
@@ -303,7 +307,8 @@ class Demo:
             f"  state           {self.data_dir / 'veil.db'}  (configuration: "
             f"{self.config_path})",
             f"  groups imported from the store's directory: {sizes}",
-            f"  admin {ADMIN} and plain user {PLAIN_USER}: tokens below, valid 30 days",
+            f"  admin {ADMIN}, plain user {PLAIN_USER} and the admin who approves "
+            f"permissions, {APPROVER}: tokens below, valid 30 days",
             f"  admin console   {self.veil_url}/console/  (demo sign-in: pick {INVESTIGATOR}, "
             f"{ADMIN} or {PLAIN_USER})",
             *([f"  already private from an earlier run on this data directory: "
@@ -315,6 +320,7 @@ class Demo:
             f"export VEIL={v['VEIL']} STORE={v['STORE']}",
             f"export ADMIN_TOKEN={v['ADMIN_TOKEN']}",
             f"export USER_TOKEN={v['USER_TOKEN']}",
+            f"export APPROVER_TOKEN={v['APPROVER_TOKEN']}",
             "",
             walkthrough.script(walkthrough.steps(ADMIN)),
             "# The command line works on the demo's state too (no venv to activate):",

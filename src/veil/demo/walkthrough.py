@@ -60,8 +60,9 @@ def steps(admin: str, group: str = "hr") -> list[Step]:
         Step("A plain user cannot opt in to see private activities.",
              "POST", "VEIL", "/veil/v1/reveal-sessions", token="USER_TOKEN",
              body={"acknowledge_audit": True, "justification": "curious"}, expect=403),
-        Step(f"Grant the view-private permission to {admin} (only admins can hold it).",
-             "POST", "VEIL", "/veil/v1/private-viewers", token="ADMIN_TOKEN",
+        Step(f"Another admin grants the view-private permission to {admin} (only admins can "
+             "hold it, and nobody grants it to themselves).",
+             "POST", "VEIL", "/veil/v1/private-viewers", token="APPROVER_TOKEN",
              body={"principal": admin}, expect=201),
         Step("Open a reveal session: acknowledge that it is audited and say why.",
              "POST", "VEIL", "/veil/v1/reveal-sessions", token="ADMIN_TOKEN",

@@ -34,6 +34,7 @@ from scim2_models import (
 )
 from scim2_models.path import CompareOperator, Comparison
 
+from veil import principal as principal_rules
 from veil.storage.directory import (
     GroupState,
     MemberChange,
@@ -63,12 +64,12 @@ _SERVER_SIDE = ("id", "meta", "groups", "members", "password")
 
 def principal(value: str, attribute: str) -> str:
     """A principal as Veil compares it; whitespace or control characters are refused."""
-    if not value or _UNSAFE.search(value):
+    key = principal_rules.key(value) if value and not _UNSAFE.search(value) else None
+    if key is None:
         raise InvalidValueException(
             detail=f"{attribute} {value!r} is not a principal: it is empty or holds "
                    "whitespace or control characters")
-    # NOTE for the lead: src/veil/principal.py (NFC + casefold) replaces this on merge.
-    return value.lower()
+    return key  # NFC and case folding (SPEC "Principal"), as everywhere else
 
 
 def validation_error(exc: ValidationError) -> SCIMException:

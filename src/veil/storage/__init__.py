@@ -15,10 +15,15 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from veil import governance
+from veil import principal as principals
 from veil.errors import Conflict, Forbidden, NotFound, StorageError, Unprocessable
 from veil.storage import directory
 
 BUILTIN_GROUPS = ("application", "external")
+
+# One principal's refused attempts (R12): the first in a window is written at once; the
+# others are counted, and the count goes into the principal's next record.
+REFUSAL_WINDOW_S = 60
 
 
 class Tx(Protocol):
@@ -74,7 +79,9 @@ class Storage:
 
     def __init__(self, backend: Backend, bootstrap_admins: Sequence[str] = ()) -> None:
         self.backend = backend
-        self.bootstrap_admins = frozenset(bootstrap_admins)
+        self.bootstrap_admins = frozenset(principals.normalize_all(bootstrap_admins,
+                                                                   "bootstrap_admins"))
+        self.refusal_window_ns = REFUSAL_WINDOW_S * 1_000_000_000
 
     def close(self) -> None:
         self.backend.close()
@@ -154,7 +161,7 @@ class Storage:
         """Import or replace a group; ``(created, group)``."""
         if group_id in BUILTIN_GROUPS:
             raise Conflict(f"{group_id!r} is a built-in group; its members cannot be imported")
-        normalized = sorted({m.strip().lower() for m in members if m.strip()})
+        normalized = sorted(set(principals.normalize_all(members, "members")))
         ts = now_ns()
         with self.backend.transaction(write=True) as tx:
             row = tx.one("SELECT members, former_members, source FROM groups WHERE id = ?",
@@ -281,6 +288,7 @@ class Storage:
         return listed
 
     def add_admin(self, principal: str, actor: str) -> None:
+        principal = principals.normalize(principal)
         with self.backend.transaction(write=True) as tx:
             if principal in self.bootstrap_admins or tx.one(
                 "SELECT 1 FROM admins WHERE principal = ?", (principal,)
@@ -292,13 +300,23 @@ class Storage:
             self._append(tx, "admin_added", actor, {"principal": principal})
 
     def remove_admin(self, principal: str, actor: str) -> None:
-        """Remove an admin; their view-private permission and reveal sessions end with it."""
+        """Remove an admin; their view-private permission and reveal sessions end with it.
+
+        Never zero admins: without a bootstrap admin in the configuration, the last admin in
+        the registry stays (nobody could manage Veil, or add an admin, after it).
+        """
+        principal = principals.normalize(principal)
         if principal in self.bootstrap_admins:
             raise Conflict(f"{principal} is a bootstrap admin from the configuration file; "
                            "remove it there")
         with self.backend.transaction(write=True) as tx:
             if tx.one("SELECT 1 FROM admins WHERE principal = ?", (principal,)) is None:
                 raise NotFound(f"{principal} is not an admin")
+            others = tx.one("SELECT COUNT(*) FROM admins WHERE principal <> ?", (principal,))
+            if not self.bootstrap_admins and (others is None or int(others[0]) == 0):
+                raise Conflict(f"{principal} is the last admin and no bootstrap admin is "
+                               "configured: add another admin first (Veil never runs without "
+                               "an admin)")
             tx.execute("DELETE FROM admins WHERE principal = ?", (principal,))
             self._changed(tx)
             self._append(tx, "admin_removed", actor, {"principal": principal})
@@ -312,23 +330,39 @@ class Storage:
                 for p, ns, by in rows]
 
     def grant_viewer(self, principal: str, actor: str) -> None:
+        """Grant the view-private permission to an admin (R6), never by that admin themselves:
+        a second admin approves it (four eyes); the refused attempt is audited (coalesced)."""
+        principal = principals.normalize(principal)
         with self.backend.transaction(write=True) as tx:
-            if principal not in self.bootstrap_admins and tx.one(
-                "SELECT 1 FROM admins WHERE principal = ?", (principal,)
-            ) is None:
-                raise Unprocessable(
-                    f"{principal} is not an admin; only admins can be granted the "
-                    "view-private permission (R6). Add them with POST /veil/v1/admins first.",
-                    field="principal",
-                )
-            if tx.one("SELECT 1 FROM viewers WHERE principal = ?", (principal,)):
-                raise Conflict(f"{principal} already holds the view-private permission")
-            tx.execute("INSERT INTO viewers (principal, granted_ns, granted_by) VALUES (?, ?, ?)",
-                       (principal, now_ns(), actor))
-            self._changed(tx)
-            self._append(tx, "permission_granted", actor, {"principal": principal})
+            if principal == actor:
+                self._refusal(tx, "permission_grant_refused", actor,
+                              {"principal": principal, "reason": "self-grant"})
+                refused = True
+            else:
+                refused = False
+                self._grant_viewer(tx, principal, actor)
+        if refused:
+            raise Forbidden(f"{actor} cannot grant the view-private permission to themselves: "
+                            "another admin must grant it")
+
+    def _grant_viewer(self, tx: Tx, principal: str, actor: str) -> None:
+        if principal not in self.bootstrap_admins and tx.one(
+            "SELECT 1 FROM admins WHERE principal = ?", (principal,)
+        ) is None:
+            raise Unprocessable(
+                f"{principal} is not an admin; only admins can be granted the "
+                "view-private permission (R6). Add them with POST /veil/v1/admins first.",
+                field="principal",
+            )
+        if tx.one("SELECT 1 FROM viewers WHERE principal = ?", (principal,)):
+            raise Conflict(f"{principal} already holds the view-private permission")
+        tx.execute("INSERT INTO viewers (principal, granted_ns, granted_by) VALUES (?, ?, ?)",
+                   (principal, now_ns(), actor))
+        self._changed(tx)
+        self._append(tx, "permission_granted", actor, {"principal": principal})
 
     def revoke_viewer(self, principal: str, actor: str) -> None:
+        principal = principals.normalize(principal)
         with self.backend.transaction(write=True) as tx:
             if not self._revoke_viewer(tx, principal, actor, "permission revoked"):
                 raise NotFound(f"{principal} does not hold the view-private permission")
@@ -361,8 +395,8 @@ class Storage:
             if not (is_admin and may_view):
                 reason = ("the caller is not an admin" if not is_admin else
                           "the caller does not hold the view-private permission")
-                self._append(tx, "reveal_session_refused", owner,
-                             {"reason": reason, "justification": justification})
+                self._refusal(tx, "reveal_session_refused", owner,
+                              {"reason": reason, "justification": justification})
                 refused = reason
             else:
                 refused = None
@@ -406,6 +440,51 @@ class Storage:
                        (ts, "ended by request", session_id))
             self._append(tx, "reveal_session_ended", actor,
                          {"session": session_id, "owner": row[0], "reason": "ended by request"})
+
+    # ---- refused attempts (R12: audited, coalesced per principal) ---------------------
+
+    def refusal(self, action: str, actor: str, details: dict[str, Any]) -> None:
+        """Audit one refused attempt, coalesced with the same principal's others."""
+        with self.backend.transaction(write=True) as tx:
+            self._refusal(tx, action, actor, details)
+
+    def _refusal(self, tx: Tx, action: str, actor: str, details: dict[str, Any]) -> None:
+        """The first refusal of ``actor`` in a window is written at once, with ``attempts``:
+        itself plus the refusals counted (not written) since the actor's previous record.
+        The others in the window only add to that count, so the records' ``attempts`` add up
+        to every refused attempt. Counts of principals whose window has passed are written
+        too (``refusals_coalesced``), so a count waits at most until the next refusal."""
+        ts = now_ns()
+        self._flush_refusals(tx, ts, skip=actor)
+        row = tx.one("SELECT last_record_ns, pending, by_action FROM refusal_counts "
+                     "WHERE actor = ?", (actor,))
+        if row is not None and ts - int(row[0]) < self.refusal_window_ns:
+            by_action: dict[str, int] = json.loads(row[2])
+            by_action[action] = by_action.get(action, 0) + 1
+            tx.execute("UPDATE refusal_counts SET pending = ?, by_action = ? WHERE actor = ?",
+                       (int(row[1]) + 1, json.dumps(by_action, sort_keys=True), actor))
+            return
+        earlier: dict[str, int] = json.loads(row[2]) if row else {}
+        self._append(tx, action, actor, {**details, "attempts": 1 + (int(row[1]) if row else 0),
+                                         "coalesced": earlier})
+        tx.execute("DELETE FROM refusal_counts WHERE actor = ?", (actor,))
+        tx.execute("INSERT INTO refusal_counts (actor, last_record_ns, pending, by_action) "
+                   "VALUES (?, ?, 0, '{}')", (actor, ts))
+
+    def _flush_refusals(self, tx: Tx, ts: int, skip: str = "") -> None:
+        due = tx.all("SELECT actor, pending, by_action FROM refusal_counts WHERE pending > 0 "
+                     "AND last_record_ns <= ? AND actor <> ? ORDER BY actor",
+                     (ts - self.refusal_window_ns, skip))
+        for actor, pending, by_action in due:
+            self._append(tx, "refusals_coalesced", actor,
+                         {"attempts": int(pending), "coalesced": json.loads(by_action)})
+            tx.execute("UPDATE refusal_counts SET pending = 0, by_action = '{}', "
+                       "last_record_ns = ? WHERE actor = ?", (ts, actor))
+
+    def flush_refusals(self) -> None:
+        """Write the counts of refused attempts whose window has passed."""
+        with self.backend.transaction(write=True) as tx:
+            self._flush_refusals(tx, now_ns())
 
     # ---- governance log --------------------------------------------------------------
 

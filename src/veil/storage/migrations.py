@@ -8,16 +8,72 @@ beyond the shared SQL (PostgreSQL's trigger function, SQLite's trigger syntax) t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from veil import principal as principals
 from veil.errors import StorageError
 
 if TYPE_CHECKING:
-    from veil.storage import Backend
+    from veil.storage import Backend, Tx
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+# A step is SQL, or a function run in the migration's transaction (for what SQL cannot do).
+Step = str | Callable[["Tx"], None]
+
+
+def _principal_key(value: str) -> str:
+    """The stored principal as SPEC "Principal" compares it; one that is not a valid principal
+    (whitespace, control characters) is left as it is: no caller can ever present it."""
+    return principals.key(value) or value
+
+
+def normalize_principals(tx: Tx) -> None:
+    """Re-key principals stored by earlier versions (``strip().lower()``) with NFC and case
+    folding, so a member imported as NFC ``josé`` matches the store's NFD form. The
+    governance log is never rewritten (it is hash-chained): it keeps the names as written."""
+    for table, stamp, by in (("admins", "added_ns", "added_by"),
+                             ("viewers", "granted_ns", "granted_by")):
+        kept: dict[str, tuple[Any, Any]] = {}
+        for principal, ts, who in tx.all(f"SELECT principal, {stamp}, {by} FROM {table} "
+                                         f"ORDER BY {stamp}, principal"):
+            kept.setdefault(_principal_key(principal), (ts, who))  # two spellings: the earliest
+        tx.execute(f"DELETE FROM {table}")
+        for principal, (ts, who) in kept.items():
+            tx.execute(f"INSERT INTO {table} (principal, {stamp}, {by}) VALUES (?, ?, ?)",
+                       (principal, ts, who))
+    for gid, members, former in tx.all("SELECT id, members, former_members FROM groups"):
+        keyed = sorted({_principal_key(m) for m in json.loads(members)})
+        left: dict[str, int] = {}
+        for member, ts in json.loads(former).items():
+            left[_principal_key(member)] = max(ts, left.get(_principal_key(member), ts))
+        tx.execute("UPDATE groups SET members = ?, former_members = ? WHERE id = ?",
+                   (json.dumps(keyed), json.dumps(left, sort_keys=True), gid))
+    # SCIM (version 4): a user's principals, and when a principal left a group
+    principals_of: dict[tuple[str, str], None] = {}
+    for user, principal in tx.all("SELECT user_id, principal FROM scim_principals"):
+        principals_of[(user, _principal_key(principal))] = None
+    tx.execute("DELETE FROM scim_principals")
+    for user, principal in principals_of:
+        tx.execute("INSERT INTO scim_principals (user_id, principal) VALUES (?, ?)",
+                   (user, principal))
+    left_at: dict[tuple[str, str], int] = {}
+    for gid, principal, left_ns in tx.all("SELECT group_id, principal, left_ns "
+                                          "FROM scim_former"):
+        where = (gid, _principal_key(principal))
+        left_at[where] = max(int(left_ns), left_at.get(where, int(left_ns)))
+    tx.execute("DELETE FROM scim_former")
+    for (gid, principal), at in left_at.items():
+        tx.execute("INSERT INTO scim_former (group_id, principal, left_ns) VALUES (?, ?, ?)",
+                   (gid, principal, at))
+    for sid, owner in tx.all("SELECT id, owner FROM reveal_sessions"):
+        if _principal_key(owner) != owner:
+            tx.execute("UPDATE reveal_sessions SET owner = ? WHERE id = ?",
+                       (_principal_key(owner), sid))
+
+
+MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     # 1: management state, reveal sessions and the governance log
     (
         """CREATE TABLE state_version (
@@ -123,6 +179,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (group_id, principal))""",
         "CREATE INDEX groups_source ON groups (source)",
     ),
+    # 5: refused attempts counted per principal (R12: one record per window, with the count);
+    # stored principals re-keyed by SPEC "Principal" (NFC + case folding)
+    (
+        """CREATE TABLE refusal_counts (
+            actor TEXT PRIMARY KEY,
+            last_record_ns BIGINT NOT NULL,
+            pending BIGINT NOT NULL,
+            by_action TEXT NOT NULL)""",
+        normalize_principals,
+    ),
 )
 
 
@@ -150,7 +216,10 @@ def migrate(backend: Backend, where: str, *,
             if version <= current:
                 continue
             for statement in (*statements, *after_version.get(version, ())):
-                tx.execute(statement)
+                if callable(statement):
+                    statement(tx)
+                else:
+                    tx.execute(statement)
             tx.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
         for statement in every_start:
             tx.execute(statement)

@@ -1,0 +1,84 @@
+"""Loopback helpers shared by the tests that start real servers: a free port, and a readiness
+wait that survives a loaded machine (any requests error is retried until the deadline)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from conftest import SECRET
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_until_ready(url: str, deadline_s: float = 60, *,
+                     process: subprocess.Popen[bytes] | subprocess.Popen[str] | None = None,
+                     describe: Callable[[], str] = lambda: "",
+                     expect: int = 200) -> requests.Response:
+    """GET ``url`` until it answers ``expect``; retry on any ``requests.RequestException``
+    (refused, reset, read time-out, ...) until ``deadline_s`` seconds have passed. A
+    ``process`` that exits meanwhile fails at once; ``describe()`` adds its log to the error."""
+    deadline = time.monotonic() + deadline_s
+    last = "no answer yet"
+    while True:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the server exited with {process.returncode} before {url} "
+                                 f"was ready\n{describe()}")
+        try:
+            answer = requests.get(url, timeout=5)
+            if answer.status_code == expect:
+                return answer
+            last = f"status {answer.status_code}"
+        except requests.RequestException as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} was not ready within {deadline_s:g} s ({last})\n"
+                                 f"{describe()}")
+        time.sleep(0.2)
+
+
+@contextmanager
+def veil_serve(doc: dict[str, Any], tmp_path: Path, log: Path | None = None
+               ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`veil serve` on a free port with this configuration; stopped with SIGTERM after.
+    Its standard error (Veil's and gunicorn's log) goes to ``log``, by default
+    ``tmp_path/veil-serve.log``, and is shown when it does not come up."""
+    path = tmp_path / "veil.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    port = free_port()
+    log_path = log or tmp_path / "veil-serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    with log_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port",
+             str(port)], env={**env, "VEIL_TEST_JWT_SECRET": SECRET},
+            stdout=subprocess.DEVNULL, stderr=stderr)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url + "/healthz", 90, process=process,
+                         describe=lambda: log_path.read_text(errors="replace")[-4000:])
+        yield url, process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            assert process.wait(timeout=20) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
