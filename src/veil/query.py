@@ -12,6 +12,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+import orjson
+
 from veil.config import Config
 from veil.errors import (
     GovernanceWriteFailed,
@@ -149,7 +151,11 @@ class QueryService:
         }
         started = time.perf_counter()
         try:
-            decision = self.decider.decide(self.engine.begin, document, rows)
+            begin = getattr(self.engine, "begin", None)
+            if begin is None:  # an engine with only evaluate(): the whole decision, per answer
+                decision = Decision.read(self.engine.evaluate(orjson.dumps(document)), len(rows))
+            else:
+                decision = self.decider.decide(begin, document, rows)
         except PolicyError as exc:
             log.error("policy evaluation failed, hiding every row: %s", exc.detail)
             self.metrics.policy_failures.inc()
