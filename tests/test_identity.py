@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import jwt
@@ -14,6 +15,8 @@ from flask.testing import FlaskClient
 
 from veil import config as config_module
 from veil.app import create_app
+from veil.errors import Unauthenticated
+from veil.identity import Authenticator
 
 from conftest import ADMIN, AUDIENCE, ISSUER, SECRET, LoopbackStore, auth, make_config, token
 
@@ -146,3 +149,39 @@ def test_bootstrap_admin_from_config_is_admin(store: LoopbackStore, storage_url:
     r = app.test_client().get("/veil/v1/admins", headers=auth(ADMIN))
     assert r.get_json()["admins"][0] == {"principal": ADMIN, "source": "config",
                                          "added_at": None, "added_by": None}
+
+
+# ---- verified tokens are remembered while their time claims hold --------------------------
+
+def authenticator(store: LoopbackStore, leeway_s: float) -> Authenticator:
+    config = make_config(store.url, "sqlite:///unused.db")
+    return Authenticator(replace(config.identity, jwt=replace(config.identity.jwt,
+                                                              leeway_s=leeway_s)))
+
+
+def test_a_remembered_token_is_refused_once_it_expires(store: LoopbackStore) -> None:
+    auth_ = authenticator(store, leeway_s=0)
+    headers = {"Authorization": f"Bearer {token(USER, ttl_s=1)}"}
+    assert auth_.principal(headers) == USER  # verified, and remembered
+    assert auth_.principal(headers) == USER  # from memory
+    time.sleep(1.2)
+    with pytest.raises(Unauthenticated, match="expired"):
+        auth_.principal(headers)
+
+
+def test_a_refused_token_is_not_remembered(store: LoopbackStore) -> None:
+    auth_ = authenticator(store, leeway_s=0)
+    early = {"Authorization": f"Bearer {token(USER, nbf=int(time.time()) + 60)}"}
+    for _ in range(2):
+        with pytest.raises(Unauthenticated):
+            auth_.principal(early)
+
+
+def test_only_the_same_token_is_remembered(store: LoopbackStore) -> None:
+    auth_ = authenticator(store, leeway_s=0)
+    good = token(USER)
+    assert auth_.principal({"Authorization": f"Bearer {good}"}) == USER
+    head, claims, signature = good.split(".")
+    forged = f"{head}.{claims}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"
+    with pytest.raises(Unauthenticated, match="invalid"):
+        auth_.principal({"Authorization": f"Bearer {forged}"})

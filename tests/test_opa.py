@@ -37,6 +37,7 @@ ANN = "ann@contoso.com"
 BOB = "bob@contoso.com"
 SEC = 1_000_000_000
 DECISION = "/v1/data/veil/privacy/decision"
+POLICY_QUERY = re.compile(r".*/v1/data/veil/privacy/[a-z_]+$")  # the decision or actor_windows
 
 
 @pytest.fixture
@@ -132,7 +133,7 @@ def test_first_query_after_start_up_is_answered_with_state_loaded(
     application = veil_app(store, tmp_path, opa.url)
     try:
         assert_filters(application.test_client())
-        assert opa.calls("POST", DECISION) == 1
+        assert opa.calls("POST", "/v1/data/veil/privacy/") == 1
     finally:
         application.extensions["veil"].storage.close()
 
@@ -355,14 +356,17 @@ def test_opa_fault_fails_closed(fault: str, client: FlaskClient, store: Loopback
     assert_filters(client)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.add_passthru(store.url)
-        # Everything but the decision still reaches the loopback OPA (reloads included).
+        # Everything but the policy's answers still reaches the loopback OPA (reloads included).
         mock.add_passthru(re.compile(re.escape(opa.url) + r"/(health|v1/policies|v1/data/veil$|"
                                                           r"v1/data/veil/[a-z_]+$)"))
-        mock.post(opa.url + DECISION, **OPA_FAULTS[fault])
+        mock.post(POLICY_QUERY, **OPA_FAULTS[fault])
+        # A new state version: the actors' windows cached for the previous one are not used.
+        assert client.post("/veil/v1/admins", json={"principal": "carol@contoso.com"},
+                           headers=A).status_code == 201
         assert_fails_closed(client, reveal)
         assert client.get("/readyz").get_json()["checks"]["engine"] is False
-        decisions = [c for c in mock.calls if c.request.url.endswith(DECISION)]
-        assert decisions, "the decision was never asked"
+        decisions = [c for c in mock.calls if POLICY_QUERY.match(c.request.url)]
+        assert decisions, "the policy was never asked"
     assert_filters(client)  # OPA answers well again: so does Veil
     assert client.get("/readyz").get_json()["checks"]["engine"] is True
 
@@ -377,9 +381,11 @@ def test_undefined_decision_is_retried_once_after_reloading(client: FlaskClient,
         mock.add_passthru(store.url)
         mock.add_passthru(re.compile(re.escape(opa.url) + r"/v1/(policies|data/veil$|"
                                                           r"data/veil/[a-z_]+$)"))
-        mock.post(opa.url + DECISION, json={})
+        mock.post(POLICY_QUERY, json={})
+        assert client.post("/veil/v1/admins", json={"principal": "carol@contoso.com"},
+                           headers=A).status_code == 201  # nothing cached for this state
         assert ids(client.get("/api/activities", headers=auth(BOB))) == []
-        asked = [c for c in mock.calls if c.request.url.endswith(DECISION)]
+        asked = [c for c in mock.calls if POLICY_QUERY.match(c.request.url)]
         assert len(asked) == 2
     assert opa.calls("PUT", "/v1/policies/") == puts + 1
 
@@ -548,3 +554,32 @@ def test_hot_reload_through_the_api(opa: FakeOpa, store: LoopbackStore, tmp_path
         assert "veil/veil/privacy/secret.rego" in opa.policy_ids()
     finally:
         application.extensions["veil"].storage.close()
+
+
+# ---- the fast path on OPA ------------------------------------------------------------------
+
+def test_an_answer_is_not_decided_across_a_state_change_in_opa(opa: FakeOpa) -> None:
+    """Windows cached per (policy, state version) must come from that state: an evaluation
+    begun on one version and answered after another was pushed fails closed."""
+    engine = OpaEngine(POLICIES, opa.url, 2.0)
+    engine.sync(1, lambda: (1, {"groups": {}}))
+    evaluation = engine.begin()
+    assert evaluation.plan is not None  # the shipped policy: actor_windows per actor
+    probe = orjson.dumps({"caller": "", "request": {}, "reveal_session_id": None,
+                          "session": None, "now_ns": 0, "rows": []})
+    assert evaluation.evaluate("data.veil.privacy.actor_windows", probe) == {
+        "application": {}, "user": {}}
+    engine.sync(2, lambda: (2, {"groups": {}}))
+    with pytest.raises(PolicyError, match="changed while this answer was decided"):
+        evaluation.evaluate("data.veil.privacy.actor_windows", probe)
+    engine.close()
+
+
+def test_opa_with_an_authors_row_rule_is_asked_the_whole_decision(opa: FakeOpa,
+                                                                  tmp_path: Path) -> None:
+    directory = tmp_path / "policies"
+    shutil.copytree(POLICIES, directory)
+    (directory / "veil/privacy/secret.rego").write_text(RAW_RULE)
+    engine = OpaEngine(directory, opa.url, 2.0)
+    assert engine.begin().plan is None
+    engine.close()

@@ -337,3 +337,16 @@ def test_replacing_members_never_exposes_what_was_private(client: FlaskClient,
     record = client.get("/veil/v1/governance-log?action=group_imported",
                         headers=auth(ADMIN)).get_json()["records"][-1]
     assert record["details"]["removed"] == 1
+
+
+def test_metrics_label_each_configured_route_and_no_free_path(client: FlaskClient,
+                                                              store: LoopbackStore) -> None:
+    store.state.rows = [activity(1, USER, iso(time.time_ns()))]
+    for path in ("/api/activities", "/api/activities", "/api/other", "/api/unlisted",
+                 "/api/x-secret-name"):
+        client.get(path, headers=auth(USER))
+    text = client.get("/metrics").data.decode()
+    assert 'veil_requests_total{route="/api/activities",status="200"} 2.0' in text
+    assert 'veil_requests_total{route="/api/other",status="200"} 1.0' in text
+    assert 'veil_requests_total{route="unmatched",status="404"} 2.0' in text
+    assert "<path:path>" not in text and "x-secret-name" not in text

@@ -21,6 +21,7 @@ log = logging.getLogger("veil")
 
 OPEN_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "health.metrics",
                             "openapi.openapi_json"})
+PROXY_ENDPOINT = "proxy.activities"
 
 
 @dataclass
@@ -124,9 +125,17 @@ def create_app(config: Config, *, storage: Storage | None = None,
             return
         g.principal = services().auth.principal(request.headers)
 
+    routes = frozenset(config.upstream.routes)
+
     @app.after_request
     def count(response: Response) -> Response:
-        route = request.url_rule.rule if request.url_rule else "unmatched"
+        rule = request.url_rule
+        if rule is None:
+            route = "unmatched"
+        elif request.endpoint == PROXY_ENDPOINT:  # the configured route, never a free path
+            route = request.path if request.path in routes else "unmatched"
+        else:
+            route = rule.rule
         metrics.requests.labels(route=route, status=str(response.status_code)).inc()
         return response
 

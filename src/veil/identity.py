@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 from typing import Any, Protocol
 
 import jwt
@@ -12,6 +13,7 @@ from veil.config import IdentityConfig
 from veil.errors import ConfigError, Unauthenticated
 
 ASYMMETRIC = ("RS256", "ES256")
+VERIFIED_TOKENS = 4096  # tokens whose signature and claims were checked, kept per process
 
 
 class Headers(Protocol):
@@ -41,6 +43,9 @@ class Authenticator:
         self.config = config
         self._keys: dict[str, Any] = {}
         self._algorithms: list[str] = []
+        # token -> (principal, usable from, expires): a token verified once is not verified
+        # again while its time claims hold (keys, issuer and audience are fixed at start-up).
+        self._verified: dict[str, tuple[str, float, float]] = {}
         if config.mode == "jwt":
             if config.jwt.hs256_secret is not None:
                 self._algorithms.append("HS256")
@@ -81,6 +86,15 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("send 'Authorization: Bearer <JWT>'")
         token = token.strip()
+        known = self._verified.get(token)
+        if known is not None:
+            principal, usable_from, expires = known
+            now, leeway = time.time(), self.config.jwt.leeway_s
+            if usable_from <= now + leeway and now - leeway < expires:
+                return principal
+        return self._verify(token)
+
+    def _verify(self, token: str) -> str:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -126,8 +140,21 @@ class Authenticator:
             if claim == "email" and claims.get("email_verified") is not True:
                 unverified = True  # an unverified address names nobody: anyone can claim it
                 continue
-            return _identified(value, f"the token's {claim!r} claim")
+            principal = _identified(value, f"the token's {claim!r} claim")
+            self._remember(token, principal, claims)
+            return principal
         raise Unauthenticated(
             f"the token carries none of the principal claims {list(self.config.principal_claims)}"
             + (" (its 'email' is not used: 'email_verified' is not true)" if unverified else "")
         )
+
+    def _remember(self, token: str, principal: str, claims: dict[str, Any]) -> None:
+        """Keep a verified token with the times it may be used in (``exp``, ``nbf``, ``iat``)."""
+        try:
+            expires = float(claims["exp"])
+            usable_from = max(float(claims.get(name, 0) or 0) for name in ("nbf", "iat"))
+        except (TypeError, ValueError):
+            return
+        if len(self._verified) >= VERIFIED_TOKENS:
+            self._verified.pop(next(iter(self._verified), ""), None)
+        self._verified[token] = (principal, usable_from, expires)

@@ -30,6 +30,7 @@ from veil.errors import (
 from veil.identity import Headers
 from veil.metrics import Metrics
 from veil.policy import Decision, Engine
+from veil.policy.decide import RowDecider
 from veil.rows import Answer, Normalizer, parse_answer, pointer_tokens, render
 from veil.storage import Storage
 from veil.upstream import Upstream
@@ -64,6 +65,7 @@ class QueryService:
         self.normalizer = Normalizer(config.upstream.fields,
                                      frozenset(config.upstream.application_values))
         self._state_loaded = False
+        self.decider = RowDecider()  # each actor's private windows, per policy and state
 
     def answer(self, caller: str, path: str, query_string: str, headers: Headers,
                session_id: str | None) -> Reply:
@@ -167,14 +169,17 @@ class QueryService:
         }
         started = time.perf_counter()
         try:
-            result = self.engine.evaluate(orjson.dumps(document))
+            begin = getattr(self.engine, "begin", None)
+            if begin is None:  # an engine with only evaluate(): the whole decision, per answer
+                decision = Decision.read(self.engine.evaluate(orjson.dumps(document)), len(rows))
+            else:
+                decision = self.decider.decide(begin, document, rows)
         except PolicyError as exc:
             log.error("policy evaluation failed, hiding every row: %s", exc.detail)
             self.metrics.policy_failures.inc()
             return Decision.fail_closed()
         finally:
             self.metrics.policy_latency.observe(time.perf_counter() - started)
-        decision = Decision.read(result, len(rows))
         if decision.failed:
             log.error("policy decision undefined or malformed, hiding every row")
             self.metrics.policy_failures.inc()

@@ -87,3 +87,50 @@ test_reveal_refusal_lists_every_reason if {
 		"the caller does not hold the view-private permission",
 	}
 }
+
+# ---- the fast path's entry point: actor_windows -----------------------------------------
+
+test_actor_windows_by_type_and_actor if {
+	result := privacy.actor_windows with input as query([
+		row(0, "ann@contoso.com", t0),
+		row(1, "guest@fabrikam.com", t0),
+		row(2, "carl@contoso.com", t0),
+		app_row(3, "svc-app", t0),
+		row(4, null, t0),
+	])
+		with data.veil.groups as groups
+		with data.veil.managed_domains as ["contoso.com"]
+		with data.veil.privacy_groups as {
+			"finance": [{"start_ns": t0, "end_ns": t0 + hour}],
+			"external": [{"start_ns": t0 + hour, "end_ns": null}],
+			"application": [{"start_ns": t0 - hour, "end_ns": t0}],
+		}
+	result == {
+		"user": {
+			"ann@contoso.com": [[t0, t0 + hour]],
+			"guest@fabrikam.com": [[t0 + hour, 9223372036854775807]],
+		},
+		"application": {"svc-app": [[t0 - hour, t0]]},
+	}
+}
+
+# A row's privacy depends on its own actor and type, never on the other rows of the answer.
+test_same_actor_as_user_and_as_application_is_judged_by_each_row_type if {
+	result := privacy.decision with input as query([
+		app_row(0, "svc-sync", t0 + hour),
+		row(1, "svc-sync", t0 + hour),
+	])
+		with data.veil.managed_domains as ["contoso.com"]
+		with data.veil.privacy_groups as {"application": [{"start_ns": t0, "end_ns": null}]}
+	result.private_rows == {0}
+}
+
+test_external_window_does_not_apply_to_an_application_row if {
+	result := privacy.decision with input as query([
+		app_row(0, "svc-sync", t0 + hour),
+		row(1, "svc-sync", t0 + hour),
+	])
+		with data.veil.managed_domains as ["contoso.com"]
+		with data.veil.privacy_groups as {"external": [{"start_ns": t0, "end_ns": null}]}
+	result.private_rows == {1}
+}

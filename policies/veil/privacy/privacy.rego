@@ -34,56 +34,63 @@ private_rows contains i if some i in rows_without_actor
 
 private_rows contains i if some i in rows_without_timestamp
 
-rows_without_actor := [i | null in distinct_actors; some i, row in input.rows; row.actor == null]
+rows_without_actor contains i if {
+	some i, row in input.rows
+	row.actor == null
+}
 
-rows_without_timestamp := [i | some i, row in input.rows; row.ts_ns == null]
+rows_without_timestamp contains i if {
+	some i, row in input.rows
+	row.ts_ns == null
+}
 
 # ---- R1: private iff the actor was in a private group at the row's time ------
 
 private_rows contains i if some i in rows_in_private_window
 
-rows_in_private_window := [i |
+rows_in_private_window contains i if {
 	some i, row in input.rows
-	some window in windows_of_actor[row.actor]
+	some window in actor_windows[row.actor_type][row.actor]
 	row.ts_ns >= window[0]
 	row.ts_ns < window[1]
-]
-
-# Computed once per answer over the distinct actors, never per row.
-distinct_actors := {row.actor | some row in input.rows}
-
-windows_of_actor := {actor: windows |
-	some actor in private_actors
-	windows := array.concat(
-		[window |
-			some group, present in actors_present_in_group
-			present[actor]
-			some window in group_windows[group]
-		],
-		[[window[0], min([window[1], left])] |
-			some group, gone in former_members_present
-			left := gone[actor]
-			some window in group_windows[group]
-			window[0] < left
-		],
-	)
 }
 
-private_actors := members_present | former_members_in_answer
-
-members_present := {actor | some present in actors_present_in_group; some actor in present}
-
-former_members_in_answer := {actor | some gone in former_members_present; some actor, _ in gone}
-
-# Members who left a private group stay in it up to the moment they left: {actor: left_ns}.
-former_members_present := {group: gone |
-	some group, _ in data.veil.privacy_groups
-	former := object.get(data.veil.groups, [group, "former_members"], {})
-	count(former) > 0
-	gone := {actor: left | some actor in distinct_actors; left := former[actor]}
+# METADATA
+# title: The private windows of each actor of the answer, by actor type
+# description: |
+#   {actor_type: {actor: [[from_ns, to_ns], ...]}}: a row of that actor and type is private
+#   when its time is in one of the windows. It reads only the rows' actor and actor_type and
+#   data.veil, so Veil computes it once per actor for each policy and state version, caches
+#   it, and applies it to every row itself (see policies/README.md, "The fast path").
+# entrypoint: true
+actor_windows := {kind: windows_by_actor |
+	some kind in {"user", "application"}
+	windows_by_actor := {actor: windows |
+		some row in input.rows
+		row.actor_type == kind
+		actor := row.actor
+		is_string(actor)
+		windows := array.concat(member_windows(actor), built_in_windows(actor, kind))
+		count(windows) > 0
+	}
 }
 
-actors_present_in_group := {group: actors_in_group(group) | some group, _ in data.veil.privacy_groups}
+# Windows of the imported private groups the actor is in, and of those they left: a member
+# who left stays private up to the moment they left.
+member_windows(actor) := array.concat(
+	[window |
+		some group, _ in data.veil.privacy_groups
+		not group in {"application", "external"}
+		data.veil.groups[group].members[actor]
+		some window in group_windows[group]
+	],
+	[[window[0], min([window[1], left])] |
+		some group, _ in data.veil.privacy_groups
+		left := data.veil.groups[group].former_members[actor]
+		some window in group_windows[group]
+		window[0] < left
+	],
+)
 
 group_windows := {group: [window_of(interval) | some interval in intervals] |
 	some group, intervals in data.veil.privacy_groups
@@ -93,26 +100,20 @@ window_of(interval) := [interval.start_ns, interval.end_ns] if interval.end_ns !
 
 else := [interval.start_ns, forever]
 
-# ---- Groups: imported members, and the two built-in groups ------------------
+# ---- Groups: the two built-in groups -----------------------------------------
 
-actors_in_group("application") := {row.actor | some row in input.rows; row.actor_type == "application"}
+# `application`: every row whose actor type is application.
+built_in_windows(_, "application") := object.get(group_windows, "application", [])
 
-actors_in_group("external") := distinct_users - managed_users
+# `external`: every user whose domain is not a managed domain (nor a subdomain of one).
+built_in_windows(actor, "user") := object.get(group_windows, "external", []) if not is_managed(actor)
 
-distinct_users := {row.actor | some row in input.rows; row.actor_type == "user"}
+built_in_windows(actor, "user") := [] if is_managed(actor)
 
-# A user is managed when the domain of their UPN is a managed domain or a subdomain of one.
 # A user actor without "@" has no domain: it is external.
-managed_users := {actor |
-	some actor in distinct_users
-	is_string(actor)
+is_managed(actor) if {
 	contains(actor, "@")
 	strings.any_suffix_match(actor, managed_suffixes)
-}
-
-actors_in_group(group) := {actor | some actor in distinct_actors; members[actor]} if {
-	not group in {"application", "external"}
-	members := data.veil.groups[group].members
 }
 
 managed_suffixes := {suffix |

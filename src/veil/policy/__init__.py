@@ -7,12 +7,15 @@ no reveal" (fail closed); the caller learns only that the policy could not be ap
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from veil.errors import PolicyError
+
+if TYPE_CHECKING:
+    from veil.policy.plan import RowPlan
 
 DECISION = "data.veil.privacy.decision"
 
@@ -21,6 +24,23 @@ DataLoader = Callable[[], tuple[int, dict[str, Any]]]
 # The input of an answer with no rows and no reveal: what start-up and readiness checks ask.
 EMPTY_INPUT: dict[str, Any] = {"caller": "", "request": {}, "reveal_session_id": None,
                                "session": None, "now_ns": 0, "rows": []}
+
+
+class Evaluation(Protocol):
+    """One answer's hold on an engine: every evaluation through it sees one policy set and
+    one version of ``data.veil``, named by ``key`` (what Veil's caches are keyed by)."""
+
+    @property
+    def plan(self) -> RowPlan | None:
+        """What Veil may compute per actor (``veil.policy.plan``); None: evaluate the decision."""
+
+    @property
+    def key(self) -> Hashable:
+        """Changes whenever the policy set or the state version does."""
+
+    def evaluate(self, rule: str, input_json: bytes) -> Any:
+        """The value of ``rule`` (e.g. ``data.veil.privacy.decision``) for one input; raise
+        PolicyError when the engine cannot answer, or no longer holds this policy and state."""
 
 
 class Engine(Protocol):
@@ -44,6 +64,10 @@ class Engine(Protocol):
 
     def evaluate(self, input_json: bytes) -> Any:
         """The decision for one input; raise PolicyError when the engine cannot answer."""
+
+    def begin(self) -> Evaluation:
+        """Hold the engine for one answer (after ``needs_raw`` was read for it); PolicyError
+        when it cannot be held."""
 
     def reload(self, modules: Sequence[PolicyModule]) -> None:
         """Serve these modules (``*_test.rego`` ones are ignored) from now on, atomically;

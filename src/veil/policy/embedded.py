@@ -4,16 +4,20 @@ A regorus ``Engine`` is bound to the thread that made it, so each thread builds 
 the parsed modules and re-loads ``data.veil`` when the shared data version moves on. Panics in
 the interpreter (``pyo3_runtime.PanicException``, a ``BaseException``) become PolicyError.
 
-A reload swaps in a new immutable *generation* (the modules and whether they read ``raw``);
-each thread notices the new generation on its next evaluation and builds a fresh interpreter
-for it, so evaluations in flight finish on the policy they started with.
+A reload swaps in a new immutable *generation* (the modules, whether they read ``raw``, and
+the row plan of ``veil.policy.plan``); each thread notices the new generation on its next
+evaluation and builds a fresh interpreter for it, so evaluations in flight finish on the
+policy they started with. The interpreter loads the policy as the plan rewrites it (each
+``private_rows`` rule renamed, their union unchanged), so one answer can ask for the authors'
+rules apart from the shipped ones.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ import regorus
 
 from veil.errors import PolicyError
 from veil.policy import DECISION, EMPTY_INPUT, DataLoader, PolicyModule, load_modules
+from veil.policy.plan import R1_WINDOW, WINDOWS, RowPlan, plan
 
 
 def first_line(exc: BaseException) -> str:
@@ -49,12 +54,30 @@ def refers_to_raw(engine: Any) -> bool:
     return False
 
 
+_serials = itertools.count(1)
+
+
 @dataclass(frozen=True, eq=False)
 class _Generation:
-    """One loaded policy set; compared by identity."""
+    """One loaded policy set (as the interpreter loads it); compared by identity."""
 
     modules: tuple[PolicyModule, ...]
     needs_raw: bool
+    plan: RowPlan | None
+    serial: int
+
+
+class _Evaluation:
+    """One answer's hold on this thread's interpreter: one policy generation, one data version."""
+
+    def __init__(self, owner: EmbeddedEngine, state: _ThreadState) -> None:
+        self._owner = owner
+        self._engine = state.engine
+        self.plan = state.generation.plan
+        self.key: Hashable = (state.generation.serial, state.data_version)
+
+    def evaluate(self, rule: str, input_json: bytes) -> Any:
+        return self._owner._eval(self._engine, rule, input_json)
 
 
 class _ThreadState:
@@ -94,11 +117,13 @@ class EmbeddedEngine:
         policy = tuple(m for m in modules if not m.is_test)
         if not policy:
             raise PolicyError(f"policy directory {self.directory} holds no policy (.rego) file")
-        probe = new_engine(policy)
-        self._check(probe)
-        return _Generation(policy, refers_to_raw(probe))
+        row_plan = plan(policy)
+        served = row_plan.modules if row_plan is not None else policy
+        probe = new_engine(served)
+        self._check(probe, row_plan)
+        return _Generation(served, refers_to_raw(probe), row_plan, next(_serials))
 
-    def _check(self, engine: Any) -> None:
+    def _check(self, engine: Any, row_plan: RowPlan | None) -> None:
         """Evaluate an empty answer once: errors that show only at evaluation stop start-up."""
         engine.add_data_json(self._data_json)
         engine.set_input_json(json.dumps(EMPTY_INPUT))
@@ -111,6 +136,11 @@ class EmbeddedEngine:
             raise PolicyError(f"{DECISION} fails to evaluate: {first_line(exc)}") from exc
         if result is None:
             raise PolicyError(f"{DECISION} is undefined in {self.directory}")
+        if row_plan is not None and R1_WINDOW in row_plan.shipped:
+            try:
+                engine.eval_rule(WINDOWS)
+            except RuntimeError as exc:
+                raise PolicyError(f"{WINDOWS} fails to evaluate: {first_line(exc)}") from exc
 
     def reload(self, modules: Sequence[PolicyModule]) -> None:
         """Serve ``modules`` (test files are left out) from now on; on PolicyError keep the old."""
@@ -140,7 +170,7 @@ class EmbeddedEngine:
             return pinned  # the input was built without raw rows: the new policy must not see it
         return current
 
-    def _thread_engine(self) -> Any:
+    def _thread_state(self) -> _ThreadState:
         generation = self._serving()
         state: _ThreadState | None = getattr(self._local, "state", None)
         if state is None or state.generation is not generation:
@@ -152,18 +182,30 @@ class EmbeddedEngine:
             state.engine.clear_data()
             state.engine.add_data_json(data_json)
             state.data_version = version
-        return state.engine
+        return state
 
-    def evaluate(self, input_json: bytes) -> Any:
+    def begin(self) -> _Evaluation:
+        """Hold this thread's interpreter, as the policy and data are now, for one answer."""
         try:
-            engine = self._thread_engine()
+            return _Evaluation(self, self._thread_state())
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # PanicException is a BaseException
+            self._local.state = None
+            raise PolicyError(f"embedded policy evaluation failed: {first_line(exc)}") from exc
+
+    def _eval(self, engine: Any, rule: str, input_json: bytes) -> Any:
+        try:
             engine.set_input_json(input_json.decode())
-            return engine.eval_rule(DECISION)
+            return engine.eval_rule(rule)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # PanicException is a BaseException
             self._local.state = None  # never reuse an interpreter that failed mid-evaluation
             raise PolicyError(f"embedded policy evaluation failed: {first_line(exc)}") from exc
+
+    def evaluate(self, input_json: bytes) -> Any:
+        return self.begin().evaluate(DECISION, input_json)
 
     def ready(self) -> bool:
         return True

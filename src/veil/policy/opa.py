@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,8 +39,16 @@ from opa_client.errors import (
 )
 
 from veil.errors import PolicyError
-from veil.policy import EMPTY_INPUT, DataLoader, Decision, PolicyModule, load_modules
+from veil.policy import (
+    DECISION,
+    EMPTY_INPUT,
+    DataLoader,
+    Decision,
+    PolicyModule,
+    load_modules,
+)
 from veil.policy.embedded import new_engine, refers_to_raw
+from veil.policy.plan import RowPlan, plan
 
 log = logging.getLogger("veil.policy.opa")
 
@@ -134,6 +142,8 @@ class OpaEngine:
             loaded = load_modules(directory) if modules is None else modules
             self._modules = [m for m in loaded if not m.is_test]
             self._needs_raw = refers_to_raw(new_engine(self._modules))
+        self._plan = None if bundle else _opa_plan(self._modules)
+        self._policy_serial = 0  # moves on with each reload
         self._raw_epoch = 0  # moves on each time a policy that reads raw starts being loaded
         self._pinned = threading.local()  # (raw epoch, needs_raw) the thread's input was built for
         self._lock = threading.RLock()
@@ -170,6 +180,11 @@ class OpaEngine:
             self._synced_version = version
             return
         with self._lock:
+            if held is None:
+                # OPA holds no state of Veil's: it restarted, and lost the policies too unless
+                # they are mounted. Answers may not ask OPA at all (actors' windows cached), so
+                # load them now rather than on an undefined decision.
+                self._policies_loaded = False
             try:
                 self._push_data(load)
                 if not self.bundle and not self._policies_loaded:
@@ -179,25 +194,25 @@ class OpaEngine:
                 raise
 
     def evaluate(self, input_json: bytes) -> Any:
-        pinned: tuple[int, bool] | None = self._pinned.__dict__.pop("value", None)
-        result = self._evaluate(input_json)
-        if pinned is not None and not pinned[1] and self._raw_epoch != pinned[0]:
-            raise PolicyError("the policy was reloaded while this answer was prepared (the new "
-                              "one reads raw rows, which the input does not carry)")
-        return result
+        return self.begin().evaluate(DECISION, input_json)
 
-    def _evaluate(self, input_json: bytes) -> Any:
+    def begin(self) -> _OpaEvaluation:
+        """Hold OPA's policy set and data version for one answer (see ``needs_raw``)."""
+        pinned: tuple[int, bool] | None = self._pinned.__dict__.pop("value", None)
+        return _OpaEvaluation(self, pinned)
+
+    def _evaluate(self, input_json: bytes, path: str = DECISION_PATH) -> Any:
         if self._synced_version < 0:
             raise PolicyError("OPA does not hold Veil's current data.veil (see the log)")
         body = b'{"input":' + input_json + b"}"
         generation = self._generation
-        result = self._post_decision(body)
+        result = self._post_decision(body, path)
         if result is UNDEFINED:
             log.warning("data.veil.privacy.decision is undefined in OPA at %s; loading Veil's "
                         "%s again and retrying once", self.opa_url,
                         "data" if self.bundle else "data and policies")
             self._reload(generation)
-            result = self._post_decision(body)
+            result = self._post_decision(body, path)
             if result is UNDEFINED:
                 raise PolicyError(self._undefined_detail())
         return result
@@ -217,6 +232,8 @@ class OpaEngine:
             raise PolicyError(f"policy directory {self.directory} holds no policy (.rego) file")
         needs_raw = refers_to_raw(new_engine(policy))
         with self._lock:
+            self._policy_serial += 1
+            previous_plan, self._plan = self._plan, None  # until the new set is in
             previous, previous_raw = self._modules, self._needs_raw
             if needs_raw and not previous_raw:
                 self._raw_epoch += 1
@@ -232,11 +249,13 @@ class OpaEngine:
                 try:
                     self._load_policies()
                     self._needs_raw = previous_raw
+                    self._plan = previous_plan
                 except PolicyError as restore:
                     log.error("the previous policy could not be put back into OPA: %s",
                               restore.detail)
                 raise PolicyError(f"OPA did not take the new policy: {exc.detail}") from exc
             self._needs_raw = needs_raw
+            self._plan = _opa_plan(policy)
 
     def ready(self) -> bool:
         """OPA is healthy and answers the decision with Veil's current data loaded.
@@ -267,10 +286,11 @@ class OpaEngine:
 
     # ---- talking to OPA --------------------------------------------------------------
 
-    def _post_decision(self, body: bytes) -> Any:
-        """The decision's value, or UNDEFINED; PolicyError when OPA does not answer well."""
+    def _post_decision(self, body: bytes, path: str = DECISION_PATH) -> Any:
+        """The value at ``path`` (the decision), or UNDEFINED; PolicyError when OPA does not
+        answer well."""
         try:
-            response = self._client.post_data(DECISION_PATH, body)
+            response = self._client.post_data(path, body)
         except requests.Timeout as exc:
             raise PolicyError(f"OPA at {self.opa_url} did not answer within "
                               f"{self.timeout_s:g} s") from exc
@@ -399,6 +419,35 @@ class OpaEngine:
                     "bundle with Veil's policies activated?")
         return (f"data.veil.privacy.decision is still undefined in OPA at {self.opa_url} "
                 "after loading Veil's policies and data again")
+
+
+class _OpaEvaluation:
+    """One answer's hold on OPA: fails closed if the policy set or data version moved on."""
+
+    def __init__(self, owner: OpaEngine, pinned: tuple[int, bool] | None) -> None:
+        self._owner = owner
+        self._pinned = pinned
+        self.plan = owner._plan
+        self.key: Hashable = (owner._policy_serial, owner._synced_version)
+
+    def evaluate(self, rule: str, input_json: bytes) -> Any:
+        owner = self._owner
+        result = owner._evaluate(input_json, rule.removeprefix("data.").replace(".", "/"))
+        pinned = self._pinned
+        if pinned is not None and not pinned[1] and owner._raw_epoch != pinned[0]:
+            raise PolicyError("the policy was reloaded while this answer was prepared (the new "
+                              "one reads raw rows, which the input does not carry)")
+        if (owner._policy_serial, owner._synced_version) != self.key:
+            raise PolicyError("the policy or data.veil in OPA changed while this answer was "
+                              "decided")
+        return result
+
+
+def _opa_plan(modules: Sequence[PolicyModule]) -> RowPlan | None:
+    """OPA serves the policy as written: Veil follows it only when it holds no rule of an
+    author's in ``private_rows`` (those are evaluated with the whole decision)."""
+    found = plan(modules)
+    return found if found is not None and not found.custom else None
 
 
 def _message(response: requests.Response) -> str:

@@ -1,0 +1,164 @@
+"""Which rows of one answer are private: the policy's word, computed once per actor.
+
+For a policy whose plan (``veil.policy.plan``) Veil follows, the private windows of each
+(actor type, actor) come from the policy's ``data.veil.privacy.actor_windows``, asked only for
+the actors not yet cached for this policy set and state version, and the shipped rules R1 and
+R2 are applied to the rows here; the authors' ``private_rows`` rules, if any, are evaluated by
+the engine on the answer's rows. A reveal, and any policy Veil does not follow, is decided by
+``data.veil.privacy.decision`` as a whole. Anything the engine cannot answer, or answers in a
+shape Veil does not expect, fails closed (every row private).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import orjson
+
+from veil.policy import DECISION, Decision, Evaluation
+from veil.policy.plan import (
+    BOTH_RULE,
+    CUSTOM_RULE,
+    R1_WINDOW,
+    R2_ACTOR,
+    R2_TIME,
+    WINDOWS,
+    RowPlan,
+)
+
+Windows = tuple[tuple[int | float, int | float], ...]
+MAX_CACHED_ACTORS = 200_000  # per policy set and state version; the cache starts over beyond
+MAX_TABLES = 4  # policy sets or state versions cached at once (threads can lag one behind)
+
+_NUMBER = (int, float)
+
+
+class RowDecider:
+    """Decides one answer's rows on an engine; caches each actor's windows per ``key``."""
+
+    def __init__(self) -> None:
+        self._tables: dict[Hashable, dict[tuple[Any, str], Windows]] = {}
+        self._lock = threading.Lock()
+
+    def decide(self, begin: Callable[[], Evaluation], document: dict[str, Any],
+               rows: Sequence[dict[str, Any]]) -> Decision:
+        """The decision for ``document`` (the policy input, its ``rows`` being ``rows``).
+
+        Raises PolicyError when the engine fails; returns a failed Decision when its answer
+        is malformed (both mean: hide every row).
+        """
+        evaluation = begin()
+        row_plan = evaluation.plan
+        if row_plan is None or document.get("reveal_session_id") is not None:
+            result = evaluation.evaluate(DECISION, orjson.dumps(document))
+            return Decision.read(result, len(rows))
+        private = self.private_rows(evaluation, row_plan, document, rows)
+        if private is None:
+            return Decision.fail_closed()
+        return Decision(frozenset(private), False, ())
+
+    def private_rows(self, evaluation: Evaluation, row_plan: RowPlan,
+                     document: dict[str, Any], rows: Sequence[dict[str, Any]]) -> set[int] | None:
+        """``private_rows`` for the answer as the plan computes it, with at most one
+        evaluation; None when the policy's answer is malformed."""
+        shipped = row_plan.shipped
+        no_actor, no_time, in_window = (R2_ACTOR in shipped, R2_TIME in shipped,
+                                        R1_WINDOW in shipped)
+        private: set[int] = set()
+        add = private.add
+        table = self._table(evaluation.key) if in_window else {}
+        cached = table.get
+        pending: list[int] = []  # rows whose (actor type, actor) is not cached yet
+        missing: dict[tuple[Any, str], None] = {}
+        for i, row in enumerate(rows):  # one pass: R2, then R1 from the cache
+            actor, ts = row.get("actor"), row.get("ts_ns")
+            if actor is None or ts is None:
+                if (no_actor and actor is None) or (no_time and ts is None):
+                    add(i)
+                continue  # R1 compares a time, of an actor: neither is here
+            if in_window and type(actor) is str:
+                pair = (row.get("actor_type"), actor)
+                windows = cached(pair)
+                if windows is None:
+                    pending.append(i)
+                    missing[pair] = None
+                elif windows:
+                    for start, end in windows:
+                        if start <= ts < end:
+                            add(i)
+                            break
+        custom: Any = None
+        if missing:
+            pairs = list(missing)
+            if row_plan.custom:  # one evaluation on the answer for both
+                both = evaluation.evaluate(BOTH_RULE, orjson.dumps(document))
+                if not isinstance(both, dict):
+                    return None
+                fresh = _read_windows(both.get("windows"), pairs)
+                custom = both.get("custom")
+            else:
+                fresh = _read_windows(evaluation.evaluate(WINDOWS, _probe(pairs)), pairs)
+            if fresh is None:
+                return None
+            if len(table) + len(fresh) > MAX_CACHED_ACTORS:
+                table.clear()
+            table.update(fresh)
+            for i in pending:
+                row = rows[i]
+                ts = row["ts_ns"]
+                if any(start <= ts < end
+                       for start, end in fresh[(row.get("actor_type"), row["actor"])]):
+                    add(i)
+        if row_plan.custom:
+            if custom is None:
+                custom = evaluation.evaluate(CUSTOM_RULE, orjson.dumps(document))
+            if not isinstance(custom, (set, frozenset, list, tuple)):
+                return None
+            for index in custom:
+                if type(index) is not int or not 0 <= index < len(rows):
+                    return None
+                add(index)
+        return private
+
+    def _table(self, key: Hashable) -> dict[tuple[Any, str], Windows]:
+        table = self._tables.get(key)
+        if table is None:
+            with self._lock:
+                table = self._tables.get(key)
+                if table is None:
+                    while len(self._tables) >= MAX_TABLES:
+                        self._tables.pop(next(iter(self._tables)))
+                    table = self._tables[key] = {}
+        return table
+
+
+def _probe(pairs: list[tuple[Any, str]]) -> bytes:
+    """An input with one row per (actor type, actor): what ``actor_windows`` reads."""
+    return orjson.dumps({
+        "caller": "", "request": {}, "reveal_session_id": None, "session": None, "now_ns": 0,
+        "rows": [{"index": n, "id": None, "actor": actor, "actor_type": kind, "ts_ns": None}
+                 for n, (kind, actor) in enumerate(pairs)]})
+
+
+def _read_windows(result: Any, pairs: list[tuple[Any, str]]
+                  ) -> dict[tuple[Any, str], Windows] | None:
+    """The windows of these pairs in an ``actor_windows`` answer; None when malformed."""
+    if not isinstance(result, dict):
+        return None
+    read: dict[tuple[Any, str], Windows] = {}
+    for kind, by_actor in result.items():  # all of it must be well-formed, asked or not
+        if not isinstance(by_actor, dict):
+            return None
+        for actor, found in by_actor.items():
+            if not isinstance(found, (list, tuple)):
+                return None
+            windows = []
+            for window in found:
+                if not isinstance(window, (list, tuple)) or len(window) != 2 or not all(
+                        type(bound) in _NUMBER for bound in window):
+                    return None
+                windows.append((window[0], window[1]))
+            read[(kind, actor)] = tuple(windows)
+    return {pair: read.get(pair, ()) for pair in pairs}
