@@ -3,7 +3,11 @@ engine fault failing closed (rows hidden; a reveal is 503)."""
 
 from __future__ import annotations
 
+import gc
+import json
 import shutil
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +17,7 @@ from flask.testing import FlaskClient
 
 from veil.app import create_app
 from veil.errors import PolicyError
+from veil.policy import EMPTY_INPUT
 from veil.policy.embedded import EmbeddedEngine
 
 from conftest import ADMIN, GRANTOR, POLICIES, LoopbackStore, activity, auth, ids, iso, make_config
@@ -147,3 +152,30 @@ def test_storage_never_read_means_every_row_hidden(store: LoopbackStore, tmp_pat
     assert r.status_code == 200
     assert ids(r) == []
     assert r.headers["Veil-Degraded"] == "policy"
+
+
+def test_an_engine_collected_in_another_thread_drops_no_interpreter_there(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A regorus interpreter dropped outside the thread that made it is an unraisable error
+    (and, under gunicorn or a test run, lands in whatever code runs the collector next)."""
+    unraisable: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook",
+                        lambda hook: unraisable.append(str(hook.exc_value)))
+    holder = [EmbeddedEngine(POLICIES)]  # the worker must not keep the engine alive itself
+    evaluated, release = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        holder[0].evaluate(json.dumps(EMPTY_INPUT).encode())  # an interpreter made here
+        evaluated.set()
+        release.wait(30)
+        EmbeddedEngine(POLICIES).evaluate(json.dumps(EMPTY_INPUT).encode())  # purges here
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert evaluated.wait(30)
+    holder.clear()
+    gc.collect()  # the engine dies here, in the main thread, while the worker lives on
+    release.set()
+    thread.join(30)
+    gc.collect()
+    assert unraisable == []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import weakref
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,28 @@ class _ThreadState:
         self.data_version = -1
 
 
+class _Interpreters(threading.local):
+    """This thread's interpreters, one per live EmbeddedEngine (by serial).
+
+    A regorus interpreter must also be *dropped* by the thread that made it (pyo3 refuses the
+    drop elsewhere, as an unraisable error). So interpreters live in the thread's own storage,
+    not in the engine: an engine collected by another thread drops nothing there; its entries
+    go when this thread next looks (``purge``) or ends.
+    """
+
+    def __init__(self) -> None:
+        self.states: dict[int, tuple[weakref.ref[EmbeddedEngine], _ThreadState]] = {}
+
+    def purge(self) -> None:
+        dead = [key for key, (owner, _) in self.states.items() if owner() is None]
+        for key in dead:
+            del self.states[key]
+
+
+_interpreters = _Interpreters()
+_engine_serials = itertools.count()
+
+
 class EmbeddedEngine:
     """Evaluates the decision with regorus in the calling thread."""
 
@@ -95,7 +118,8 @@ class EmbeddedEngine:
     def __init__(self, directory: Path,
                  modules: Sequence[PolicyModule] | None = None) -> None:
         self.directory = directory
-        self._local = threading.local()
+        self._serial = next(_engine_serials)
+        self._local = threading.local()  # the generation pinned by needs_raw (no interpreter)
         self._lock = threading.Lock()
         self._version = -1
         self._data_json = '{"veil": {}}'
@@ -172,10 +196,12 @@ class EmbeddedEngine:
 
     def _thread_state(self) -> _ThreadState:
         generation = self._serving()
-        state: _ThreadState | None = getattr(self._local, "state", None)
+        held = _interpreters.states.get(self._serial)
+        state = held[1] if held is not None else None
         if state is None or state.generation is not generation:
+            _interpreters.purge()
             state = _ThreadState(new_engine(generation.modules), generation)
-            self._local.state = state
+            _interpreters.states[self._serial] = (weakref.ref(self), state)
         if state.data_version != self._version:
             with self._lock:
                 version, data_json = self._version, self._data_json
@@ -191,7 +217,7 @@ class EmbeddedEngine:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # PanicException is a BaseException
-            self._local.state = None
+            self._forget()
             raise PolicyError(f"embedded policy evaluation failed: {first_line(exc)}") from exc
 
     def _eval(self, engine: Any, rule: str, input_json: bytes) -> Any:
@@ -201,7 +227,7 @@ class EmbeddedEngine:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # PanicException is a BaseException
-            self._local.state = None  # never reuse an interpreter that failed mid-evaluation
+            self._forget()  # never reuse an interpreter that failed mid-evaluation
             raise PolicyError(f"embedded policy evaluation failed: {first_line(exc)}") from exc
 
     def evaluate(self, input_json: bytes) -> Any:
@@ -210,5 +236,9 @@ class EmbeddedEngine:
     def ready(self) -> bool:
         return True
 
+    def _forget(self) -> None:
+        """Drop this thread's interpreter for this engine (in this thread, as regorus needs)."""
+        _interpreters.states.pop(self._serial, None)
+
     def close(self) -> None:
-        self._local = threading.local()
+        self._forget()
