@@ -55,20 +55,23 @@ def wait_until_ready(url: str, deadline_s: float = 60, *,
 
 
 @contextmanager
-def veil_serve(doc: dict[str, Any], tmp_path: Path, log: Path | None = None
+def veil_serve(doc: dict[str, Any], tmp_path: Path, log: Path | None = None,
+               env: dict[str, str] | None = None
                ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`veil serve` on a free port with this configuration; stopped with SIGTERM after.
-    Its standard error (Veil's and gunicorn's log) goes to ``log``, by default
-    ``tmp_path/veil-serve.log``, and is shown when it does not come up."""
-    path = tmp_path / "veil.yaml"
+    """`veil serve` on a free port with this configuration (and ``env`` added to the
+    environment); stopped with SIGTERM after. Its standard error (Veil's and gunicorn's log)
+    goes to ``log``, by default ``tmp_path/veil-serve-N.log``, and is shown when it does not
+    come up."""
+    serial = time.monotonic_ns()
+    path = tmp_path / f"veil-{serial}.yaml"
     path.write_text(yaml.safe_dump(doc))
     port = free_port()
-    log_path = log or tmp_path / "veil-serve.log"
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    log_path = log or tmp_path / f"veil-serve-{serial}.log"
+    base = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     with log_path.open("wb") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port",
-             str(port)], env={**env, "VEIL_TEST_JWT_SECRET": SECRET},
+             str(port)], env={**base, "VEIL_TEST_JWT_SECRET": SECRET, **(env or {})},
             stdout=subprocess.DEVNULL, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     try:

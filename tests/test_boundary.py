@@ -8,23 +8,16 @@ Every test runs against a real HTTP store on loopback and a real storage file or
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import socketserver
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-import yaml
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
@@ -34,6 +27,7 @@ from veil.config import from_dict
 from veil.errors import ConfigError
 
 from conftest import ADMIN, SECRET, LoopbackStore, activity, auth, config_doc, ids, iso, make_config
+from netutil import veil_serve
 
 A = auth(ADMIN)
 USER = "bob@contoso.com"
@@ -437,12 +431,12 @@ def test_a_change_between_decision_and_record_wins(app: Flask, client: FlaskClie
     store.state.rows = [activity(1, HR1, later()), activity(2, USER, later()),
                         activity(3, lee, later())]
     services = app.extensions["veil"]
-    storage, engine = services.storage, services.engine
-    decide = engine.evaluate
+    storage, query = services.storage, services.query
+    decide = query._decide
     changed: list[bool] = []
 
-    def evaluate_then_change(input_json: bytes) -> Any:
-        result = decide(input_json)
+    def decide_then_change(*args: Any) -> Any:
+        result = decide(*args)
         if not changed:  # once: right after the first decision, before its record
             changed.append(True)
             {"revoke-permission": lambda: storage.revoke_viewer(carol, ADMIN),
@@ -453,12 +447,12 @@ def test_a_change_between_decision_and_record_wins(app: Flask, client: FlaskClie
              }[change]()
         return result
 
-    engine.evaluate = evaluate_then_change  # type: ignore[method-assign]
+    query._decide = decide_then_change  # type: ignore[method-assign]
     try:
         r = client.get("/api/activities", headers={**auth(carol),
                                                    "Veil-Reveal-Session": session})
     finally:
-        engine.evaluate = decide  # type: ignore[method-assign]
+        query._decide = decide  # type: ignore[method-assign]
     assert changed
     revealed = actions(client, "activities_revealed")
     if change in ("make-private", "unrelated"):
@@ -562,41 +556,6 @@ def test_a_trickling_store_is_cut_at_the_deadline(trickling_store: str,
 
 
 # ---- the served process ----------------------------------------------------------------
-
-@contextmanager
-def veil_serve(doc: dict[str, Any], tmp_path: Path) -> Iterator[tuple[str, Any]]:
-    """`veil serve` on a free port; ready when /healthz answers (any request error retried)."""
-    path = tmp_path / f"veil-{time.monotonic_ns()}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port", str(port)],
-        env={**env, "VEIL_TEST_JWT_SECRET": SECRET}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"veil serve exited with {process.returncode}"
-            try:
-                if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "veil serve did not come up"
-            time.sleep(0.1)
-        yield url, process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-
 
 def test_served_boundary(store: LoopbackStore, trickling_store: str, tmp_path: Path) -> None:
     """`veil serve` (gunicorn workers): envelope, error answer, deadline and a reveal racing a

@@ -9,34 +9,20 @@ Every check must pass, or be skipped for a reason listed in ALLOWED_SKIPS:
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-import yaml
 from httpx2 import Client
 from scim2_client.engines.httpx2 import SyncSCIMClient
 from scim2_tester import Status, check_server
 
-from conftest import SECRET, LoopbackStore, config_doc
+from conftest import LoopbackStore, config_doc
+from netutil import veil_serve
 
 TOKEN = "conformance-token-0123456789"
 ALLOWED_SKIPS = ("POST /.search: searching several resource types at once",)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -45,34 +31,8 @@ def served(store: LoopbackStore, tmp_path: Path, storage_url: str) -> Iterator[s
     doc = config_doc(store.url, storage_url,
                      server={"workers": 2, "threads": 4},
                      scim={"token_env": "VEIL_SCIM_TOKEN"})
-    path = tmp_path / "veil.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port", str(port)],
-        env={**env, "VEIL_TEST_JWT_SECRET": SECRET, "VEIL_SCIM_TOKEN": TOKEN},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"veil serve exited with {process.returncode}"
-            try:
-                if requests.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "veil serve did not come up"
-            time.sleep(0.2)
+    with veil_serve(doc, tmp_path, env={"VEIL_SCIM_TOKEN": TOKEN}) as (url, _):
         yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
 
 
 def test_scim2_tester_finds_no_failure(served: str) -> None:
