@@ -208,7 +208,7 @@ def test_serve_logs_what_it_loaded(store: LoopbackStore, tmp_path: Path) -> None
     with veil_serve(doc, tmp_path, log) as (url, _):
         text = log.read_text()
     port = url.rsplit(":", 1)[1]
-    assert re.search(r"veil: configuration .*veil\.yaml$", text, re.M)
+    assert re.search(r"veil: configuration .*veil-\d+\.yaml$", text, re.M), text
     assert re.search(r"veil: policy .*policies: 1 policy file\(s\), set [0-9a-f]{12}, all "
                      r"\d+ policy tests passed$", text, re.M), text
     assert re.search(r"veil: engine embedded \(regorus [\d.]+, in-process\)$", text, re.M)
