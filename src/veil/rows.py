@@ -20,7 +20,7 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from veil import principal
@@ -476,7 +476,6 @@ class _Parser:
 # ---- normalization ------------------------------------------------------------------------
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 _fromisoformat = datetime.fromisoformat
 
 
@@ -516,7 +515,9 @@ class Normalizer:
         get_id, get_actor, get_type, get_ts = self._id, self._actor, self._type, self._ts
         apps = self.application_values
         flat = self._flat  # every field one level down: read the dict directly (hot loop)
-        to_ns = timestamp_ns
+        to_ns, key, fold = timestamp_ns, principal.key, principal.fold
+        actors: dict[str, str | None] = {}  # this answer's actors and their comparison keys
+        kinds: dict[str, str] = {}
         out: list[dict[str, Any]] = []
         append = out.append
         late: list[int] = []
@@ -532,13 +533,24 @@ class Normalizer:
                     row_id = None
                 elif not MIN_INT <= row_id <= MAX_INT:
                     late.append(index)
-            actor = principal.key(actor) if type(actor) is str else None
+            who: str | None = None
+            if type(actor) is str:  # few distinct actors per answer: each keyed once
+                try:
+                    who = actors[actor]
+                except KeyError:
+                    who = actors[actor] = key(actor)
+            if type(kind) is str:
+                try:
+                    actor_type = kinds[kind]
+                except KeyError:
+                    actor_type = kinds[kind] = ("application" if fold(kind) in apps else "user")
+            else:
+                actor_type = "user"
             row = {
                 "index": index,
                 "id": row_id,
-                "actor": actor,
-                "actor_type": ("application" if type(kind) is str and principal.fold(kind) in apps
-                               else "user"),
+                "actor": who,
+                "actor_type": actor_type,
                 "ts_ns": to_ns(ts),
             }
             if include_raw:
@@ -570,7 +582,8 @@ def timestamp_ns(value: Any) -> int | None:
             return None
         if moment.tzinfo is None:
             return None  # without an offset the instant is ambiguous: unreadable, private (R2)
-        ns: int = (moment - _EPOCH) // _MICROSECOND * 1000
+        since = moment - _EPOCH
+        ns: int = ((since.days * 86400 + since.seconds) * 1_000_000 + since.microseconds) * 1000
         if len(value) > 27 and value[19] == "." and value[20:27].isdigit():
             digits = value[26:29]  # beyond microseconds: keep the nanoseconds
             while digits and not digits.isdigit():
