@@ -94,6 +94,26 @@ def test_normalizer_reads_through_pointers() -> None:
     assert "raw" not in normalizer.rows(rows, include_raw=False)[0]
 
 
+def test_repeated_actors_and_types_are_read_alike_in_every_row() -> None:
+    """Each distinct actor is keyed once per answer: every row still gets its own verdict."""
+    from veil import principal
+    normalizer = Normalizer(FieldPointers(), frozenset({"Application"}))
+    names = ["Ann@Contoso.COM", "ann@contoso.com", "ann@contoso.com\u3000", "", "Åsa@Contoso.com",
+             "A\u030asa@contoso.com", "bob@contoso.com", 7, None]
+    kinds = ["application", "APPLICATION", "User", "", 3, None, "application\u3000"]
+    rows = [{"id": n, "user": names[n % len(names)], "actorType": kinds[n % len(kinds)],
+             "timestamp": f"2024-01-01T00:00:{n % 60:02d}Z"} for n in range(3 * 63)]
+    out = normalizer.rows(rows, include_raw=False)
+    for row, seen in zip(rows, out, strict=True):
+        actor, kind = row["user"], row["actorType"]
+        assert seen["actor"] == (principal.key(actor) if type(actor) is str else None)
+        assert seen["actor_type"] == ("application" if kind in ("application", "APPLICATION")
+                                      else "user")
+        assert seen["ts_ns"] == timestamp_ns(row["timestamp"])
+    assert {r["actor"] for r in out} == {"ann@contoso.com", "åsa@contoso.com",
+                                        "bob@contoso.com", None}
+
+
 def test_repeated_keys_are_found_where_they_matter() -> None:
     body = (b'{"data": [{"user": "a", "user": "b"}, {"user": "a", "note": "\\"user\\""},'
             b' {"x": 1, "x": 2}, {"who": {"user": 1, "user" : 2}}, {"kind": "user"}]}')
