@@ -64,33 +64,66 @@ rows_in_private_window contains i if {
 #   it, and applies it to every row itself (see policies/README.md, "The fast path").
 # entrypoint: true
 actor_windows := {kind: windows_by_actor |
-	some kind in {"user", "application"}
+	some kind, actors in actors_of_type
 	windows_by_actor := {actor: windows |
-		some row in input.rows
-		row.actor_type == kind
-		actor := row.actor
-		is_string(actor)
-		windows := array.concat(member_windows(actor), built_in_windows(actor, kind))
+		some actor in actors
+		from_groups := object.get(member_windows, actor, [])
+		windows := array.concat(from_groups, built_in_windows(actor, kind))
 		count(windows) > 0
 	}
 }
 
-# Windows of the imported private groups the actor is in, and of those they left: a member
-# who left stays private up to the moment they left.
-member_windows(actor) := array.concat(
-	[window |
-		some group, _ in data.veil.privacy_groups
-		not group in {"application", "external"}
-		data.veil.groups[group].members[actor]
-		some window in group_windows[group]
-	],
-	[[window[0], min([window[1], left])] |
-		some group, _ in data.veil.privacy_groups
-		left := data.veil.groups[group].former_members[actor]
-		some window in group_windows[group]
-		window[0] < left
-	],
-)
+# Windows of the imported private groups each actor is in, and of those they left: a member
+# who left stays private up to the moment they left. Only actors with such a window appear.
+member_windows := {actor: windows |
+	some actor in members_present | former_members_present
+	windows := array.concat(
+		[window |
+			some group, present in members_by_group
+			present[actor]
+			some window in group_windows[group]
+		],
+		[[window[0], min([window[1], left])] |
+			some group, gone in former_members_by_group
+			left := gone[actor]
+			some window in group_windows[group]
+			window[0] < left
+		],
+	)
+}
+
+# {group: the answer's actors who are members} for each imported private group.
+members_by_group := {group: present |
+	some group, _ in data.veil.privacy_groups
+	not group in {"application", "external"}
+	members := object.get(data.veil.groups, [group, "members"], {})
+	present := {actor | some actor in answer_actors; members[actor]}
+}
+
+# {group: {actor: left_ns}} for the answer's actors who left an imported private group.
+former_members_by_group := {group: gone |
+	some group, _ in data.veil.privacy_groups
+	former := object.get(data.veil.groups, [group, "former_members"], {})
+	count(former) > 0
+	gone := {actor: left | some actor in answer_actors; left := former[actor]}
+}
+
+members_present := {actor | some present in members_by_group; some actor in present}
+
+former_members_present := {actor | some gone in former_members_by_group; some actor, _ in gone}
+
+# The answer's distinct actors by actor type. The rules above work per group and per distinct
+# actor, never per row, with the data.veil lookups hoisted out of their comprehensions.
+actors_of_type := {kind: {actor |
+	some row in input.rows
+	row.actor_type == kind
+	actor := row.actor
+	is_string(actor)
+} |
+	some kind in {"user", "application"}
+}
+
+answer_actors := actors_of_type.user | actors_of_type.application
 
 group_windows := {group: [window_of(interval) | some interval in intervals] |
 	some group, intervals in data.veil.privacy_groups
