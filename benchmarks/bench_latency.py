@@ -171,9 +171,10 @@ def token(principal: str) -> str:
 
 
 @contextmanager
-def veil_server(config_path: Path, port: int, log_path: Path) -> Iterator[str]:
+def veil_server(config_path: Path, port: int, log_path: Path,
+                extra_env: dict[str, str] | None = None, start_s: float = 30) -> Iterator[str]:
     """``veil serve`` in a subprocess, as in production; stopped with SIGTERM."""
-    env = {**os.environ, SECRET_ENV: SECRET}
+    env = {**os.environ, SECRET_ENV: SECRET, **(extra_env or {})}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with log_path.open("w") as log:
         process = subprocess.Popen(
@@ -181,17 +182,17 @@ def veil_server(config_path: Path, port: int, log_path: Path) -> Iterator[str]:
             stdout=log, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + start_s
             while True:
                 if process.poll() is not None:
                     raise SystemExit(f"veil serve exited ({process.returncode}); see {log_path}")
                 try:
-                    if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
                         break
                 except requests.RequestException:
                     pass
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"veil serve did not start in 30 s; see {log_path}")
+                    raise SystemExit(f"veil serve did not start in {start_s:g} s; see {log_path}")
                 time.sleep(0.1)
             yield url
         finally:

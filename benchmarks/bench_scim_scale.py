@@ -27,9 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,7 +38,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import jwt
 import orjson
 import regorus
 import requests
@@ -56,10 +52,10 @@ from veil.rows import Normalizer, parse_answer, pointer_tokens
 from veil.storage import open_storage
 from veil.storage.directory import former_of, members_of
 
-ROOT = Path(__file__).resolve().parent.parent
-SECRET_ENV, SECRET = "VEIL_BENCH_JWT_SECRET", "benchmark-secret-that-is-long-enough-for-hs256"
+# run as a script, this folder is on sys.path: one veil serve, token and port for both benches
+from bench_latency import ADMIN, CALLER, ROOT, SECRET_ENV, free_port, median, token, veil_server
+
 TOKEN_ENV, TOKEN = "VEIL_BENCH_SCIM_TOKEN", "benchmark-scim-token-0123456789"
-ADMIN, CALLER = "alice@contoso.com", "bob@contoso.com"
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
@@ -73,26 +69,9 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def token(principal: str) -> str:
-    now = int(time.time())
-    return jwt.encode({"upn": principal, "iss": "https://idp.bench", "aud": "veil",
-                       "iat": now, "exp": now + 86400}, SECRET, algorithm="HS256")
 
 
 @contextmanager
@@ -114,7 +93,8 @@ def loopback_store(body: list[bytes]) -> Iterator[str]:
 
 
 @contextmanager
-def veil_server(store_url: str, workdir: Path) -> Iterator[str]:
+def scim_veil(store_url: str, workdir: Path) -> Iterator[str]:
+    """bench_latency's ``veil serve`` with SCIM switched on, on SQLite in ``workdir``."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     doc = {
@@ -131,34 +111,9 @@ def veil_server(store_url: str, workdir: Path) -> Iterator[str]:
         "scim": {"token_env": TOKEN_ENV},
     }
     (workdir / "veil.yaml").write_text(yaml.safe_dump(doc))
-    env = {**os.environ, SECRET_ENV: SECRET, TOKEN_ENV: TOKEN}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    with (workdir / "veil.log").open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "veil.cli", "serve", "--config", str(workdir / "veil.yaml")],
-            stdout=log, stderr=subprocess.STDOUT, env=env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if process.poll() is not None:
-                    raise SystemExit(f"veil serve exited; see {workdir / 'veil.log'}")
-                try:
-                    if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("veil serve did not start in 60 s")
-                time.sleep(0.2)
-            yield url
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with veil_server(workdir / "veil.yaml", port, workdir / "veil.log",
+                     extra_env={TOKEN_ENV: TOKEN}, start_s=60) as url:
+        yield url
 
 
 class Provisioner:
@@ -375,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     body: list[bytes] = [b""]
     with tempfile.TemporaryDirectory(prefix="veil-scim-bench-") as tmp, \
             loopback_store(body) as store_url, \
-            veil_server(store_url, Path(tmp) / "small") as small_url, \
-            veil_server(store_url, Path(tmp) / "large") as large_url:
+            scim_veil(store_url, Path(tmp) / "small") as small_url, \
+            scim_veil(store_url, Path(tmp) / "large") as large_url:
         print(f"small: {len(small_groups)} groups; large: {len(names):,} users in "
               f"{len(large_groups):,} groups ({sum(map(len, large_groups.values())):,} "
               "memberships)", flush=True)
