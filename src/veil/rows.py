@@ -1,7 +1,15 @@
 """Reading the store's answer: rows, their spans, and what Veil cannot read, in one pass.
 
-The body is read once by the standard library's C JSON scanner, row by row, recording where
-each row starts and ends. That same pass yields, per row, whether a key Veil reads appears
+Fast path: orjson decodes the whole body once; when every row is an object, the row
+boundaries are the ``}``-``,``-``{`` sequences after the array's first row, found at C speed,
+and they are exact when there are as many of them in the rest of the body as the array has
+rows minus one (every true boundary is one, so none is extra). orjson refuses what Veil must
+judge itself (NaN, lone surrogates, very deep nesting) and turns integers beyond 64 bits into
+floats, so such bodies take the reference path below, and rows that may hold an integer of 19
+digits or more are decoded again by it.
+
+Reference path: the body is read once by the standard library's C JSON scanner, row by row,
+recording where each row starts and ends. That same pass yields, per row, whether a key Veil reads appears
 twice (names compared after JSON unescaping) and whether the row holds a value Veil cannot
 represent (a lone surrogate; an integer beyond 64 bits where Veil or the policy reads it;
 ``NaN``/``Infinity``). Such rows are unreadable, so private (R2). The checks are counts at C
@@ -23,6 +31,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+import orjson
+
 from veil import principal
 from veil.config import FieldPointers
 from veil.errors import UpstreamBadBody, UpstreamNoRows
@@ -37,6 +47,12 @@ _SPACED_COLON = re.compile(r'"[ \t\n\r]+:')
 # A decoded string holds a lone surrogate only through a \uD800-\uDFFF escape: raw surrogates
 # are not UTF-8, so a body holding one does not decode at all.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+# Between two rows that are objects: "}", optional whitespace, ",", optional whitespace, "{".
+_BOUNDARY = re.compile(r"\}[ \t\n\r]*,[ \t\n\r]*\{")
+# Squeezing a body: whitespace deleted (so member names are followed by '":'), digits made '0'
+# (so a run of 19 digits, where an integer may leave 64 bits, is one find).
+_SQUEEZE = bytes.maketrans(b"0123456789", b"0" * 10)
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
 _scan_string = json.decoder.scanstring  # type: ignore[attr-defined]
 _skip_value = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
@@ -106,23 +122,29 @@ def resolve(document: Any, tokens: Sequence[str]) -> Any:
 
 
 def parse_answer(body: bytes, rows_pointer: Tokens, keep: Sequence[Tokens] = (),
-                 read: Sequence[Tokens] | None = None, raw: bool = False) -> Answer:
+                 read: Sequence[Tokens] | None = None, raw: bool = False,
+                 fast: bool = True) -> Answer:
     """Parse the store's body in one pass; raise UpstreamBadBody unless the pointer names an array.
 
     ``keep`` are the envelope members returned beside the rows; ``read`` the row fields Veil
     reads (None: every key counts), whose repetition makes a row unreadable; ``raw``: the
     policy reads whole rows, so any repeated key, any integer beyond 64 bits and any nesting
-    deeper than ``MAX_RAW_DEPTH`` make a row unreadable too.
+    deeper than ``MAX_RAW_DEPTH`` make a row unreadable too. ``fast=False``: the reference
+    path only (the tests compare both).
     """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UpstreamBadBody("the store's answer is not UTF-8 JSON") from exc
-    parser = _Parser(text, read, raw, body)
+    try:
+        document: Any = orjson.loads(body) if fast else _UNREAD
+    except orjson.JSONDecodeError:
+        document = _UNREAD  # perhaps NaN, a lone surrogate, deep nesting: the reference path
+    parser = _Parser(text, read, raw, body, fast=document is not _UNREAD)
     targets = ((rows_pointer, True), *((tokens, False) for tokens in keep))
     try:
         start = _skip(text, 0)
-        end, envelope = parser.value(start, targets)
+        end, envelope = parser.value(start, targets, document)
         if _skip(text, end) != len(text):
             raise UpstreamBadBody("the store's answer has trailing data after the JSON document")
     except RecursionError as exc:
@@ -256,12 +278,16 @@ class _Found:
     unreadable: frozenset[int]
 
 
+_UNREAD: Any = object()  # no decoded document (or no node of it) to go with the text
+
+
 class _Parser:
     """One pass over a body: descends to the rows array and the kept members."""
 
     def __init__(self, text: str, read: Sequence[Tokens] | None, raw: bool,
-                 body: bytes | None = None) -> None:
+                 body: bytes | None = None, fast: bool = False) -> None:
         self.text = text
+        self.fast = fast
         self.body = text.encode() if body is None else body
         self.read = read
         self.raw = raw
@@ -293,8 +319,10 @@ class _Parser:
         scan: Callable[[str, int], tuple[Any, int]] = decoder.scan_once  # type: ignore[attr-defined]
         return scan
 
-    def value(self, pos: int, targets: tuple[tuple[Tokens, bool], ...]) -> tuple[int, Any]:
-        """Read the value at ``pos``; what of it is returned (None: nothing)."""
+    def value(self, pos: int, targets: tuple[tuple[Tokens, bool], ...],
+              node: Any = _UNREAD) -> tuple[int, Any]:
+        """Read the value at ``pos`` (``node``: the same value as orjson decoded it, if it
+        did); what of it is returned (None: nothing)."""
         text = self.text
         for tokens, is_rows in targets:
             if not tokens:  # pointers are prefix-free: this is the only target here
@@ -304,16 +332,17 @@ class _Parser:
                 if text[pos] != "[":
                     _, end = _skip_value(text, pos)
                     return end, None
-                return self.rows_array(pos), ROWS
+                return self.rows_array(pos, node), ROWS
         char = text[pos]
         if char == "{":
-            return self.object(pos, targets)
+            return self.object(pos, targets, node)
         if char == "[":
-            return self.array(pos, targets)
+            return self.array(pos, targets, node)
         _, end = _skip_value(text, pos)
         return end, None
 
-    def object(self, pos: int, targets: tuple[tuple[Tokens, bool], ...]) -> tuple[int, Any]:
+    def object(self, pos: int, targets: tuple[tuple[Tokens, bool], ...],
+               node: Any = _UNREAD) -> tuple[int, Any]:
         text = self.text
         found = _Members()
         seen: set[str] = set()
@@ -333,9 +362,10 @@ class _Parser:
                 if key in seen:
                     raise UpstreamBadBody(f"the store's answer repeats the member {key!r}")
                 seen.add(key)
-                pos, node = self.value(pos, below)
-                if node is not None:
-                    found[key] = node
+                child = node.get(key, _UNREAD) if type(node) is dict else _UNREAD
+                pos, kept = self.value(pos, below, child)
+                if kept is not None:
+                    found[key] = kept
             else:
                 _, pos = _skip_value(text, pos)
             pos = _skip(text, pos)
@@ -345,7 +375,8 @@ class _Parser:
                 raise ValueError("expected ',' or '}'")
             pos = _skip(text, pos + 1)
 
-    def array(self, pos: int, targets: tuple[tuple[Tokens, bool], ...]) -> tuple[int, Any]:
+    def array(self, pos: int, targets: tuple[tuple[Tokens, bool], ...],
+              node: Any = _UNREAD) -> tuple[int, Any]:
         text = self.text
         found = _Items()
         index = 0
@@ -355,9 +386,10 @@ class _Parser:
         while True:
             below = tuple((t[1:], r) for t, r in targets if t[0] == str(index))
             if below:
-                pos, node = self.value(pos, below)
-                if node is not None:
-                    found[index] = node
+                child = node[index] if type(node) is list and index < len(node) else _UNREAD
+                pos, kept = self.value(pos, below, child)
+                if kept is not None:
+                    found[index] = kept
             else:
                 _, pos = _skip_value(text, pos)
             index += 1
@@ -368,10 +400,15 @@ class _Parser:
                 raise ValueError("expected ',' or ']'")
             pos = _skip(text, pos + 1)
 
-    def rows_array(self, start: int) -> int:
-        """Decode each row with the C scanner and remember where it starts and ends."""
+    def rows_array(self, start: int, decoded: Any = _UNREAD) -> int:
+        """Find each row and where it starts and ends: from orjson's ``decoded`` rows when
+        their boundaries can be proven (see the module's docstring), else with the C scanner."""
         if self.answer is not None:
             raise UpstreamBadBody("the store's answer has two rows arrays")
+        if self.fast and type(decoded) is list:
+            end = self.fast_rows_array(start, decoded)
+            if end is not None:
+                return end
         text = self.text
         rows: list[Any] = []
         spans: list[tuple[int, int]] = []
@@ -413,25 +450,75 @@ class _Parser:
         self.answer = _Found(rows, spans, start, end, unreadable)
         return end
 
+    def fast_rows_array(self, start: int, rows: list[Any]) -> int | None:
+        """The rows array from orjson's rows; None when their boundaries are not proven."""
+        text = self.text
+        pos = _skip(text, start + 1)
+        if not rows:
+            if text[pos] != "]":
+                return None
+            self.answer = _Found(rows, [], start, pos + 1, frozenset())
+            return pos + 1
+        if text[pos] != "{" or set(map(type, rows)) != {dict}:
+            return None
+        # every boundary between two object rows matches, so when the rest of the body holds
+        # exactly len(rows) - 1 matches, they are the boundaries and nothing else
+        bounds = [match.span() for match in _BOUNDARY.finditer(text, pos)]
+        if len(bounds) != len(rows) - 1:
+            return None
+        starts = [pos]
+        starts.extend(after - 1 for _, after in bounds)
+        ends = [before + 1 for before, _ in bounds]
+        _, last = _skip_value(text, starts[-1])
+        ends.append(last)
+        end = _skip(text, last)
+        if text[end] != "]":
+            return None
+        end += 1
+        spans = list(zip(starts, ends, strict=True))
+        squeezed = self.body.translate(_SQUEEZE, _BLANK_BYTES)
+        flagged: list[int] = []
+        if squeezed.find(b"0" * 19) >= 0:  # an integer may be beyond 64 bits: decode again
+            rows = list(rows)
+            flags, scan = self.flags, self.scan
+            for index, (s, e) in enumerate(spans):
+                if _LONG_DIGITS.search(text, s, e) is None:
+                    continue
+                try:
+                    rows[index], _ = scan(text, s)
+                except ValueError:  # an integer of more digits than Python converts
+                    rows[index], _ = self.tolerant(text, s)
+                if flags:
+                    flagged.append(index)
+                    flags.clear()
+        names = (squeezed.count(b'":') - _names(text[:start].encode())
+                 - _names(text[end:].encode()))
+        unreadable = self.unreadable(rows, spans, start, end, flagged, names, surrogates=False)
+        self.answer = _Found(rows, spans, start, end, unreadable)
+        return end
+
     def tolerant(self, text: str, pos: int) -> tuple[Any, int]:
         if self._tolerant is None:
             self._tolerant = self._scanner(True)
         return self._tolerant(text, pos)
 
     def unreadable(self, rows: list[Any], spans: list[tuple[int, int]], start: int, end: int,
-                   flagged: list[int]) -> frozenset[int]:
+                   flagged: list[int], names: int | None = None,
+                   surrogates: bool = True) -> frozenset[int]:
         """Rows Veil cannot read with certainty (R2), found with counts over the whole array.
 
         Repeated keys: every member name is followed by ``":`` once the whitespace is taken
         out, so when the array holds as many ``":`` (outside whitespace) as its rows have
         distinct top-level keys, no object in any row repeats a name, however spelled (a ``":``
         inside a string only adds to the count). Rows the count cannot clear are decoded again
-        and their repeats located.
+        and their repeats located. ``names``: that count, if known; ``surrogates``: whether the
+        rows may hold a lone surrogate (orjson refuses them).
         """
         text = self.text
         bad = set(flagged)
-        if not (set(map(type, rows)) <= {dict}
-                and self.member_names(start, end) == sum(map(len, rows))):
+        if names is None and set(map(type, rows)) <= {dict}:
+            names = self.member_names(start, end)
+        if not (set(map(type, rows)) <= {dict} and names == sum(map(len, rows))):
             count, spaced = text.count, _SPACED_COLON.search
             for index, (s, e) in enumerate(spans):
                 row = rows[index]
@@ -440,7 +527,7 @@ class _Parser:
                     continue
                 if self.repeats_a_read_key(text[s:e]):
                     bad.add(index)
-        if _SURROGATE_ESCAPE.search(text, start, end):
+        if surrogates and _SURROGATE_ESCAPE.search(text, start, end):
             starts = [s for s, _ in spans]
             suspects = {bisect_right(starts, m.start()) - 1
                         for m in _SURROGATE_ESCAPE.finditer(text, start, end)}
@@ -456,12 +543,8 @@ class _Parser:
         """How many ``":`` the text ``[start, end)`` holds once its whitespace is taken out
         (counted in the UTF-8 body, where deleting bytes is one C pass)."""
         text = self.text
-
-        def names(part: bytes) -> int:
-            return part.translate(None, _BLANK_BYTES).count(b'":')
-
-        return (names(self.body) - names(text[:start].encode())
-                - names(text[end:].encode()))
+        return (_names(self.body) - _names(text[:start].encode())
+                - _names(text[end:].encode()))
 
     def repeats_a_read_key(self, row_text: str) -> bool:
         try:
@@ -471,6 +554,11 @@ class _Parser:
         if self.read is None or self.raw:
             return _repeats_anywhere(value)
         return any(_repeats_on(value, tokens) for tokens in self.read)
+
+
+def _names(part: bytes) -> int:
+    """How many ``":`` the bytes hold once their whitespace is taken out."""
+    return part.translate(None, _BLANK_BYTES).count(b'":')
 
 
 # ---- normalization ------------------------------------------------------------------------

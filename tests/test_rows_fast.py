@@ -1,0 +1,219 @@
+"""The fast reading of a store's answer against the reference path, over awkward JSON.
+
+``parse_answer`` decodes with orjson and proves the row boundaries at C speed; ``fast=False``
+is the reference (the standard library's scanner, row by row). Both must give the same rows,
+spans, unreadable verdicts (R2), rendering (R9) and normalized fields, or the same refusal.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from veil import rows as rows_module
+from veil.config import FieldPointers
+from veil.errors import VeilError
+from veil.rows import Answer, Normalizer, parse_answer, pointer_tokens, render
+
+READ = (("id",), ("user",), ("actorType",), ("timestamp",))
+NESTED = FieldPointers(id="/meta/id", actor="/who/upn", actor_type="/who/kind", timestamp="/at")
+NESTED_READ = tuple(pointer_tokens(p) for p in ("/meta/id", "/who/upn", "/who/kind", "/at"))
+
+BLANKS = ["", "", "", " ", " ", "\n", "\t", "\r\n  ", "  "]
+KEY_SPELLINGS = {  # the same decoded name, written several ways
+    "user": ['"user"', '"\\u0075ser"', '"us\\u0065r"'],
+    "id": ['"id"', '"\\u0069d"'],
+    "timestamp": ['"timestamp"', '"time\\u0073tamp"'],
+    "actorType": ['"actorType"', '"actor\\u0054ype"'],
+}
+AWKWARD_STRINGS = ['"plain"', '"},{"', '"}, {"', '"a\\"b"', '"\\\\"', '"\\":"', '"\\"}, {\\""',
+                   '"caf\u00e9"', '"\\u00e9"', '"\\ud83d\\ude00"', '"\U0001f600"', '"\\n\\t"',
+                   '"\\/"', '"line\\u2028sep"', '"]"', '"[{"', '"\\u0000"', '"{\\"x\\":1}"',
+                   '"19 digits 1234567890123456789"', '"2024-01-01T00:00:00Z"', '""']
+INNER_KEYS = ['"a"', '"b"', '"\\u0061"', '"user"']
+RARE_STRINGS = ['"\\ud800"', '"\\udc00x"', '"\\uDBFF"']  # lone surrogates: R2
+NUMBERS = ["0", "-0", "1", "-1", "0.5", "-0.0", "1e3", "1E-7", "2.5e-400", "1.7976931348623157e308",
+           str(2**63 - 1), str(-(2**63)), str(2**63), str(2**64 - 1), str(2**64), str(-(2**63) - 1),
+           "123456789012345678901234567890", "-98765432109876543210", "1234567890123456789",
+           "12345678901234567890.5", "3.141592653589793", "0.1", "100000000000000000000e-2"]
+RARE_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e400", "9" * 5000]
+TIMESTAMPS = ['"2026-11-25T18:58:06.480Z"', '"2026-11-25t18:58:06z"', '"2026-11-25 18:58:06+01:00"',
+              '"2026-11-25T18:58:06.123456789Z"', '"2026-11-25T18:58:06"', "1764097086480",
+              "1764097086480.5", '"x"', "null", "true", str(2**70)]
+
+
+def blank(rng: random.Random) -> str:
+    return rng.choice(BLANKS)
+
+
+def scalar(rng: random.Random, rare: bool) -> str:
+    roll = rng.random()
+    if rare and roll < 0.03:
+        return rng.choice(RARE_STRINGS + RARE_NUMBERS)
+    if roll < 0.45:
+        return rng.choice(AWKWARD_STRINGS)
+    if roll < 0.85:
+        return rng.choice(NUMBERS)
+    return rng.choice(["true", "false", "null"])
+
+
+def value(rng: random.Random, depth: int, rare: bool) -> str:
+    roll = rng.random()
+    if depth > 3 or roll < 0.7:
+        return scalar(rng, rare)
+    if roll < 0.85:
+        members = [f"{blank(rng)}{rng.choice(INNER_KEYS)}"
+                   f"{blank(rng)}:{blank(rng)}{value(rng, depth + 1, rare)}{blank(rng)}"
+                   for _ in range(rng.randint(0, 3))]
+        return "{" + ",".join(members) + "}"
+    items = [f"{blank(rng)}{value(rng, depth + 1, rare)}{blank(rng)}"
+             for _ in range(rng.randint(0, 3))]
+    return "[" + ",".join(items) + "]"
+
+
+def deep(levels: int) -> str:
+    return "[" * levels + "1" + "]" * levels
+
+
+def row(rng: random.Random, nested: bool, rare: bool) -> str:
+    """One row: mostly an activity with the fields Veil reads, sometimes something else."""
+    roll = rng.random()
+    if roll < 0.03:
+        return value(rng, 2, rare)  # a row that is not an object
+    if rare and roll < 0.05:
+        return '{"user": "deep@x", "d": ' + deep(rng.choice([40, 70, 1100])) + "}"
+    fields: list[tuple[str, str]] = []
+    actor = rng.choice(['"Ann@Contoso.com"', '"bob@contoso.com"', '"app-1"', '"åsa@x"', '""',
+                        "7", "null", '"a b"', '"\\u0041nn@contoso.com"'])
+    kind = rng.choice(['"user"', '"application"', '"APPLICATION"', "3", '"User"'])
+    ident = rng.choice(['"id-1"', "42", str(2**63), str(2**64 + 5), "-5", "1.5", "null"])
+    stamp = rng.choice(TIMESTAMPS)
+    if nested:
+        fields += [(rng.choice(['"meta"', '"\\u006deta"']), "{" + '"id":' + ident + "}"),
+                   ('"who"', "{" + f'"upn":{actor},"kind":{kind}' + "}"), ('"at"', stamp)]
+    else:
+        fields += [(rng.choice(KEY_SPELLINGS["id"]), ident),
+                   (rng.choice(KEY_SPELLINGS["user"]), actor),
+                   (rng.choice(KEY_SPELLINGS["actorType"]), kind),
+                   (rng.choice(KEY_SPELLINGS["timestamp"]), stamp)]
+    for _ in range(rng.randint(0, 4)):
+        fields.append((rng.choice(['"note"', '"n\\u006fte"', '"x"', '"obj"', '"list"']),
+                       value(rng, 1, rare)))
+    if rng.random() < 0.08:  # a repeated name, spelled plainly or escaped
+        fields.append(rng.choice(fields))
+    if rng.random() < 0.05:
+        fields.append((rng.choice(KEY_SPELLINGS["user"]), rng.choice(['"mallory@x"', "null"])))
+    rng.shuffle(fields)
+    return "{" + ",".join(f"{blank(rng)}{k}{blank(rng)}:{blank(rng)}{v}{blank(rng)}"
+                          for k, v in fields) + "}"
+
+
+def body_of(rng: random.Random, nested: bool, rare: bool) -> tuple[bytes, tuple[str, ...]]:
+    """A whole answer: the rows array in one of several envelopes."""
+    count = rng.choice([0, 1, 2, 3, 5, 8, 20])
+    separators = [blank(rng) + "," + blank(rng) for _ in range(3)]
+    array = "[" + blank(rng) + "".join(
+        (rng.choice(separators) if i else "") + row(rng, nested, rare) for i in range(count)
+    ) + blank(rng) + "]"
+    shape = rng.randrange(5)
+    if shape == 0:
+        return f"{blank(rng)}{array}{blank(rng)}".encode(), ()
+    if shape == 1:
+        return f'{{"data":{array},"next":null}}'.encode(), ("data",)
+    if shape == 2:  # objects after the rows array, in the envelope
+        return (f'{{ "meta" : {{"n": 1}}, "data" : {array}, "links": [{{"a": 1}},{{"b": 2}}],'
+                f' "next": "}},{{"}}').encode(), ("data",)
+    if shape == 3:
+        return f'{{"page": [{{"x": 1}}, {{"rows": {array}}}]}}'.encode(), ("page", "1", "rows")
+    return f'{{"d\\u0061ta": {array}, "next": {{"cursor": "c"}}}}'.encode(), ("data",)
+
+
+def outcome(body: bytes, pointer: tuple[str, ...], read: Any, raw: bool, fast: bool,
+            normalizer: Normalizer) -> tuple[Any, ...]:
+    try:
+        answer = parse_answer(body, pointer, [("next",)], read=read, raw=raw, fast=fast)
+    except VeilError as exc:
+        return ("refused", type(exc).__name__, str(exc))
+    normalized = normalizer.rows(answer.rows, include_raw=raw, unreadable=answer.unreadable)
+    hidden = set(range(0, len(answer.rows), 2))
+    return ("read", repr(answer.rows), answer.spans, answer.array_start, answer.array_end,
+            sorted(answer.unreadable), render(answer, hidden), render(answer, ()),
+            repr(normalized))
+
+
+@pytest.fixture
+def fast_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each call of the fast rows reader proved its boundaries."""
+    calls: list[bool] = []
+    original: Callable[..., int | None] = rows_module._Parser.fast_rows_array
+
+    def counted(self: Any, start: int, decoded: list[Any]) -> int | None:
+        end = original(self, start, decoded)
+        calls.append(end is not None)
+        return end
+
+    monkeypatch.setattr(rows_module._Parser, "fast_rows_array", counted)
+    return calls
+
+
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("rare", [False, True])
+def test_fast_reading_matches_the_reference(nested: bool, rare: bool,
+                                            fast_calls: list[bool]) -> None:
+    rng = random.Random(f"veil-rows-{nested}-{rare}")
+    fields = NESTED if nested else FieldPointers()
+    normalizer = Normalizer(fields, frozenset({"application"}))
+    reads: list[Any] = [NESTED_READ if nested else READ, None]
+    kinds = set()
+    for case in range(700):
+        body, pointer = body_of(rng, nested, rare)
+        for read in reads:
+            for raw in (False, True):
+                expected = outcome(body, pointer, read, raw, False, normalizer)
+                got = outcome(body, pointer, read, raw, True, normalizer)
+                assert got == expected, (case, body, read, raw)
+                kinds.add(expected[0])
+    proven, refused = fast_calls.count(True), fast_calls.count(False)
+    # the corpus takes both ways: boundaries proven, and bodies the fast reader hands back
+    assert proven > 1000 and refused > 100, (proven, refused)
+    assert kinds == {"read", "refused"} if rare else "read" in kinds
+
+
+@pytest.mark.parametrize("text", [
+    '[{"id": 1, "user": "a"}, {"id": 2, "user": "a", "user": "b"}]',
+    '[{"id": 1, "\\u0075ser": "a", "user": "b"}, {"id": 2}]',
+    '[{"id": 1, "note": "},{"}, {"id": 2}]',
+    '[{"id": 1, "l": [{"a": 1},{"b": 2}]}, {"id": 2}]',
+    '[{"id": 12345678901234567890, "user": "a"}, {"id": 2}]',
+    '[{"id": 1, "n": -9223372036854775809}, {"id": 2}]',
+    '[{"id": 1, "n": NaN}, {"id": 2}]',
+    '[{"id": 1, "n": "\\udc00"}, {"id": 2}]',
+    '[\n  {\n    "id" : 1\n  },\n  {\n    "id" : 2\n  }\n]',
+    '{"data": [{"id": 1}, {"id": 2}], "links": [{"a": 1}, {"b": 2}]}',
+])
+def test_hand_written_awkward_bodies(text: str) -> None:
+    body = text.encode()
+    pointer = ("data",) if text.startswith("{") else ()
+    normalizer = Normalizer(FieldPointers(), frozenset())
+    for read in (READ, None):
+        for raw in (False, True):
+            assert (outcome(body, pointer, read, raw, True, normalizer)
+                    == outcome(body, pointer, read, raw, False, normalizer))
+
+
+def test_a_plain_answer_takes_the_fast_path(fast_calls: list[bool]) -> None:
+    rows = [{"id": i, "user": f"u{i}@x", "note": "},{"} for i in range(50)]
+    body = json.dumps({"data": rows, "next": None}).encode()
+    answer = parse_answer(body, ("data",), read=READ)
+    assert fast_calls == [False]  # "},{" in the strings: more candidates than boundaries
+    fast_calls.clear()
+    body = json.dumps({"data": [{"id": i, "user": f"u{i}@x"} for i in range(50)]}).encode()
+    answer = parse_answer(body, ("data",), read=READ)
+    assert fast_calls == [True]
+    text = body.decode()
+    assert [json.loads(text[s:e]) for s, e in answer.spans] == answer.rows
+    assert isinstance(answer, Answer)
