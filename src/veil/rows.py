@@ -9,11 +9,12 @@ floats, so such bodies take the reference path below, and rows that may hold an 
 digits or more are decoded again by it.
 
 Reference path: the body is read once by the standard library's C JSON scanner, row by row,
-recording where each row starts and ends. That same pass yields, per row, whether a key Veil reads appears
-twice (names compared after JSON unescaping) and whether the row holds a value Veil cannot
-represent (a lone surrogate; an integer beyond 64 bits where Veil or the policy reads it;
-``NaN``/``Infinity``). Such rows are unreadable, so private (R2). The checks are counts at C
-speed over the whole rows array; only rows they cannot clear are decoded again, one by one.
+recording where each row starts and ends. That same pass yields, per row, whether the row
+holds a value Veil cannot represent (a lone surrogate; an integer beyond 64 bits where Veil or
+the policy reads it; ``NaN``/``Infinity``). On both paths, whether a key Veil reads appears
+twice in a row (names compared after JSON unescaping) is a count at C speed over the whole
+rows array; only rows it cannot clear are decoded again, one by one. Such rows are
+unreadable, so private (R2).
 
 The answer Veil sends is rebuilt from these parts in one layout (R9): the rows array written
 as ``[row,row,...]`` with each kept row byte-for-byte as the store sent it, and around it only
@@ -28,7 +29,7 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
@@ -564,6 +565,9 @@ def _names(part: bytes) -> int:
 # ---- normalization ------------------------------------------------------------------------
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# Actors' comparison keys and actor types' kinds, remembered across answers up to this many.
+MAX_REMEMBERED = 65_536
 _fromisoformat = datetime.fromisoformat
 
 
@@ -588,6 +592,8 @@ class Normalizer:
         tokens = tuple(pointer_tokens(p) for p in (fields.id, fields.actor, fields.actor_type,
                                                    fields.timestamp))
         self._pointers = tokens
+        self._actors: dict[str, str | None] = {}  # actor as written -> its comparison key
+        self._kinds: dict[str, str] = {}  # actor type as written -> "application" or "user"
         self._flat = (tuple(t[0] for t in tokens) if all(len(t) == 1 for t in tokens)
                       else None)
 
@@ -604,8 +610,10 @@ class Normalizer:
         apps = self.application_values
         flat = self._flat  # every field one level down: read the dict directly (hot loop)
         to_ns, key, fold = timestamp_ns, principal.key, principal.fold
-        actors: dict[str, str | None] = {}  # this answer's actors and their comparison keys
-        kinds: dict[str, str] = {}
+        actors, kinds = self._actors, self._kinds  # keyed once, then remembered
+        if len(actors) > MAX_REMEMBERED or len(kinds) > MAX_REMEMBERED:
+            actors.clear()
+            kinds.clear()
         out: list[dict[str, Any]] = []
         append = out.append
         late: list[int] = []
@@ -670,8 +678,7 @@ def timestamp_ns(value: Any) -> int | None:
             return None
         if moment.tzinfo is None:
             return None  # without an offset the instant is ambiguous: unreadable, private (R2)
-        since = moment - _EPOCH
-        ns: int = ((since.days * 86400 + since.seconds) * 1_000_000 + since.microseconds) * 1000
+        ns: int = (moment - _EPOCH) // _MICROSECOND * 1000
         if len(value) > 27 and value[19] == "." and value[20:27].isdigit():
             digits = value[26:29]  # beyond microseconds: keep the nanoseconds
             while digits and not digits.isdigit():

@@ -270,7 +270,7 @@ class Demo:
             services = self._veil.extensions["veil"]
             services.storage.close()
             services.engine.close()
-            services.upstream.session.close()
+            services.upstream.close()
             self._veil = None
 
     def __enter__(self) -> Demo:
