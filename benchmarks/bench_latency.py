@@ -72,10 +72,32 @@ class Figures:
     direct: list[float]  # seconds
     veil: list[float]
     eval_server_ms: float  # mean, from veil_policy_evaluation_seconds
+    veil_cpu_ms: float = float("nan")  # CPU of veil serve (master and workers) per answer
+    store_cpu_ms: float = float("nan")  # CPU of the store per answer it served
 
     @property
     def added_ms(self) -> float:
         return (median(self.veil) - median(self.direct)) * 1000
+
+
+SERVED: dict[str, int] = {}  # url -> pid of the process serving it (veil serve, the store)
+
+
+def process_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user and system) used so far by ``pid`` and its live child processes,
+    from Linux's /proc (NaN elsewhere): what other work on the machine inflates far less than
+    wall-clock time."""
+    if pid is None or not Path("/proc/self/stat").exists():
+        return float("nan")
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the process ended
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # fields[1]: the parent
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def median(values: list[float]) -> float:
@@ -125,6 +147,8 @@ def loopback_store(port: int, bodies: dict[int, bytes]) -> Iterator[str]:
                                                           args=(port, bodies), daemon=True)
     process.start()
     url = f"http://127.0.0.1:{port}"
+    if process.pid is not None:
+        SERVED[url] = process.pid
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -181,6 +205,7 @@ def veil_server(config_path: Path, port: int, log_path: Path,
             [sys.executable, "-m", "veil.cli", "serve", "--config", str(config_path)],
             stdout=log, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}"
+        SERVED[url] = process.pid
         try:
             deadline = time.monotonic() + start_s
             while True:
@@ -255,6 +280,8 @@ def measure(size: int, count: int, warmup: int, store_url: str, veil_url: str,
             one(to_store, store_url, None)
             one(to_veil, veil_url, None)
         before = eval_metric(to_veil, veil_url)
+        veil_cpu = process_cpu_s(SERVED.get(veil_url))
+        store_cpu = process_cpu_s(SERVED.get(store_url))
         for i in range(count):  # alternate, so both see the same machine load
             if i % 2:
                 one(to_store, store_url, direct)
@@ -263,10 +290,14 @@ def measure(size: int, count: int, warmup: int, store_url: str, veil_url: str,
                 content = one(to_veil, veil_url, veil)
                 one(to_store, store_url, direct)
             shown = len(json.loads(content)["data"])
+        veil_cpu = process_cpu_s(SERVED.get(veil_url)) - veil_cpu
+        store_cpu = process_cpu_s(SERVED.get(store_url)) - store_cpu
         after = eval_metric(to_veil, veil_url)
     evaluations = after[1] - before[1]
     eval_server = (after[0] - before[0]) / evaluations * 1000 if evaluations else float("nan")
-    return Figures(size, count, len(body) / 1024, shown, direct, veil, eval_server)
+    # the store served each measured request twice: once directly, once for Veil
+    return Figures(size, count, len(body) / 1024, shown, direct, veil, eval_server,
+                   veil_cpu / count * 1000, store_cpu / (2 * count) * 1000)
 
 
 def breakdown(config_path: Path, store_url: str, size: int, runs: int
@@ -384,6 +415,11 @@ def report(results: list[Figures], workers: int, steps: list[tuple[str, float]],
               f"{median(f.veil) * ms:>7.2f}ms {p90(f.veil) * ms:>5.2f}ms | "
               f"{f.added_ms:>7.2f}ms {median(f.veil) / median(f.direct):>5.2f}x | "
               f"{f.eval_server_ms:>23.3f}ms")
+    print("\nCPU per answer (from /proc, whole processes; what the machine's load inflates "
+          "least):")
+    for f in results:
+        print(f"  {f.rows:>6} rows: veil serve {f.veil_cpu_ms:7.2f} ms, the store "
+              f"{f.store_cpu_ms:6.2f} ms")
     ordered = sorted(results, key=lambda f: f.rows)
     if len(ordered) >= 2:
         print("\nHow the added time grows:")
