@@ -217,3 +217,24 @@ def test_a_plain_answer_takes_the_fast_path(fast_calls: list[bool]) -> None:
     text = body.decode()
     assert [json.loads(text[s:e]) for s, e in answer.spans] == answer.rows
     assert isinstance(answer, Answer)
+
+
+def test_the_normalizer_reads_millisecond_utc_times_as_timestamp_ns_does() -> None:
+    """The normalizer's shortcut for "YYYY-MM-DDTHH:MM:SS.fffZ" against ``timestamp_ns``,
+    over that shape with characters changed at random (invalid dates, out of range, ...)."""
+    from veil.rows import timestamp_ns
+
+    rng = random.Random("veil-times")
+    templates = ["2026-11-25T18:58:06.480Z", "2262-04-11T23:47:16.854Z", "1677-09-21T00:12:43.145Z",
+                 "0001-01-01T00:00:00.000Z", "9999-12-31T23:59:59.999Z"]
+    values: list[Any] = list(templates)
+    for _ in range(3000):
+        chars = list(rng.choice(templates))
+        for _ in range(rng.randint(1, 3)):
+            chars[rng.randrange(24)] = rng.choice("0123456789" * 6 + ":-.+TtZz ,")
+        values.append("".join(chars))
+    normalizer = Normalizer(FieldPointers(), frozenset())
+    out = normalizer.rows([{"timestamp": value} for value in values], include_raw=False)
+    assert [row["ts_ns"] for row in out] == [timestamp_ns(value) for value in values]
+    read = [row["ts_ns"] for row in out]
+    assert read.count(None) > 100 and len(set(read)) > 150  # both outcomes, many instants
