@@ -512,14 +512,16 @@ class _Parser:
         out, so when the array holds as many ``":`` (outside whitespace) as its rows have
         distinct top-level keys, no object in any row repeats a name, however spelled (a ``":``
         inside a string only adds to the count). Rows the count cannot clear are decoded again
-        and their repeats located. ``names``: that count, if known; ``surrogates``: whether the
-        rows may hold a lone surrogate (orjson refuses them).
+        and their repeats located. ``names``: that count, if known (the rows are then all
+        objects); ``surrogates``: whether the rows may hold a lone surrogate (orjson refuses
+        them).
         """
         text = self.text
         bad = set(flagged)
-        if names is None and set(map(type, rows)) <= {dict}:
+        objects = names is not None or set(map(type, rows)) <= {dict}
+        if names is None and objects:
             names = self.member_names(start, end)
-        if not (set(map(type, rows)) <= {dict} and names == sum(map(len, rows))):
+        if not (objects and names == sum(map(len, rows))):
             count, spaced = text.count, _SPACED_COLON.search
             for index, (s, e) in enumerate(spans):
                 row = rows[index]

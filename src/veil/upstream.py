@@ -28,7 +28,7 @@ from veil.config import UpstreamConfig
 from veil.errors import UpstreamBadBody, UpstreamTimeout, UpstreamUnavailable
 from veil.identity import Headers
 
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024  # at most this much per read; a read returns what has arrived
 # The headers every request carries, as ``requests`` sends them (User-Agent, Accept-Encoding,
 # Accept, Connection); the configured caller headers are added to these.
 _DEFAULT_HEADERS = dict(requests.utils.default_headers())
