@@ -17,7 +17,7 @@ One module per responsibility (import from the module, not from this package):
 ``regorus_compat``  source rewrites that work around regorus 0.13
 ``opa_evaluator``   OPA's Go evaluator (``opa_bindings``) when installed, and its errors
 
-A hot reload (``veil.reload``) runs ``validation.validate`` before it lets a policy set
+Start-up and a hot reload run ``validation.validate`` before they let a policy set
 replace the running one. Problems are ``file:line:col: message``.
 """
 
