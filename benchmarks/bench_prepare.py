@@ -47,11 +47,13 @@ def median_ms(step: Callable[[], object], runs: int, clock: Callable[[], float])
 
 def measure(body: bytes, size: int, normalizer: Normalizer, runs: int,
             clock: Callable[[], float]) -> list[float]:
-    """Median ms of (prepare, parse, normalize, encode, render) for one body."""
+    """Median ms of (prepare, parse, normalize, encode, render, reference parse) for one
+    body; the reference parse is the standard library's scanner row by row, which the fast
+    reading (orjson and proven row boundaries) is tested against."""
     rows_pointer, keep = pointer_tokens("/data"), [pointer_tokens("/next")]
 
-    def parse() -> Any:
-        return parse_answer(body, rows_pointer, keep, normalizer.pointers, raw=False)
+    def parse(fast: bool = True) -> Any:
+        return parse_answer(body, rows_pointer, keep, normalizer.pointers, raw=False, fast=fast)
 
     def prepare() -> bytes:
         answer = parse()
@@ -64,7 +66,8 @@ def measure(body: bytes, size: int, normalizer: Normalizer, runs: int,
     return [median_ms(step, runs, clock) for step in (
         prepare, parse,
         lambda: normalizer.rows(answer.rows, include_raw=False, unreadable=answer.unreadable),
-        lambda: input_document(rows), lambda: render(answer, hidden))]
+        lambda: input_document(rows), lambda: render(answer, hidden),
+        lambda: parse(fast=False))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,14 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     log = ActivityLog(Directory.generate(seed=7, employees=234, guests=10), seed=7)
     now = time.time_ns()
     print(f"{'rows':>6} {'body KB':>8} | {'prepare':>8} = {'parse':>7} {'normalize':>9} "
-          f"{'encode':>7} | {'render':>7}  (ms, median)")
+          f"{'encode':>7} | {'render':>7} | {'reference parse':>15}  (ms, median)")
     for size in sorted(int(s) for s in args.sizes.split(",") if s.strip()):
         body = json.dumps({"data": log.sample(size, now - HOUR_NS, now + HOUR_NS),
                            "next": None}).encode()
         runs = args.runs if size <= 1000 else max(20, args.runs // 10)
         figures = measure(body, size, normalizer, runs, clock)
         print(f"{size:>6} {len(body) / 1024:>8.0f} | {figures[0]:>8.2f} = {figures[1]:>7.2f} "
-              f"{figures[2]:>9.2f} {figures[3]:>7.2f} | {figures[4]:>7.2f}")
+              f"{figures[2]:>9.2f} {figures[3]:>7.2f} | {figures[4]:>7.2f} | "
+              f"{figures[5]:>15.2f}")
     return 0
 
 
