@@ -194,6 +194,10 @@ def test_fast_reading_matches_the_reference(nested: bool, rare: bool,
     '[{"id": 1, "n": "\\udc00"}, {"id": 2}]',
     '[\n  {\n    "id" : 1\n  },\n  {\n    "id" : 2\n  }\n]',
     '{"data": [{"id": 1}, {"id": 2}], "links": [{"a": 1}, {"b": 2}]}',
+    # deeper than the standard library's scanner goes, not as deep as orjson's limit
+    '[{"id": 1, "d": ' + "[" * 1020 + "]" * 1020 + '}, {"id": 2}]',
+    '[{"id": 1, "d": ' + '{"a":' * 1020 + "1" + "}" * 1020 + '}, {"id": 2}]',
+    '[{"id": 1, "d": ' + "[" * 300 + "]" * 300 + '}, {"id": 2}]',
 ])
 def test_hand_written_awkward_bodies(text: str) -> None:
     body = text.encode()

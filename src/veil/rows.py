@@ -5,8 +5,9 @@ boundaries are the ``}``-``,``-``{`` sequences after the array's first row, foun
 and they are exact when there are as many of them in the rest of the body as the array has
 rows minus one (every true boundary is one, so none is extra). orjson refuses what Veil must
 judge itself (NaN, lone surrogates, very deep nesting) and turns integers beyond 64 bits into
-floats, so such bodies take the reference path below, and rows that may hold an integer of 19
-digits or more are decoded again by it.
+floats, so such bodies take the reference path below, rows that may hold an integer of 19
+digits or more are decoded again by it, and rows nesting deep are scanned by it too (it
+refuses less deep nesting than orjson).
 
 Reference path: the body is read once by the standard library's C JSON scanner, row by row,
 recording where each row starts and ends. That same pass yields, per row, whether the row
@@ -54,6 +55,9 @@ _BOUNDARY = re.compile(r"\}[ \t\n\r]*,[ \t\n\r]*\{")
 # (so a run of 19 digits, where an integer may leave 64 bits, is one find).
 _SQUEEZE = bytes.maketrans(b"0123456789", b"0" * 10)
 _LONG_DIGITS = re.compile(r"[0-9]{19}")
+# orjson reads up to 1,024 levels, the standard library's scanner fewer (Python's recursion
+# limit): a row with more openers than this is scanned by the latter too, to refuse alike.
+_DEEP = 256
 _scan_string = json.decoder.scanstring  # type: ignore[attr-defined]
 _skip_value = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
@@ -477,6 +481,11 @@ class _Parser:
             return None
         end += 1
         spans = list(zip(starts, ends, strict=True))
+        count = text.count
+        if count("{", start, end) + count("[", start, end) - len(rows) > _DEEP:
+            for s, e in spans:  # nesting the reference scanner may refuse: let it judge
+                if count("{", s, e) + count("[", s, e) > _DEEP:
+                    _skip_value(text, s)  # RecursionError: the body nests too deep, as there
         squeezed = self.body.translate(_SQUEEZE, _BLANK_BYTES)
         flagged: list[int] = []
         if squeezed.find(b"0" * 19) >= 0:  # an integer may be beyond 64 bits: decode again
