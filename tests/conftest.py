@@ -121,16 +121,28 @@ def make_config(store_url: str, storage_url: str, **sections: Any) -> config_mod
                                    env={"VEIL_TEST_JWT_SECRET": SECRET})
 
 
-# Storage backends the storage and API suites run against. "postgres" is a fresh database on
-# the throw-away cluster of tests/postgres.py (skipped without PostgreSQL, failed under CI).
+# Storage backends. A test that exercises storage behaviour (management state, the governance
+# chain, reveal records, SCIM directory, migrations, concurrency) is marked
+# ``@pytest.mark.storage`` and runs on each backend; every other test gets SQLite only.
+# "postgres" is a fresh database on the throw-away cluster of tests/postgres.py (skipped
+# without PostgreSQL, failed under CI).
 STORAGE_BACKENDS = ["sqlite", "postgres"]
 
 
-@pytest.fixture(params=STORAGE_BACKENDS)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the ``storage``-marked tests that use ``storage_url`` on every backend."""
+    if "storage_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+            "storage"):
+        metafunc.parametrize("storage_url", STORAGE_BACKENDS, indirect=True)
+
+
+@pytest.fixture
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
+    """A storage URL: SQLite, or each backend for a test marked ``storage``."""
+    backend: str = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'veil.db'}"
-    url: str = request.getfixturevalue(f"{request.param}_url")
+    url: str = request.getfixturevalue(f"{backend}_url")
     return url
 
 

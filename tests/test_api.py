@@ -48,6 +48,7 @@ def test_body_that_is_not_json(client: FlaskClient) -> None:
     assert r.status_code == 400
 
 
+@pytest.mark.storage
 def test_unknown_group_is_refused(client: FlaskClient) -> None:
     r = client.post("/veil/v1/privacy-groups", json={"group": "ghosts"}, headers=A)
     assert r.status_code == 422
@@ -55,6 +56,7 @@ def test_unknown_group_is_refused(client: FlaskClient) -> None:
     assert client.get("/veil/v1/privacy-groups", headers=A).get_json()["privacy_groups"] == []
 
 
+@pytest.mark.storage
 def test_group_lifecycle(client: FlaskClient) -> None:
     r = client.put("/veil/v1/groups/finance", json={"name": "Finance",
                                                     "members": ["B@x.com", "a@x.com", "a@X.com"]},
@@ -74,6 +76,7 @@ def test_builtin_groups_cannot_be_imported(client: FlaskClient) -> None:
     assert r.status_code == 409
 
 
+@pytest.mark.storage
 def test_a_group_with_privacy_history_cannot_be_deleted(client: FlaskClient) -> None:
     client.put("/veil/v1/groups/hr", json={"name": "HR", "members": ["x@contoso.com"]},
                headers=A)
@@ -85,6 +88,7 @@ def test_a_group_with_privacy_history_cannot_be_deleted(client: FlaskClient) -> 
         "hr"]
 
 
+@pytest.mark.storage
 def test_privacy_group_conflicts(client: FlaskClient) -> None:
     assert client.post("/veil/v1/privacy-groups", json={"group": "external"},
                        headers=A).status_code == 201
@@ -97,6 +101,7 @@ def test_privacy_group_conflicts(client: FlaskClient) -> None:
     assert len(listed[0]["intervals"]) == 1 and listed[0]["intervals"][0]["end"] is not None
 
 
+@pytest.mark.storage
 def test_admin_registry(client: FlaskClient) -> None:
     assert client.post("/veil/v1/admins", json={"principal": "Carol@Contoso.com"},
                        headers=A).status_code == 201

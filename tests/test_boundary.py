@@ -193,6 +193,7 @@ def test_store_error_answers_are_never_passed_on(client: FlaskClient, store: Loo
     assert set(problem) == {"type", "title", "status", "detail", "code", "store_status"}
 
 
+@pytest.mark.storage
 def test_store_error_answer_to_a_reveal_reveals_and_records_nothing(client: FlaskClient,
                                                                      store: LoopbackStore) -> None:
     make_private(client, "hr", [HR1])
@@ -310,6 +311,7 @@ def test_rows_veil_cannot_represent_are_private_and_the_rest_is_served(
         assert ids(r) == ["act-1", "act-8"]
 
 
+@pytest.mark.storage
 def test_an_unrepresentable_row_is_revealed_with_its_record(client: FlaskClient,
                                                             store: LoopbackStore) -> None:
     session = open_session(client, CAROL)
@@ -367,6 +369,7 @@ def query_in_flight(app: Flask, store: LoopbackStore, headers: dict[str, str],
     return answers[0]
 
 
+@pytest.mark.storage
 def test_group_made_private_while_the_store_answers(patient: Flask,
                                                     store: LoopbackStore) -> None:
     """R11: a row dated after the privacy start is hidden even when the group became private
@@ -389,6 +392,7 @@ def test_group_made_private_while_the_store_answers(patient: Flask,
 # ---- item 5: a reveal is checked again in the transaction of its record -------------------
 
 @pytest.mark.parametrize("change", ["revoke-permission", "end-session", "remove-admin"])
+@pytest.mark.storage
 def test_a_change_during_a_slow_store_answer_wins_over_the_reveal(
         patient: Flask, store: LoopbackStore, change: str) -> None:
     """R11: a revoke, a session end or an admin removal that commits while the store is still
@@ -420,6 +424,7 @@ def test_a_change_during_a_slow_store_answer_wins_over_the_reveal(
 
 @pytest.mark.parametrize("change", ["revoke-permission", "end-session", "remove-admin",
                                     "make-private", "unrelated"])
+@pytest.mark.storage
 def test_a_change_between_decision_and_record_wins(app: Flask, client: FlaskClient,
                                                    store: LoopbackStore, change: str) -> None:
     """R11: the reveal is checked again in the transaction that writes its record. A change
@@ -469,6 +474,7 @@ def test_a_change_between_decision_and_record_wins(app: Flask, client: FlaskClie
     assert revealed == []
 
 
+@pytest.mark.storage
 def test_concurrent_reveals_and_a_revoke(patient: Flask,
                                          store: LoopbackStore) -> None:
     """Reveals answered before a revoke are recorded before it; reveals still in flight when it

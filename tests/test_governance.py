@@ -33,9 +33,8 @@ def verify(client: FlaskClient) -> dict:  # type: ignore[type-arg]
 
 
 @pytest.fixture
-def db(app: Flask, storage_url: str) -> Path:
-    if not storage_url.startswith("sqlite"):
-        pytest.skip("tampers with the SQLite file directly")
+def db(app: Flask) -> Path:
+    """The SQLite file under the app (tests that tamper with it run on SQLite only)."""
     path: Path = app.extensions["veil"].storage.backend.path
     return path
 
@@ -49,6 +48,7 @@ def tamper(db: Path, *statements: str) -> None:
             conn.execute(statement)
 
 
+@pytest.mark.storage
 def test_chain_verifies(client: FlaskClient) -> None:
     make_records(client)
     assert verify(client) == {"ok": True, "records": 6}
@@ -136,6 +136,7 @@ def test_verify_walks_a_pure_sequence() -> None:
     assert governance.verify(broken).problem == "broken_link"
 
 
+@pytest.mark.storage
 def test_log_filters_and_paging(client: FlaskClient) -> None:
     make_records(client, 5)
     client.post("/veil/v1/admins", json={"principal": "carol@contoso.com"}, headers=A)

@@ -39,6 +39,7 @@ def test_rows_pass_through_when_nothing_is_private(client: FlaskClient,
     assert store.state.requests[-1]["query"] == "limit=5&user=x"
 
 
+@pytest.mark.storage
 def test_forward_only_add_remove_add(client: FlaskClient, store: LoopbackStore) -> None:
     """R1: only activities inside a privacy interval are private; before, between and after
     the intervals they stay visible."""
@@ -109,6 +110,7 @@ def test_epoch_millisecond_timestamps_are_read(client: FlaskClient,
     assert ids(client.get("/api/activities", headers=auth(USER))) == ["act-2"]
 
 
+@pytest.mark.storage
 def test_members_and_actors_compare_case_insensitively(client: FlaskClient,
                                                        store: LoopbackStore) -> None:
     make_private(client, "finance", ["Ann.Lee@Contoso.COM"])
@@ -271,6 +273,7 @@ def test_store_error_answer_with_rows_is_filtered(client: FlaskClient,
     assert ids(r) == ["act-2"]
 
 
+@pytest.mark.storage
 def test_changes_take_effect_on_next_query_without_restart(client: FlaskClient,
                                                            store: LoopbackStore) -> None:
     later = iso(time.time_ns() + 60 * SEC)
@@ -319,6 +322,7 @@ def test_rows_with_repeated_field_keys_are_private(client: FlaskClient, store: L
     assert ids(client.get("/api/activities", headers=auth(USER))) == ["act-2"]
 
 
+@pytest.mark.storage
 def test_replacing_members_never_exposes_what_was_private(client: FlaskClient,
                                                           store: LoopbackStore) -> None:
     """R1 judges the group as it was at each row's time: who leaves a private group keeps

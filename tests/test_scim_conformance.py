@@ -21,6 +21,8 @@ from scim2_tester import Status, check_server
 from conftest import LoopbackStore, config_doc
 from netutil import veil_serve
 
+pytestmark = pytest.mark.storage  # the SCIM directory lives in storage
+
 TOKEN = "conformance-token-0123456789"
 ALLOWED_SKIPS = ("POST /.search: searching several resource types at once",)
 
