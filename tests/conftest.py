@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 import pytest
@@ -187,6 +187,14 @@ def iso(ns: int) -> str:
     """RFC 3339 with nanoseconds, for a row timestamp."""
     seconds, rest = divmod(ns, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest:09d}Z"
+
+
+T = TypeVar("T")
+
+
+def constant(value: T) -> Callable[[], T]:
+    """A callable returning ``value``: a data loader or an engine's ``begin`` made in a loop."""
+    return lambda: value
 
 
 def ids(response: Any) -> list[str]:

@@ -452,12 +452,12 @@ def test_a_change_between_decision_and_record_wins(app: Flask, client: FlaskClie
              }[change]()
         return result
 
-    query._decide = decide_then_change  # type: ignore[method-assign]
+    query._decide = decide_then_change
     try:
         r = client.get("/api/activities", headers={**auth(carol),
                                                    "Veil-Reveal-Session": session})
     finally:
-        query._decide = decide  # type: ignore[method-assign]
+        query._decide = decide
     assert changed
     revealed = actions(client, "activities_revealed")
     if change in ("make-private", "unrelated"):

@@ -29,7 +29,7 @@ from veil import policytools
 from veil.policy import DECISION, Decision, PolicyModule, load_modules
 from veil.policy.embedded import EmbeddedEngine
 
-from conftest import POLICIES
+from conftest import POLICIES, constant
 from opa_server import require_opa_bindings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
@@ -192,7 +192,7 @@ def test_a_generated_corpus_gets_the_same_decisions(opa: Any, tmp_path: Path) ->
     compared = hidden = revealed = refused = 0
     disagreements: list[str] = []
     for version, (world, data, inputs) in enumerate(corpus()):
-        embedded.sync(version, lambda v=version, d=data: (v, d))
+        embedded.sync(version, constant((version, data)))
         reference = opa.OpaEngine()
         for module in modules:
             if not module.is_test:

@@ -124,8 +124,8 @@ def test_verify_walks_a_pure_sequence() -> None:
     for seq in range(1, 4):
         record = {"seq": seq, "ts": "2024-01-01T00:00:00.000000Z", "action": "admin_added",
                   "actor": "a", "details": {"principal": f"p{seq}"}, "prev_hash": prev}
-        record["hash"] = governance.record_hash(record)
-        prev = record["hash"]
+        prev = governance.record_hash(record)
+        record["hash"] = prev
         records.append(record)
     assert governance.verify(records).ok
     swapped = governance.verify([records[0], records[2], records[1]])

@@ -50,7 +50,7 @@ from conftest import (
     iso,
     make_config,
 )
-from postgres import free_port
+from netutil import free_port
 
 ANN = "ann@contoso.com"
 SEC = 1_000_000_000
@@ -545,7 +545,7 @@ def test_verify_never_breaks_a_healthy_log_under_concurrent_appends(
     writers = [threading.Thread(target=append, args=(i,)) for i in range(3)]
     for w in writers:
         w.start()
-    verdicts = []
+    verdicts: list[governance.Verdict] = []
     try:
         deadline = time.monotonic() + 60
         while (storage.head() or (0, ""))[0] < 10:  # the writers are under way
