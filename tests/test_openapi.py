@@ -32,6 +32,9 @@ def test_every_route_is_documented_and_every_operation_served(app: Flask) -> Non
     documented = {(path, method) for path, item in doc["paths"].items() for method in item}
     assert served - documented == set(), "served but not in the OpenAPI document"
     assert documented - served == set(), "in the OpenAPI document but not served"
+    assert doc["paths"]["/healthz"]["get"]["security"] == []
+    for name, schema in doc["components"]["schemas"].items():
+        assert schema["type"] == "object", name
 
 
 def test_openapi_json_needs_no_identity(client: FlaskClient) -> None:

@@ -80,20 +80,16 @@ def test_private_rows_hidden_from_admins_too(client: FlaskClient, store: Loopbac
     {"id": "r", "user": "", "actorType": "user", "timestamp": "2024-01-01T00:00:00Z"},
     {"id": "r", "user": 42, "actorType": "user", "timestamp": "2024-01-01T00:00:00Z"},
     {"id": "r", "user": "x@contoso.com", "actorType": "user"},  # no timestamp
-    {"id": "r", "user": "x@contoso.com", "actorType": "user", "timestamp": "yesterday"},
-    {"id": "r", "user": "x@contoso.com", "actorType": "user", "timestamp": "2024-01-01T00:00:00"},
-    {"id": "r", "user": "x@contoso.com", "actorType": "user", "timestamp": True},
     {"id": "r", "user": "x@contoso.com", "actorType": "user",
-     "timestamp": "9999-12-31T23:59:59Z"},
-    {"id": "r", "user": "x@contoso.com", "actorType": "user", "timestamp": 10**13},
+     "timestamp": "2024-01-01T00:00:00.123456"},  # parsed, then refused: no offset
     {"id": "r", "user": "x@contoso.com", "actorType": "user", "timestamp": 10**20},
     "not an object",
-], ids=["no-actor", "empty-actor", "numeric-actor", "no-timestamp", "bad-timestamp",
-        "timestamp-without-offset", "boolean-timestamp", "year-9999", "year-2286-ms",
+], ids=["no-actor", "empty-actor", "numeric-actor", "no-timestamp", "timestamp-without-offset",
         "beyond-int64", "not-an-object"])
 def test_unreadable_rows_are_private(client: FlaskClient, store: LoopbackStore,
                                      row: object) -> None:
-    """R2: a row whose actor or timestamp cannot be read is private."""
+    """R2: a row whose actor or timestamp cannot be read is private (which timestamps cannot
+    be read: tests/test_rows.py::test_timestamps)."""
     ok = activity(1, USER, "2024-01-01T00:00:00Z")
     store.state.rows = [ok, row]  # type: ignore[list-item]
     body = client.get("/api/activities", headers=auth(USER)).get_json()
@@ -184,19 +180,6 @@ def test_answer_layout_is_the_same_with_or_without_hidden_rows(client: FlaskClie
                       b'"timestamp":"2024-01-01T00:00:00Z"}]}')
 
 
-def test_nested_rows_pointer(store: LoopbackStore, storage_url: str) -> None:
-    from veil.app import create_app
-
-    from conftest import make_config
-
-    app = create_app(make_config(store.url, storage_url, upstream={"rows": "/result/items"}))
-    store.state.body = json.dumps({"result": {"items": [
-        activity(1, USER, "2024-01-01T00:00:00Z"), activity(2, None, "2024-01-01T00:00:00Z")]}}
-    ).encode()
-    r = app.test_client().get("/api/activities", headers=auth(USER))
-    assert [row["id"] for row in r.get_json()["result"]["items"]] == ["act-1"]
-
-
 def test_unlisted_path_is_404(client: FlaskClient, store: LoopbackStore) -> None:
     r = client.get("/api/unlisted", headers=auth(USER))
     assert r.status_code == 404
@@ -284,25 +267,6 @@ def test_changes_take_effect_on_next_query_without_restart(client: FlaskClient,
     client.put("/veil/v1/groups/finance", json={"name": "Finance", "members": []},
                headers=auth(ADMIN))
     assert ids(client.get("/api/activities", headers=auth(USER))) == ["act-1"]
-
-
-@pytest.mark.parametrize("status", [400, 404, 500, 503])
-@pytest.mark.parametrize("body", [
-    '{{"data": [{row}], "data": []}}',
-    '{{"data": [{row}]}} trailing',
-    '{{"data": [{row}',
-], ids=["duplicate-member", "trailing", "truncated"])
-def test_unreadable_error_answers_are_never_passed_on(client: FlaskClient,
-                                                      store: LoopbackStore, status: int,
-                                                      body: str) -> None:
-    make_private(client, "finance", ["ann@contoso.com"])
-    row = json.dumps(activity(1, "ann@contoso.com", iso(time.time_ns() + SEC)))
-    store.state.status = status
-    store.state.body = body.format(row=row).encode()
-    r = client.get("/api/activities", headers=auth(USER))
-    assert r.status_code == 502
-    assert r.get_json()["store_status"] == status
-    assert b"act-1" not in r.data and b"ann@" not in r.data
 
 
 @pytest.mark.parametrize("row", [
