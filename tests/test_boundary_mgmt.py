@@ -172,7 +172,9 @@ def test_principal_is_nfc_and_case_folded() -> None:
     assert principal.key("a" * 321) is None
 
 
-@pytest.mark.parametrize("bad", ["\u00a0", "\u3000", "\x85", "\x1f", "\u200b"])
+# Which characters are refused: the unit test above; here one that str.strip() would trim and
+# one it would keep, through identity and through a body.
+@pytest.mark.parametrize("bad", ["\u00a0", "\u200b"])
 def test_identity_with_a_bad_principal_is_401_never_trimmed(client: FlaskClient,
                                                             bad: str) -> None:
     # alice is an admin: trimmed, this token would be hers
@@ -202,7 +204,7 @@ def test_gateway_header_with_a_bad_principal_is_401(store: LoopbackStore,
     app.extensions["veil"].storage.close()
 
 
-@pytest.mark.parametrize("bad", ["\u200b", "\x01", "\u00a0", "\u3000"])
+@pytest.mark.parametrize("bad", ["\u200b", "\u00a0"])
 def test_principal_in_a_body_or_path_is_400(client: FlaskClient, bad: str) -> None:
     r = client.post("/veil/v1/admins", json={"principal": f"bob@contoso.com{bad}"}, headers=A)
     assert r.status_code == 400
@@ -214,16 +216,6 @@ def test_principal_in_a_body_or_path_is_400(client: FlaskClient, bad: str) -> No
     r = client.delete(f"/veil/v1/admins/bob@contoso.com{bad}", headers=A)
     assert r.status_code == 400
     assert client.get("/veil/v1/admins", headers=A).get_json()["admins"][-1]["principal"] != BOB
-
-
-def test_nfd_actor_matches_an_nfc_member(client: FlaskClient, store: LoopbackStore) -> None:
-    nfc = "jos\u00e9@contoso.com"
-    nfd = unicodedata.normalize("NFD", nfc)
-    assert nfc != nfd
-    make_private(client, "finance", [nfc])
-    store.state.rows = [activity(1, nfd, later()), activity(2, "JOS\u00c9@CONTOSO.COM", later()),
-                        activity(3, BOB, later())]
-    assert ids(client.get("/api/activities", headers=auth(BOB))) == ["act-3"]
 
 
 @pytest.mark.storage
