@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from flask.testing import FlaskClient
 
@@ -28,7 +30,7 @@ A = auth(ADMIN)
         "group-unknown-field", "principal-type", "principal-misnamed", "principal-missing",
         "no-ack", "false-ack"])
 def test_bad_bodies_are_400_naming_the_field(client: FlaskClient, method: str, path: str,
-                                             body: dict, field: str) -> None:  # type: ignore[type-arg]
+                                             body: dict[str, Any], field: str) -> None:
     r = getattr(client, method)(path, json=body, headers=A)
     assert r.status_code == 400, r.get_json()
     problem = r.get_json()

@@ -323,7 +323,8 @@ def test_migration_rekeys_principals_stored_by_earlier_versions(
         nfc = "jos\u00e9@contoso.com"
         assert sorted(data["admins"]) == ["carol@contoso.com", nfc]
         assert list(data["viewers"]) == [nfc]
-        assert storage.get_session("rs_1")["owner"] == nfc  # type: ignore[index]
+        session = storage.get_session("rs_1")
+        assert session is not None and session["owner"] == nfc
         assert storage.is_admin(nfc)
     finally:
         storage.close()

@@ -69,7 +69,7 @@ def in_ci() -> bool:
 
 def opa_bindings_module() -> Any:
     try:
-        import opa_bindings  # type: ignore[import-not-found,unused-ignore]
+        import opa_bindings
     except ImportError as exc:
         reason = ("opa_bindings (OPA's Go evaluator) is not installed: pip install "
                   "--ignore-requires-python opa-golib-python-bindings")

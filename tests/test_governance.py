@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -26,9 +27,9 @@ def make_records(client: FlaskClient, n: int = 6) -> None:
         assert r.status_code == 201
 
 
-def verify(client: FlaskClient) -> dict:  # type: ignore[type-arg]
-    result: dict = client.get("/veil/v1/governance-log/verify",  # type: ignore[type-arg]
-                              headers=A).get_json()
+def verify(client: FlaskClient) -> dict[str, Any]:
+    result: dict[str, Any] = client.get("/veil/v1/governance-log/verify",
+                                        headers=A).get_json()
     return result
 
 

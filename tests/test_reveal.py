@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -55,8 +56,8 @@ def reveal(client: FlaskClient, session_id: str, who: str = ADMIN, query: str = 
                       headers={**auth(who), "Veil-Reveal-Session": session_id})
 
 
-def log(client: FlaskClient, action: str) -> list[dict]:  # type: ignore[type-arg]
-    records: list[dict] = client.get(  # type: ignore[type-arg]
+def log(client: FlaskClient, action: str) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = client.get(
         f"/veil/v1/governance-log?action={action}", headers=A).get_json()["records"]
     return records
 
