@@ -72,6 +72,7 @@ def test_group_lifecycle(client: FlaskClient) -> None:
     assert client.delete("/veil/v1/groups/finance", headers=A).status_code == 404
 
 
+@pytest.mark.storage
 def test_builtin_groups_cannot_be_imported(client: FlaskClient) -> None:
     r = client.put("/veil/v1/groups/external", json={"name": "x", "members": []}, headers=A)
     assert r.status_code == 409
