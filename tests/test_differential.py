@@ -25,9 +25,10 @@ from typing import Any
 import orjson
 import pytest
 
-from veil import policytools
 from veil.policy import DECISION, Decision, PolicyModule, load_modules
 from veil.policy.embedded import EmbeddedEngine
+from veil.policytools.parse import parse_all
+from veil.policytools.testing import discover, run_tests
 
 from conftest import POLICIES, constant
 from opa_server import require_opa_bindings
@@ -66,13 +67,13 @@ def policy_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def opa_test_outcomes(opa: Any, modules: list[PolicyModule]) -> dict[str, Any]:
     """Each test rule's value on OPA's evaluator (None when undefined)."""
-    parsed, problems = policytools.parse_all(modules)
+    parsed, problems = parse_all(modules)
     assert not problems, problems
     engine = opa.OpaEngine()
     for module in modules:
         engine.add_policy(str(module.path), module.text)
     outcomes: dict[str, Any] = {}
-    for case in policytools.discover(parsed):
+    for case in discover(parsed):
         if case.rule.startswith("todo_"):
             continue
         found = engine.eval_query(f"result := {case.name}")
@@ -83,7 +84,7 @@ def opa_test_outcomes(opa: Any, modules: list[PolicyModule]) -> dict[str, Any]:
 
 def test_every_policy_test_passes_on_both_evaluators(opa: Any, policy_set: Path) -> None:
     modules = load_modules(policy_set)
-    run = policytools.run_tests(modules)
+    run = run_tests(modules)
     assert not run.problems
     embedded = {r.case.name: r.status for r in run.results if r.status != "SKIP"}
     on_opa = opa_test_outcomes(opa, modules)

@@ -1,9 +1,13 @@
-"""What a plain install pulls in, and what an extra adds."""
+"""What a plain install pulls in, what an extra adds, and what the wheel holds."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 import tomllib
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +46,23 @@ def test_a_postgresql_url_without_psycopg_names_the_extra(monkeypatch: pytest.Mo
     monkeypatch.delitem(sys.modules, "veil.storage.postgres", raising=False)
     with pytest.raises(StorageError, match=r"pip install 'veil\[postgres\]'"):
         open_storage("postgresql://veil@127.0.0.1:1/veil", 1.0)
+
+
+def test_the_wheel_holds_opas_capabilities_file(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "src", source / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                            "-w", str(tmp_path / "dist"), str(source)],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("veil-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        assert "veil/policytools/capabilities.py" in names
+        shipped = archive.read("veil/policytools/capabilities.json")
+    assert shipped == (ROOT / "src/veil/policytools/capabilities.json").read_bytes()
+    assert {"veil/config.schema.json", "veil/py.typed"} <= names

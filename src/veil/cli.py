@@ -81,16 +81,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    from veil import policytools
+    from veil.policytools import commands
 
     directory = Path(args.dir) if args.dir else _policy_dir(args)
     if args.policy_command == "test":
-        return policytools.cmd_test(directory, pattern=args.run, coverage=args.coverage,
-                                    threshold=args.threshold, opa_coverage=args.opa_coverage)
+        return commands.cmd_test(directory, pattern=args.run, coverage=args.coverage,
+                                 threshold=args.threshold, opa_coverage=args.opa_coverage)
     if args.policy_command == "eval":
-        return policytools.cmd_eval(directory, Path(args.input),
-                                    Path(args.data) if args.data else None, as_json=args.json)
-    return policytools.cmd_check(directory)
+        return commands.cmd_eval(directory, Path(args.input),
+                                 Path(args.data) if args.data else None, as_json=args.json)
+    return commands.cmd_check(directory)
 
 
 def _policy_dir(args: argparse.Namespace) -> Path:

@@ -26,9 +26,9 @@ from typing import Any
 
 from flask import Flask, current_app
 
-from veil import policytools
 from veil.errors import PolicyError, StorageError
 from veil.policy import Engine, PolicyModule, load_modules
+from veil.policytools.validation import Validation, validate
 from veil.storage import Storage, now_ns, rfc3339
 
 log = logging.getLogger("veil.reload")
@@ -171,7 +171,7 @@ class PolicyReloader:
         candidate = PolicySet.of(self.directory, modules)
 
         def outcome(kind: str, reason: str, problems: Sequence[str] = (),
-                    validation: policytools.Validation | None = None) -> ReloadOutcome:
+                    validation: Validation | None = None) -> ReloadOutcome:
             return ReloadOutcome(kind, trigger, actor, at, candidate, previous, reason,
                                  tuple(problems),
                                  validation.passed if validation else 0,
@@ -180,7 +180,7 @@ class PolicyReloader:
         if candidate == previous:
             return outcome("unchanged", "the files are the ones being served")
         try:
-            validation = policytools.validate(modules)
+            validation = validate(modules)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # a panic in the interpreter refuses, never crashes

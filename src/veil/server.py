@@ -41,12 +41,12 @@ def validated(config: Config) -> str:
     was loaded (files, the set's digest, the tests that passed)."""
     if config.policy.engine == "opa" and config.policy.opa_bundle:
         return "from OPA's bundle (not checked here)"
-    from veil import policytools
     from veil.policy import load_modules
+    from veil.policytools.validation import validate
     from veil.reload import PolicySet
 
     modules = load_modules(config.policy.dir)
-    validation = policytools.validate(modules)
+    validation = validate(modules)
     if not validation.ok:
         details = "\n  ".join(validation.details()[:20])
         raise PolicyError(f"{config.policy.dir}: {validation.summary}\n  {details}")
