@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 import pytest
@@ -121,16 +121,28 @@ def make_config(store_url: str, storage_url: str, **sections: Any) -> config_mod
                                    env={"VEIL_TEST_JWT_SECRET": SECRET})
 
 
-# Storage backends the storage and API suites run against. "postgres" is a fresh database on
-# the throw-away cluster of tests/postgres.py (skipped without PostgreSQL, failed under CI).
+# Storage backends. A test that exercises storage behaviour (management state, the governance
+# chain, reveal records, SCIM directory, migrations, concurrency) is marked
+# ``@pytest.mark.storage`` and runs on each backend; every other test gets SQLite only.
+# "postgres" is a fresh database on the throw-away cluster of tests/postgres.py (skipped
+# without PostgreSQL, failed under CI).
 STORAGE_BACKENDS = ["sqlite", "postgres"]
 
 
-@pytest.fixture(params=STORAGE_BACKENDS)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the ``storage``-marked tests that use ``storage_url`` on every backend."""
+    if "storage_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+            "storage"):
+        metafunc.parametrize("storage_url", STORAGE_BACKENDS, indirect=True)
+
+
+@pytest.fixture
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
+    """A storage URL: SQLite, or each backend for a test marked ``storage``."""
+    backend: str = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'veil.db'}"
-    url: str = request.getfixturevalue(f"{request.param}_url")
+    url: str = request.getfixturevalue(f"{backend}_url")
     return url
 
 
@@ -175,6 +187,14 @@ def iso(ns: int) -> str:
     """RFC 3339 with nanoseconds, for a row timestamp."""
     seconds, rest = divmod(ns, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest:09d}Z"
+
+
+T = TypeVar("T")
+
+
+def constant(value: T) -> Callable[[], T]:
+    """A callable returning ``value``: a data loader or an engine's ``begin`` made in a loop."""
+    return lambda: value
 
 
 def ids(response: Any) -> list[str]:

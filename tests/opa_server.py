@@ -183,7 +183,7 @@ class FakeOpa:
                 return False
             return True
 
-        server.verify_request = verify_request  # type: ignore[method-assign]
+        server.verify_request = verify_request  # type: ignore[method-assign]  # per instance
         return server
 
     def _serve(self) -> None:

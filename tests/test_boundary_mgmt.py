@@ -109,6 +109,7 @@ def test_max_body_bytes_defaults_to_one_mebibyte(store: LoopbackStore, tmp_path:
 
 # ---- 10 (body side): lone surrogates and deep nesting are 400, never 500 -------------------
 
+@pytest.mark.storage
 def test_lone_surrogate_in_a_justification_is_400_and_audited(client: FlaskClient) -> None:
     body = b'{"acknowledge_audit": true, "justification": "case \\ud800 INC-1"}'
     r = client.post("/veil/v1/reveal-sessions", data=body, content_type="application/json",
@@ -171,7 +172,9 @@ def test_principal_is_nfc_and_case_folded() -> None:
     assert principal.key("a" * 321) is None
 
 
-@pytest.mark.parametrize("bad", ["\u00a0", "\u3000", "\x85", "\x1f", "\u200b"])
+# Which characters are refused: the unit test above; here one that str.strip() would trim and
+# one it would keep, through identity and through a body.
+@pytest.mark.parametrize("bad", ["\u00a0", "\u200b"])
 def test_identity_with_a_bad_principal_is_401_never_trimmed(client: FlaskClient,
                                                             bad: str) -> None:
     # alice is an admin: trimmed, this token would be hers
@@ -201,7 +204,7 @@ def test_gateway_header_with_a_bad_principal_is_401(store: LoopbackStore,
     app.extensions["veil"].storage.close()
 
 
-@pytest.mark.parametrize("bad", ["\u200b", "\x01", "\u00a0", "\u3000"])
+@pytest.mark.parametrize("bad", ["\u200b", "\u00a0"])
 def test_principal_in_a_body_or_path_is_400(client: FlaskClient, bad: str) -> None:
     r = client.post("/veil/v1/admins", json={"principal": f"bob@contoso.com{bad}"}, headers=A)
     assert r.status_code == 400
@@ -215,16 +218,7 @@ def test_principal_in_a_body_or_path_is_400(client: FlaskClient, bad: str) -> No
     assert client.get("/veil/v1/admins", headers=A).get_json()["admins"][-1]["principal"] != BOB
 
 
-def test_nfd_actor_matches_an_nfc_member(client: FlaskClient, store: LoopbackStore) -> None:
-    nfc = "jos\u00e9@contoso.com"
-    nfd = unicodedata.normalize("NFD", nfc)
-    assert nfc != nfd
-    make_private(client, "finance", [nfc])
-    store.state.rows = [activity(1, nfd, later()), activity(2, "JOS\u00c9@CONTOSO.COM", later()),
-                        activity(3, BOB, later())]
-    assert ids(client.get("/api/activities", headers=auth(BOB))) == ["act-3"]
-
-
+@pytest.mark.storage
 def test_members_are_stored_normalized(client: FlaskClient) -> None:
     r = client.put("/veil/v1/groups/g", headers=A,
                    json={"name": "G", "members": ["jose\u0301@Contoso.com", "Bob@contoso.com"]})
@@ -329,7 +323,8 @@ def test_migration_rekeys_principals_stored_by_earlier_versions(
         nfc = "jos\u00e9@contoso.com"
         assert sorted(data["admins"]) == ["carol@contoso.com", nfc]
         assert list(data["viewers"]) == [nfc]
-        assert storage.get_session("rs_1")["owner"] == nfc  # type: ignore[index]
+        session = storage.get_session("rs_1")
+        assert session is not None and session["owner"] == nfc
         assert storage.is_admin(nfc)
     finally:
         storage.close()
@@ -344,6 +339,7 @@ def test_migration_rekeys_principals_stored_by_earlier_versions(
 
 # ---- 13: refusals are coalesced per principal (R12) ---------------------------------------
 
+@pytest.mark.storage
 def test_a_loop_of_refusals_writes_a_handful_of_records(app: Flask, client: FlaskClient,
                                                         store: LoopbackStore) -> None:
     storage = app.extensions["veil"].storage
@@ -372,6 +368,7 @@ def test_a_loop_of_refusals_writes_a_handful_of_records(app: Flask, client: Flas
     assert client.get("/veil/v1/governance-log/verify", headers=A).get_json()["ok"] is True
 
 
+@pytest.mark.storage
 def test_coalesced_counts_are_flushed_for_other_principals(app: Flask,
                                                            client: FlaskClient) -> None:
     storage = app.extensions["veil"].storage
@@ -389,6 +386,7 @@ def test_coalesced_counts_are_flushed_for_other_principals(app: Flask,
 
 # ---- 14: admin controls -------------------------------------------------------------------
 
+@pytest.mark.storage
 def test_no_admin_grants_themselves_the_permission(client: FlaskClient) -> None:
     r = client.post("/veil/v1/private-viewers", json={"principal": ADMIN}, headers=A)
     assert r.status_code == 403
@@ -416,6 +414,7 @@ def no_bootstrap(store: LoopbackStore, storage_url: str) -> Iterator[FlaskClient
     app.extensions["veil"].storage.close()
 
 
+@pytest.mark.storage
 def test_never_zero_admins(no_bootstrap: FlaskClient) -> None:
     client = no_bootstrap
     r = client.delete(f"/veil/v1/admins/{ADMIN}", headers=A)
@@ -428,6 +427,7 @@ def test_never_zero_admins(no_bootstrap: FlaskClient) -> None:
     assert client.delete(f"/veil/v1/admins/{CAROL}", headers=auth(CAROL)).status_code == 409
 
 
+@pytest.mark.storage
 def test_last_registry_admin_may_go_when_a_bootstrap_admin_stays(client: FlaskClient) -> None:
     assert client.post("/veil/v1/admins", json={"principal": CAROL}, headers=A).status_code == 201
     assert client.delete(f"/veil/v1/admins/{CAROL}", headers=A).status_code == 204

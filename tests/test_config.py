@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -18,7 +20,7 @@ from conftest import config_doc
 ENV = {"VEIL_TEST_JWT_SECRET": "x" * 40}
 
 
-def base() -> dict:  # type: ignore[type-arg]
+def base() -> dict[str, Any]:
     return config_doc("http://127.0.0.1:9000", "sqlite:///veil.db")
 
 
@@ -37,7 +39,8 @@ def base() -> dict:  # type: ignore[type-arg]
         reveal={"session_ttl_s": 0}), "reveal.session_ttl_s:"),
 ], ids=["type", "unknown-key", "unknown-top-key", "missing", "route-pattern", "engine",
         "jwt-audience", "secret-env", "storage-url", "ttl"])
-def test_bad_config_names_the_key(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_config_names_the_key(mutate: Callable[[dict[str, Any]], object],
+                                  message: str) -> None:
     doc = base()
     mutate(doc)
     with pytest.raises(ConfigError) as info:
@@ -64,7 +67,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
 def test_config_is_frozen() -> None:
     cfg = config_module.from_dict(base(), env=ENV)
     with pytest.raises(AttributeError):
-        cfg.upstream.url = "http://elsewhere"  # type: ignore[misc]
+        cfg.upstream.url = "http://elsewhere"  # type: ignore[misc]  # the test: frozen
 
 
 def test_invalid_yaml_is_reported(tmp_path: Path) -> None:

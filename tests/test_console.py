@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize, expect
 from werkzeug.serving import make_server
 
 from browser import chromium, screenshot_dir, veil_serve
@@ -30,8 +30,8 @@ INVESTIGATOR = "dave@contoso.com"  # made an admin, then granted the permission,
 PLAIN = "bob@contoso.com"
 CAROL = "carol@contoso.com"  # in hr, the group made private
 JUSTIFICATION = "Investigating ticket SEC-1042 (data exfiltration alert)"
-LAPTOP = {"width": 1280, "height": 860}
-PHONE = {"width": 390, "height": 844}
+LAPTOP: ViewportSize = {"width": 1280, "height": 860}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 expect.set_options(timeout=20_000)
 

@@ -12,8 +12,9 @@ from playwright.sync_api import Browser, expect
 from veil.demo import Demo, DemoSettings
 from veil.demo.runner import INVESTIGATOR, PLAIN_USER
 
-from browser import chromium, free_port, screenshot_dir, veil_serve
+from browser import chromium, screenshot_dir, veil_serve
 from conftest import ADMIN, POLICIES, SECRET, LoopbackStore, config_doc
+from netutil import free_port
 from oidc_idp import LoopbackIdP
 
 CONSOLE_KEY = "console-cookie-key-that-is-long-enough-0123456789"

@@ -227,7 +227,7 @@ def test_show_private_checks_the_form_as_the_api_checks_its_body(app: Flask,
         answer = client.post("/console/activity/show-private", headers=dave,
                              data={"csrf_token": token_of(client), **form},
                              follow_redirects=True)
-        return answer.data.decode()
+        return answer.get_data(as_text=True)
 
     assert "acknowledge_audit" in show(justification="why")
     assert "justification is required" in show(acknowledge="yes")

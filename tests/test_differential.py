@@ -30,7 +30,7 @@ from veil.policy.embedded import EmbeddedEngine
 from veil.policytools.parse import parse_all
 from veil.policytools.testing import discover, run_tests
 
-from conftest import POLICIES
+from conftest import POLICIES, constant
 from opa_server import require_opa_bindings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
@@ -193,7 +193,7 @@ def test_a_generated_corpus_gets_the_same_decisions(opa: Any, tmp_path: Path) ->
     compared = hidden = revealed = refused = 0
     disagreements: list[str] = []
     for version, (world, data, inputs) in enumerate(corpus()):
-        embedded.sync(version, lambda v=version, d=data: (v, d))
+        embedded.sync(version, constant((version, data)))
         reference = opa.OpaEngine()
         for module in modules:
             if not module.is_test:

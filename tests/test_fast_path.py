@@ -30,7 +30,7 @@ from veil.policy.decide import RowDecider
 from veil.policy.embedded import EmbeddedEngine, new_engine
 from veil.policy.plan import CUSTOM_RULE, R1_WINDOW, R2_ACTOR, R2_TIME, RowPlan, plan
 
-from conftest import POLICIES
+from conftest import POLICIES, constant
 
 HOUR = 3_600_000_000_000
 T0 = 1_704_067_200_000_000_000
@@ -69,7 +69,7 @@ def in_ci() -> bool:
 
 def opa_bindings_module() -> Any:
     try:
-        import opa_bindings  # type: ignore[import-not-found,unused-ignore]
+        import opa_bindings
     except ImportError as exc:
         reason = ("opa_bindings (OPA's Go evaluator) is not installed: pip install "
                   "--ignore-requires-python opa-golib-python-bindings")
@@ -209,7 +209,7 @@ def test_fast_path_matches_the_plain_decision_on_regorus(variant: str, tmp_path:
     decider = RowDecider()  # one cache across every state: versions must keep them apart
     compared = private = 0
     for version, data, answers in corpus(seed=len(variant), states=25, answers=3):
-        engine.sync(version, lambda data=data, version=version: (version, data))
+        engine.sync(version, constant((version, data)))
         for rows in answers:
             expected = plain_regorus(modules, data, rows)
             got = decider.decide(engine.begin, document(rows), rows)
@@ -236,7 +236,7 @@ def test_fast_path_matches_the_plain_decision_on_opa(variant: str, tmp_path: Pat
                                                         document(rows)), len(rows))
             assert not verdict.failed
             evaluation = BindingsEvaluation(fast, row_plan, ("opa", variant, version))
-            got = decider.decide(lambda e=evaluation: e, document(rows), rows)
+            got = decider.decide(constant(evaluation), document(rows), rows)
             assert got.hidden(len(rows)) == verdict.hidden(len(rows)), (variant, data, rows)
             # OPA's evaluator and regorus agree on the plain decision too.
             assert verdict.hidden(len(rows)) == plain_regorus(modules, data, rows)

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -26,16 +27,15 @@ def make_records(client: FlaskClient, n: int = 6) -> None:
         assert r.status_code == 201
 
 
-def verify(client: FlaskClient) -> dict:  # type: ignore[type-arg]
-    result: dict = client.get("/veil/v1/governance-log/verify",  # type: ignore[type-arg]
-                              headers=A).get_json()
+def verify(client: FlaskClient) -> dict[str, Any]:
+    result: dict[str, Any] = client.get("/veil/v1/governance-log/verify",
+                                        headers=A).get_json()
     return result
 
 
 @pytest.fixture
-def db(app: Flask, storage_url: str) -> Path:
-    if not storage_url.startswith("sqlite"):
-        pytest.skip("tampers with the SQLite file directly")
+def db(app: Flask) -> Path:
+    """The SQLite file under the app (tests that tamper with it run on SQLite only)."""
     path: Path = app.extensions["veil"].storage.backend.path
     return path
 
@@ -49,6 +49,7 @@ def tamper(db: Path, *statements: str) -> None:
             conn.execute(statement)
 
 
+@pytest.mark.storage
 def test_chain_verifies(client: FlaskClient) -> None:
     make_records(client)
     assert verify(client) == {"ok": True, "records": 6}
@@ -124,8 +125,8 @@ def test_verify_walks_a_pure_sequence() -> None:
     for seq in range(1, 4):
         record = {"seq": seq, "ts": "2024-01-01T00:00:00.000000Z", "action": "admin_added",
                   "actor": "a", "details": {"principal": f"p{seq}"}, "prev_hash": prev}
-        record["hash"] = governance.record_hash(record)
-        prev = record["hash"]
+        prev = governance.record_hash(record)
+        record["hash"] = prev
         records.append(record)
     assert governance.verify(records).ok
     swapped = governance.verify([records[0], records[2], records[1]])
@@ -136,6 +137,7 @@ def test_verify_walks_a_pure_sequence() -> None:
     assert governance.verify(broken).problem == "broken_link"
 
 
+@pytest.mark.storage
 def test_log_filters_and_paging(client: FlaskClient) -> None:
     make_records(client, 5)
     client.post("/veil/v1/admins", json={"principal": "carol@contoso.com"}, headers=A)

@@ -94,12 +94,13 @@ def test_non_admin_gets_403_on_management(client: FlaskClient) -> None:
 @pytest.mark.parametrize("kind", ["rsa", "ec"])
 def test_jwks_file_keys(store: LoopbackStore, storage_url: str, tmp_path: Path,
                         kind: str) -> None:
+    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
     if kind == "rsa":
         private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         alg = "RS256"
         jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
     else:
-        private = ec.generate_private_key(ec.SECP256R1())  # type: ignore[assignment]
+        private = ec.generate_private_key(ec.SECP256R1())
         alg = "ES256"
         jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
     jwk.update(kid="k1", alg=alg, use="sig")

@@ -248,7 +248,8 @@ def test_newest_state_wins_between_processes(opa: FakeOpa) -> None:
     first, second = OpaEngine(POLICIES, opa.url, 2.0), OpaEngine(POLICIES, opa.url, 2.0)
     newer = {"groups": {"finance": {"name": "Finance", "members": {ANN: True}}}}
     first.sync(2, lambda: (2, newer))
-    reads = iter([(1, {"groups": {}}), (2, newer), (2, newer)])
+    reads: Iterator[tuple[int, dict[str, Any]]] = iter([(1, {"groups": {}}), (2, newer),
+                                                        (2, newer)])
     second.sync(1, lambda: next(reads))
     assert opa.document("veil/state_version") == 2
     assert opa.document("veil/groups") == newer["groups"]
@@ -335,7 +336,7 @@ def test_opa_slower_than_the_timeout_fails_closed(opa: FakeOpa, store: LoopbackS
         application.extensions["veil"].storage.close()
 
 
-OPA_FAULTS = {
+OPA_FAULTS: dict[str, dict[str, Any]] = {
     "timeout": {"body": requests.exceptions.ReadTimeout("read timed out")},
     "connection-reset": {"body": requests.exceptions.ConnectionError("connection reset")},
     "error-500": {"status": 500, "json": {"code": "internal_error",
@@ -365,7 +366,7 @@ def test_opa_fault_fails_closed(fault: str, client: FlaskClient, store: Loopback
                            headers=A).status_code == 201
         assert_fails_closed(client, reveal)
         assert client.get("/readyz").get_json()["checks"]["engine"] is False
-        decisions = [c for c in mock.calls if POLICY_QUERY.match(c.request.url)]
+        decisions = [c for c in mock.calls if POLICY_QUERY.match(c.request.url or "")]
         assert decisions, "the policy was never asked"
     assert_filters(client)  # OPA answers well again: so does Veil
     assert client.get("/readyz").get_json()["checks"]["engine"] is True
@@ -385,7 +386,7 @@ def test_undefined_decision_is_retried_once_after_reloading(client: FlaskClient,
         assert client.post("/veil/v1/admins", json={"principal": "carol@contoso.com"},
                            headers=A).status_code == 201  # nothing cached for this state
         assert ids(client.get("/api/activities", headers=auth(BOB))) == []
-        asked = [c for c in mock.calls if POLICY_QUERY.match(c.request.url)]
+        asked = [c for c in mock.calls if POLICY_QUERY.match(c.request.url or "")]
         assert len(asked) == 2
     assert opa.calls("PUT", "/v1/policies/") == puts + 1
 
@@ -454,14 +455,15 @@ def test_decision_input_is_posted_as_opa_expects(opa: FakeOpa) -> None:
     engine = OpaEngine(POLICIES, opa.url, 2.0)
     engine.sync(1, lambda: (1, {"groups": {}, "privacy_groups": {}, "admins": {},
                                 "viewers": {}, "managed_domains": []}))
-    document = {"caller": BOB, "request": {}, "reveal_session_id": None, "session": None,
-                "now_ns": 1, "rows": [{"index": 0, "id": "a", "actor": None,
-                                       "actor_type": "user", "ts_ns": 1}]}
+    document: dict[str, Any] = {"caller": BOB, "request": {}, "reveal_session_id": None,
+                                "session": None, "now_ns": 1,
+                                "rows": [{"index": 0, "id": "a", "actor": None,
+                                          "actor_type": "user", "ts_ns": 1}]}
     with responses.RequestsMock() as mock:
         mock.post(opa.url + DECISION, json={"result": {"private_rows": [0], "reveal": False,
                                                        "refusals": []}})
         assert engine.evaluate(orjson.dumps(document))["private_rows"] == [0]
-        assert orjson.loads(mock.calls[0].request.body) == {"input": document}
+        assert orjson.loads(mock.calls[0].request.body or b"") == {"input": document}
     engine.close()
 
 
@@ -487,8 +489,8 @@ def test_reload_loads_the_new_set_and_drops_removed_files(opa: FakeOpa, tmp_path
     assert engine.needs_raw is True
     row = {"index": 0, "id": "a", "actor": BOB, "actor_type": "user", "ts_ns": 1,
            "raw": {"activity": "ReadSecret"}}
-    document = {"caller": BOB, "request": {}, "reveal_session_id": None, "session": None,
-                "now_ns": 1, "rows": [row]}
+    document: dict[str, Any] = {"caller": BOB, "request": {}, "reveal_session_id": None,
+                                "session": None, "now_ns": 1, "rows": [row]}
     assert engine.evaluate(orjson.dumps(document))["private_rows"] == [0]
     engine.close()
 
@@ -521,9 +523,10 @@ def test_input_without_raw_rows_is_not_decided_by_a_policy_reloaded_meanwhile(
     assert engine.needs_raw is False  # the answer's input is built without raw rows...
     (directory / "veil/privacy/secret.rego").write_text(RAW_RULE)
     engine.reload(load_modules(directory))  # ...a policy reading raw rows arrives meanwhile
-    document = {"caller": BOB, "request": {}, "reveal_session_id": None, "session": None,
-                "now_ns": 1, "rows": [{"index": 0, "id": "a", "actor": BOB,
-                                       "actor_type": "user", "ts_ns": 1}]}
+    document: dict[str, Any] = {"caller": BOB, "request": {}, "reveal_session_id": None,
+                                "session": None, "now_ns": 1,
+                                "rows": [{"index": 0, "id": "a", "actor": BOB,
+                                          "actor_type": "user", "ts_ns": 1}]}
     with pytest.raises(PolicyError, match="reloaded while this answer was prepared"):
         engine.evaluate(orjson.dumps(document))
     engine.close()

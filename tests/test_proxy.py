@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
@@ -39,6 +40,7 @@ def test_rows_pass_through_when_nothing_is_private(client: FlaskClient,
     assert store.state.requests[-1]["query"] == "limit=5&user=x"
 
 
+@pytest.mark.storage
 def test_forward_only_add_remove_add(client: FlaskClient, store: LoopbackStore) -> None:
     """R1: only activities inside a privacy interval are private; before, between and after
     the intervals they stay visible."""
@@ -79,22 +81,18 @@ def test_private_rows_hidden_from_admins_too(client: FlaskClient, store: Loopbac
     {"id": "r", "user": "", "actorType": "user", "timestamp": "2024-01-01T00:00:00Z"},
     {"id": "r", "user": 42, "actorType": "user", "timestamp": "2024-01-01T00:00:00Z"},
     {"id": "r", "user": "x@contoso.com", "actorType": "user"},  # no timestamp
-    {"id": "r", "user": "x@contoso.com", "actorType": "user", "timestamp": "yesterday"},
-    {"id": "r", "user": "x@contoso.com", "actorType": "user", "timestamp": "2024-01-01T00:00:00"},
-    {"id": "r", "user": "x@contoso.com", "actorType": "user", "timestamp": True},
     {"id": "r", "user": "x@contoso.com", "actorType": "user",
-     "timestamp": "9999-12-31T23:59:59Z"},
-    {"id": "r", "user": "x@contoso.com", "actorType": "user", "timestamp": 10**13},
+     "timestamp": "2024-01-01T00:00:00.123456"},  # parsed, then refused: no offset
     {"id": "r", "user": "x@contoso.com", "actorType": "user", "timestamp": 10**20},
     "not an object",
-], ids=["no-actor", "empty-actor", "numeric-actor", "no-timestamp", "bad-timestamp",
-        "timestamp-without-offset", "boolean-timestamp", "year-9999", "year-2286-ms",
+], ids=["no-actor", "empty-actor", "numeric-actor", "no-timestamp", "timestamp-without-offset",
         "beyond-int64", "not-an-object"])
 def test_unreadable_rows_are_private(client: FlaskClient, store: LoopbackStore,
-                                     row: object) -> None:
-    """R2: a row whose actor or timestamp cannot be read is private."""
+                                     row: Any) -> None:
+    """R2: a row whose actor or timestamp cannot be read is private (which timestamps cannot
+    be read: tests/test_rows.py::test_timestamps)."""
     ok = activity(1, USER, "2024-01-01T00:00:00Z")
-    store.state.rows = [ok, row]  # type: ignore[list-item]
+    store.state.rows = [ok, row]  # row: any JSON value, as a store may send
     body = client.get("/api/activities", headers=auth(USER)).get_json()
     assert body["data"] == [ok]
 
@@ -109,6 +107,7 @@ def test_epoch_millisecond_timestamps_are_read(client: FlaskClient,
     assert ids(client.get("/api/activities", headers=auth(USER))) == ["act-2"]
 
 
+@pytest.mark.storage
 def test_members_and_actors_compare_case_insensitively(client: FlaskClient,
                                                        store: LoopbackStore) -> None:
     make_private(client, "finance", ["Ann.Lee@Contoso.COM"])
@@ -180,19 +179,6 @@ def test_answer_layout_is_the_same_with_or_without_hidden_rows(client: FlaskClie
     r = client.get("/api/activities", headers=auth(USER))
     assert r.data == (b'{"data":[{"id":"1","user":"a@contoso.com","actorType":"user",'
                       b'"timestamp":"2024-01-01T00:00:00Z"}]}')
-
-
-def test_nested_rows_pointer(store: LoopbackStore, storage_url: str) -> None:
-    from veil.app import create_app
-
-    from conftest import make_config
-
-    app = create_app(make_config(store.url, storage_url, upstream={"rows": "/result/items"}))
-    store.state.body = json.dumps({"result": {"items": [
-        activity(1, USER, "2024-01-01T00:00:00Z"), activity(2, None, "2024-01-01T00:00:00Z")]}}
-    ).encode()
-    r = app.test_client().get("/api/activities", headers=auth(USER))
-    assert [row["id"] for row in r.get_json()["result"]["items"]] == ["act-1"]
 
 
 def test_unlisted_path_is_404(client: FlaskClient, store: LoopbackStore) -> None:
@@ -271,6 +257,7 @@ def test_store_error_answer_with_rows_is_filtered(client: FlaskClient,
     assert ids(r) == ["act-2"]
 
 
+@pytest.mark.storage
 def test_changes_take_effect_on_next_query_without_restart(client: FlaskClient,
                                                            store: LoopbackStore) -> None:
     later = iso(time.time_ns() + 60 * SEC)
@@ -281,25 +268,6 @@ def test_changes_take_effect_on_next_query_without_restart(client: FlaskClient,
     client.put("/veil/v1/groups/finance", json={"name": "Finance", "members": []},
                headers=auth(ADMIN))
     assert ids(client.get("/api/activities", headers=auth(USER))) == ["act-1"]
-
-
-@pytest.mark.parametrize("status", [400, 404, 500, 503])
-@pytest.mark.parametrize("body", [
-    '{{"data": [{row}], "data": []}}',
-    '{{"data": [{row}]}} trailing',
-    '{{"data": [{row}',
-], ids=["duplicate-member", "trailing", "truncated"])
-def test_unreadable_error_answers_are_never_passed_on(client: FlaskClient,
-                                                      store: LoopbackStore, status: int,
-                                                      body: str) -> None:
-    make_private(client, "finance", ["ann@contoso.com"])
-    row = json.dumps(activity(1, "ann@contoso.com", iso(time.time_ns() + SEC)))
-    store.state.status = status
-    store.state.body = body.format(row=row).encode()
-    r = client.get("/api/activities", headers=auth(USER))
-    assert r.status_code == 502
-    assert r.get_json()["store_status"] == status
-    assert b"act-1" not in r.data and b"ann@" not in r.data
 
 
 @pytest.mark.parametrize("row", [
@@ -319,6 +287,7 @@ def test_rows_with_repeated_field_keys_are_private(client: FlaskClient, store: L
     assert ids(client.get("/api/activities", headers=auth(USER))) == ["act-2"]
 
 
+@pytest.mark.storage
 def test_replacing_members_never_exposes_what_was_private(client: FlaskClient,
                                                           store: LoopbackStore) -> None:
     """R1 judges the group as it was at each row's time: who leaves a private group keeps

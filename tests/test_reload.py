@@ -245,8 +245,8 @@ def test_an_input_built_without_raw_rows_is_not_judged_by_a_policy_that_reads_th
     engine.reload(load_modules(policies))
     row = {"index": 0, "id": "a", "actor": "carl@contoso.com", "actor_type": "user",
            "ts_ns": 1}
-    document = {"caller": "", "request": {}, "reveal_session_id": None, "session": None,
-                "now_ns": 2, "rows": [row]}
+    document: dict[str, Any] = {"caller": "", "request": {}, "reveal_session_id": None,
+                                "session": None, "now_ns": 2, "rows": [row]}
     # Evaluated with the policy the input was built for: no rule sees a missing raw.
     assert engine.evaluate(orjson.dumps(document))["private_rows"] == set()
     assert engine.needs_raw is True

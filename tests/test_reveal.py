@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -55,14 +56,15 @@ def reveal(client: FlaskClient, session_id: str, who: str = ADMIN, query: str = 
                       headers={**auth(who), "Veil-Reveal-Session": session_id})
 
 
-def log(client: FlaskClient, action: str) -> list[dict]:  # type: ignore[type-arg]
-    records: list[dict] = client.get(  # type: ignore[type-arg]
+def log(client: FlaskClient, action: str) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = client.get(
         f"/veil/v1/governance-log?action={action}", headers=A).get_json()["records"]
     return records
 
 
 # ---- R6: only admins ----------------------------------------------------------------------
 
+@pytest.mark.storage
 def test_permission_only_for_admins(client: FlaskClient) -> None:
     r = client.post("/veil/v1/private-viewers", json={"principal": "bob@contoso.com"}, headers=A)
     assert r.status_code == 422
@@ -95,6 +97,7 @@ def test_justification_optional_when_configured(store: LoopbackStore, storage_ur
     assert r.status_code == 201
 
 
+@pytest.mark.storage
 def test_session_refused_without_permission_and_logged(client: FlaskClient) -> None:
     r = client.post("/veil/v1/reveal-sessions", json={"acknowledge_audit": True,
                                                        "justification": "curious"}, headers=A)
@@ -105,6 +108,7 @@ def test_session_refused_without_permission_and_logged(client: FlaskClient) -> N
     assert refused[-1]["details"]["justification"] == "curious"
 
 
+@pytest.mark.storage
 def test_session_shape_and_expiry(client: FlaskClient) -> None:
     permit(client)
     before = time.time()
@@ -122,6 +126,7 @@ def test_session_shape_and_expiry(client: FlaskClient) -> None:
 
 # ---- R3, R4, R7: reveal -------------------------------------------------------------------
 
+@pytest.mark.storage
 def test_reveal_shows_private_rows_after_audit(client: FlaskClient, private_rows: list[str],
                                                store: LoopbackStore) -> None:
     permit(client)
@@ -143,6 +148,7 @@ def test_reveal_shows_private_rows_after_audit(client: FlaskClient, private_rows
     assert ids(client.get("/api/activities", headers=A)) == ["act-2"]
 
 
+@pytest.mark.storage
 def test_no_record_when_nothing_private_is_shown(client: FlaskClient,
                                                  store: LoopbackStore) -> None:
     permit(client)
@@ -153,6 +159,7 @@ def test_no_record_when_nothing_private_is_shown(client: FlaskClient,
 
 
 @pytest.mark.parametrize("case", ["made-up", "foreign", "ended", "no-permission-any-more"])
+@pytest.mark.storage
 def test_invalid_sessions_are_403_without_rows(client: FlaskClient, private_rows: list[str],
                                                case: str) -> None:
     permit(client)
@@ -176,6 +183,7 @@ def test_invalid_sessions_are_403_without_rows(client: FlaskClient, private_rows
     assert log(client, "activities_revealed") == []
 
 
+@pytest.mark.storage
 def test_expired_session_is_refused(store: LoopbackStore, storage_url: str) -> None:
     app = create_app(make_config(store.url, storage_url, reveal={"session_ttl_s": 1}))
     client = app.test_client()
@@ -191,6 +199,7 @@ def test_expired_session_is_refused(store: LoopbackStore, storage_url: str) -> N
     assert "expired" in r.get_json()["detail"]
 
 
+@pytest.mark.storage
 def test_removing_the_admin_role_ends_sessions_and_permission(client: FlaskClient,
                                                               private_rows: list[str]) -> None:
     permit(client, CAROL)
@@ -206,6 +215,7 @@ def test_removing_the_admin_role_ends_sessions_and_permission(client: FlaskClien
     assert reveal(client, sid, who=CAROL).status_code == 403
 
 
+@pytest.mark.storage
 def test_revoking_permission_ends_sessions_at_once(client: FlaskClient,
                                                    private_rows: list[str]) -> None:
     permit(client)
@@ -217,6 +227,7 @@ def test_revoking_permission_ends_sessions_at_once(client: FlaskClient,
     assert "ended" in r.get_json()["detail"]
 
 
+@pytest.mark.storage
 def test_only_owner_or_admin_ends_a_session(client: FlaskClient) -> None:
     permit(client)
     sid = open_session(client)
@@ -234,10 +245,8 @@ def _sqlite_file(app: Flask) -> Path:
 
 
 def test_reveal_is_503_when_the_record_cannot_be_written(app: Flask, client: FlaskClient,
-                                                         private_rows: list[str],
-                                                         storage_url: str) -> None:
-    if not storage_url.startswith("sqlite"):
-        pytest.skip("breaks the SQLite file directly; tests/test_postgres.py covers PostgreSQL")
+                                                         private_rows: list[str]) -> None:
+    """Breaks the SQLite file directly; tests/test_postgres.py covers PostgreSQL."""
     permit(client)
     sid = open_session(client)
     with sqlite3.connect(_sqlite_file(app)) as db:
@@ -298,6 +307,7 @@ def test_reveal_is_503_when_the_log_write_times_out(quick_timeout_client: tuple[
 
 # ---- R8: everything privacy-related is audited ---------------------------------------------
 
+@pytest.mark.storage
 def test_every_privacy_event_is_recorded(client: FlaskClient, private_rows: list[str]) -> None:
     client.post("/veil/v1/admins", json={"principal": CAROL}, headers=A)
     client.post("/veil/v1/private-viewers", json={"principal": CAROL}, headers=A)
@@ -322,6 +332,7 @@ def test_every_privacy_event_is_recorded(client: FlaskClient, private_rows: list
 
 # ---- R9: no side channel ------------------------------------------------------------------
 
+@pytest.mark.storage
 def test_refusals_do_not_count_hidden_rows(client: FlaskClient, private_rows: list[str],
                                            store: LoopbackStore) -> None:
     """A refusal is the same whether the answer held private rows or not."""

@@ -21,6 +21,8 @@ from veil.storage import Storage
 
 from conftest import ADMIN, SECRET, LoopbackStore, activity, auth, config_doc, ids, iso
 
+pytestmark = pytest.mark.storage  # the SCIM directory lives in storage
+
 TOKEN = "scim-token-0123456789abcdef"
 SCIM = {"Authorization": f"Bearer {TOKEN}"}
 ENTRA = {**SCIM, "User-Agent": "Azure AD SCIM Client"}

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -92,17 +93,16 @@ def test_sighup_reloads_policy_safely_in_every_worker(store: LoopbackStore,
                                                          timeout=10).json()["data"])
                 for _ in range(n)}
 
-    def reloads() -> list[dict[str, object]]:
-        records: list[dict[str, object]] = requests.get(
+    def reloads() -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = requests.get(
             f"{url}/veil/v1/governance-log?action=policy_reloaded", headers=a,
             timeout=10).json()["records"]
         return records
 
-    def wait_for(outcome: str) -> list[dict[str, object]]:
+    def wait_for(outcome: str) -> list[dict[str, Any]]:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            found = [r for r in reloads()
-                     if r["details"]["outcome"] == outcome]  # type: ignore[index]
+            found = [r for r in reloads() if r["details"]["outcome"] == outcome]
             if found:
                 return found
             time.sleep(0.2)

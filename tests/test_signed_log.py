@@ -50,7 +50,7 @@ from conftest import (
     iso,
     make_config,
 )
-from postgres import free_port
+from netutil import free_port
 
 ANN = "ann@contoso.com"
 SEC = 1_000_000_000
@@ -206,6 +206,7 @@ class Attacker:
 
 # ---- a healthy signed log -----------------------------------------------------------------
 
+@pytest.mark.storage
 def test_every_record_is_signed_and_the_log_verifies(client: FlaskClient, signed_app: Flask,
                                                      keys: Keys, tmp_path: Path,
                                                      storage_url: str) -> None:
@@ -240,6 +241,7 @@ def test_an_unsigned_log_says_so(store: LoopbackStore, tmp_path: Path,
 
 # ---- the attacks --------------------------------------------------------------------------
 
+@pytest.mark.storage
 def test_content_changed_and_rehashed(client: FlaskClient, storage_url: str) -> None:
     make_records(client)
     attacker = Attacker(storage_url)
@@ -251,6 +253,7 @@ def test_content_changed_and_rehashed(client: FlaskClient, storage_url: str) -> 
         False, 3, "bad_signature")
 
 
+@pytest.mark.storage
 def test_content_changed_rehashed_and_resigned_with_another_key(client: FlaskClient,
                                                                 storage_url: str) -> None:
     make_records(client)
@@ -264,6 +267,7 @@ def test_content_changed_rehashed_and_resigned_with_another_key(client: FlaskCli
     assert attacker.key_id in result["reason"]
 
 
+@pytest.mark.storage
 def test_resigned_under_the_configured_key_id(client: FlaskClient, storage_url: str,
                                               keys: Keys) -> None:
     make_records(client)
@@ -277,6 +281,7 @@ def test_resigned_under_the_configured_key_id(client: FlaskClient, storage_url: 
         False, 4, "bad_signature")
 
 
+@pytest.mark.storage
 def test_record_removed_rest_rehashed_and_resigned(client: FlaskClient,
                                                    storage_url: str) -> None:
     make_records(client)
@@ -289,6 +294,7 @@ def test_record_removed_rest_rehashed_and_resigned(client: FlaskClient,
         False, 3, "unknown_key")
 
 
+@pytest.mark.storage
 def test_records_reordered(client: FlaskClient, storage_url: str) -> None:
     make_records(client)
     attacker = Attacker(storage_url)
@@ -300,6 +306,7 @@ def test_records_reordered(client: FlaskClient, storage_url: str) -> None:
         False, 3, "bad_signature")
 
 
+@pytest.mark.storage
 def test_signatures_stripped(client: FlaskClient, storage_url: str) -> None:
     make_records(client)
     attacker = Attacker(storage_url)
@@ -319,6 +326,7 @@ def test_signatures_stripped(client: FlaskClient, storage_url: str) -> None:
         False, 3, "unsigned_record")
 
 
+@pytest.mark.storage
 def test_newest_records_cut_off_and_head_moved_back(client: FlaskClient, signed_app: Flask,
                                                     storage_url: str, keys: Keys,
                                                     tmp_path: Path) -> None:
@@ -352,6 +360,7 @@ def test_newest_records_cut_off_and_head_moved_back(client: FlaskClient, signed_
     assert result["first_bad_seq"] in (5, 6)
 
 
+@pytest.mark.storage
 def test_forged_checkpoint(client: FlaskClient, storage_url: str, keys: Keys,
                            tmp_path: Path) -> None:
     make_records(client, 3)
@@ -382,6 +391,7 @@ def test_forged_checkpoint(client: FlaskClient, storage_url: str, keys: Keys,
     assert "not a configured public key" in result["reason"]
 
 
+@pytest.mark.storage
 def test_signature_from_a_key_that_is_not_configured(store: LoopbackStore, storage_url: str,
                                                      tmp_path: Path, keys: Keys) -> None:
     writer = open_storage(storage_url, 5, (), signed_config(store, storage_url, tmp_path, keys,
@@ -403,6 +413,7 @@ def test_signature_from_a_key_that_is_not_configured(store: LoopbackStore, stora
         False, 1, "unknown_key")
 
 
+@pytest.mark.storage
 def test_key_rotation(store: LoopbackStore, storage_url: str, tmp_path: Path,
                       keys: Keys) -> None:
     first = create_app(signed_config(store, storage_url, tmp_path, keys))
@@ -432,6 +443,7 @@ def test_key_rotation(store: LoopbackStore, storage_url: str, tmp_path: Path,
         storage_of(second).close()
 
 
+@pytest.mark.storage
 def test_head_check_compares_the_hash_too(store: LoopbackStore, storage_url: str) -> None:
     """Unsigned: only the stored head catches a rewritten newest record (same seq)."""
     app = create_app(make_config(store.url, storage_url))
@@ -466,7 +478,6 @@ def _ready_to_reveal(client: FlaskClient, store: LoopbackStore) -> str:
     return session
 
 
-@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
 def test_reveal_is_checkpointed_before_rows_leave(store: LoopbackStore, storage_url: str,
                                                   tmp_path: Path, keys: Keys) -> None:
     # A long interval: only the reveal itself can have written the checkpoint in time.
@@ -484,7 +495,6 @@ def test_reveal_is_checkpointed_before_rows_leave(store: LoopbackStore, storage_
         storage_of(app).close()
 
 
-@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
 def test_reveal_is_503_when_the_witness_cannot_be_written(store: LoopbackStore,
                                                           storage_url: str, tmp_path: Path,
                                                           keys: Keys) -> None:
@@ -512,6 +522,7 @@ def test_reveal_is_503_when_the_witness_cannot_be_written(store: LoopbackStore,
 # ---- verify reads one snapshot (issue 9 item 7) -------------------------------------------
 
 @pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+@pytest.mark.storage
 def test_verify_never_breaks_a_healthy_log_under_concurrent_appends(
         store: LoopbackStore, storage_url: str, tmp_path: Path, keys: Keys,
         signed: bool) -> None:
@@ -534,7 +545,7 @@ def test_verify_never_breaks_a_healthy_log_under_concurrent_appends(
     writers = [threading.Thread(target=append, args=(i,)) for i in range(3)]
     for w in writers:
         w.start()
-    verdicts = []
+    verdicts: list[governance.Verdict] = []
     try:
         deadline = time.monotonic() + 60
         while (storage.head() or (0, ""))[0] < 10:  # the writers are under way
@@ -608,6 +619,7 @@ def _cli_config(store: LoopbackStore, storage_url: str, tmp_path: Path, keys: Ke
 README_SCRIPT = re.compile(r"<!-- verify-script -->\n```python\n(.*?)```", re.S)
 
 
+@pytest.mark.storage
 def test_offline_verify_with_the_public_key_and_the_witness(
         client: FlaskClient, store: LoopbackStore, storage_url: str, tmp_path: Path,
         keys: Keys) -> None:
@@ -877,7 +889,6 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
 def test_https_witness(store: LoopbackStore, storage_url: str, tmp_path: Path, keys: Keys,
                        monkeypatch: pytest.MonkeyPatch) -> None:
     from flask import request as incoming
