@@ -233,3 +233,21 @@ def test_upgrading_a_version_1_log_keeps_it_verifiable(client: FlaskClient, db: 
         assert storage.verify_log().as_dict() == {"ok": True, "records": 4}
     finally:
         storage.close()
+
+
+RECORD_FIELDS = ("seq", "ts", "action", "actor", "details", "prev_hash", "hash")
+
+
+@pytest.mark.parametrize("field", RECORD_FIELDS)
+def test_a_record_without_a_field_is_a_malformed_verdict_naming_it(field: str) -> None:
+    """An exported record that lacks a field is a verdict naming the field, never a
+    KeyError (``veil governance verify --file`` printed a traceback for ``prev_hash``)."""
+    record: dict[str, Any] = {"seq": 1, "ts": "2026-01-01T00:00:00.000000Z",
+                              "action": "admin_added", "actor": "a", "details": {},
+                              "prev_hash": "0" * 64}
+    record["hash"] = governance.record_hash(record)
+    assert governance.verify([record]).ok
+    del record[field]
+    verdict = governance.verify([record])
+    assert (verdict.ok, verdict.first_bad_seq, verdict.problem) == (False, 1, "malformed_record")
+    assert verdict.reason is not None and repr(field) in verdict.reason

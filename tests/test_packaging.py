@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
 import tomllib
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from veil.errors import StorageError
 from veil.storage import open_storage
@@ -66,3 +70,72 @@ def test_the_wheel_holds_opas_capabilities_file(tmp_path: Path) -> None:
         shipped = archive.read("veil/policytools/capabilities.json")
     assert shipped == (ROOT / "src/veil/policytools/capabilities.json").read_bytes()
     assert {"veil/config.schema.json", "veil/py.typed"} <= names
+
+
+# Imported only where an extra or a hand install provides them, and said so at the import.
+OPTIONAL_IMPORTS = {
+    "psycopg": "postgres",  # storage.url: postgresql://... (veil[postgres])
+    "psycopg_pool": "postgres",
+    "opa_bindings": None,  # OPA's evaluator, installed by hand (see .ci/run); used when present
+}
+
+
+def _imported_modules() -> set[str]:
+    """The top-level modules that anything under src/veil imports, at any depth."""
+    found: set[str] = set()
+    for path in (ROOT / "src" / "veil").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def _closure(requirements: list[str], extras: frozenset[str]) -> set[str]:
+    """Every distribution a plain install of these requirements brings (names normalised)."""
+    seen: set[str] = set()
+    pending = [(Requirement(r), extras) for r in requirements]
+    while pending:
+        requirement, wanted = pending.pop()
+        if requirement.marker is not None and not any(
+                requirement.marker.evaluate({"extra": extra}) for extra in wanted or {""}):
+            continue
+        name = canonicalize_name(requirement.name)
+        if name == "veil":
+            pending.extend((Requirement(r), frozenset(requirement.extras))
+                           for r in requirements)
+            continue
+        if name in seen:
+            continue
+        seen.add(name)
+        for sub in metadata.distribution(name).requires or ():
+            pending.append((Requirement(sub), frozenset(requirement.extras)))
+    return seen
+
+
+def test_a_plain_install_brings_every_module_veil_imports() -> None:
+    """`pip install .` then `veil demo` must not fail on an import that only the test
+    extra brought (as scim2-models once did)."""
+    dependencies = project()["dependencies"]
+    assert isinstance(dependencies, list)
+    installed = _closure(dependencies, frozenset())
+    providers = metadata.packages_distributions()
+    missing = {}
+    for module in sorted(_imported_modules() - set(sys.stdlib_module_names) - {"veil"}
+                         - set(OPTIONAL_IMPORTS)):
+        names = {canonicalize_name(d) for d in providers.get(module, [])}
+        assert names, f"{module} is imported by src/veil but no installed distribution has it"
+        if not names & installed:
+            missing[module] = sorted(names)
+    assert missing == {}, f"imported by src/veil, but not brought by a plain install: {missing}"
+
+
+def test_the_optional_imports_are_the_extras_they_say() -> None:
+    extras = project()["optional-dependencies"]
+    assert isinstance(extras, dict)
+    for module, extra in OPTIONAL_IMPORTS.items():
+        if extra is None:
+            continue
+        providers = {canonicalize_name(d) for d in metadata.packages_distributions()[module]}
+        assert providers & _closure(extras[extra], frozenset()), (module, extra)
