@@ -21,10 +21,10 @@ from flask import (
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from veil import schemas
-from veil.app import services
 from veil.console import activity, security, signin
 from veil.errors import Forbidden, InvalidBody, RevealRefused, Unauthenticated, VeilError
 from veil.identity import normalize_principal
+from veil.services import services
 
 log = logging.getLogger("veil.console")
 
