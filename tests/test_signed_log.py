@@ -32,10 +32,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask
 from flask.testing import FlaskClient
 
-from veil import governance, signing
+from veil import governance
 from veil.app import create_app
 from veil.config import Config
 from veil.errors import ConfigError
+from veil.governance import signing
 from veil.storage import Storage, open_storage
 
 from conftest import (
@@ -948,7 +949,7 @@ def test_start_up_log_says_signed_or_unsigned(store: LoopbackStore, tmp_path: Pa
 
 
 def test_closing_writes_the_pending_checkpoint(tmp_path: Path, keys: Keys) -> None:
-    from veil.witness import Checkpointer, FileWitness
+    from veil.governance.witness import Checkpointer, FileWitness
 
     path = tmp_path / "w.jsonl"
     signer = signing.Signer.from_file(keys.key)

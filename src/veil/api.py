@@ -11,8 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from veil import reload as policy_reload
-from veil import schemas
+from veil import policy_reload, schemas
 from veil.errors import BadRequest, InvalidBody, Unprocessable
 from veil.identity import normalize_principal
 from veil.services import caller, require_admin, services

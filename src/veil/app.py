@@ -7,8 +7,7 @@ import logging
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from veil import api, console, health, openapi, proxy, scim
-from veil import reload as policy_reload
+from veil import api, console, health, openapi, policy_reload, proxy, scim
 from veil.config import Config
 from veil.errors import VeilError, problem
 from veil.identity import Authenticator

@@ -133,7 +133,7 @@ def cmd_governance(args: argparse.Namespace) -> int:
 
 
 def _keygen(out: Path) -> int:
-    from veil import signing
+    from veil.governance import signing
 
     try:
         kid = signing.generate(out)
@@ -146,7 +146,8 @@ def _keygen(out: Path) -> int:
 def _verify_offline(path: Path, public_keys: Sequence[str] | None,
                     witness: Sequence[str] | None) -> Any:
     """A verdict for an export file, from nothing but the given files; never a traceback."""
-    from veil import governance, signing
+    from veil import governance
+    from veil.governance import signing
 
     def unreadable(problem: str, reason: str) -> governance.Verdict:
         return governance.Verdict(False, 0, None, problem, reason)

@@ -13,7 +13,7 @@ import jsonschema
 import yaml
 
 from veil.errors import ConfigError
-from veil.signing import KeyFileError, Keyring, Signer, load_public
+from veil.governance.signing import KeyFileError, Keyring, Signer, load_public
 
 
 @dataclass(frozen=True)
