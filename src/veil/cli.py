@@ -97,7 +97,9 @@ def _policy_dir(args: argparse.Namespace) -> Path:
     if args.config or os.environ.get("VEIL_CONFIG"):
         directory: Path = _config(args).policy.dir
         return directory
-    return Path("policies")
+    from veil.config import PolicyConfig
+
+    return PolicyConfig().dir  # policy.dir's default
 
 
 def cmd_governance(args: argparse.Namespace) -> int:
