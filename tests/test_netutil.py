@@ -49,8 +49,8 @@ def starting_server() -> Iterator[tuple[str, list[str]]]:
                 return
             with conn:
                 conn.recv(65536)
+                served.append(behave.__name__)  # before the answer: the client may return
                 behave(conn)
-                served.append(getattr(behave, "__name__", "answer"))
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
