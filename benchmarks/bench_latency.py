@@ -306,7 +306,7 @@ def breakdown(config_path: Path, store_url: str, size: int, runs: int
     of each step of one answer, in this process, on Veil's own objects (same config, same
     SQLite state as the server): what Veil does per answer besides the HTTP hop to it,
     gunicorn and Flask."""
-    from veil import reload as policy_reload
+    from veil import policy_reload
     from veil.app import create_app
 
     os.environ[SECRET_ENV] = SECRET

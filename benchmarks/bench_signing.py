@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from veil import signing
 from veil.config import GovernanceConfig
-from veil.signing import Keyring, Signer, head_message
+from veil.governance import signing
+from veil.governance.signing import Keyring, Signer, head_message
+from veil.governance.witness import FileWitness
 from veil.storage import open_storage
-from veil.witness import FileWitness
 
 
 def per_call_us(call: Callable[[], object], n: int) -> float:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,6 @@ def screenshot_dir(scratch: Path) -> Path:
     return target
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
-    wait_until_ready(url + "/healthz", timeout_s, process=process)
-
-
 @contextmanager
 def veil_serve(doc: dict[str, Any], directory: Path, env: dict[str, str],
                port: int | None = None) -> Iterator[tuple[str, Path]]:
@@ -78,7 +75,8 @@ def veil_serve(doc: dict[str, Any], directory: Path, env: dict[str, str],
              str(port)], env={**base, **env}, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_ready(url, process)
+            wait_until_ready(url + "/healthz", 90, process=process,
+                             describe=partial(log_path.read_text, errors="replace"))
             yield url, log_path
         finally:
             process.send_signal(signal.SIGTERM)

@@ -31,10 +31,11 @@ def free_port() -> int:
 def wait_until_ready(url: str, deadline_s: float = 60, *,
                      process: subprocess.Popen[bytes] | subprocess.Popen[str] | None = None,
                      describe: Callable[[], str] = lambda: "",
-                     expect: int = 200) -> requests.Response:
+                     expect: int = 200, attempt_timeout_s: float = 5) -> requests.Response:
     """GET ``url`` until it answers ``expect``; retry on any ``requests.RequestException``
-    (refused, reset, read time-out, ...) until ``deadline_s`` seconds have passed. A
-    ``process`` that exits meanwhile fails at once; ``describe()`` adds its log to the error."""
+    (refused, reset, read time-out after ``attempt_timeout_s``, ...) until ``deadline_s``
+    seconds have passed. A ``process`` that exits meanwhile fails at once; ``describe()``
+    adds its log to the error."""
     deadline = time.monotonic() + deadline_s
     last = "no answer yet"
     while True:
@@ -42,7 +43,7 @@ def wait_until_ready(url: str, deadline_s: float = 60, *,
             raise AssertionError(f"the server exited with {process.returncode} before {url} "
                                  f"was ready\n{describe()}")
         try:
-            answer = requests.get(url, timeout=5)
+            answer = requests.get(url, timeout=attempt_timeout_s)
             if answer.status_code == expect:
                 return answer
             last = f"status {answer.status_code}"

@@ -64,6 +64,26 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert cfg.identity.jwt.hs256_secret == "s" * 32
 
 
+def test_a_file_that_leaves_keys_out_gets_the_same_defaults_as_the_dataclasses(
+        tmp_path: Path) -> None:
+    """Both are read from the schema's ``default`` keywords: one source."""
+    c = config_module
+    jwt = {"issuer": "i", "audience": "a", "hs256_secret_env": "S"}
+    cfg = c.from_dict({"upstream": {"url": "http://store", "routes": ["/a"]},
+                       "identity": {"jwt": jwt}}, base_dir=tmp_path, env={"S": "s" * 32})
+    assert cfg.upstream == c.UpstreamConfig(url="http://store", routes=("/a",))
+    assert cfg.identity == c.IdentityConfig(jwt=c.JwtConfig(issuer="i", audience="a",
+                                                             hs256_secret="s" * 32))
+    assert cfg.policy == c.PolicyConfig(dir=tmp_path / c.PolicyConfig().dir)
+    assert cfg.storage == c.StorageConfig(url=f"sqlite:///{tmp_path / 'veil.db'}")
+    assert (cfg.managed_domains, cfg.server, cfg.reveal, cfg.console, cfg.scim) == (
+        (), c.ServerConfig(), c.RevealConfig(), c.ConsoleConfig(), c.ScimConfig())
+    assert (cfg.governance.keys, cfg.governance.checkpoint_s) == (
+        (), c.GovernanceConfig().checkpoint_s)
+    assert c.ServerConfig().port == c.schema()["properties"]["server"]["properties"][
+        "port"]["default"] == 8080
+
+
 def test_config_is_frozen() -> None:
     cfg = config_module.from_dict(base(), env=ENV)
     with pytest.raises(AttributeError):

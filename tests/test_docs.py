@@ -1,8 +1,15 @@
-"""The project's own documents: the rules R1-R12 are written down here and cited."""
+"""The project's own documents: the rules R1-R12 are written down here and cited, and the
+README's configuration defaults are the schema's."""
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
+
+import yaml
+
+from veil import config
 
 from conftest import ROOT
 
@@ -23,3 +30,77 @@ def test_documents_cite_rules_md_not_a_spec_outside_the_repository() -> None:
         assert "SPEC.md" not in text and "SPEC rules" not in text, path
     for path in citing:
         assert "docs/rules.md" in path.read_text(), path
+
+
+def _readme_config_table() -> list[tuple[str, str]]:
+    """``(key cell, default cell)`` of every row of the README's configuration reference."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Configuration reference", 1)[1].split("\n#", 1)[0]
+    rows = [line[1:].split("|", 2) for line in section.splitlines() if line.startswith("| `")]
+    return [(key.strip(), default.strip()) for key, default, _meaning in rows]
+
+
+def _keys(cell: str) -> list[str]:
+    """``a.b.c``, ``.d`` (a sibling of the key before) and ``a.b.x/y`` (two keys)."""
+    keys: list[str] = []
+    for span in re.findall(r"`([^`]+)`", cell):
+        if span.startswith("."):
+            span = keys[-1].rsplit(".", 1)[0] + span
+        parent, _, last = span.rpartition(".")
+        keys += [f"{parent}.{name}" for name in last.split("/")]
+    return keys
+
+
+def _pieces(cell: str) -> list[str]:
+    """The default cell split at ", " outside backticks."""
+    return [p.strip() for p in re.split(r",\s+(?=(?:[^`]*`[^`]*`)*[^`]*$)", cell.strip())]
+
+
+def _documented_defaults() -> dict[str, Any]:
+    """Key -> the README's default (parsed as YAML), or NO_DEFAULT for prose ("none", ...)."""
+    documented: dict[str, Any] = {}
+    for key_cell, default_cell in _readme_config_table():
+        keys, pieces = _keys(key_cell), _pieces(default_cell)
+        if len(pieces) == 1 and len(keys) > 1 and "`" not in pieces[0]:
+            pieces *= len(keys)  # "required in jwt mode" for every key of the row
+        assert len(pieces) == len(keys), (key_cell, default_cell)
+        for key, piece in zip(keys, pieces, strict=True):
+            value = re.match(r"`([^`]*)`", piece)
+            documented[key] = yaml.safe_load(value.group(1)) if value else NO_DEFAULT
+    return documented
+
+
+NO_DEFAULT = object()
+
+
+def _schema_keys() -> dict[str, Any]:
+    """Every key of the configuration schema -> its default, or NO_DEFAULT."""
+    found: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for name, sub in node.get("properties", {}).items():
+            found[prefix + name] = sub.get("default", NO_DEFAULT)
+            walk(sub, f"{prefix}{name}.")
+
+    walk(config.schema(), "")
+    return found
+
+
+def test_readme_config_defaults_are_the_schemas() -> None:
+    schema = _schema_keys()
+    documented = _documented_defaults()
+    assert len(documented) > 40
+    for key, value in documented.items():
+        assert key in schema, f"the README documents {key}, which the schema does not know"
+        expected = schema[key]
+        if value is NO_DEFAULT or expected is NO_DEFAULT:
+            assert value is expected, f"{key}: README and schema disagree on whether it " \
+                                      f"has a default ({expected!r} in the schema)"
+        else:  # compared as JSON: 0 is not false
+            assert json.dumps(value) == json.dumps(expected), \
+                f"{key}: the README says {value!r}, the schema's default is {expected!r}"
+    sections = {key for key, value in schema.items() if value == {}}
+    undocumented = sorted(key for key, value in schema.items()
+                          if value is not NO_DEFAULT and key not in sections
+                          and key not in documented)
+    assert undocumented == [], "defaults missing from the README's configuration table"

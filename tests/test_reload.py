@@ -19,7 +19,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from veil import governance, reload
+from veil import governance
+from veil import policy_reload as reload
 from veil.app import create_app
 from veil.errors import StorageError
 from veil.policy import load_modules

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask
 from flask.testing import FlaskClient
 
-from veil import governance, signing
+from veil import governance
 from veil.app import create_app
 from veil.config import Config
 from veil.errors import ConfigError
+from veil.governance import signing
 from veil.storage import Storage, open_storage
 
 from conftest import (
@@ -50,7 +52,7 @@ from conftest import (
     iso,
     make_config,
 )
-from netutil import free_port
+from netutil import free_port, wait_until_ready
 
 ANN = "ann@contoso.com"
 SEC = 1_000_000_000
@@ -757,21 +759,6 @@ def test_malformed_keys_and_witness_are_a_verdict(tmp_path: Path, keys: Keys,
 
 # ---- three `veil serve` replicas on PostgreSQL sharing one key ------------------------------
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path,
-                timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"veil serve exited:\n{log.read_text(errors='replace')}")
-        try:
-            if requests.get(url + "/healthz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"veil serve did not come up:\n{log.read_text(errors='replace')}")
-
-
 def test_three_replicas_keep_one_signed_chain(store: LoopbackStore, postgres_url: str,
                                              tmp_path: Path, keys: Keys) -> None:
     procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
@@ -793,7 +780,8 @@ def test_three_replicas_keep_one_signed_chain(store: LoopbackStore, postgres_url
                     stdout=out, stderr=subprocess.STDOUT)
             procs.append((f"http://127.0.0.1:{port}", process, log))
         for url, process, log in procs:
-            _wait_ready(url, process, log)
+            wait_until_ready(url + "/healthz", 90, process=process,
+                             describe=partial(log.read_text, errors="replace"))
         urls = [url for url, _, _ in procs]
         assert requests.get(urls[0] + "/readyz", timeout=30).json()["governance_log"][
             "signed"] is True
@@ -948,7 +936,7 @@ def test_start_up_log_says_signed_or_unsigned(store: LoopbackStore, tmp_path: Pa
 
 
 def test_closing_writes_the_pending_checkpoint(tmp_path: Path, keys: Keys) -> None:
-    from veil.witness import Checkpointer, FileWitness
+    from veil.governance.witness import Checkpointer, FileWitness
 
     path = tmp_path / "w.jsonl"
     signer = signing.Signer.from_file(keys.key)

@@ -21,6 +21,8 @@ from veil.config import UpstreamConfig
 from veil.errors import UpstreamBadBody, UpstreamUnavailable
 from veil.upstream import Upstream
 
+from netutil import free_port
+
 BODY = b'{"data": [{"id": 1}], "next": null}'
 
 
@@ -146,10 +148,7 @@ def test_an_oversized_answer_is_refused_and_its_connection_not_reused(
 
 
 def test_nothing_listening_is_unavailable_and_not_reachable() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    upstream = client(f"http://127.0.0.1:{port}")
+    upstream = client(f"http://127.0.0.1:{free_port()}")
     with pytest.raises(UpstreamUnavailable):
         upstream.get("/api/activities", "", Headers())
     assert upstream.reachable() is False

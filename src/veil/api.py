@@ -11,11 +11,10 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from veil import reload as policy_reload
-from veil import schemas
-from veil.app import caller, require_admin, services
+from veil import policy_reload, schemas
 from veil.errors import BadRequest, InvalidBody, Unprocessable
 from veil.identity import normalize_principal
+from veil.services import caller, require_admin, services
 
 blueprint = Blueprint("api", __name__, url_prefix="/veil/v1")
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from veil import api, console, health, openapi, policy_reload, proxy, scim
 from veil.config import Config
-from veil.errors import Forbidden, VeilError, problem
+from veil.errors import VeilError, problem
 from veil.identity import Authenticator
 from veil.metrics import Metrics
 from veil.policy import Engine, create_engine, load_modules
 from veil.query import QueryService
+from veil.services import Services, services
 from veil.storage import Storage, open_storage
 from veil.upstream import Upstream
 
@@ -22,34 +23,6 @@ log = logging.getLogger("veil")
 OPEN_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "health.metrics",
                             "openapi.openapi_json"})
 PROXY_ENDPOINT = "proxy.activities"
-
-
-@dataclass
-class Services:
-    config: Config
-    storage: Storage
-    engine: Engine
-    upstream: Upstream
-    auth: Authenticator
-    metrics: Metrics
-    query: QueryService
-
-
-def services() -> Services:
-    found: Services = current_app.extensions["veil"]
-    return found
-
-
-def caller() -> str:
-    principal: str = g.principal
-    return principal
-
-
-def require_admin() -> str:
-    principal = caller()
-    if not services().storage.is_admin(principal):
-        raise Forbidden(f"{principal} is not an admin; this call needs an admin")
-    return principal
 
 
 def create_app(config: Config, *, storage: Storage | None = None,
@@ -94,9 +67,6 @@ def create_app(config: Config, *, storage: Storage | None = None,
     except VeilError as exc:
         log.warning("policy state not loaded at start-up; retried at each query: %s", exc.detail)
 
-    from veil import api, health, openapi, proxy, scim
-    from veil import reload as policy_reload
-
     app.register_blueprint(health.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(openapi.blueprint)
@@ -104,8 +74,6 @@ def create_app(config: Config, *, storage: Storage | None = None,
     scim.init_app(app)  # /scim/v2: group provisioning, with its own bearer token
     policy_reload.init_app(app, modules=modules)  # the API route, file watch, SIGHUP
     if config.console.enabled:
-        from veil import console
-
         console.init_app(app, config)
 
     @app.before_request

@@ -97,7 +97,9 @@ def _policy_dir(args: argparse.Namespace) -> Path:
     if args.config or os.environ.get("VEIL_CONFIG"):
         directory: Path = _config(args).policy.dir
         return directory
-    return Path("policies")
+    from veil.config import PolicyConfig
+
+    return PolicyConfig().dir  # policy.dir's default
 
 
 def cmd_governance(args: argparse.Namespace) -> int:
@@ -133,7 +135,7 @@ def cmd_governance(args: argparse.Namespace) -> int:
 
 
 def _keygen(out: Path) -> int:
-    from veil import signing
+    from veil.governance import signing
 
     try:
         kid = signing.generate(out)
@@ -146,7 +148,8 @@ def _keygen(out: Path) -> int:
 def _verify_offline(path: Path, public_keys: Sequence[str] | None,
                     witness: Sequence[str] | None) -> Any:
     """A verdict for an export file, from nothing but the given files; never a traceback."""
-    from veil import governance, signing
+    from veil import governance
+    from veil.governance import signing
 
     def unreadable(problem: str, reason: str) -> governance.Verdict:
         return governance.Verdict(False, 0, None, problem, reason)

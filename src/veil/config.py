@@ -1,41 +1,97 @@
-"""Veil's configuration: one YAML file, validated once at start-up into frozen dataclasses."""
+"""Veil's configuration: one YAML file, validated once at start-up into frozen dataclasses.
+
+The JSON Schema shipped beside this module (``config.schema.json``) is the one source of
+defaults: its ``default`` keywords fill the keys a file leaves out, and the dataclasses'
+defaults are read from it too (``default``). The README's table is checked against it.
+"""
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import jsonschema
 import yaml
 
+from veil import schema_errors
 from veil.errors import ConfigError
-from veil.signing import KeyFileError, Keyring, Signer, load_public
+from veil.governance.signing import KeyFileError, Keyring, Signer, load_public
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema of the configuration file, shipped in the package."""
+    text = resources.files("veil").joinpath("config.schema.json").read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+@functools.cache
+def _defaults() -> MappingProxyType[str, Any]:
+    """Every default the schema gives, by dotted key path (``server.port``)."""
+    found: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for name, sub in node.get("properties", {}).items():
+            if "default" in sub:
+                found[prefix + name] = sub["default"]
+            walk(sub, f"{prefix}{name}.")
+
+    walk(schema(), "")
+    return MappingProxyType(found)
+
+
+def default(key: str) -> Any:
+    """The schema's default for a dotted key path; a list comes back as a tuple."""
+    value = copy.deepcopy(_defaults()[key])
+    return tuple(value) if isinstance(value, list) else value
+
+
+def with_defaults(document: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a (valid) document with the schema's default in every absent key that has
+    one, sections included, so that their keys are filled in too."""
+
+    def fill(node: dict[str, Any], value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        filled = dict(value)
+        for name, sub in node.get("properties", {}).items():
+            if name not in filled and "default" in sub:
+                filled[name] = copy.deepcopy(sub["default"])
+            if name in filled:
+                filled[name] = fill(sub, filled[name])
+        return filled
+
+    filled: dict[str, Any] = fill(schema(), document)
+    return filled
 
 
 @dataclass(frozen=True)
 class FieldPointers:
-    id: str = "/id"
-    actor: str = "/user"
-    actor_type: str = "/actorType"
-    timestamp: str = "/timestamp"
+    id: str = default("upstream.fields.id")
+    actor: str = default("upstream.fields.actor")
+    actor_type: str = default("upstream.fields.actor_type")
+    timestamp: str = default("upstream.fields.timestamp")
 
 
 @dataclass(frozen=True)
 class UpstreamConfig:
     url: str
     routes: tuple[str, ...]
-    rows: str = "/data"
-    keep: tuple[str, ...] = ()  # envelope members returned beside the rows (JSON pointers)
+    rows: str = default("upstream.rows")
+    keep: tuple[str, ...] = default("upstream.keep")  # envelope members beside the rows
     fields: FieldPointers = field(default_factory=FieldPointers)
-    application_values: tuple[str, ...] = ("application",)
-    forward_headers: tuple[str, ...] = ("Authorization",)
-    timeout_s: float = 10.0
-    max_body_bytes: int = 64 * 1024 * 1024
-    pool_size: int = 32
+    application_values: tuple[str, ...] = default("upstream.application_values")
+    forward_headers: tuple[str, ...] = default("upstream.forward_headers")
+    timeout_s: float = default("upstream.timeout_s")
+    max_body_bytes: int = default("upstream.max_body_bytes")
+    pool_size: int = default("upstream.pool_size")
 
 
 @dataclass(frozen=True)
@@ -44,7 +100,7 @@ class JwtConfig:
     audience: str | None = None
     hs256_secret: str | None = None
     jwks: dict[str, Any] | None = None
-    leeway_s: float = 30.0
+    leeway_s: float = default("identity.jwt.leeway_s")
 
 
 @dataclass(frozen=True)
@@ -55,51 +111,51 @@ class OidcConfig:
     client_id: str
     redirect_url: str
     client_secret: str | None = None
-    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    scopes: tuple[str, ...] = default("identity.oidc.scopes")
 
 
 @dataclass(frozen=True)
 class IdentityConfig:
-    mode: str = "jwt"
+    mode: str = default("identity.mode")
     jwt: JwtConfig = field(default_factory=JwtConfig)
-    principal_claims: tuple[str, ...] = ("upn", "preferred_username", "email")
-    header: str = "X-Forwarded-User"
-    secret_header: str = "X-Veil-Gateway-Secret"
+    principal_claims: tuple[str, ...] = default("identity.principal_claims")
+    header: str = default("identity.header")
+    secret_header: str = default("identity.secret_header")
     shared_secret: str | None = None
-    bootstrap_admins: tuple[str, ...] = ()
+    bootstrap_admins: tuple[str, ...] = default("identity.bootstrap_admins")
     oidc: OidcConfig | None = None
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    engine: str = "embedded"
-    dir: Path = Path("policies")
-    opa_url: str = "http://127.0.0.1:8181"
-    opa_bundle: bool = False
-    timeout_s: float = 2.0
-    watch_s: float = 0.0  # poll the policy directory this often for a hot reload; 0: off
-    reload_on_sighup: bool = False
+    engine: str = default("policy.engine")
+    dir: Path = Path(default("policy.dir"))
+    opa_url: str = default("policy.opa_url")
+    opa_bundle: bool = default("policy.opa_bundle")
+    timeout_s: float = default("policy.timeout_s")
+    watch_s: float = default("policy.watch_s")  # poll the policy directory; 0: off
+    reload_on_sighup: bool = default("policy.reload_on_sighup")
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 2
-    threads: int = 8
-    max_body_bytes: int = 1024 * 1024  # request bodies above this get 413 before being read
+    host: str = default("server.host")
+    port: int = default("server.port")
+    workers: int = default("server.workers")
+    threads: int = default("server.threads")
+    max_body_bytes: int = default("server.max_body_bytes")  # larger bodies: 413, unread
 
 
 @dataclass(frozen=True)
 class StorageConfig:
-    url: str = "sqlite:///veil.db"
-    timeout_s: float = 5.0
+    url: str = default("storage.url")
+    timeout_s: float = default("storage.timeout_s")
 
 
 @dataclass(frozen=True)
 class RevealConfig:
-    session_ttl_s: int = 900
-    require_justification: bool = True
+    session_ttl_s: int = default("reveal.session_ttl_s")
+    require_justification: bool = default("reveal.require_justification")
 
 
 @dataclass(frozen=True)
@@ -108,9 +164,9 @@ class GovernanceConfig:
 
     signing_key_file: Path | None = None
     public_key_file: Path | None = None
-    keys: tuple[Path, ...] = ()
+    keys: tuple[Path, ...] = ()  # (the key files resolved; the schema's default is [])
     witness: str | None = None  # a JSON Lines file path, or an https:// endpoint
-    checkpoint_s: float = 10.0
+    checkpoint_s: float = default("governance.checkpoint_s")
     signer: Signer | None = None  # loaded from signing_key_file
     keyring: Keyring = field(default_factory=Keyring)  # every public key verify accepts
 
@@ -126,21 +182,22 @@ class ConsoleActivities:
     """How the console's Activity log asks the store, through Veil, for a page of activities."""
 
     route: str | None = None  # None: the first of upstream.routes
-    user_param: str = "user"
-    since_param: str = "since"
-    until_param: str = "until"
-    limit_param: str = "limit"
-    cursor_param: str = "cursor"
-    next: str = "/next"  # JSON pointer to the next page's cursor in the answer
-    columns: tuple[ConsoleColumn, ...] = (ConsoleColumn("Activity", "/activity"),)
+    user_param: str = default("console.activities.user_param")
+    since_param: str = default("console.activities.since_param")
+    until_param: str = default("console.activities.until_param")
+    limit_param: str = default("console.activities.limit_param")
+    cursor_param: str = default("console.activities.cursor_param")
+    next: str = default("console.activities.next")  # pointer to the next page's cursor
+    columns: tuple[ConsoleColumn, ...] = tuple(
+        ConsoleColumn(**column) for column in default("console.activities.columns"))
 
 
 @dataclass(frozen=True)
 class ConsoleConfig:
-    enabled: bool = False
+    enabled: bool = default("console.enabled")
     secret_key: str | None = None
-    session_ttl_s: int = 8 * 3600
-    page_size: int = 50
+    session_ttl_s: int = default("console.session_ttl_s")
+    page_size: int = default("console.page_size")
     activities: ConsoleActivities = field(default_factory=ConsoleActivities)
 
 
@@ -150,8 +207,8 @@ class ScimConfig:
 
     token: str | None = None
     token_env: str | None = None
-    actor: str = "scim:provisioning"
-    max_body_bytes: int = 16 * 1024 * 1024
+    actor: str = default("scim.actor")
+    max_body_bytes: int = default("scim.max_body_bytes")
 
     @property
     def enabled(self) -> bool:
@@ -161,7 +218,7 @@ class ScimConfig:
 @dataclass(frozen=True)
 class Config:
     upstream: UpstreamConfig
-    managed_domains: tuple[str, ...] = ()
+    managed_domains: tuple[str, ...] = default("organization.managed_domains")
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -170,13 +227,6 @@ class Config:
     governance: GovernanceConfig = field(default_factory=GovernanceConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     scim: ScimConfig = field(default_factory=ScimConfig)
-
-
-def schema() -> dict[str, Any]:
-    """The JSON Schema of the configuration file, shipped in the package."""
-    text = resources.files("veil").joinpath("config.schema.json").read_text("utf-8")
-    loaded: dict[str, Any] = json.loads(text)
-    return loaded
 
 
 def load(path: str | os.PathLike[str], env: dict[str, str] | None = None,
@@ -207,13 +257,14 @@ def from_dict(
 ) -> Config:
     """Validate a parsed configuration document and resolve it into a Config."""
     validate(document)
+    document = with_defaults(document)
     env = dict(os.environ) if env is None else env
     base_dir = base_dir or Path.cwd()
     up = document["upstream"]
-    identity = document.get("identity", {})
-    jwt_doc = identity.get("jwt", {})
-    policy = document.get("policy", {})
-    policy_dir = Path(policy.get("dir", "policies"))
+    identity = document["identity"]
+    jwt_doc = identity["jwt"]
+    policy = document["policy"]
+    policy_dir = Path(policy["dir"])
     if not policy_dir.is_absolute():
         policy_dir = base_dir / policy_dir
 
@@ -227,7 +278,7 @@ def from_dict(
             raise ConfigError(f"{key_path}: environment variable {env_name} is not set or empty")
         return value
 
-    mode = identity.get("mode", "jwt")
+    mode = identity["mode"]
     jwks = None
     if mode == "jwt" and "jwks_file" in jwt_doc:
         jwks_path = Path(jwt_doc["jwks_file"])
@@ -272,34 +323,31 @@ def from_dict(
             redirect_url=oidc_doc["redirect_url"],
             client_secret=secret("identity.oidc.client_secret_env",
                                  oidc_doc.get("client_secret_env")),
-            scopes=tuple(oidc_doc.get("scopes", ["openid", "profile", "email"])),
+            scopes=tuple(oidc_doc["scopes"]),
         )
         if "openid" not in oidc.scopes:
             raise ConfigError("identity.oidc.scopes: must include 'openid'")
-    console = _console(document.get("console", {}), secret)
+    console = _console(document["console"], secret)
     if console.activities.route is not None and console.activities.route not in up["routes"]:
         raise ConfigError(f"console.activities.route: {console.activities.route} is not one of "
                           "upstream.routes; the console asks the store only through Veil")
 
-    fields = up.get("fields", {})
-    scim = document.get("scim", {})
+    scim = document["scim"]
     scim_token_env = scim.get("token_env")
     return Config(
         upstream=UpstreamConfig(
             url=up["url"].rstrip("/"),
             routes=tuple(up["routes"]),
-            rows=up.get("rows", "/data"),
-            keep=_keep(up.get("rows", "/data"), up.get("keep", [])),
-            fields=FieldPointers(**fields),
-            application_values=tuple(up.get("application_values", ["application"])),
-            forward_headers=tuple(up.get("forward_headers", ["Authorization"])),
-            timeout_s=float(up.get("timeout_s", 10)),
-            max_body_bytes=up.get("max_body_bytes", 64 * 1024 * 1024),
-            pool_size=up.get("pool_size", 32),
+            rows=up["rows"],
+            keep=_keep(up["rows"], up["keep"]),
+            fields=FieldPointers(**up["fields"]),
+            application_values=tuple(up["application_values"]),
+            forward_headers=tuple(up["forward_headers"]),
+            timeout_s=float(up["timeout_s"]),
+            max_body_bytes=up["max_body_bytes"],
+            pool_size=up["pool_size"],
         ),
-        managed_domains=tuple(
-            d.lower() for d in document.get("organization", {}).get("managed_domains", [])
-        ),
+        managed_domains=tuple(d.lower() for d in document["organization"]["managed_domains"]),
         identity=IdentityConfig(
             mode=mode,
             jwt=JwtConfig(
@@ -307,41 +355,38 @@ def from_dict(
                 audience=jwt_doc.get("audience"),
                 hs256_secret=hs256,
                 jwks=jwks,
-                leeway_s=float(jwt_doc.get("leeway_s", 30)),
+                leeway_s=float(jwt_doc["leeway_s"]),
             ),
-            principal_claims=tuple(
-                identity.get("principal_claims", ["upn", "preferred_username", "email"])
-            ),
-            header=identity.get("header", "X-Forwarded-User"),
-            secret_header=identity.get("secret_header", "X-Veil-Gateway-Secret"),
+            principal_claims=tuple(identity["principal_claims"]),
+            header=identity["header"],
+            secret_header=identity["secret_header"],
             shared_secret=shared,
-            bootstrap_admins=_bootstrap_admins(identity.get("bootstrap_admins", [])),
+            bootstrap_admins=_bootstrap_admins(identity["bootstrap_admins"]),
             oidc=oidc,
         ),
         policy=PolicyConfig(
-            engine=policy.get("engine", "embedded"),
+            engine=policy["engine"],
             dir=policy_dir,
-            opa_url=policy.get("opa_url", "http://127.0.0.1:8181").rstrip("/"),
-            opa_bundle=policy.get("opa_bundle", False),
-            timeout_s=float(policy.get("timeout_s", 2)),
-            watch_s=float(policy.get("watch_s", 0)),
-            reload_on_sighup=policy.get("reload_on_sighup", False),
+            opa_url=policy["opa_url"].rstrip("/"),
+            opa_bundle=policy["opa_bundle"],
+            timeout_s=float(policy["timeout_s"]),
+            watch_s=float(policy["watch_s"]),
+            reload_on_sighup=policy["reload_on_sighup"],
         ),
-        server=ServerConfig(**document.get("server", {})),
+        server=ServerConfig(**document["server"]),
         storage=StorageConfig(
-            url=_resolve_sqlite_url(document.get("storage", {}).get("url", "sqlite:///veil.db"),
-                                    base_dir),
-            timeout_s=float(document.get("storage", {}).get("timeout_s", 5)),
+            url=_resolve_sqlite_url(document["storage"]["url"], base_dir),
+            timeout_s=float(document["storage"]["timeout_s"]),
         ),
-        reveal=RevealConfig(**document.get("reveal", {})),
-        governance=governance_config(document.get("governance", {}), base_dir),
+        reveal=RevealConfig(**document["reveal"]),
+        governance=governance_config(document["governance"], base_dir),
         console=console,
         # An unset or empty variable leaves the endpoint off (404), as no scim section does.
         scim=ScimConfig(
             token=env.get(scim_token_env) or None if scim_token_env else None,
             token_env=scim_token_env,
-            actor=scim.get("actor", "scim:provisioning"),
-            max_body_bytes=scim.get("max_body_bytes", 16 * 1024 * 1024),
+            actor=scim["actor"],
+            max_body_bytes=scim["max_body_bytes"],
         ),
     )
 
@@ -362,7 +407,7 @@ def _bootstrap_admins(values: list[str]) -> tuple[str, ...]:
 
 def _console(doc: dict[str, Any], secret: Any) -> ConsoleConfig:
     """The console section; an enabled console needs the key that signs its cookies."""
-    enabled = bool(doc.get("enabled", False))
+    enabled = bool(doc["enabled"])
     key = secret("console.secret_key_env", doc.get("secret_key_env") if enabled else None)
     if enabled and key is None:
         raise ConfigError("console.secret_key_env: an enabled console needs the name of an "
@@ -370,13 +415,10 @@ def _console(doc: dict[str, Any], secret: Any) -> ConsoleConfig:
     if key is not None and len(key) < 32:
         raise ConfigError("console.secret_key_env: the cookie signing key must be at least "
                           "32 characters")
-    activities = dict(doc.get("activities", {}))
-    if "columns" in activities:
-        activities["columns"] = tuple(ConsoleColumn(**c) for c in activities["columns"])
-    return ConsoleConfig(enabled=enabled, secret_key=key,
-                         session_ttl_s=doc.get("session_ttl_s", 8 * 3600),
-                         page_size=doc.get("page_size", 50),
-                         activities=ConsoleActivities(**activities))
+    activities = dict(doc["activities"])
+    activities["columns"] = tuple(ConsoleColumn(**c) for c in activities["columns"])
+    return ConsoleConfig(enabled=enabled, secret_key=key, session_ttl_s=doc["session_ttl_s"],
+                         page_size=doc["page_size"], activities=ConsoleActivities(**activities))
 
 
 
@@ -389,7 +431,7 @@ def governance_config(doc: dict[str, Any], base_dir: Path) -> GovernanceConfig:
 
     signing = path(doc["signing_key_file"]) if "signing_key_file" in doc else None
     public = path(doc["public_key_file"]) if "public_key_file" in doc else None
-    keys = tuple(path(k) for k in doc.get("keys", []))
+    keys = tuple(path(k) for k in doc["keys"])
     signer = None
     publics = []
     try:
@@ -414,7 +456,7 @@ def governance_config(doc: dict[str, Any], base_dir: Path) -> GovernanceConfig:
     if witness is not None and not witness.startswith("https://"):
         witness = str(path(witness))
     return GovernanceConfig(signing_key_file=signing, public_key_file=public, keys=keys,
-                            witness=witness, checkpoint_s=float(doc.get("checkpoint_s", 10)),
+                            witness=witness, checkpoint_s=float(doc["checkpoint_s"]),
                             signer=signer, keyring=Keyring.of(publics))
 
 
@@ -424,19 +466,12 @@ def validate(document: Any) -> None:
     errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
     if not errors:
         return
-    error = errors[0]
-    parts = [str(p) for p in error.absolute_path]
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = set(error.schema.get("properties", {}))
-        unexpected = sorted(k for k in error.instance if k not in allowed)
-        parts.append(unexpected[0])
-        raise ConfigError(f"{'.'.join(parts)}: unknown key")
-    if error.validator == "required":
-        missing = error.message.split("'")[1]
-        parts.append(missing)
-        raise ConfigError(f"{'.'.join(parts)}: required key is missing")
-    where = ".".join(parts) or "(top level)"
-    raise ConfigError(f"{where}: {error.message}")
+    found = schema_errors.locate(errors[0])
+    if found.kind == "unknown":
+        raise ConfigError(f"{found.dotted('')}: unknown key")
+    if found.kind == "missing":
+        raise ConfigError(f"{found.dotted('')}: required key is missing")
+    raise ConfigError(f"{found.dotted('(top level)')}: {found.error.message}")
 
 
 def _keep(rows: str, keep: list[str]) -> tuple[str, ...]:

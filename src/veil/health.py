@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from veil.app import services
-from veil.reload import policy_status
+from veil.policy_reload import policy_status
+from veil.services import services
 
 blueprint = Blueprint("health", __name__)
 

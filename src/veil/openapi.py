@@ -19,7 +19,7 @@ from flask import Blueprint, Response, jsonify
 
 from veil import __version__, schemas
 from veil import principal as principal_rules
-from veil.app import services
+from veil.services import services
 
 blueprint = Blueprint("openapi", __name__)
 

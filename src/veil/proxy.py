@@ -5,9 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 from flask.blueprints import BlueprintSetupState
 
-from veil.app import caller, services
 from veil.errors import NotFound
 from veil.query import REVEAL_HEADER
+from veil.services import caller, services
 
 blueprint = Blueprint("proxy", __name__)
 

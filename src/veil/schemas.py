@@ -7,7 +7,7 @@ from typing import Any
 
 import jsonschema
 
-from veil import principal
+from veil import principal, schema_errors
 from veil.errors import InvalidBody
 
 GROUP_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -81,22 +81,17 @@ def body_error(schema: dict[str, Any], document: Any) -> tuple[str, str] | None:
                                                                     list(map(str, e.path))))
     if not errors:
         return None
-    error = errors[0]
-    parts = [str(p) for p in error.absolute_path]
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = set(error.schema.get("properties", {}))
-        unknown = sorted(k for k in error.instance if k not in allowed)
-        field = ".".join([*parts, unknown[0]])
+    found = schema_errors.locate(errors[0])
+    field = found.dotted("(body)")
+    if found.kind == "unknown":
         return field, f"unknown field {field!r}"
-    if error.validator == "required":
-        missing = error.message.split("'")[1]
-        field = ".".join([*parts, missing])
+    if found.kind == "missing":
         return field, f"field {field!r} is required"
-    field = ".".join(parts) or "(body)"
+    error = found.error
     if error.validator == "pattern":
         hint = _PATTERN_HINTS.get(error.validator_value, f"must match {error.validator_value}")
         return field, f"field {field!r}: {hint}"
-    if error.validator == "const" and parts == ["acknowledge_audit"]:
+    if error.validator == "const" and found.path == ("acknowledge_audit",):
         return field, "'acknowledge_audit' must be true: reveals are audited, acknowledge it"
     return field, f"field {field!r}: {error.message}"
 

@@ -42,8 +42,8 @@ def validated(config: Config) -> str:
     if config.policy.engine == "opa" and config.policy.opa_bundle:
         return "from OPA's bundle (not checked here)"
     from veil.policy import load_modules
+    from veil.policy_reload import PolicySet
     from veil.policytools.validation import validate
-    from veil.reload import PolicySet
 
     modules = load_modules(config.policy.dir)
     validation = validate(modules)
@@ -151,7 +151,7 @@ class VeilServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Flask:
         # Each worker builds its own app after the fork: its own connections and engines.
-        from veil import reload
+        from veil import policy_reload as reload
         from veil.app import create_app
 
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reloader's handler is in place

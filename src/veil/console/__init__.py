@@ -18,12 +18,11 @@ from flask import Flask
 
 from veil.config import Config
 from veil.console import security, signin
+from veil.console.views import blueprint
 
 
 def init_app(app: Flask, config: Config) -> None:
     """Serve the console when ``console.enabled``: cookies, sign-in and the blueprint."""
-    from veil.console.views import blueprint
-
     assert config.console.secret_key is not None
     security.configure(app, config.console.secret_key, config.console.session_ttl_s)
     if config.identity.oidc is not None:

@@ -12,9 +12,9 @@ from urllib.parse import urlencode
 from werkzeug.datastructures import Headers
 
 from veil import schemas
-from veil.app import Services
 from veil.errors import InvalidBody, UpstreamBadBody
 from veil.rows import pointer_tokens, resolve
+from veil.services import Services
 
 
 @dataclass(frozen=True)

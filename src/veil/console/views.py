@@ -21,10 +21,10 @@ from flask import (
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from veil import schemas
-from veil.app import services
 from veil.console import activity, security, signin
 from veil.errors import Forbidden, InvalidBody, RevealRefused, Unauthenticated, VeilError
 from veil.identity import normalize_principal
+from veil.services import services
 
 log = logging.getLogger("veil.console")
 
@@ -477,7 +477,7 @@ def governance_page() -> Page:
 
 def _storage_time(value: str, name: str) -> str:
     """A form time as the governance log's ``ts`` text (as the API's filter writes it)."""
-    from veil.storage import rfc3339
+    from veil.clock import rfc3339
 
     text = activity.form_time(value, name)
     if not text:

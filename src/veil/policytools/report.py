@@ -53,7 +53,7 @@ def print_coverage(files: list[FileCoverage], out: TextIO, label: str = "coverag
 def _describe_row(row: Any) -> str:
     if not isinstance(row, dict):
         return json.dumps(row)[:80]
-    from veil.storage import rfc3339
+    from veil.clock import rfc3339
 
     ts = row.get("ts_ns")
     when = rfc3339(ts) if isinstance(ts, int) else "unreadable time"

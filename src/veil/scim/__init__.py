@@ -28,10 +28,10 @@ from scim2_models import (
 )
 from werkzeug.exceptions import HTTPException
 
-from veil.app import services
 from veil.errors import VeilError
 from veil.scim import discovery
 from veil.scim import resources as wire
+from veil.services import services
 from veil.storage.directory import Directory, MemberChange, etag
 
 log = logging.getLogger("veil.scim")

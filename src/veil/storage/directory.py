@@ -17,10 +17,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from veil.clock import now_ns
 from veil.errors import BadRequest, Conflict, NotFound, PreconditionFailed
 
 if TYPE_CHECKING:
-    from veil.storage import Storage, Tx
+    from veil.storage.backend import Tx
+    from veil.storage.state import Storage
 
 CHUNK = 500  # ids per IN (...) list or multi-row INSERT
 LISTED = 100  # principals or ids named in one governance record; the rest are counted
@@ -152,7 +154,7 @@ class Directory:
             )
             self._insert_rows(tx, "scim_principals", "user_id, principal",
                               [(user_id, p) for p in sorted(state.principals)])
-            self.storage._append(tx, "scim_user_created", actor, {
+            self.storage.log.append(tx, "scim_user_created", actor, {
                 "user": user_id, "userName": state.user_name, "externalId": state.external_id,
                 "active": state.active, "principals": sorted(state.principals),
                 "client": client})
@@ -190,7 +192,7 @@ class Directory:
             if added or removed:
                 for gid in group_ids:
                     self._reprincipal(tx, gid, added, removed, ts, actor)
-            self.storage._append(tx, "scim_user_updated", actor, {
+            self.storage.log.append(tx, "scim_user_updated", actor, {
                 "user": user_id, "userName": state.user_name, "externalId": state.external_id,
                 "active": state.active, "principals_added": sorted(added),
                 "principals_removed": sorted(removed), "groups": group_ids, "client": client})
@@ -212,7 +214,7 @@ class Directory:
             group_ids = [gid for gid, _ in stored.groups]
             for gid in group_ids:
                 self._reprincipal(tx, gid, set(), principals, ts, actor)
-            self.storage._append(tx, "scim_user_deleted", actor, {
+            self.storage.log.append(tx, "scim_user_deleted", actor, {
                 "user": user_id, "userName": stored.resource.get("userName"),
                 "principals": sorted(principals), "groups_left": group_ids, "client": client})
 
@@ -254,7 +256,7 @@ class Directory:
             )
             self._insert_rows(tx, "scim_members", "group_id, user_id, display",
                               [(group_id, uid, displays.get(uid)) for uid in members])
-            self.storage._append(tx, "scim_group_created", actor, {
+            self.storage.log.append(tx, "scim_group_created", actor, {
                 "group": group_id, "displayName": state.display_name,
                 "externalId": state.external_id, "members_added": _listed(members),
                 "principals_added": _listed(principals), "client": client})
@@ -296,7 +298,7 @@ class Directory:
                 tx, group_id, self._principals_of(tx, sorted(added)),
                 self._principals_of(tx, sorted(removed)), ts, actor,
                 changed=resource_changed)
-            self.storage._append(tx, "scim_group_updated", actor, {
+            self.storage.log.append(tx, "scim_group_updated", actor, {
                 "group": group_id, "displayName": state.display_name,
                 "externalId": state.external_id, "members_added": _listed(added),
                 "members_removed": _listed(removed), "principals_added": _listed(p_added),
@@ -324,7 +326,7 @@ class Directory:
             if not private:
                 tx.execute("DELETE FROM scim_former WHERE group_id = ?", (group_id,))
                 tx.execute("DELETE FROM groups WHERE id = ?", (group_id,))
-            self.storage._append(tx, "scim_group_deleted", actor, {
+            self.storage.log.append(tx, "scim_group_deleted", actor, {
                 "group": group_id, "displayName": stored.resource.get("displayName"),
                 "members_left": int(count_row[0]) if count_row else 0,
                 "kept_for_privacy": private, "client": client})
@@ -333,8 +335,6 @@ class Directory:
 
     @staticmethod
     def storage_now() -> int:
-        from veil.storage import now_ns
-
         return now_ns()
 
     @staticmethod

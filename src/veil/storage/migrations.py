@@ -17,7 +17,7 @@ from veil import principal as principals
 from veil.errors import StorageError
 
 if TYPE_CHECKING:
-    from veil.storage import Backend, Tx
+    from veil.storage.backend import Backend, Tx
 
 # A step is SQL, or a function run in the migration's transaction (for what SQL cannot do).
 Step = str | Callable[["Tx"], None]

@@ -2,7 +2,7 @@
 
 Someone who can write the database can cut off the newest records and move the head back;
 the chain alone cannot tell. A checkpoint ``{"seq", "hash", "ts", "key_id", "signature"}``
-(``veil.signing``) written where that person cannot reach lets verify find it.
+(``signing``) written where that person cannot reach lets verify find it.
 
 ``governance.witness`` is a JSON Lines file (each checkpoint appended as one line, then
 fsync) or an ``https://`` endpoint (each checkpoint POSTed as JSON; a 2xx answer is a write).
@@ -25,7 +25,8 @@ from typing import Any, Protocol
 import requests
 
 from veil.errors import GovernanceWriteFailed
-from veil.signing import Signer
+from veil.governance.record import canonical
+from veil.governance.signing import Signer
 
 log = logging.getLogger("veil.witness")
 
@@ -33,8 +34,6 @@ HTTP_TIMEOUT_S = 5.0
 
 
 def _line(checkpoint: dict[str, Any]) -> bytes:
-    from veil.governance import canonical
-
     return canonical(checkpoint) + b"\n"
 
 

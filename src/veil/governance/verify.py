@@ -1,66 +1,21 @@
-"""The governance log's hash chain: how a record is hashed, and how a chain is verified.
+"""Verifying the governance log: a chain, its signatures and the witness's checkpoints.
 
-Each record is ``{"seq", "ts", "action", "actor", "details", "prev_hash"}``; its ``hash`` is
-the SHA-256 (hex) of that object in canonical JSON (keys sorted, no spaces, UTF-8). The first
-record's ``prev_hash`` is 64 zeros. A record also carries ``key_id`` and ``signature``: the
-Ed25519 signature of the chain head it produces (``veil.signing``), null while unsigned.
-Verification walks the records in ``seq`` order, checks each signature against the
-configured public keys, and each witness checkpoint against the record it names.
+Verification walks the records in ``seq`` order (``record`` gives their hash), checks each
+signature against the configured public keys (``signing``), and each witness checkpoint
+(``witness``) against the record it names. It needs no database: a live verify passes the
+records of one snapshot (``log``), an offline one the lines of an export file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from veil.signing import Keyring, checkpoint_message, head_message
-
-GENESIS = "0" * 64
-
-# Every action R8 names, and what the record's details carry.
-ACTIONS = (
-    "group_imported",
-    "group_deleted",
-    "privacy_group_added",
-    "privacy_group_removed",
-    "admin_added",
-    "admin_removed",
-    "permission_granted",
-    "permission_revoked",
-    "reveal_session_opened",
-    "reveal_session_refused",
-    "reveal_session_ended",
-    "activities_revealed",
-    "reveal_refused",
-    "policy_reloaded",
-    "permission_grant_refused",
-    "refusals_coalesced",
-    "scim_user_created",
-    "scim_user_updated",
-    "scim_user_deleted",
-    "scim_group_created",
-    "scim_group_updated",
-    "scim_group_deleted",
-)
-
-# Actions checkpointed to the witness before the answer leaves (the others within
-# governance.checkpoint_s).
-WITNESSED_AT_ONCE = frozenset({"activities_revealed"})
-
-
-def canonical(value: Any) -> bytes:
-    """The canonical JSON form a record is hashed in."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def record_hash(record: Mapping[str, Any]) -> str:
-    body = {k: record[k] for k in ("seq", "ts", "action", "actor", "details", "prev_hash")}
-    return hashlib.sha256(canonical(body)).hexdigest()
-
+from veil.governance.record import GENESIS, record_hash
+from veil.governance.signing import Keyring, checkpoint_message, head_message
 
 
 class MalformedInput(ValueError):

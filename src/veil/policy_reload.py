@@ -26,10 +26,11 @@ from typing import Any
 
 from flask import Flask, current_app
 
+from veil.clock import now_ns, rfc3339
 from veil.errors import PolicyError, StorageError
 from veil.policy import Engine, PolicyModule, load_modules
 from veil.policytools.validation import Validation, validate
-from veil.storage import Storage, now_ns, rfc3339
+from veil.storage import Storage
 
 log = logging.getLogger("veil.reload")
 

@@ -1,8 +1,9 @@
 """Ed25519 keys of the governance log: key generation, signing the chain head, checking it.
 
 Every record's signature covers the chain head that record produces, and a witness
-checkpoint's signature covers the head it vouches for; both sign the canonical JSON (keys
-sorted, no spaces, UTF-8) of a small object whose ``type`` keeps the two apart::
+checkpoint's signature covers the head it vouches for; both sign the canonical JSON
+(``record.canonical``: keys sorted, no spaces, UTF-8) of a small object whose ``type`` keeps
+the two apart::
 
     {"hash": <record hash>, "key_id": <key id>, "seq": <seq>, "type": "veil-head"}
     {"hash": <head hash>, "key_id": <key id>, "seq": <seq>, "ts": <RFC 3339>,
@@ -15,7 +16,6 @@ are hex. The private key never enters the database.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,23 +26,21 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from veil.governance.record import canonical
+
 
 class KeyFileError(ValueError):
     """A key file that cannot be read or is not an Ed25519 key."""
 
 
-def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def head_message(seq: int, hash_: str, key_id: str) -> bytes:
     """What a record's signature covers: the chain head it produces."""
-    return _canonical({"type": "veil-head", "seq": seq, "hash": hash_, "key_id": key_id})
+    return canonical({"type": "veil-head", "seq": seq, "hash": hash_, "key_id": key_id})
 
 
 def checkpoint_message(seq: int, hash_: str, ts: str, key_id: str) -> bytes:
     """What a witness checkpoint's signature covers."""
-    return _canonical({"type": "veil-checkpoint", "seq": seq, "hash": hash_, "ts": ts,
+    return canonical({"type": "veil-checkpoint", "seq": seq, "hash": hash_, "ts": ts,
                        "key_id": key_id})
 
 
