@@ -185,7 +185,7 @@ def test_reload_that_cannot_be_audited_is_undone(client: FlaskClient, store: Loo
     store.state.rows = rows_now()
     add_example(policies)
 
-    def unavailable(*_args: Any) -> dict[str, Any]:
+    def unavailable(*_args: Any, **_kwargs: Any) -> dict[str, Any]:
         raise StorageError("storage is down")
 
     monkeypatch.setattr(served.extensions["veil"].storage, "record", unavailable)

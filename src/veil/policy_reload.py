@@ -93,6 +93,16 @@ class ReloadOutcome:
             "pid": os.getpid(),
         }
 
+    def recorded_already(self, last: dict[str, Any]) -> bool:
+        """Whether ``last`` (the newest ``policy_reloaded`` record) already says this: the
+        same outcome for the same files, from a trigger that reaches every process (the
+        broadcast after an admin's POST, SIGHUP, each worker's file watch), so a change is
+        one record, not one per worker or replica. An admin's POST is always recorded."""
+        details = last.get("details") or {}
+        return (self.trigger != "api" and self.policy_set is not None
+                and details.get("outcome") == self.outcome
+                and details.get("digest") == self.policy_set.digest)
+
     def summary(self) -> dict[str, Any]:
         """For /readyz and the API: no policy text, no file names."""
         return {"outcome": self.outcome, "trigger": self.trigger, "at": self.at,
@@ -197,7 +207,8 @@ class PolicyReloader:
                                          [exc.detail], validation))
         accepted = outcome("accepted", validation.summary, validation=validation)
         try:
-            self.storage.record("policy_reloaded", actor, accepted.record())
+            self.storage.record("policy_reloaded", actor, accepted.record(),
+                                unless=accepted.recorded_already)
         except StorageError as exc:
             self._rollback()
             return outcome("refused", "the governance log is unavailable; the reload was "
@@ -207,7 +218,8 @@ class PolicyReloader:
 
     def _refused(self, outcome: ReloadOutcome) -> ReloadOutcome:
         try:
-            self.storage.record("policy_reloaded", outcome.actor, outcome.record())
+            self.storage.record("policy_reloaded", outcome.actor, outcome.record(),
+                                unless=outcome.recorded_already)
         except StorageError as exc:
             log.error("could not record a refused policy reload: %s", exc.detail)
         return outcome

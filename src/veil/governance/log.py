@@ -101,12 +101,14 @@ class GovernanceLog:
             )
         return [_record(row) for row in rows]
 
-    def last_record(self, action: str) -> dict[str, Any] | None:
-        """The newest record of one action, or None."""
-        with self.backend.transaction(write=False) as tx:
-            row = tx.one(f"SELECT {_COLUMNS} "
-                         "FROM governance_log WHERE action = ? ORDER BY seq DESC LIMIT 1",
-                         (action,))
+    def last_record(self, action: str, tx: Tx | None = None) -> dict[str, Any] | None:
+        """The newest record of one action, or None (in ``tx`` when given)."""
+        if tx is None:
+            with self.backend.transaction(write=False) as own:
+                return self.last_record(action, own)
+        row = tx.one(f"SELECT {_COLUMNS} "
+                     "FROM governance_log WHERE action = ? ORDER BY seq DESC LIMIT 1",
+                     (action,))
         return None if row is None else _record(row)
 
     def iter_records(self, batch: int = 1000) -> Iterator[dict[str, Any]]:

@@ -489,9 +489,19 @@ class Storage:
         """Verify the chain, its signatures and the witness's checkpoints (one snapshot)."""
         return self.log.verify()
 
-    def record(self, action: str, actor: str, details: dict[str, Any]) -> dict[str, Any]:
-        """Append one governance record and commit it; raise StorageError if it cannot be."""
+    def record(self, action: str, actor: str, details: dict[str, Any],
+               unless: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """Append one governance record and commit it; raise StorageError if it cannot be.
+
+        With ``unless``, the newest record of the same action is read in the same write
+        transaction, and when ``unless`` holds for it nothing is appended and it is returned
+        (so processes that make the same change at once record it once).
+        """
         with self.backend.transaction(write=True) as tx:
+            if unless is not None:
+                last = self.log.last_record(action, tx)
+                if last is not None and unless(last):
+                    return last
             return self.log.append(tx, action, actor, details)
 
     def record_reveal(self, caller: str, session_id: str, details: dict[str, Any] | None,
