@@ -19,7 +19,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import ADMIN, SECRET, LoopbackStore, activity, auth, config_doc, iso
+from conftest import ADMIN, POLICIES, SECRET, LoopbackStore, activity, auth, config_doc, iso
 from netutil import free_port, veil_serve
 
 SEC = 1_000_000_000
@@ -76,7 +76,7 @@ def test_sighup_reloads_policy_safely_in_every_worker(store: LoopbackStore,
     broken set is refused and the old one keeps serving."""
     import shutil
 
-    from conftest import POLICIES
+
 
     policies = tmp_path / "policies"
     shutil.copytree(POLICIES, policies)
@@ -134,7 +134,7 @@ def test_sighup_reloads_policy_safely_in_every_worker(store: LoopbackStore,
 def test_serve_refuses_a_policy_whose_tests_fail(store: LoopbackStore, tmp_path: Path) -> None:
     import shutil
 
-    from conftest import POLICIES
+
 
     policies = tmp_path / "policies"
     shutil.copytree(POLICIES, policies)
@@ -155,7 +155,7 @@ def test_serve_refuses_a_policy_whose_tests_fail(store: LoopbackStore, tmp_path:
 def test_api_reload_reaches_every_worker(store: LoopbackStore, tmp_path: Path) -> None:
     import shutil
 
-    from conftest import POLICIES
+
 
     policies = tmp_path / "policies"
     shutil.copytree(POLICIES, policies)
@@ -212,7 +212,10 @@ def test_serve_logs_what_it_loaded(store: LoopbackStore, tmp_path: Path) -> None
         text = log.read_text()
     port = url.rsplit(":", 1)[1]
     assert re.search(r"veil: configuration .*veil-\d+\.yaml$", text, re.M), text
-    assert re.search(r"veil: policy .*policies: 1 policy file\(s\), set [0-9a-f]{12}, all "
+    tests = len(list(POLICIES.rglob("*_test.rego")))
+    policies = len(list(POLICIES.rglob("*.rego"))) - tests
+    assert re.search(rf"veil: policy .*policies: {policies} policy and {tests} test file\(s\), "
+                     r"set [0-9a-f]{12}, all "
                      r"\d+ policy tests passed$", text, re.M), text
     assert re.search(r"veil: engine embedded \(regorus [\d.]+, in-process\)$", text, re.M)
     assert f"veil: storage sqlite:///{tmp_path / 'veil.db'}" in text

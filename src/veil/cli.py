@@ -205,7 +205,7 @@ def _manage(args: argparse.Namespace, storage: Any) -> int:
         if action == "list":
             _print(storage.list_groups())
         elif action == "put":
-            # one principal a line, taken as written (never trimmed: SPEC "Principal")
+            # one principal a line, taken as written (never trimmed: docs/rules.md, "Principal")
             members = [m for m in Path(args.members_file).read_text("utf-8").splitlines()
                        if m] if args.members_file else list(args.members)
             _print(storage.put_group(args.id, args.name or args.id, members, actor)[1])

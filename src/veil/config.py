@@ -392,7 +392,8 @@ def from_dict(
 
 
 def _bootstrap_admins(values: list[str]) -> tuple[str, ...]:
-    """The configured admins as principals (SPEC "Principal"); a bad one stops start-up."""
+    """The configured admins as principals (docs/rules.md, "Principal"); a bad one stops
+    start-up."""
     from veil import principal
 
     admins = []

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of Veil's HTTP interface, built from the same schemas it enforces.
 
-The document is the truth about the API (SPEC "HTTP interface"): Schemathesis runs against it
+The document is the truth about the API (README, "HTTP interface"): Schemathesis runs against it
 in CI (``tests/test_openapi.py``), and a test checks that every route Flask serves is in it.
 
 Adding an endpoint: add one ``Op`` to ``operations()``. Say who may call it (``access``:

@@ -1,7 +1,7 @@
 """Principals (UPNs, e-mails): the one place where a name becomes the key Veil compares.
 
-SPEC "Principal": compared after Unicode NFC normalization and case folding; a name holding
-whitespace or a control or format character is refused, never trimmed into someone
+docs/rules.md, "Principal": compared after Unicode NFC normalization and case folding; a
+name holding whitespace or a control or format character is refused, never trimmed into someone
 else (``"alice@contoso.com\\u3000"`` is not alice). Every way a principal enters
 (identity, request bodies and paths, group members, the admin registry, the view-private
 permission, the configuration, row actors) goes through ``normalize`` or ``key``.

@@ -11,7 +11,7 @@ from veil import principal, schema_errors
 from veil.errors import InvalidBody
 
 GROUP_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-# A principal: no whitespace nor control character (SPEC "Principal"; veil.principal).
+# A principal: no whitespace nor control character (docs/rules.md, "Principal"; veil.principal).
 PRINCIPAL: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": principal.MAX_LENGTH,
              "pattern": principal.PATTERN}
 # Control characters a justification may not hold (tab, newline and carriage return it may).

@@ -52,8 +52,8 @@ def validated(config: Config) -> str:
         raise PolicyError(f"{config.policy.dir}: {validation.summary}\n  {details}")
     policy_files = sum(not m.is_test for m in modules)
     digest = PolicySet.of(config.policy.dir, modules).digest
-    return (f"{config.policy.dir}: {policy_files} policy file(s), set {digest[:12]}, "
-            f"{validation.summary}")
+    return (f"{config.policy.dir}: {policy_files} policy and {len(modules) - policy_files} "
+            f"test file(s), set {digest[:12]}, {validation.summary}")
 
 
 def check_address(host: str, port: int) -> None:

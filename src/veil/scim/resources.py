@@ -69,7 +69,7 @@ def principal(value: str, attribute: str) -> str:
         raise InvalidValueException(
             detail=f"{attribute} {value!r} is not a principal: it is empty or holds "
                    "whitespace or control characters")
-    return key  # NFC and case folding (SPEC "Principal"), as everywhere else
+    return key  # NFC and case folding (docs/rules.md, "Principal"), as everywhere else
 
 
 def validation_error(exc: ValidationError) -> SCIMException:

@@ -24,8 +24,9 @@ Step = str | Callable[["Tx"], None]
 
 
 def _principal_key(value: str) -> str:
-    """The stored principal as SPEC "Principal" compares it; one that is not a valid principal
-    (whitespace, control characters) is left as it is: no caller can ever present it."""
+    """The stored principal as docs/rules.md ("Principal") compares it; one that is not a
+    valid principal (whitespace, control characters) is left as it is: no caller can ever
+    present it."""
     return principals.key(value) or value
 
 
@@ -180,7 +181,7 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         "CREATE INDEX groups_source ON groups (source)",
     ),
     # 5: refused attempts counted per principal (R12: one record per window, with the count);
-    # stored principals re-keyed by SPEC "Principal" (NFC + case folding)
+    # stored principals re-keyed by docs/rules.md, "Principal" (NFC + case folding)
     (
         """CREATE TABLE refusal_counts (
             actor TEXT PRIMARY KEY,
