@@ -329,6 +329,7 @@ def test_access_logs_say_whether_the_store_or_veil_answered(
                     headers={"Authorization": f"Bearer {demo.admin_token}"},
                     timeout=10).status_code == 200
     logged = capfd.readouterr().err.splitlines()
+    assert not [line for line in logged if "\x1b" in line]  # no colour codes in a capture
     assert any(line.startswith("store | ") and "/api/activities?limit=1&probe=store" in line
                for line in logged), logged
     assert any(line.startswith("veil  | ") and '"GET /api/activities?limit=1 HTTP' in line

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -54,6 +55,9 @@ class DemoSettings:
     rate_per_minute: float = 60.0  # activities a minute in business hours
 
 
+_ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")
+
+
 class _AccessLog(WSGIRequestHandler):
     """An access log line on standard error, prefixed with the server it belongs to, so the
     store's requests and Veil's can be told apart in the demo's terminal."""
@@ -61,8 +65,11 @@ class _AccessLog(WSGIRequestHandler):
     prefix = "veil "
 
     def log(self, type: str, message: str, *args: Any) -> None:
+        line = message % args
+        if not sys.stderr.isatty():  # werkzeug colours the status; not in a file or a pipe
+            line = _ANSI_STYLE.sub("", line)
         print(f"{self.prefix} | {self.address_string()} - - [{self.log_date_time_string()}] "
-              f"{message % args}", file=sys.stderr, flush=True)
+              f"{line}", file=sys.stderr, flush=True)
 
 
 class _StoreAccessLog(_AccessLog):
