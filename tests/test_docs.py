@@ -25,3 +25,20 @@ def test_documents_cite_rules_md_not_a_spec_outside_the_repository() -> None:
         assert "SPEC.md" not in text and "SPEC rules" not in text, path
     for path in citing:
         assert "docs/rules.md" in path.read_text(), path
+
+
+def test_policy_files_and_the_documents_that_cite_them_agree() -> None:
+    """Every file of the shipped policy is in policies/README.md's table, and every policy
+    file a document cites exists (the policy is one file per rule)."""
+    shipped = sorted(path.name for path in (ROOT / "policies/veil/privacy").glob("*.rego"))
+    assert "decision.rego" in shipped and len(shipped) > 2
+    guide = (ROOT / "policies" / "README.md").read_text()
+    for name in shipped:
+        assert f"`{name}`" in guide or f"veil/privacy/{name}`" in guide, name
+    citations = 0
+    for document in (ROOT / "README.md", ROOT / "policies" / "README.md", RULES):
+        for cited in re.findall(r"\b([a-z][a-z_]*\.rego)\b", document.read_text()):
+            assert cited in shipped or (ROOT / "docs/examples" / cited).is_file(), \
+                (document.name, cited)
+            citations += 1
+    assert citations >= len(shipped)
