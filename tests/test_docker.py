@@ -250,7 +250,10 @@ def test_the_image_entry_command_serves_healthz(store: LoopbackStore, opa: FakeO
         assert answer.json() == {"status": "ok"}
         ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
         assert ready.json()["checks"] == {"store": True, "engine": True, "storage": True}
-        assert opa.policy_ids() == ["veil/veil/privacy/privacy.rego"]
+        assert opa.policy_ids() == [
+            f"veil/veil/privacy/{name}.rego" for name in (
+                "built_in_groups", "decision", "private_windows", "reveal", "unreadable_rows",
+                "windows")]
         check = [sys.executable if part == "python" else part.replace(":8080/", f":{port}/")
                  for part in exec_form("HEALTHCHECK")]
         assert subprocess.run(check, timeout=10).returncode == 0

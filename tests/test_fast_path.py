@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 import shutil
 from collections.abc import Hashable, Iterator
 from pathlib import Path
@@ -28,7 +29,17 @@ from veil.errors import PolicyError
 from veil.policy import DECISION, Decision, Evaluation, PolicyModule, load_modules
 from veil.policy.decide import RowDecider
 from veil.policy.embedded import EmbeddedEngine, new_engine
-from veil.policy.plan import CUSTOM_RULE, R1_WINDOW, R2_ACTOR, R2_TIME, RowPlan, plan
+from veil.policy.plan import (
+    CUSTOM_RULE,
+    DECISION_TEXT,
+    R1_WINDOW,
+    R2_ACTOR,
+    R2_TIME,
+    SHIPPED_RULES,
+    RowPlan,
+    normalized,
+    plan,
+)
 
 from conftest import POLICIES, constant
 
@@ -253,6 +264,73 @@ def test_plan_of_the_shipped_policy_applies_r1_and_r2_itself() -> None:
     assert found.custom is False
 
 
+def test_pinned_texts_are_the_shipped_policy_s_own() -> None:
+    """plan.py pins the text of each shipped rule it applies itself: a change to one of them in
+    policies/ (or to the pins) must be made on both sides. A mismatch is named here."""
+    policy = [m for m in SHIPPED if not m.is_test]
+    pinned = [("decision", DECISION_TEXT)] + [
+        (name, text) for rule, (_, helpers) in SHIPPED_RULES.items()
+        for name, text in (("private_rows", rule), *helpers)]
+    for name, text in pinned:
+        holders = [m.path.name for m in policy
+                   if re.search(rf"^{name}\b", m.text, re.M) and text in normalized(m.text)]
+        defines = [m.path.name for m in policy if re.search(rf"^{name}\b", m.text, re.M)]
+        assert len(holders) == 1, (f"rule {name!r} in {defines or 'no file'} is not the text "
+                                   f"plan.py pins: {text!r}")
+
+
+def test_plan_follows_the_shipped_rules_in_any_file_layout(tmp_path: Path) -> None:
+    """The rules are matched by name and text across the package's files: the shipped policy
+    in one file, or R2 beside the decision, is planned as the shipped layout is."""
+    policy = [m for m in SHIPPED if not m.is_test]
+    bodies = [m.text.split("import rego.v1\n", 1)[1] for m in policy]
+    one = [PolicyModule(Path("veil/privacy/all.rego"), HEADER + "\n".join(bodies))]
+    moved = [m for m in policy if m.path.name not in ("decision.rego", "unreadable_rows.rego")]
+    r2 = next(m for m in policy if m.path.name == "unreadable_rows.rego")
+    decision = next(m for m in policy if m.path.name == "decision.rego")
+    moved.append(PolicyModule(decision.path, decision.text + r2.text.split(
+        "import rego.v1\n", 1)[1]))
+    for modules in (one, moved):
+        found = plan(modules)
+        assert found is not None
+        assert found.shipped == {R1_WINDOW, R2_ACTOR, R2_TIME} and found.custom is False
+
+
+def test_plan_applies_r1_only_while_its_lookup_is_the_shipped_one(tmp_path: Path) -> None:
+    """R1 reads actor_windows through windows_of_answer_actor: a changed lookup is the
+    author's, evaluated by the engine, and the decisions stay those of the policy."""
+    policy_set(tmp_path, [])
+    path = tmp_path / "policies/veil/privacy/private_windows.rego"
+    text = path.read_text()
+    line = "\tsome actor, windows in windows_by_actor\n"
+    changed = text.replace(line, line + "\tactor != \"ann@contoso.com\"\n")
+    assert changed != text
+    path.write_text(changed)
+    modules = load_modules(tmp_path / "policies")
+    found = plan(modules)
+    assert found is not None and found.shipped == {R2_ACTOR, R2_TIME} and found.custom
+    engine = EmbeddedEngine(tmp_path / "policies", modules)
+    engine.sync(1, lambda: (1, FINANCE))
+    rows = rows_of(("ann@contoso.com", "user", T0 + HOUR), ("bob@contoso.com", "user", None))
+    assert RowDecider().decide(engine.begin, document(rows), rows).hidden(2) == \
+        plain_regorus(modules, FINANCE, rows) == {1}
+
+
+@pytest.mark.parametrize("file", ["built_in_groups.rego", "windows.rego",
+                                  "private_windows.rego"])
+def test_plan_does_not_apply_r1_when_what_actor_windows_reads_imports_more(
+        file: str, tmp_path: Path) -> None:
+    """An import can give a name that actor_windows reaches another meaning
+    (``import input.now_ns as forever``): R1 is then evaluated by the engine."""
+    policy_set(tmp_path, [])
+    path = tmp_path / "policies/veil/privacy" / file
+    path.write_text(path.read_text().replace("import rego.v1\n",
+                                             "import rego.v1\n\nimport data.veil.lists\n", 1))
+    found = plan(load_modules(tmp_path / "policies"))
+    assert found is not None
+    assert found.shipped == {R2_ACTOR, R2_TIME} and found.custom is True
+
+
 def test_plan_keeps_the_decision_unchanged_when_rules_are_renamed(tmp_path: Path) -> None:
     modules = policy_set(tmp_path, [RAW_RULE])
     found = plan(modules)
@@ -284,7 +362,7 @@ def test_plan_ignores_rules_that_are_not_private_rows(tmp_path: Path) -> None:
 
 def test_plan_gives_up_when_the_decision_is_not_the_shipped_one(tmp_path: Path) -> None:
     modules = policy_set(tmp_path, [])
-    path = tmp_path / "policies/veil/privacy/privacy.rego"
+    path = tmp_path / "policies/veil/privacy/decision.rego"
     path.write_text(path.read_text().replace('"reveal": reveal_allowed,',
                                              '"reveal": reveal_allowed, "v": 1,'))
     assert plan(load_modules(tmp_path / "policies")) is None
@@ -294,7 +372,7 @@ def test_plan_gives_up_when_the_decision_is_not_the_shipped_one(tmp_path: Path) 
 def test_plan_does_not_trust_a_module_that_imports_data(tmp_path: Path) -> None:
     """An import can give a shipped rule's names (``actor_windows``) another meaning."""
     policy_set(tmp_path, [])
-    path = tmp_path / "policies/veil/privacy/privacy.rego"
+    path = tmp_path / "policies/veil/privacy/decision.rego"
     path.write_text(path.read_text().replace("import rego.v1\n",
                                              "import rego.v1\n\nimport data.veil.lists\n", 1))
     assert plan(load_modules(tmp_path / "policies")) is None  # nor its decision
@@ -375,7 +453,7 @@ def test_a_policy_reload_is_never_decided_from_the_old_cache(tmp_path: Path) -> 
     decider = RowDecider()
     rows = rows_of(("guest@fabrikam.com", "user", T0 + HOUR))
     assert decider.decide(engine.begin, document(rows), rows).hidden(1) == {0}
-    path = tmp_path / "policies/veil/privacy/privacy.rego"
+    path = tmp_path / "policies/veil/privacy/built_in_groups.rego"
     path.write_text(path.read_text().replace("some domain in data.veil.managed_domains",
                                              'some domain in {"contoso.com", "fabrikam.com"}'))
     engine.reload(load_modules(tmp_path / "policies"))
@@ -408,7 +486,7 @@ def test_a_reveal_is_decided_by_the_whole_decision() -> None:
 ])
 def test_a_malformed_actor_windows_fails_closed(windows: str, tmp_path: Path) -> None:
     policy_set(tmp_path, [])
-    path = tmp_path / "policies/veil/privacy/privacy.rego"
+    path = tmp_path / "policies/veil/privacy/private_windows.rego"
     text = path.read_text()
     start = text.index("actor_windows := {kind")
     end = text.index("# Windows of the imported")
@@ -486,7 +564,7 @@ def test_actor_windows_that_read_more_than_the_actors_are_evaluated_on_the_answe
         tmp_path: Path) -> None:
     """An actor_windows that reads the time of the request cannot be cached per actor."""
     modules = policy_set(tmp_path, [])
-    path = tmp_path / "policies/veil/privacy/privacy.rego"
+    path = tmp_path / "policies/veil/privacy/private_windows.rego"
     path.write_text(path.read_text().replace("\t\tcount(windows) > 0\n",
                                              "\t\tcount(windows) > 0\n\t\tinput.now_ns > 0\n"))
     modules = load_modules(tmp_path / "policies")

@@ -24,6 +24,7 @@ from flask.testing import FlaskClient
 from veil.app import create_app
 from veil.errors import PolicyError
 from veil.policy import load_modules
+from veil.policy import opa as opa_engine_module
 from veil.policy.embedded import EmbeddedEngine
 from veil.policy.opa import OpaEngine
 from veil.storage import open_storage
@@ -31,6 +32,11 @@ from veil.storage import open_storage
 from conftest import ADMIN, GRANTOR, POLICIES, LoopbackStore, activity, auth, ids, iso, make_config
 from netutil import free_port
 from opa_server import Bundle, FakeOpa, bundle_from
+
+# The shipped policy files (policies/veil/privacy/, tests aside), as OPA names them.
+SHIPPED_FILES = ["built_in_groups.rego", "decision.rego", "private_windows.rego", "reveal.rego",
+                 "unreadable_rows.rego", "windows.rego"]
+SHIPPED_IDS = [f"veil/veil/privacy/{name}" for name in SHIPPED_FILES]
 
 A = auth(ADMIN)
 ANN = "ann@contoso.com"
@@ -113,12 +119,12 @@ def assert_filters(client: FlaskClient) -> None:
 
 def test_start_up_loads_policies_and_data(app: Flask, opa: FakeOpa) -> None:
     """Before any query, OPA holds every policy file (not the tests) and data.veil."""
-    assert opa.policy_ids() == ["veil/veil/privacy/privacy.rego"]
+    assert opa.policy_ids() == SHIPPED_IDS
     storage = app.extensions["veil"].storage
     assert opa.document("veil/state_version") == storage.state_version()
     assert opa.document("veil/admins") == {ADMIN: True, GRANTOR: True}
     assert opa.document("veil/managed_domains") == ["contoso.com"]
-    assert opa.calls("PUT", "/v1/policies/") == 1
+    assert opa.calls("PUT", "/v1/policies/") == len(SHIPPED_FILES)  # one PUT per file
 
 
 def test_first_query_after_start_up_is_answered_with_state_loaded(
@@ -151,7 +157,7 @@ def test_opa_down_at_start_up_then_up(store: LoopbackStore, tmp_path: Path) -> N
         assert client.get("/readyz").get_json()["checks"]["engine"] is False
         opa.start()
         assert_filters(client)
-        assert opa.policy_ids() == ["veil/veil/privacy/privacy.rego"]
+        assert opa.policy_ids() == SHIPPED_IDS
         assert client.get("/readyz").get_json()["checks"]["engine"] is True
     finally:
         application.extensions["veil"].storage.close()
@@ -185,7 +191,7 @@ def test_recovery_after_an_opa_restart(client: FlaskClient, store: LoopbackStore
     opa.restart()
     assert opa.policy_ids() == []
     assert_filters(client)
-    assert opa.policy_ids() == ["veil/veil/privacy/privacy.rego"]
+    assert opa.policy_ids() == SHIPPED_IDS
     assert opa.document("veil/groups/finance/members") == {ANN: True}
     opa.restart()
     assert ids(client.get("/api/activities", headers=reveal)) == ["act-1", "act-2"]
@@ -198,7 +204,7 @@ def test_recovery_when_opa_keeps_its_policies_but_loses_the_data(
     finance_private(client, store)
     assert_filters(client)
     opa.forget_data()
-    assert opa.policy_ids() == ["veil/veil/privacy/privacy.rego"]
+    assert opa.policy_ids() == SHIPPED_IDS
     assert_filters(client)
     assert opa.document("veil/groups/finance/members") == {ANN: True}
     opa.forget_data()
@@ -227,7 +233,7 @@ def test_readyz_follows_opa(client: FlaskClient, opa: FakeOpa) -> None:
     assert down.get_json()["checks"]["engine"] is False
     opa.restart()  # it comes back empty, and no query arrives: the probe reloads it
     assert client.get("/readyz").get_json()["checks"]["engine"] is True
-    assert opa.policy_ids() == ["veil/veil/privacy/privacy.rego"]
+    assert opa.policy_ids() == SHIPPED_IDS
     assert opa.document("veil/state_version") is not None
 
 
@@ -238,7 +244,7 @@ def test_stale_policy_modules_are_removed(opa: FakeOpa, tmp_path: Path) -> None:
                  data="package other\n\nimport rego.v1\n\ny := 1\n", timeout=5)
     engine = OpaEngine(POLICIES, opa.url, 2.0)
     engine.sync(1, lambda: (1, {"groups": {}}))
-    assert opa.policy_ids() == ["other/kept.rego", "veil/veil/privacy/privacy.rego"]
+    assert opa.policy_ids() == ["other/kept.rego", *SHIPPED_IDS]
     engine.close()
 
 
@@ -262,7 +268,8 @@ def test_needs_raw_is_computed_as_the_embedded_engine_does(opa: FakeOpa, tmp_pat
     assert OpaEngine(POLICIES, opa.url).needs_raw is EmbeddedEngine(POLICIES).needs_raw is False
     directory = tmp_path / "policies"
     directory.mkdir()
-    (directory / "privacy.rego").write_text((POLICIES / "veil/privacy/privacy.rego").read_text())
+    for name in SHIPPED_FILES:
+        (directory / name).write_text((POLICIES / "veil/privacy" / name).read_text())
     (directory / "secret.rego").write_text(
         "package veil.privacy\n\nimport rego.v1\n\n"
         'private_rows contains i if input.rows[i].raw.activity == "ReadSecret"\n')
@@ -272,7 +279,8 @@ def test_needs_raw_is_computed_as_the_embedded_engine_does(opa: FakeOpa, tmp_pat
     application = veil_app(store, tmp_path, opa.url, dir=str(directory))
     try:
         assert ids(application.test_client().get("/api/activities", headers=A)) == ["act-2"]
-        assert opa.policy_ids() == ["veil/privacy.rego", "veil/secret.rego"]
+        assert opa.policy_ids() == sorted([f"veil/{name}" for name in SHIPPED_FILES]
+                                          + ["veil/secret.rego"])
     finally:
         application.extensions["veil"].storage.close()
 
@@ -289,7 +297,7 @@ def test_policy_opa_rejects_is_reported(opa: FakeOpa) -> None:
         mock.put(re.compile(re.escape(opa.url) + r"/v1/policies/.*"), status=400, json={
             "code": "invalid_parameter", "message": "error(s) occurred while compiling module(s)",
             "errors": [{"code": "rego_type_error", "message": "undefined function foo.bar"}]})
-        with pytest.raises(PolicyError, match=r"rejects policy .*privacy.rego.*foo.bar"):
+        with pytest.raises(PolicyError, match=r"rejects policy .*\.rego.*foo.bar"):
             engine.sync(1, lambda: (1, {"groups": {}}))
     engine.close()
 
@@ -388,7 +396,7 @@ def test_undefined_decision_is_retried_once_after_reloading(client: FlaskClient,
         assert ids(client.get("/api/activities", headers=auth(BOB))) == []
         asked = [c for c in mock.calls if POLICY_QUERY.match(c.request.url or "")]
         assert len(asked) == 2
-    assert opa.calls("PUT", "/v1/policies/") == puts + 1
+    assert opa.calls("PUT", "/v1/policies/") == puts + len(SHIPPED_FILES)  # loaded once again
 
 
 # ---- bundle mode ---------------------------------------------------------------------------
@@ -408,7 +416,7 @@ def test_bundle_mode_uses_the_bundle_and_writes_only_data(store: LoopbackStore,
         finance_private(client, store)
         assert_filters(client)
         assert opa.calls("PUT", "/v1/policies") == 0
-        assert opa.policy_ids() == ["bundle/veil/privacy/privacy.rego"]
+        assert opa.policy_ids() == [f"bundle/veil/privacy/{name}" for name in SHIPPED_FILES]
         assert opa.document("veil/groups/finance/members") == {ANN: True}
         assert client.get("/readyz").get_json()["checks"]["engine"] is True
         # OPA restarts: the bundle is activated again, Veil's data is gone. Each answer
@@ -484,8 +492,7 @@ def test_reload_loads_the_new_set_and_drops_removed_files(opa: FakeOpa, tmp_path
     (directory / "veil/privacy/old.rego").unlink()
     (directory / "veil/privacy/secret.rego").write_text(RAW_RULE)
     engine.reload(load_modules(directory))
-    assert opa.policy_ids() == ["veil/veil/privacy/privacy.rego",
-                                "veil/veil/privacy/secret.rego"]
+    assert opa.policy_ids() == sorted([*SHIPPED_IDS, "veil/veil/privacy/secret.rego"])
     assert engine.needs_raw is True
     row = {"index": 0, "id": "a", "actor": BOB, "actor_type": "user", "ts_ns": 1,
            "raw": {"activity": "ReadSecret"}}
@@ -503,13 +510,13 @@ def test_reload_refused_by_opa_keeps_the_previous_policy(opa: FakeOpa, tmp_path:
     (directory / "veil/privacy/secret.rego").write_text(RAW_RULE)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.add_passthru(re.compile(re.escape(opa.url) + r"/(health|v1/data|v1/policies$|"
-                                                          r"v1/policies/veil/veil/privacy/p)"))
+                                                          r"v1/policies/veil/veil/privacy/(?!secret))"))
         mock.put(opa.url + "/v1/policies/veil/veil/privacy/secret.rego", status=400, json={
             "code": "invalid_parameter", "message": "error(s) occurred while compiling module(s)",
             "errors": [{"code": "rego_type_error", "message": "unsafe built-in"}]})
         with pytest.raises(PolicyError, match="did not take the new policy"):
             engine.reload(load_modules(directory))
-    assert opa.policy_ids() == ["veil/veil/privacy/privacy.rego"]
+    assert opa.policy_ids() == SHIPPED_IDS
     assert engine.needs_raw is False
     engine.close()
 
@@ -585,4 +592,33 @@ def test_opa_with_an_authors_row_rule_is_asked_the_whole_decision(opa: FakeOpa,
     (directory / "veil/privacy/secret.rego").write_text(RAW_RULE)
     engine = OpaEngine(directory, opa.url, 2.0)
     assert engine.begin().plan is None
+    engine.close()
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_policy_files_that_use_each_other_load_in_any_order(
+        opa: FakeOpa, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ordered: bool) -> None:
+    """OPA compiles each PUT with the modules it holds: a file that uses a rule of a file that
+    sorts after it is put after that one (``load_order``), and without that order a refused
+    file is put again after the others."""
+    if not ordered:
+        monkeypatch.setattr(opa_engine_module, "load_order", list)
+    directory = tmp_path / "policies"
+    shutil.copytree(POLICIES, directory)
+    (directory / "veil/privacy/aaa_uses_later.rego").write_text(
+        "package veil.privacy\n\nimport rego.v1\n\n"
+        "private_rows contains i if some i in zzz_rows\n")
+    (directory / "veil/privacy/zzz_defines.rego").write_text(
+        "package veil.privacy\n\nimport rego.v1\n\n"
+        "zzz_rows contains i if {\n\tsome i, row in input.rows\n\trow.id == \"a\"\n}\n")
+    engine = OpaEngine(directory, opa.url, 2.0)
+    engine.sync(1, lambda: (1, {"groups": {}}))
+    assert "veil/veil/privacy/aaa_uses_later.rego" in opa.policy_ids()
+    puts = opa.calls("PUT", "/v1/policies/")
+    assert puts == len(SHIPPED_FILES) + 2 if ordered else puts > len(SHIPPED_FILES) + 2
+    document: dict[str, Any] = {"caller": BOB, "request": {}, "reveal_session_id": None,
+                                "session": None, "now_ns": 1,
+                                "rows": [{"index": 0, "id": "a", "actor": BOB,
+                                          "actor_type": "user", "ts_ns": 1}]}
+    assert engine.evaluate(orjson.dumps(document))["private_rows"] == [0]
     engine.close()

@@ -130,7 +130,7 @@ BROKEN: dict[str, tuple[dict[str, str | None], str]] = {
                   "does not check"),
     "failing test": ({"everything.rego": HEADER + (
         "private_rows contains i if some i, _ in input.rows\n")}, "policy tests failed"),
-    "missing entry point": ({"privacy.rego": None}, "does not check"),
+    "missing entry point": ({"decision.rego": None}, "does not check"),
     "no tests": ({"*_test.rego": None}, "has no tests"),
 }
 
@@ -145,7 +145,7 @@ def test_broken_change_is_refused_and_the_old_policy_keeps_serving(
         if text is None:
             for path in (policies / PRIVACY).glob(name):
                 path.unlink()
-            if name == "privacy.rego":  # keep a policy file, without the entry points
+            if name == "decision.rego":  # keep a policy file, without the entry points
                 (policies / PRIVACY / "other.rego").write_text(HEADER + "x := 1\n")
         else:
             (policies / PRIVACY / name).write_text(text)

@@ -21,6 +21,7 @@ set back if OPA refuses one.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
@@ -118,6 +119,37 @@ def policy_id(directory: Path, module: PolicyModule) -> str:
         return POLICY_ID_PREFIX + module.path.relative_to(directory).as_posix()
     except ValueError:
         return POLICY_ID_PREFIX + module.path.name
+
+
+_COMMENT = re.compile(r"#[^\n]*")
+_DEFINED = re.compile(r"^(?:default\s+)?([A-Za-z_][A-Za-z0-9_]*)", re.M)
+_NAME = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
+_KEYWORDS = frozenset({"package", "import", "else", "default"})
+
+
+def load_order(modules: Sequence[PolicyModule]) -> list[PolicyModule]:
+    """The modules in an order in which OPA can compile them one by one: a file that uses a
+    rule defined in another file comes after it (names read from the text, comments aside;
+    files in a cycle keep their order). Only an order: ``_put_policies`` puts a refused file
+    again after the others."""
+    texts = [_COMMENT.sub("", module.text) for module in modules]
+    defines = [set(_DEFINED.findall(text)) - _KEYWORDS for text in texts]
+    defined_in: dict[str, set[int]] = {}
+    for n, names in enumerate(defines):
+        for name in names:
+            defined_in.setdefault(name, set()).add(n)
+    # A rule this file defines itself (private_rows, in several files) needs no other file.
+    needs = [{other for name in set(_NAME.findall(text)) - defines[n]
+              for other in defined_in.get(name, ())} for n, text in enumerate(texts)]
+    order: list[int] = []
+    placed: set[int] = set()
+    while len(order) < len(modules):
+        ready = [n for n in range(len(modules)) if n not in placed and needs[n] <= placed]
+        if not ready:  # a cycle: the first file left goes next
+            ready = [min(set(range(len(modules))) - placed)]
+        order.append(ready[0])
+        placed.add(ready[0])
+    return [modules[n] for n in order]
 
 
 class OpaEngine:
@@ -373,7 +405,7 @@ class OpaEngine:
 
     def _load_policies(self) -> None:
         """PUT every policy file; drop Veil's modules whose file is gone."""
-        modules = [(policy_id(self.directory, m), m) for m in self._modules]
+        modules = [(policy_id(self.directory, m), m) for m in load_order(self._modules)]
         try:
             held = [i for i in self._client.policy_ids()
                     if i.startswith(POLICY_ID_PREFIX)]
@@ -395,14 +427,25 @@ class OpaEngine:
                  self.directory, self.opa_url)
 
     def _put_policies(self, modules: Iterable[tuple[str, PolicyModule]]) -> None:
-        for module_id, module in modules:
-            try:
-                self._client.update_policy_from_string(module.text, module_id, rego_compat=False)
-            except RegoParseError as exc:
-                raise PolicyRejected(f"OPA at {self.opa_url} rejects policy {module.path}: "
-                                     f"{exc}") from exc
-            except CLIENT_ERRORS as exc:
-                raise _translate(exc, self.opa_url, f"loading policy {module_id}") from exc
+        """PUT every module. OPA compiles each one with the modules it already holds, so a
+        file that uses a rule of a file it does not hold yet is refused: such files are put
+        again after the others, for as long as each round loads at least one."""
+        pending = list(modules)
+        while pending:
+            refused: list[tuple[str, PolicyModule, RegoParseError]] = []
+            for module_id, module in pending:
+                try:
+                    self._client.update_policy_from_string(module.text, module_id,
+                                                           rego_compat=False)
+                except RegoParseError as exc:
+                    refused.append((module_id, module, exc))
+                except CLIENT_ERRORS as exc:
+                    raise _translate(exc, self.opa_url, f"loading policy {module_id}") from exc
+            if len(refused) == len(pending):
+                _, first, reason = refused[0]
+                raise PolicyRejected(f"OPA at {self.opa_url} rejects policy {first.path}: "
+                                     f"{reason}") from reason
+            pending = [(module_id, module) for module_id, module, _ in refused]
 
     def _delete_policies(self, module_ids: Iterable[str]) -> None:
         for module_id in module_ids:

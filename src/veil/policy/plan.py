@@ -6,8 +6,12 @@ reads only the rows' actors and data.veil, so Veil asks the policy for it once p
 policy and state version, and applies R1 and R2 to the rows itself. Every other
 ``private_rows`` rule (a policy author's) is still evaluated by the engine, on the rows.
 
-A rule counts as shipped only when its text, and the text of every rule it relies on, is the
-shipped text (comments and layout aside) in a module that imports nothing but ``rego.v1``.
+The shipped policy spans several files of ``policies/veil/privacy/`` (one per rule), so the
+rules are matched by name and text across every module of the package, whatever file holds
+them. A rule counts as shipped only when its text, and the text of every rule it relies on, is
+the shipped text (comments and layout aside), defined once, in a module that imports nothing
+but ``rego.v1``; and R1 only while ``actor_windows``, with every rule of the package it
+reaches, reads no more of the input than the rows' actors and is defined in such modules too.
 Anything else is evaluated as written; when even the decision is not the shipped one, Veil
 evaluates ``data.veil.privacy.decision`` as a whole. To evaluate the authors' rules apart,
 each ``private_rows`` rule is renamed in the engine's copy of the policy, and a generated
@@ -40,22 +44,30 @@ R2_ACTOR = "actor"  # the shipped rules Veil applies itself, by what they test
 R2_TIME = "time"
 R1_WINDOW = "window"
 
-# The shipped texts, with comments dropped and white space collapsed (see ``normalized``).
+# The shipped texts, with comments dropped and white space collapsed (see ``normalized``):
+# ``decision`` (decision.rego) and the ``private_rows`` rules of R2 (unreadable_rows.rego) and
+# R1 (private_windows.rego), each with the helper rules it reads.
 DECISION_TEXT = ('decision := { "private_rows": private_rows, "reveal": reveal_allowed, '
                  '"refusals": refusals, }')
-SHIPPED_RULES: dict[str, tuple[str, str, str]] = {
-    # private_rows rule text: (what it is, the helper rule it reads, the helper's text)
-    "private_rows contains i if some i in rows_without_actor": (
-        R2_ACTOR, "rows_without_actor",
-        "rows_without_actor contains i if { some i, row in input.rows row.actor == null }"),
-    "private_rows contains i if some i in rows_without_timestamp": (
-        R2_TIME, "rows_without_timestamp",
-        "rows_without_timestamp contains i if { some i, row in input.rows row.ts_ns == null }"),
-    "private_rows contains i if some i in rows_in_private_window": (
-        R1_WINDOW, "rows_in_private_window",
-        "rows_in_private_window contains i if { some i, row in input.rows some window in "
-        "actor_windows[row.actor_type][row.actor] row.ts_ns >= window[0] "
-        "row.ts_ns < window[1] }"),
+SHIPPED_RULES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    # private_rows rule text: (what it is, ((helper rule it reads, the helper's text), ...))
+    "private_rows contains i if some i in rows_without_actor": (R2_ACTOR, (
+        ("rows_without_actor",
+         "rows_without_actor contains i if { some i, row in input.rows row.actor == null }"),
+    )),
+    "private_rows contains i if some i in rows_without_timestamp": (R2_TIME, (
+        ("rows_without_timestamp",
+         "rows_without_timestamp contains i if { some i, row in input.rows row.ts_ns == null }"),
+    )),
+    "private_rows contains i if some i in rows_in_private_window": (R1_WINDOW, (
+        ("rows_in_private_window",
+         "rows_in_private_window contains i if { some i, row in input.rows some window in "
+         "windows_of_answer_actor[[row.actor_type, row.actor]] row.ts_ns >= window[0] "
+         "row.ts_ns < window[1] }"),
+        ("windows_of_answer_actor",
+         "windows_of_answer_actor := {[kind, actor]: windows | some kind, windows_by_actor in "
+         "actor_windows some actor, windows in windows_by_actor }"),
+    )),
 }
 
 _COMMENT = re.compile(r"#[^\n]*")
@@ -165,12 +177,12 @@ def plan(modules: Sequence[PolicyModule]) -> RowPlan | None:
     shipped: set[str] = set()
     custom: list[int] = []
     for number, (_, rule) in enumerate(row_rules):
-        text = normalized(rule.text)
-        known = SHIPPED_RULES.get(text)
-        intact = known is not None and plain_rules[number] and \
-            texts.get(known[1]) == [known[2]] and trusted.get(known[1]) == [known[2]]
+        known = SHIPPED_RULES.get(normalized(rule.text))
+        intact = known is not None and plain_rules[number] and all(
+            texts.get(name) == [text] and trusted.get(name) == [text]
+            for name, text in known[1])
         if known is not None and known[0] == R1_WINDOW:
-            intact = intact and "actor_windows" in texts and reads_only_actors(texts)
+            intact = intact and "actor_windows" in texts and reads_only_actors(texts, trusted)
         if known is not None and intact:
             shipped.add(known[0])
         else:
@@ -185,16 +197,21 @@ _NOT_PER_ACTOR = re.compile(r"\binput\b(?!\.rows\b)|\b(?:ts_ns|raw|index|id|now_
 _NAME = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
 
 
-def reads_only_actors(texts: dict[str, list[str]]) -> bool:
+def reads_only_actors(texts: dict[str, list[str]],
+                      trusted: dict[str, list[str]] | None = None) -> bool:
     """Does ``actor_windows``, with every rule of the package it reaches, read no more of the
     input than the rows' actor and actor_type? (A check by name, for the usual mistakes; the
-    contract is in policies/README.md.)"""
+    contract is in policies/README.md.) With ``trusted`` (the texts from modules that import
+    nothing but keywords), each of those rules must also be defined only in such modules: an
+    import could give a name another meaning (``import input.now_ns as t``)."""
     seen, todo = set(), ["actor_windows"]
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
+        if trusted is not None and trusted.get(name, []) != texts.get(name, []):
+            return False
         for text in texts.get(name, []):
             if _NOT_PER_ACTOR.search(text):
                 return False
