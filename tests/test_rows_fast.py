@@ -230,7 +230,8 @@ def test_the_normalizer_reads_millisecond_utc_times_as_timestamp_ns_does() -> No
 
     rng = random.Random("veil-times")
     templates = ["2026-11-25T18:58:06.480Z", "2262-04-11T23:47:16.854Z", "1677-09-21T00:12:43.145Z",
-                 "0001-01-01T00:00:00.000Z", "9999-12-31T23:59:59.999Z"]
+                 "0001-01-01T00:00:00.000Z", "9999-12-31T23:59:59.999Z",
+                 "1678-01-01T00:00:00.000Z", "2261-12-31T23:59:59.999Z"]
     values: list[Any] = list(templates)
     for _ in range(3000):
         chars = list(rng.choice(templates))

@@ -613,10 +613,12 @@ class Normalizer:
         """The pointers (as tokens) of the fields Veil reads: id, actor, type and time."""
         return self._pointers
 
-    def rows(self, rows: Sequence[Any], include_raw: bool,
-             unreadable: frozenset[int] | set[int] = frozenset()) -> list[dict[str, Any]]:
-        """The rows as the policy sees them; an unreadable row (``unreadable``, or an id Veil
-        cannot represent) gets no id, actor, time nor raw, so it is private (R2)."""
+    def facts(self, rows: Sequence[Any],
+              unreadable: frozenset[int] | set[int] = frozenset()) -> RowFacts:
+        """What Veil reads of each row, column by column (see ``RowFacts``): no dict per row,
+        and a time turned into nanoseconds only when asked (``RowFacts.ns``). An unreadable
+        row (``unreadable``, or an id Veil cannot represent) gets no id, actor nor time, so it
+        is private (R2)."""
         get_id, get_actor, get_type, get_ts = self._id, self._actor, self._type, self._ts
         apps = self.application_values
         flat = self._flat  # every field one level down: read the dict directly (hot loop)
@@ -625,16 +627,24 @@ class Normalizer:
         if len(actors) > MAX_REMEMBERED or len(kinds) > MAX_REMEMBERED:
             actors.clear()
             kinds.clear()
-        fromiso, epoch, micro = _fromisoformat, _EPOCH, _MICROSECOND
+        fromiso = _fromisoformat
         k_id, k_actor, k_type, k_ts = flat if flat is not None else ("", "", "", "")
-        out: list[dict[str, Any]] = []
-        append = out.append
+        ids: list[Any] = []
+        who_list: list[str | None] = []
+        kind_list: list[str] = []
+        stamps: list[int | datetime | None] = []
+        add_id, add_who, add_kind, add_stamp = (ids.append, who_list.append, kind_list.append,
+                                                stamps.append)
         late: list[int] = []
-        for index, raw in enumerate(rows):
+        index = -1
+        for raw in rows:
+            index += 1
             if flat is not None:
-                row_id, actor, kind, ts = ((raw.get(k_id), raw.get(k_actor), raw.get(k_type),
-                                            raw.get(k_ts))
-                                           if type(raw) is dict else (None, None, None, None))
+                if type(raw) is dict:
+                    get = raw.get
+                    row_id, actor, kind, ts = get(k_id), get(k_actor), get(k_type), get(k_ts)
+                else:
+                    row_id = actor = kind = ts = None
             else:
                 row_id, actor, kind, ts = get_id(raw), get_actor(raw), get_type(raw), get_ts(raw)
             if type(row_id) is not str:
@@ -642,49 +652,99 @@ class Normalizer:
                     row_id = None
                 elif not MIN_INT <= row_id <= MAX_INT:
                     late.append(index)
-            who: str | None = None
+            add_id(row_id)
             if type(actor) is str:  # few distinct actors per answer: each keyed once
                 try:
-                    who = actors[actor]
+                    add_who(actors[actor])
                 except KeyError:
-                    who = actors[actor] = key(actor)
+                    add_who(actors.setdefault(actor, key(actor)))
+            else:
+                add_who(None)
             if type(kind) is str:
                 try:
-                    actor_type = kinds[kind]
+                    add_kind(kinds[kind])
                 except KeyError:
-                    actor_type = kinds[kind] = ("application" if fold(kind) in apps else "user")
+                    add_kind(kinds.setdefault(kind, "application" if fold(kind) in apps
+                                              else "user"))
             else:
-                actor_type = "user"
+                add_kind("user")
             # RFC 3339 in UTC to the millisecond ("2026-11-25T18:58:06.480Z"), the usual
-            # spelling: timestamp_ns's own steps, without the checks this shape makes moot
+            # spelling: timestamp_ns's own steps, without the checks this shape makes moot; a
+            # year in 1678-2261 is within MIN_NS..MAX_NS, so its nanoseconds can wait
             if type(ts) is str and len(ts) == 24 and ts[23] == "Z" and ts[10] == "T":
                 try:
                     moment = fromiso(ts)
                 except ValueError:
-                    ns = None
+                    add_stamp(None)
                 else:
-                    ns = ((moment - epoch) // micro * 1000 if moment.tzinfo is not None
-                          else None)
-                    if ns is not None and not MIN_NS <= ns < MAX_NS:
-                        ns = None
+                    if moment.tzinfo is None:
+                        add_stamp(None)
+                    elif 1677 < moment.year < 2262:
+                        add_stamp(moment)
+                    else:
+                        add_stamp(_in_range((moment - _EPOCH) // _MICROSECOND * 1000))
             else:
-                ns = to_ns(ts)
-            row = {
-                "index": index,
-                "id": row_id,
-                "actor": who,
-                "actor_type": actor_type,
-                "ts_ns": ns,
-            }
-            if include_raw:
+                add_stamp(to_ns(ts))
+        dropped = (*unreadable, *late)
+        for index in dropped:
+            ids[index] = who_list[index] = stamps[index] = None  # private (R2)
+        return RowFacts(ids, who_list, kind_list, stamps, dropped)
+
+    def rows(self, rows: Sequence[Any], include_raw: bool,
+             unreadable: frozenset[int] | set[int] = frozenset()) -> list[dict[str, Any]]:
+        """The rows as the policy sees them (``input.rows``), from ``facts``; an unreadable
+        row has no raw either."""
+        facts = self.facts(rows, unreadable)
+        ns = RowFacts.ns
+        out = [{"index": index, "id": row_id, "actor": actor, "actor_type": kind,
+                "ts_ns": ns(stamp)}
+               for index, (row_id, actor, kind, stamp) in enumerate(zip(
+                   facts.ids, facts.actors, facts.kinds, facts.stamps, strict=True))]
+        if include_raw:
+            for row, raw in zip(out, rows, strict=True):
                 row["raw"] = raw
-            append(row)
-        for index in (*unreadable, *late):
-            row = out[index]
-            row["id"] = row["actor"] = row["ts_ns"] = None  # private (R2)
-            if include_raw:
-                row["raw"] = None
+            for index in facts.unreadable:
+                out[index]["raw"] = None
         return out
+
+
+class RowFacts(NamedTuple):
+    """What Veil reads of an answer's rows, one list per field, in row order: the id (None
+    when absent or unreadable), the actor's comparison key (None: no actor, or unreadable),
+    the actor type ("application" or "user") and the time (None: missing or unreadable; an
+    int of nanoseconds, or a ``datetime`` whose nanoseconds ``ns`` gives, always in range);
+    ``unreadable``: the rows made unreadable (R2), whose id, actor and time are None."""
+
+    ids: list[Any]
+    actors: list[str | None]
+    kinds: list[str]
+    stamps: list[int | datetime | None]
+    unreadable: tuple[int, ...] = ()
+
+    @staticmethod
+    def ns(stamp: int | datetime | None) -> int | None:
+        """A stamp's nanoseconds since the epoch (None stays None)."""
+        return None if stamp is None else stamp_ns(stamp)
+
+    @classmethod
+    def of(cls, rows: Sequence[dict[str, Any]]) -> RowFacts:
+        """The facts of rows as the policy sees them (``Normalizer.rows``)."""
+        ids: list[Any] = [row.get("id") for row in rows]
+        actors: list[Any] = [row.get("actor") for row in rows]
+        kinds: list[Any] = [row.get("actor_type") for row in rows]
+        stamps: list[Any] = [row.get("ts_ns") for row in rows]
+        return cls(ids, actors, kinds, stamps)
+
+
+def stamp_ns(stamp: int | datetime) -> int:
+    """A (not None) stamp's nanoseconds since the epoch: ``timestamp_ns``'s own arithmetic."""
+    if isinstance(stamp, datetime):
+        return (stamp - _EPOCH) // _MICROSECOND * 1000
+    return stamp
+
+
+def _in_range(ns: int) -> int | None:
+    return ns if MIN_NS <= ns < MAX_NS else None
 
 
 # Instants Veil can compare: a signed 64-bit count of nanoseconds, below the end of an open
