@@ -17,8 +17,8 @@ import itertools
 import os
 import random
 import shutil
-from datetime import UTC, datetime, timedelta, timezone
 from collections.abc import Hashable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -254,12 +254,14 @@ def store_rows(rng: random.Random, rows: list[dict[str, Any]]) -> list[Any]:
     and out-of-range ones, odd actor types and ids beyond 64 bits among them."""
     out: list[Any] = []
     for row in rows:
-        ts, written = row["ts_ns"], None
+        ts = row["ts_ns"]
+        written: Any = None
         if ts is not None:
             moment = datetime.fromtimestamp(ts / 1e9, UTC)
             roll = rng.random()
             if roll < 0.6:
-                written = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+                written = (moment.strftime("%Y-%m-%dT%H:%M:%S.")
+                           + f"{moment.microsecond // 1000:03d}Z")
             elif roll < 0.75:
                 written = moment.astimezone(timezone(timedelta(hours=2))).isoformat()
             elif roll < 0.9:
@@ -302,8 +304,8 @@ def test_facts_of_store_rows_decide_as_the_plain_decision(variant: str,
             facts = normalizer.facts(raw, unreadable)
             assert [RowFacts.ns(stamp) for stamp in facts.stamps] == [
                 row["ts_ns"] for row in seen]
-            got = decider.decide_facts(engine.begin(), facts,
-                                       lambda seen=seen: orjson.dumps(document(seen)))
+            encoded = orjson.dumps(document(seen))
+            got = decider.decide_facts(engine.begin(), facts, constant(encoded))
             assert not got.failed
             assert got.hidden(len(raw)) == expected, (variant, version, data, raw)
             compared += len(raw)
