@@ -5,9 +5,10 @@ For a policy whose plan (``veil.policy.plan``) Veil follows, the private windows
 the actors not yet cached for this policy set and state version, and the shipped rules R1 and
 R2 are applied here to the rows' facts (``veil.rows.RowFacts``: actor, actor type and time of
 each row, read without building the policy's input); the authors' ``private_rows`` rules, if
-any, are evaluated by the engine on the answer's whole input, built only then. A reveal, and any policy Veil does not follow, is decided by
-``data.veil.privacy.decision`` as a whole. Anything the engine cannot answer, or answers in a
-shape Veil does not expect, fails closed (every row private).
+any, are evaluated by the engine on the answer's whole input, built only then. A reveal, and
+any policy Veil does not follow, is decided by ``data.veil.privacy.decision`` as a whole.
+Anything the engine cannot answer, or answers in a shape Veil does not expect, fails closed
+(every row private).
 """
 
 from __future__ import annotations
