@@ -527,15 +527,27 @@ def test_input_without_raw_rows_is_not_decided_by_a_policy_reloaded_meanwhile(
     shutil.copytree(POLICIES, directory)
     engine = OpaEngine(directory, opa.url, 2.0)
     engine.sync(1, lambda: (1, {"groups": {}}))
-    assert engine.needs_raw is False  # the answer's input is built without raw rows...
+    held = engine.begin()
+    assert held.needs_raw is False  # the answer's input is built without raw rows...
     (directory / "veil/privacy/secret.rego").write_text(RAW_RULE)
     engine.reload(load_modules(directory))  # ...a policy reading raw rows arrives meanwhile
+    assert engine.needs_raw is True
     document: dict[str, Any] = {"caller": BOB, "request": {}, "reveal_session_id": None,
                                 "session": None, "now_ns": 1,
                                 "rows": [{"index": 0, "id": "a", "actor": BOB,
                                           "actor_type": "user", "ts_ns": 1}]}
     with pytest.raises(PolicyError, match="reloaded while this answer was prepared"):
-        engine.evaluate(orjson.dumps(document))
+        held.evaluate("data.veil.privacy.decision", orjson.dumps(document))
+    # deciding the same answer again (a reveal on newer state) keeps failing closed
+    with pytest.raises(PolicyError, match="reloaded while this answer was prepared"):
+        engine.begin(held).evaluate("data.veil.privacy.decision", orjson.dumps(document))
+    # a new answer's hold carries raw rows, and OPA decides it
+    later = engine.begin()
+    assert later.needs_raw is True
+    raw_row = {**document["rows"][0], "raw": {"activity": "ReadSecret"}}
+    decided = later.evaluate("data.veil.privacy.decision",
+                             orjson.dumps({**document, "rows": [raw_row]}))
+    assert decided["private_rows"] == [0]
     engine.close()
 
 

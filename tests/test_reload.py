@@ -22,8 +22,8 @@ from flask.testing import FlaskClient
 from veil import governance
 from veil import policy_reload as reload
 from veil.app import create_app
-from veil.errors import StorageError
-from veil.policy import load_modules
+from veil.errors import PolicyError, StorageError
+from veil.policy import DECISION, load_modules
 from veil.policy.embedded import EmbeddedEngine
 
 from conftest import ADMIN, POLICIES, ROOT, LoopbackStore, activity, auth, ids, iso, make_config
@@ -241,18 +241,48 @@ def test_an_input_built_without_raw_rows_is_not_judged_by_a_policy_that_reads_th
         policies: Path) -> None:
     engine = EmbeddedEngine(policies)
     engine.sync(1, lambda: (1, {"privacy_groups": {}}))
-    assert engine.needs_raw is False  # the query reads this, then builds rows without raw
+    held = engine.begin()  # the answer's hold, taken before its input is built
+    assert held.needs_raw is False  # so its rows are built without raw
     add_example(policies)
     engine.reload(load_modules(policies))
+    assert engine.needs_raw is True
     row = {"index": 0, "id": "a", "actor": "carl@contoso.com", "actor_type": "user",
            "ts_ns": 1}
     document: dict[str, Any] = {"caller": "", "request": {}, "reveal_session_id": None,
                                 "session": None, "now_ns": 2, "rows": [row]}
     # Evaluated with the policy the input was built for: no rule sees a missing raw.
-    assert engine.evaluate(orjson.dumps(document))["private_rows"] == set()
-    assert engine.needs_raw is True
+    assert held.evaluate(DECISION, orjson.dumps(document))["private_rows"] == set()
+    # Decided again on newer state (a reveal's record), the answer keeps its policy.
+    engine.sync(2, lambda: (2, {"privacy_groups": {}}))
+    again = engine.begin(held)
+    assert again.needs_raw is False and again.key != held.key
+    assert again.evaluate(DECISION, orjson.dumps(document))["private_rows"] == set()
+    # A new answer holds the new policy, and carries raw rows.
+    later = engine.begin()
+    assert later.needs_raw is True
     raw_row = {**row, "raw": {"activity": "FileDownloaded"}}
-    assert engine.evaluate(orjson.dumps({**document, "rows": [raw_row]}))["private_rows"] == {0}
+    assert later.evaluate(DECISION, orjson.dumps({**document, "rows": [raw_row]}))[
+        "private_rows"] == {0}
+
+
+def test_reading_needs_raw_pins_nothing(policies: Path) -> None:
+    """``needs_raw`` on the engine only reports: what evaluates is chosen by a hold alone."""
+    engine = EmbeddedEngine(policies)
+    engine.sync(1, lambda: (1, {"privacy_groups": {}}))
+    assert engine.needs_raw is False
+    add_example(policies)
+    engine.reload(load_modules(policies))
+    raw_row = {"index": 0, "id": "a", "actor": "carl@contoso.com", "actor_type": "user",
+               "ts_ns": 1, "raw": {"activity": "FileDownloaded"}}
+    document: dict[str, Any] = {"caller": "", "request": {}, "reveal_session_id": None,
+                                "session": None, "now_ns": 2, "rows": [raw_row]}
+    assert engine.evaluate(orjson.dumps(document))["private_rows"] == {0}  # the new policy
+
+
+def test_a_hold_is_continued_only_by_its_engine(policies: Path) -> None:
+    engine, other = EmbeddedEngine(policies), EmbeddedEngine(policies)
+    with pytest.raises(PolicyError, match="only be continued by the engine that began it"):
+        other.begin(engine.begin())
 
 
 # ---- file watch and SIGHUP ---------------------------------------------------------------

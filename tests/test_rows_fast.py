@@ -169,6 +169,7 @@ def test_fast_reading_matches_the_reference(nested: bool, rare: bool,
     normalizer = Normalizer(fields, frozenset({"application"}))
     reads: list[Any] = [NESTED_READ if nested else READ, None]
     kinds = set()
+    split = located = 0  # proven rows: split at one spelling of the boundary, or located
     for case in range(700):
         body, pointer = body_of(rng, nested, rare)
         for read in reads:
@@ -177,9 +178,18 @@ def test_fast_reading_matches_the_reference(nested: bool, rare: bool,
                 got = outcome(body, pointer, read, raw, True, normalizer)
                 assert got == expected, (case, body, read, raw)
                 kinds.add(expected[0])
+        try:
+            answer = parse_answer(body, pointer, [("next",)], read=reads[0])
+        except VeilError:
+            continue
+        if len(answer.rows) > 1 and answer.row_spans is None:
+            split += 1
+        elif len(answer.rows) > 1 and answer.inners is None:
+            located += 1
     proven, refused = fast_calls.count(True), fast_calls.count(False)
     # the corpus takes both ways: boundaries proven, and bodies the fast reader hands back
     assert proven > 1000 and refused > 100, (proven, refused)
+    assert split > 20 and located > 20, (split, located)
     assert kinds == {"read", "refused"} if rare else "read" in kinds
 
 
@@ -198,6 +208,14 @@ def test_fast_reading_matches_the_reference(nested: bool, rare: bool,
     '[{"id": 1, "d": ' + "[" * 1020 + "]" * 1020 + '}, {"id": 2}]',
     '[{"id": 1, "d": ' + '{"a":' * 1020 + "1" + "}" * 1020 + '}, {"id": 2}]',
     '[{"id": 1, "d": ' + "[" * 300 + "]" * 300 + '}, {"id": 2}]',
+    # a boundary spelling first met in a string: the split must not be taken for the rows
+    '[{"s": "}, {}]"},{"t": 1}]',
+    '[{"s": "}, {"},{"t": 1},{"u": "}, {"}]',
+    '[{"a": 1},{"b": 2}, {"c": 3}]',
+    '[{"a": 1}]',
+    '[ {"a": "}, {"} ]',
+    '{"data": [{"a": 1}, {"b": 2}], "next": "}, {"}',
+    '{"data": [{"a": 1}, {"b": 2}], "next": [{"c": 1}, {"d": 2}]}',
 ])
 def test_hand_written_awkward_bodies(text: str) -> None:
     body = text.encode()
@@ -230,7 +248,8 @@ def test_the_normalizer_reads_millisecond_utc_times_as_timestamp_ns_does() -> No
 
     rng = random.Random("veil-times")
     templates = ["2026-11-25T18:58:06.480Z", "2262-04-11T23:47:16.854Z", "1677-09-21T00:12:43.145Z",
-                 "0001-01-01T00:00:00.000Z", "9999-12-31T23:59:59.999Z"]
+                 "0001-01-01T00:00:00.000Z", "9999-12-31T23:59:59.999Z",
+                 "1678-01-01T00:00:00.000Z", "2261-12-31T23:59:59.999Z"]
     values: list[Any] = list(templates)
     for _ in range(3000):
         chars = list(rng.choice(templates))

@@ -29,9 +29,9 @@ from veil.errors import (
 )
 from veil.identity import Headers
 from veil.metrics import Metrics
-from veil.policy import Decision, Engine
+from veil.policy import DECISION, Decision, Engine, Evaluation
 from veil.policy.decide import RowDecider
-from veil.rows import Answer, Normalizer, parse_answer, pointer_tokens, render
+from veil.rows import Answer, Normalizer, RowFacts, parse_answer, pointer_tokens, render
 from veil.storage import Storage
 from veil.upstream import Upstream
 
@@ -77,39 +77,56 @@ class QueryService:
             raise UpstreamStatus(f"the activity store answered {store.status}; Veil does not "
                                  "pass on answers other than success (their body may hold "
                                  "private activities)", store_status=store.status)
-        needs_raw = self.engine.needs_raw
+        # R11: management state read after the store's answer arrived, never before; then
+        # the policy pinned for this answer, which says whether its input needs raw rows. A
+        # reveal notes the state version first: one that moves on is judged again (R11).
+        version = self._state_version() if session_id is not None else -1
+        state_ok = self._sync_state()
+        evaluation = self._begin(state_ok)
+        needs_raw = evaluation is not None and evaluation.needs_raw
         answer = parse_answer(store.body, self.rows_pointer, self.keep,
                               self.normalizer.pointers, raw=needs_raw)
-        rows = self.normalizer.rows(answer.rows, include_raw=needs_raw,
-                                    unreadable=answer.unreadable)
         extra: list[tuple[str, str]] = [("Cache-Control", "no-store")]
         if session_id is not None:
+            rows = self.normalizer.rows(answer.rows, include_raw=needs_raw,
+                                        unreadable=answer.unreadable)
             return self._reveal(caller, path, query_string, session_id, answer, rows, extra,
-                                store.status, store.content_type)
-        # R11: management state read after the store's answer arrived, never before
-        state_ok = self._sync_state()
-        decision = self._decide(caller, path, query_string, None, None, rows, state_ok)
+                                store.status, store.content_type, evaluation, version)
+        if evaluation is not None and evaluation.plan is not None and not needs_raw:
+            # the policy Veil follows: no dict per row, and no input unless authors' rules ask
+            facts = self.normalizer.facts(answer.rows, answer.unreadable)
+            decision = self._decide_facts(caller, path, query_string, evaluation, facts,
+                                          answer)
+            row_count = len(facts.ids)
+        else:
+            rows = self.normalizer.rows(answer.rows, include_raw=needs_raw,
+                                        unreadable=answer.unreadable)
+            decision = self._decide(caller, path, query_string, None, None, rows, evaluation)
+            row_count = len(rows)
         if decision.failed:
             extra.append(("Veil-Degraded", "policy"))
-        hidden = decision.hidden(len(rows))
+        hidden = decision.hidden(row_count)
         if hidden:
             self.metrics.rows_hidden.inc(len(hidden))
         return Reply(store.status, store.content_type, render(answer, hidden), tuple(extra))
 
     def _reveal(self, caller: str, path: str, query_string: str, session_id: str,
                 answer: Answer, rows: list[dict[str, object]], extra: list[tuple[str, str]],
-                status: int, content_type: str) -> Reply:
-        """Decide a reveal, and record it only if it still holds when the record is written:
-        a revoke, a session end or a state change that commits first wins (R7, R11)."""
-        version = self._state_version()
-        state_ok = self._sync_state()
+                status: int, content_type: str, evaluation: Evaluation | None,
+                version: int) -> Reply:
+        """Decide a reveal on ``evaluation`` (begun on state ``version`` or newer), and record
+        it only if it still holds when the record is written: a revoke, a session end or a
+        state change that commits first wins (R7, R11)."""
         session = self._session(session_id)
 
         def decide(in_record: bool) -> list[int]:
-            """The private rows to reveal; in the record's transaction (on newer state) a
-            refusal is recorded after that transaction, by ``_audit_reveal``."""
+            """The private rows to reveal; in the record's transaction (on newer state, and a
+            new hold on the same policy) a refusal is recorded after that transaction, by
+            ``_audit_reveal``."""
+            held = (self._begin(True, evaluation) if in_record and evaluation is not None
+                    else evaluation)
             decision = self._decide(caller, path, query_string, session_id, session, rows,
-                                    in_record or state_ok)
+                                    held)
             if decision.failed:
                 raise PolicyError("the policy could not decide this reveal; nothing was revealed")
             if not decision.reveal:
@@ -153,13 +170,25 @@ class QueryService:
             log.warning("policy state not refreshed: %s", exc.detail)
         return self._state_loaded
 
-    def _decide(self, caller: str, path: str, query_string: str, session_id: str | None,
-                session: dict[str, object] | None, rows: list[dict[str, object]],
-                state_ok: bool) -> Decision:
+    def _begin(self, state_ok: bool, previous: Evaluation | None = None) -> Evaluation | None:
+        """This answer's hold on the engine, with the data as synced now (``previous``: an
+        earlier hold of this answer, whose policy is kept); None, so every row is hidden,
+        when no state could ever be loaded or the engine cannot be held."""
         if not state_ok:
-            self.metrics.policy_failures.inc()
-            return Decision.fail_closed()
-        document = {
+            return None
+        try:
+            if not hasattr(self.engine, "begin"):  # only evaluate(): the whole decision
+                return _WholeDecision(self.engine)
+            return self.engine.begin(previous)
+        except PolicyError as exc:
+            log.error("policy evaluation failed, hiding every row: %s", exc.detail)
+            return None
+
+    def _document(self, caller: str, path: str, query_string: str, session_id: str | None,
+                  session: dict[str, object] | None, rows: Sequence[dict[str, object]]
+                  ) -> dict[str, Any]:
+        """The policy's input for one answer (see SPEC, Policies)."""
+        return {
             "caller": caller,
             "request": {"method": "GET", "path": path, "query": query_string},
             "reveal_session_id": session_id,
@@ -167,13 +196,36 @@ class QueryService:
             "now_ns": time.time_ns(),
             "rows": rows,
         }
+
+    def _decide(self, caller: str, path: str, query_string: str, session_id: str | None,
+                session: dict[str, object] | None, rows: list[dict[str, object]],
+                evaluation: Evaluation | None) -> Decision:
+        """The decision on ``rows`` (as the policy sees them), through ``evaluation``."""
+        document = self._document(caller, path, query_string, session_id, session, rows)
+        return self._timed(evaluation, lambda held: self.decider.decide(held, document, rows))
+
+    def _decide_facts(self, caller: str, path: str, query_string: str, evaluation: Evaluation,
+                      facts: RowFacts, answer: Answer) -> Decision:
+        """The decision of an answer without a reveal, on a policy Veil follows, from its
+        rows' facts; the whole input is built only if the policy's authors' rules need it."""
+
+        def document() -> bytes:
+            rows = self.normalizer.rows(answer.rows, include_raw=False,
+                                        unreadable=answer.unreadable)
+            return orjson.dumps(self._document(caller, path, query_string, None, None, rows))
+
+        return self._timed(evaluation,
+                           lambda held: self.decider.decide_facts(held, facts, document))
+
+    def _timed(self, evaluation: Evaluation | None,
+               decide: Callable[[Evaluation], Decision]) -> Decision:
+        """``decide`` on the hold, timed and counted; any failure fails closed."""
+        if evaluation is None:
+            self.metrics.policy_failures.inc()
+            return Decision.fail_closed()
         started = time.perf_counter()
         try:
-            begin = getattr(self.engine, "begin", None)
-            if begin is None:  # an engine with only evaluate(): the whole decision, per answer
-                decision = Decision.read(self.engine.evaluate(orjson.dumps(document)), len(rows))
-            else:
-                decision = self.decider.decide(begin, document, rows)
+            decision = decide(evaluation)
         except PolicyError as exc:
             log.error("policy evaluation failed, hiding every row: %s", exc.detail)
             self.metrics.policy_failures.inc()
@@ -239,3 +291,19 @@ class QueryService:
                                                             "reasons": list(refusals)})
         except StorageError as exc:
             log.error("could not record a refused reveal: %s", exc.detail)
+
+
+class _WholeDecision:
+    """The hold of an engine that has only ``evaluate``: the whole decision, per answer."""
+
+    plan = None
+    key = None
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.needs_raw = engine.needs_raw
+
+    def evaluate(self, rule: str, input_json: bytes) -> Any:
+        if rule != DECISION:
+            raise PolicyError(f"this engine evaluates only {DECISION}")
+        return self._engine.evaluate(input_json)

@@ -31,6 +31,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from itertools import accumulate
 from typing import Any, NamedTuple
 
 import orjson
@@ -51,6 +53,9 @@ _SPACED_COLON = re.compile(r'"[ \t\n\r]+:')
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 # Between two rows that are objects: "}", optional whitespace, ",", optional whitespace, "{".
 _BOUNDARY = re.compile(r"\}[ \t\n\r]*,[ \t\n\r]*\{")
+# The characters of a body's structure (and a few more: '"', ':'); the rest is deleted before
+# the counts of the fast reading, which then run over a fraction of the body.
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'{}[],":')
 # Squeezing a body: whitespace deleted (so member names are followed by '":'), digits made '0'
 # (so a run of 19 digits, where an integer may leave 64 bits, is one find).
 _SQUEEZE = bytes.maketrans(b"0123456789", b"0" * 10)
@@ -91,15 +96,36 @@ ROWS = _RowsArray()
 
 @dataclass(frozen=True)
 class Answer:
-    """A parsed store answer: its rows, where each sits in the text, and which are unreadable."""
+    """A parsed store answer: its rows, where each sits in the text, and which are unreadable.
+
+    Rows that are objects split at their proven boundaries carry ``inners`` (each row's text
+    without its braces) instead of spans, which are then computed only when asked for."""
 
     text: str
     rows: list[Any]
-    spans: list[tuple[int, int]]
+    row_spans: list[tuple[int, int]] | None  # None: see ``inners``
     array_start: int  # index of "["
     array_end: int  # index just past "]"
     unreadable: frozenset[int] = frozenset()  # R2: a repeated read key, or an unrepresentable value
     envelope: Any = ROWS  # the rows array and the kept members, as they nest
+    inners: list[str] | None = None
+    first: int = 0  # with ``inners``: where the first row starts
+    gap: int = 0  # with ``inners``: characters between a row's "}" and the next row's "{"
+
+    @cached_property
+    def spans(self) -> list[tuple[int, int]]:
+        """Where each row starts and ends in ``text``."""
+        if self.row_spans is not None:
+            return self.row_spans
+        assert self.inners is not None
+        return _spans(self.first, self.inners, self.gap)
+
+
+def _spans(first: int, inners: list[str], gap: int) -> list[tuple[int, int]]:
+    """The spans of object rows from their texts without braces, the first starting at
+    ``first``, ``gap`` characters between a row's "}" and the next row's "{"."""
+    starts = accumulate((len(inner) + 2 + gap for inner in inners[:-1]), initial=first)
+    return [(start, start + len(inner) + 2) for start, inner in zip(starts, inners, strict=True)]
 
 
 def pointer_tokens(pointer: str) -> Tokens:
@@ -161,7 +187,7 @@ def parse_answer(body: bytes, rows_pointer: Tokens, keep: Sequence[Tokens] = (),
         raise UpstreamNoRows(f"the store's answer has no rows array at {where!r}")
     found = parser.answer
     return Answer(text, found.rows, found.spans, found.array_start, found.array_end,
-                  found.unreadable, envelope)
+                  found.unreadable, envelope, found.inners, found.first, found.gap)
 
 
 def render(answer: Answer, hidden: Iterable[int]) -> str:
@@ -169,12 +195,19 @@ def render(answer: Answer, hidden: Iterable[int]) -> str:
     kept envelope members; kept rows and members are byte-for-byte as the store sent them."""
     drop = set(hidden)
     text = answer.text
-    if drop:
-        rows = [text[s:e] for i, (s, e) in enumerate(answer.spans) if i not in drop]
+    inners = answer.inners
+    if inners is not None:  # object rows: "[{" + "},{".join(their texts within braces) + "}]"
+        kept = [inner for i, inner in enumerate(inners) if i not in drop] if drop else inners
+        array = "[{" + "},{".join(kept) + "}]" if kept else "[]"
+    elif drop:
+        array = "[" + ",".join([text[s:e] for i, (s, e) in enumerate(answer.spans)
+                                if i not in drop]) + "]"
     else:
-        rows = [text[s:e] for s, e in answer.spans]
+        array = "[" + ",".join([text[s:e] for s, e in answer.spans]) + "]"
+    if answer.envelope is ROWS:
+        return array
     out: list[str] = []
-    _emit(answer.envelope, "[" + ",".join(rows) + "]", text, out)
+    _emit(answer.envelope, array, text, out)
     return "".join(out)
 
 
@@ -277,10 +310,13 @@ def _depth(value: Any) -> int:
 @dataclass(frozen=True)
 class _Found:
     rows: list[Any]
-    spans: list[tuple[int, int]]
+    spans: list[tuple[int, int]] | None
     array_start: int
     array_end: int
     unreadable: frozenset[int]
+    inners: list[str] | None = None
+    first: int = 0
+    gap: int = 0
 
 
 _UNREAD: Any = object()  # no decoded document (or no node of it) to go with the text
@@ -456,7 +492,13 @@ class _Parser:
         return end
 
     def fast_rows_array(self, start: int, rows: list[Any]) -> int | None:
-        """The rows array from orjson's rows; None when their boundaries are not proven."""
+        """The rows array from orjson's rows; None when their boundaries are not proven.
+
+        Every boundary between two object rows is a ``}``-``,``-``{`` sequence (with any
+        whitespace), so when the array holds exactly as many of them as there are rows minus
+        one, they are the boundaries and nothing else. They are counted at C speed in the body
+        with its whitespace taken out; when they are all written alike (the usual case), the
+        rows are the pieces of one ``str.split``, else each is located with a regex."""
         text = self.text
         pos = _skip(text, start + 1)
         if not rows:
@@ -466,32 +508,70 @@ class _Parser:
             return pos + 1
         if text[pos] != "{" or set(map(type, rows)) != {dict}:
             return None
-        # every boundary between two object rows matches, so when the rest of the body holds
-        # exactly len(rows) - 1 matches, they are the boundaries and nothing else
-        bounds = [match.span() for match in _BOUNDARY.finditer(text, pos)]
-        if len(bounds) != len(rows) - 1:
+        count = len(rows)
+        squeezed = self.body.translate(_SQUEEZE, _BLANK_BYTES)
+        # the brackets, braces, commas, quotes and colons alone: what the counts below read
+        structure = squeezed.translate(None, _NOT_STRUCTURE)
+        opening = text[:pos].encode().translate(None, _NOT_STRUCTURE)
+        # every boundary is after pos: when the rest of the body holds exactly count - 1
+        # "}"-","-"{" (anything but those five characters aside, whitespace included), they
+        # are the boundaries and nothing else (a string can only add to the count)
+        if structure.count(b"},{") - opening.count(b"},{") != count - 1:
             return None
-        starts = [pos]
-        starts.extend(after - 1 for _, after in bounds)
-        ends = [before + 1 for before, _ in bounds]
-        _, last = _skip_value(text, starts[-1])
-        ends.append(last)
-        end = _skip(text, last)
+        inners: list[str] | None = None
+        spans: list[tuple[int, int]] | None = None
+        gap = 0
+        if count == 1:
+            last = pos
+        else:
+            first = _BOUNDARY.search(text, pos)
+            if first is None:
+                return None
+            separator = first.group()
+            gap = len(separator) - 2
+            pieces = text[pos + 1:].split(separator)  # after the first row's "{"
+            if len(pieces) == count:  # every boundary is written as the first one
+                inners = pieces
+                last = len(text) - len(pieces[-1]) - 1  # the last row's "{"
+            else:
+                bounds = [match.span() for match in _BOUNDARY.finditer(text, pos)]
+                if len(bounds) != count - 1:
+                    return None
+                starts = [pos]
+                starts.extend(after - 1 for _, after in bounds)
+                ends = [before + 1 for before, _ in bounds]
+                last = starts[-1]
+        _, last_end = _skip_value(text, last)
+        end = _skip(text, last_end)
         if text[end] != "]":
             return None
         end += 1
-        spans = list(zip(starts, ends, strict=True))
-        count = text.count
-        if count("{", start, end) + count("[", start, end) - len(rows) > _DEEP:
-            for s, e in spans:  # nesting the reference scanner may refuse: let it judge
-                if count("{", s, e) + count("[", s, e) > _DEEP:
+        if count == 1:
+            inners = [text[pos + 1:last_end - 1]]
+        elif inners is not None:
+            inners[-1] = text[last + 1:last_end - 1]
+        else:
+            ends.append(last_end)
+            spans = list(zip(starts, ends, strict=True))
+        head, tail = text[:start].encode(), text[end:].encode()
+
+        def row_spans() -> list[tuple[int, int]]:
+            return spans if spans is not None else _spans(pos, inners or [], gap)
+
+        head_structure, tail_structure = (head.translate(None, _NOT_STRUCTURE),
+                                          tail.translate(None, _NOT_STRUCTURE))
+        openers = (structure.count(b"{") + structure.count(b"[")
+                   - head_structure.count(b"{") - head_structure.count(b"[")
+                   - tail_structure.count(b"{") - tail_structure.count(b"["))
+        if openers - count > _DEEP:
+            for s, e in row_spans():  # nesting the reference scanner may refuse: let it judge
+                if text.count("{", s, e) + text.count("[", s, e) > _DEEP:
                     _skip_value(text, s)  # RecursionError: the body nests too deep, as there
-        squeezed = self.body.translate(_SQUEEZE, _BLANK_BYTES)
         flagged: list[int] = []
         if squeezed.find(b"0" * 19) >= 0:  # an integer may be beyond 64 bits: decode again
             rows = list(rows)
             flags, scan = self.flags, self.scan
-            for index, (s, e) in enumerate(spans):
+            for index, (s, e) in enumerate(row_spans()):
                 if _LONG_DIGITS.search(text, s, e) is None:
                     continue
                 try:
@@ -501,10 +581,10 @@ class _Parser:
                 if flags:
                     flagged.append(index)
                     flags.clear()
-        names = (squeezed.count(b'":') - _names(text[:start].encode())
-                 - _names(text[end:].encode()))
-        unreadable = self.unreadable(rows, spans, start, end, flagged, names, surrogates=False)
-        self.answer = _Found(rows, spans, start, end, unreadable)
+        names = _count(squeezed, head, tail, b'":')
+        unreadable = self.unreadable(rows, row_spans, start, end, flagged, names,
+                                     surrogates=False)
+        self.answer = _Found(rows, spans, start, end, unreadable, inners, pos, gap)
         return end
 
     def tolerant(self, text: str, pos: int) -> tuple[Any, int]:
@@ -512,8 +592,9 @@ class _Parser:
             self._tolerant = self._scanner(True)
         return self._tolerant(text, pos)
 
-    def unreadable(self, rows: list[Any], spans: list[tuple[int, int]], start: int, end: int,
-                   flagged: list[int], names: int | None = None,
+    def unreadable(self, rows: list[Any],
+                   spans: list[tuple[int, int]] | Callable[[], list[tuple[int, int]]],
+                   start: int, end: int, flagged: list[int], names: int | None = None,
                    surrogates: bool = True) -> frozenset[int]:
         """Rows Veil cannot read with certainty (R2), found with counts over the whole array.
 
@@ -530,9 +611,13 @@ class _Parser:
         objects = names is not None or set(map(type, rows)) <= {dict}
         if names is None and objects:
             names = self.member_names(start, end)
-        if not (objects and names == sum(map(len, rows))):
+        cleared = objects and names == sum(map(len, rows))
+        if cleared and not surrogates and not self.raw:
+            return frozenset(bad)
+        located = spans() if callable(spans) else spans
+        if not cleared:
             count, spaced = text.count, _SPACED_COLON.search
-            for index, (s, e) in enumerate(spans):
+            for index, (s, e) in enumerate(located):
                 row = rows[index]
                 if (type(row) is dict and len(row) == count('":', s, e)
                         and spaced(text, s, e) is None):
@@ -540,13 +625,13 @@ class _Parser:
                 if self.repeats_a_read_key(text[s:e]):
                     bad.add(index)
         if surrogates and _SURROGATE_ESCAPE.search(text, start, end):
-            starts = [s for s, _ in spans]
+            starts = [s for s, _ in located]
             suspects = {bisect_right(starts, m.start()) - 1
                         for m in _SURROGATE_ESCAPE.finditer(text, start, end)}
             bad.update(i for i in suspects if i >= 0 and _holds_lone_surrogate(rows[i]))
         if self.raw:
             count = text.count
-            bad.update(i for i, (s, e) in enumerate(spans)
+            bad.update(i for i, (s, e) in enumerate(located)
                        if count("{", s, e) + count("[", s, e) > MAX_RAW_DEPTH
                        and _depth(rows[i]) > MAX_RAW_DEPTH)
         return frozenset(bad)
@@ -566,6 +651,13 @@ class _Parser:
         if self.read is None or self.raw:
             return _repeats_anywhere(value)
         return any(_repeats_on(value, tokens) for tokens in self.read)
+
+
+def _count(squeezed: bytes, head: bytes, tail: bytes, what: bytes) -> int:
+    """How many ``what`` the rows array holds once whitespace is taken out: the squeezed
+    body's count less those of the (small) texts before and after the array."""
+    return (squeezed.count(what) - head.translate(None, _BLANK_BYTES).count(what)
+            - tail.translate(None, _BLANK_BYTES).count(what))
 
 
 def _names(part: bytes) -> int:
@@ -613,10 +705,12 @@ class Normalizer:
         """The pointers (as tokens) of the fields Veil reads: id, actor, type and time."""
         return self._pointers
 
-    def rows(self, rows: Sequence[Any], include_raw: bool,
-             unreadable: frozenset[int] | set[int] = frozenset()) -> list[dict[str, Any]]:
-        """The rows as the policy sees them; an unreadable row (``unreadable``, or an id Veil
-        cannot represent) gets no id, actor, time nor raw, so it is private (R2)."""
+    def facts(self, rows: Sequence[Any],
+              unreadable: frozenset[int] | set[int] = frozenset()) -> RowFacts:
+        """What Veil reads of each row, column by column (see ``RowFacts``): no dict per row,
+        and a time turned into nanoseconds only when asked (``RowFacts.ns``). An unreadable
+        row (``unreadable``, or an id Veil cannot represent) gets no id, actor nor time, so it
+        is private (R2)."""
         get_id, get_actor, get_type, get_ts = self._id, self._actor, self._type, self._ts
         apps = self.application_values
         flat = self._flat  # every field one level down: read the dict directly (hot loop)
@@ -625,16 +719,24 @@ class Normalizer:
         if len(actors) > MAX_REMEMBERED or len(kinds) > MAX_REMEMBERED:
             actors.clear()
             kinds.clear()
-        fromiso, epoch, micro = _fromisoformat, _EPOCH, _MICROSECOND
+        fromiso = _fromisoformat
         k_id, k_actor, k_type, k_ts = flat if flat is not None else ("", "", "", "")
-        out: list[dict[str, Any]] = []
-        append = out.append
+        ids: list[Any] = []
+        who_list: list[str | None] = []
+        kind_list: list[str] = []
+        stamps: list[int | datetime | None] = []
+        add_id, add_who, add_kind, add_stamp = (ids.append, who_list.append, kind_list.append,
+                                                stamps.append)
         late: list[int] = []
-        for index, raw in enumerate(rows):
+        index = -1
+        for raw in rows:
+            index += 1
             if flat is not None:
-                row_id, actor, kind, ts = ((raw.get(k_id), raw.get(k_actor), raw.get(k_type),
-                                            raw.get(k_ts))
-                                           if type(raw) is dict else (None, None, None, None))
+                if type(raw) is dict:
+                    get = raw.get
+                    row_id, actor, kind, ts = get(k_id), get(k_actor), get(k_type), get(k_ts)
+                else:
+                    row_id = actor = kind = ts = None
             else:
                 row_id, actor, kind, ts = get_id(raw), get_actor(raw), get_type(raw), get_ts(raw)
             if type(row_id) is not str:
@@ -642,49 +744,99 @@ class Normalizer:
                     row_id = None
                 elif not MIN_INT <= row_id <= MAX_INT:
                     late.append(index)
-            who: str | None = None
+            add_id(row_id)
             if type(actor) is str:  # few distinct actors per answer: each keyed once
                 try:
-                    who = actors[actor]
+                    add_who(actors[actor])
                 except KeyError:
-                    who = actors[actor] = key(actor)
+                    add_who(actors.setdefault(actor, key(actor)))
+            else:
+                add_who(None)
             if type(kind) is str:
                 try:
-                    actor_type = kinds[kind]
+                    add_kind(kinds[kind])
                 except KeyError:
-                    actor_type = kinds[kind] = ("application" if fold(kind) in apps else "user")
+                    add_kind(kinds.setdefault(kind, "application" if fold(kind) in apps
+                                              else "user"))
             else:
-                actor_type = "user"
+                add_kind("user")
             # RFC 3339 in UTC to the millisecond ("2026-11-25T18:58:06.480Z"), the usual
-            # spelling: timestamp_ns's own steps, without the checks this shape makes moot
+            # spelling: timestamp_ns's own steps, without the checks this shape makes moot; a
+            # year in 1678-2261 is within MIN_NS..MAX_NS, so its nanoseconds can wait
             if type(ts) is str and len(ts) == 24 and ts[23] == "Z" and ts[10] == "T":
                 try:
                     moment = fromiso(ts)
                 except ValueError:
-                    ns = None
+                    add_stamp(None)
                 else:
-                    ns = ((moment - epoch) // micro * 1000 if moment.tzinfo is not None
-                          else None)
-                    if ns is not None and not MIN_NS <= ns < MAX_NS:
-                        ns = None
+                    if moment.tzinfo is None:
+                        add_stamp(None)
+                    elif 1677 < moment.year < 2262:
+                        add_stamp(moment)
+                    else:
+                        add_stamp(_in_range((moment - _EPOCH) // _MICROSECOND * 1000))
             else:
-                ns = to_ns(ts)
-            row = {
-                "index": index,
-                "id": row_id,
-                "actor": who,
-                "actor_type": actor_type,
-                "ts_ns": ns,
-            }
-            if include_raw:
+                add_stamp(to_ns(ts))
+        dropped = (*unreadable, *late)
+        for index in dropped:
+            ids[index] = who_list[index] = stamps[index] = None  # private (R2)
+        return RowFacts(ids, who_list, kind_list, stamps, dropped)
+
+    def rows(self, rows: Sequence[Any], include_raw: bool,
+             unreadable: frozenset[int] | set[int] = frozenset()) -> list[dict[str, Any]]:
+        """The rows as the policy sees them (``input.rows``), from ``facts``; an unreadable
+        row has no raw either."""
+        facts = self.facts(rows, unreadable)
+        ns = RowFacts.ns
+        out = [{"index": index, "id": row_id, "actor": actor, "actor_type": kind,
+                "ts_ns": ns(stamp)}
+               for index, (row_id, actor, kind, stamp) in enumerate(zip(
+                   facts.ids, facts.actors, facts.kinds, facts.stamps, strict=True))]
+        if include_raw:
+            for row, raw in zip(out, rows, strict=True):
                 row["raw"] = raw
-            append(row)
-        for index in (*unreadable, *late):
-            row = out[index]
-            row["id"] = row["actor"] = row["ts_ns"] = None  # private (R2)
-            if include_raw:
-                row["raw"] = None
+            for index in facts.unreadable:
+                out[index]["raw"] = None
         return out
+
+
+class RowFacts(NamedTuple):
+    """What Veil reads of an answer's rows, one list per field, in row order: the id (None
+    when absent or unreadable), the actor's comparison key (None: no actor, or unreadable),
+    the actor type ("application" or "user") and the time (None: missing or unreadable; an
+    int of nanoseconds, or a ``datetime`` whose nanoseconds ``ns`` gives, always in range);
+    ``unreadable``: the rows made unreadable (R2), whose id, actor and time are None."""
+
+    ids: list[Any]
+    actors: list[str | None]
+    kinds: list[str]
+    stamps: list[int | datetime | None]
+    unreadable: tuple[int, ...] = ()
+
+    @staticmethod
+    def ns(stamp: int | datetime | None) -> int | None:
+        """A stamp's nanoseconds since the epoch (None stays None)."""
+        return None if stamp is None else stamp_ns(stamp)
+
+    @classmethod
+    def of(cls, rows: Sequence[dict[str, Any]]) -> RowFacts:
+        """The facts of rows as the policy sees them (``Normalizer.rows``)."""
+        ids: list[Any] = [row.get("id") for row in rows]
+        actors: list[Any] = [row.get("actor") for row in rows]
+        kinds: list[Any] = [row.get("actor_type") for row in rows]
+        stamps: list[Any] = [row.get("ts_ns") for row in rows]
+        return cls(ids, actors, kinds, stamps)
+
+
+def stamp_ns(stamp: int | datetime) -> int:
+    """A (not None) stamp's nanoseconds since the epoch: ``timestamp_ns``'s own arithmetic."""
+    if isinstance(stamp, datetime):
+        return (stamp - _EPOCH) // _MICROSECOND * 1000
+    return stamp
+
+
+def _in_range(ns: int) -> int | None:
+    return ns if MIN_NS <= ns < MAX_NS else None
 
 
 # Instants Veil can compare: a signed 64-bit count of nanoseconds, below the end of an open

@@ -27,8 +27,16 @@ EMPTY_INPUT: dict[str, Any] = {"caller": "", "request": {}, "reveal_session_id":
 
 
 class Evaluation(Protocol):
-    """One answer's hold on an engine: every evaluation through it sees one policy set and
-    one version of ``data.veil``, named by ``key`` (what Veil's caches are keyed by)."""
+    """One answer's hold on an engine, taken with ``Engine.begin`` before the answer's input
+    is built: it pins one policy generation, which says whether the input must carry raw rows
+    (``needs_raw``) and evaluates every rule asked through this hold, and one version of
+    ``data.veil``; ``key`` names both (what Veil's caches are keyed by). Nothing about the
+    answer is remembered anywhere else (no thread-local state)."""
+
+    @property
+    def needs_raw(self) -> bool:
+        """Whether this answer's input must carry each row's raw JSON (the pinned policy has
+        a rule that mentions ``raw``)."""
 
     @property
     def plan(self) -> RowPlan | None:
@@ -39,8 +47,9 @@ class Evaluation(Protocol):
         """Changes whenever the policy set or the state version does."""
 
     def evaluate(self, rule: str, input_json: bytes) -> Any:
-        """The value of ``rule`` (e.g. ``data.veil.privacy.decision``) for one input; raise
-        PolicyError when the engine cannot answer, or no longer holds this policy and state."""
+        """The value of ``rule`` (e.g. ``data.veil.privacy.decision``) for one input, by the
+        pinned policy; raise PolicyError when the engine cannot answer, or cannot answer with
+        this policy and state any more (fail closed)."""
 
 
 class Engine(Protocol):
@@ -48,26 +57,32 @@ class Engine(Protocol):
 
     ``reload`` (hot reload, see ``veil.reload``) is called only with a policy set that already
     compiled and passed its own tests; the engine swaps it in atomically or raises PolicyError
-    and keeps serving the policy it had. Queries are answered throughout. ``needs_raw`` may
-    change with a reload: an input built while it was False must never be evaluated by a
-    policy that reads ``raw`` (evaluate it with the previous policy, or fail closed).
+    and keeps serving the policy it had. Queries are answered throughout. Whether inputs must
+    carry raw rows may change with a reload, so an answer takes a hold (``begin``) before it
+    builds its input and evaluates through that hold: an input built without raw rows is
+    never evaluated by a policy that reads ``raw`` (the hold evaluates with the policy it
+    pinned, or fails closed).
     """
 
     name: str
 
     @property
     def needs_raw(self) -> bool:
-        """Whether each row's raw JSON must be put in the input (a rule mentions ``raw``)."""
+        """Whether the policy served now reads raw rows (what ``begin`` would pin); reading
+        it has no effect on later evaluations."""
 
     def sync(self, version: int, load: DataLoader) -> None:
         """Make ``data.veil`` current if ``version`` is newer than what the engine holds."""
 
     def evaluate(self, input_json: bytes) -> Any:
-        """The decision for one input; raise PolicyError when the engine cannot answer."""
+        """The decision for one input that does not depend on ``needs_raw`` (no rows, or rows
+        with ``raw``), by the policy served now; raise PolicyError when the engine cannot
+        answer. An answer's input is evaluated through its hold (``begin``) instead."""
 
-    def begin(self) -> Evaluation:
-        """Hold the engine for one answer (after ``needs_raw`` was read for it); PolicyError
-        when it cannot be held."""
+    def begin(self, previous: Evaluation | None = None) -> Evaluation:
+        """Hold the engine for one answer, with ``data.veil`` as it is now; PolicyError when
+        it cannot be held. ``previous``: an earlier hold of the same answer (its input built
+        already), whose policy the new hold keeps, e.g. to decide again on newer state."""
 
     def reload(self, modules: Sequence[PolicyModule]) -> None:
         """Serve these modules (``*_test.rego`` ones are ignored) from now on, atomically;

@@ -3,16 +3,19 @@
 For a policy whose plan (``veil.policy.plan``) Veil follows, the private windows of each
 (actor type, actor) come from the policy's ``data.veil.privacy.actor_windows``, asked only for
 the actors not yet cached for this policy set and state version, and the shipped rules R1 and
-R2 are applied to the rows here; the authors' ``private_rows`` rules, if any, are evaluated by
-the engine on the answer's rows. A reveal, and any policy Veil does not follow, is decided by
-``data.veil.privacy.decision`` as a whole. Anything the engine cannot answer, or answers in a
-shape Veil does not expect, fails closed (every row private).
+R2 are applied here to the rows' facts (``veil.rows.RowFacts``: actor, actor type and time of
+each row, read without building the policy's input); the authors' ``private_rows`` rules, if
+any, are evaluated by the engine on the answer's whole input, built only then. A reveal, and
+any policy Veil does not follow, is decided by ``data.veil.privacy.decision`` as a whole.
+Anything the engine cannot answer, or answers in a shape Veil does not expect, fails closed
+(every row private).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -27,6 +30,7 @@ from veil.policy.plan import (
     WINDOWS,
     RowPlan,
 )
+from veil.rows import RowFacts, stamp_ns
 
 Windows = tuple[tuple[int | float, int | float], ...]
 MAX_CACHED_ACTORS = 200_000  # per policy set and state version; the cache starts over beyond
@@ -42,25 +46,33 @@ class RowDecider:
         self._tables: dict[Hashable, dict[tuple[Any, str], Windows]] = {}
         self._lock = threading.Lock()
 
-    def decide(self, begin: Callable[[], Evaluation], document: dict[str, Any],
+    def decide(self, evaluation: Evaluation, document: dict[str, Any],
                rows: Sequence[dict[str, Any]]) -> Decision:
         """The decision for ``document`` (the policy input, its ``rows`` being ``rows``).
 
         Raises PolicyError when the engine fails; returns a failed Decision when its answer
         is malformed (both mean: hide every row).
         """
-        evaluation = begin()
-        row_plan = evaluation.plan
-        if row_plan is None or document.get("reveal_session_id") is not None:
+        if evaluation.plan is None or document.get("reveal_session_id") is not None:
             result = evaluation.evaluate(DECISION, orjson.dumps(document))
             return Decision.read(result, len(rows))
-        private = self.private_rows(evaluation, row_plan, document, rows)
+        return self.decide_facts(evaluation, RowFacts.of(rows), lambda: orjson.dumps(document))
+
+    def decide_facts(self, evaluation: Evaluation, facts: RowFacts,
+                     document: Callable[[], bytes]) -> Decision:
+        """The decision for an answer without a reveal, on a policy Veil follows
+        (``evaluation.plan`` is not None), from its rows' ``facts``; ``document`` gives the
+        encoded policy input, asked for only when the policy has rules of its authors'."""
+        row_plan = evaluation.plan
+        if row_plan is None:
+            return Decision.read(evaluation.evaluate(DECISION, document()), len(facts.ids))
+        private = self.private_rows(evaluation, row_plan, facts, document)
         if private is None:
             return Decision.fail_closed()
         return Decision(frozenset(private), False, ())
 
-    def private_rows(self, evaluation: Evaluation, row_plan: RowPlan,
-                     document: dict[str, Any], rows: Sequence[dict[str, Any]]) -> set[int] | None:
+    def private_rows(self, evaluation: Evaluation, row_plan: RowPlan, facts: RowFacts,
+                     document: Callable[[], bytes]) -> set[int] | None:
         """``private_rows`` for the answer as the plan computes it, with at most one
         evaluation; None when the policy's answer is malformed."""
         shipped = row_plan.shipped
@@ -70,21 +82,26 @@ class RowDecider:
         add = private.add
         table = self._table(evaluation.key) if in_window else {}
         cached = table.get
-        pending: list[int] = []  # rows whose (actor type, actor) is not cached yet
+        ns = stamp_ns
+        kinds, stamps = facts.kinds, facts.stamps
+        pending: list[tuple[int, tuple[str, str], int | datetime]] = []  # pair not cached yet
         missing: dict[tuple[Any, str], None] = {}
-        for i, row in enumerate(rows):  # one pass: R2, then R1 from the cache
-            actor, ts = row.get("actor"), row.get("ts_ns")
-            if actor is None or ts is None:
-                if (no_actor and actor is None) or (no_time and ts is None):
+        i = -1
+        for actor in facts.actors:  # one pass: R2, then R1 from the cache
+            i += 1
+            stamp = stamps[i]
+            if actor is None or stamp is None:
+                if (no_actor and actor is None) or (no_time and stamp is None):
                     add(i)
                 continue  # R1 compares a time, of an actor: neither is here
             if in_window and type(actor) is str:
-                pair = (row.get("actor_type"), actor)
+                pair = (kinds[i], actor)
                 windows = cached(pair)
                 if windows is None:
-                    pending.append(i)
+                    pending.append((i, pair, stamp))
                     missing[pair] = None
                 elif windows:
+                    ts = ns(stamp)
                     for start, end in windows:
                         if start <= ts < end:
                             add(i)
@@ -93,7 +110,7 @@ class RowDecider:
         if missing:
             pairs = list(missing)
             if row_plan.custom:  # one evaluation on the answer for both
-                both = evaluation.evaluate(BOTH_RULE, orjson.dumps(document))
+                both = evaluation.evaluate(BOTH_RULE, document())
                 if not isinstance(both, dict):
                     return None
                 fresh = _read_windows(both.get("windows"), pairs)
@@ -105,19 +122,17 @@ class RowDecider:
             if len(table) + len(fresh) > MAX_CACHED_ACTORS:
                 table.clear()
             table.update(fresh)
-            for i in pending:
-                row = rows[i]
-                ts = row["ts_ns"]
-                if any(start <= ts < end
-                       for start, end in fresh[(row.get("actor_type"), row["actor"])]):
+            for i, pair, stamp in pending:
+                ts = ns(stamp)
+                if any(start <= ts < end for start, end in fresh[pair]):
                     add(i)
         if row_plan.custom:
             if custom is None:
-                custom = evaluation.evaluate(CUSTOM_RULE, orjson.dumps(document))
+                custom = evaluation.evaluate(CUSTOM_RULE, document())
             if not isinstance(custom, (set, frozenset, list, tuple)):
                 return None
             for index in custom:
-                if type(index) is not int or not 0 <= index < len(rows):
+                if type(index) is not int or not 0 <= index < len(facts.ids):
                     return None
                 add(index)
         return private

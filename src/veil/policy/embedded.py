@@ -5,9 +5,11 @@ the parsed modules and re-loads ``data.veil`` when the shared data version moves
 the interpreter (``pyo3_runtime.PanicException``, a ``BaseException``) become PolicyError.
 
 A reload swaps in a new immutable *generation* (the modules, whether they read ``raw``, and
-the row plan of ``veil.policy.plan``); each thread notices the new generation on its next
-evaluation and builds a fresh interpreter for it, so evaluations in flight finish on the
-policy they started with. The interpreter loads the policy as the plan rewrites it (each
+the row plan of ``veil.policy.plan``). An answer pins the generation it starts with
+(``begin`` returns a hold on it, which says whether the input needs raw rows and evaluates
+with that generation only); each thread builds a fresh interpreter when a hold asks for a
+generation its interpreter is not, so answers in flight finish on the policy they started
+with. The interpreter loads the policy as the plan rewrites it (each
 ``private_rows`` rule renamed, their union unchanged), so one answer can ask for the authors'
 rules apart from the shipped ones.
 """
@@ -27,7 +29,14 @@ import orjson
 import regorus
 
 from veil.errors import PolicyError
-from veil.policy import DECISION, EMPTY_INPUT, DataLoader, PolicyModule, load_modules
+from veil.policy import (
+    DECISION,
+    EMPTY_INPUT,
+    DataLoader,
+    Evaluation,
+    PolicyModule,
+    load_modules,
+)
 from veil.policy.plan import R1_WINDOW, WINDOWS, RowPlan, plan
 
 
@@ -74,6 +83,8 @@ class _Evaluation:
     def __init__(self, owner: EmbeddedEngine, state: _ThreadState) -> None:
         self._owner = owner
         self._engine = state.engine
+        self.generation = state.generation
+        self.needs_raw = state.generation.needs_raw
         self.plan = state.generation.plan
         self.key: Hashable = (state.generation.serial, state.data_version)
 
@@ -119,7 +130,6 @@ class EmbeddedEngine:
                  modules: Sequence[PolicyModule] | None = None) -> None:
         self.directory = directory
         self._serial = next(_engine_serials)
-        self._local = threading.local()  # the generation pinned by needs_raw (no interpreter)
         self._lock = threading.Lock()
         self._version = -1
         self._data_json = '{"veil": {}}'
@@ -128,14 +138,8 @@ class EmbeddedEngine:
 
     @property
     def needs_raw(self) -> bool:
-        """Whether inputs must carry each row's raw JSON, for the policy now being served.
-
-        The calling thread's next ``evaluate`` remembers the generation read here, so an input
-        built without raw rows is never evaluated by a policy reloaded meanwhile that reads them.
-        """
-        generation = self._generation
-        self._local.pinned = generation
-        return generation.needs_raw
+        """Whether the policy now served reads raw rows (what ``begin`` would pin now)."""
+        return self._generation.needs_raw
 
     def _prepare(self, modules: Sequence[PolicyModule]) -> _Generation:
         policy = tuple(m for m in modules if not m.is_test)
@@ -186,16 +190,7 @@ class EmbeddedEngine:
                 self._data_json = orjson.dumps({"veil": data}).decode()
                 self._version = loaded_version
 
-    def _serving(self) -> _Generation:
-        """The generation this thread evaluates with now (see ``needs_raw``)."""
-        current = self._generation
-        pinned: _Generation | None = self._local.__dict__.pop("pinned", None)
-        if pinned is not None and current.needs_raw and not pinned.needs_raw:
-            return pinned  # the input was built without raw rows: the new policy must not see it
-        return current
-
-    def _thread_state(self) -> _ThreadState:
-        generation = self._serving()
+    def _thread_state(self, generation: _Generation) -> _ThreadState:
         held = _interpreters.states.get(self._serial)
         state = held[1] if held is not None else None
         if state is None or state.generation is not generation:
@@ -210,10 +205,17 @@ class EmbeddedEngine:
             state.data_version = version
         return state
 
-    def begin(self) -> _Evaluation:
-        """Hold this thread's interpreter, as the policy and data are now, for one answer."""
+    def begin(self, previous: Evaluation | None = None) -> _Evaluation:
+        """Hold this thread's interpreter for one answer: the policy now served (or the one
+        ``previous`` pinned) with the data as it is now."""
+        if previous is None:
+            generation = self._generation
+        elif isinstance(previous, _Evaluation) and previous._owner is self:
+            generation = previous.generation
+        else:
+            raise PolicyError("an evaluation can only be continued by the engine that began it")
         try:
-            return _Evaluation(self, self._thread_state())
+            return _Evaluation(self, self._thread_state(generation))
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # PanicException is a BaseException

@@ -45,6 +45,7 @@ from veil.policy import (
     EMPTY_INPUT,
     DataLoader,
     Decision,
+    Evaluation,
     PolicyModule,
     load_modules,
 )
@@ -177,7 +178,6 @@ class OpaEngine:
         self._plan = None if bundle else _opa_plan(self._modules)
         self._policy_serial = 0  # moves on with each reload
         self._raw_epoch = 0  # moves on each time a policy that reads raw starts being loaded
-        self._pinned = threading.local()  # (raw epoch, needs_raw) the thread's input was built for
         self._lock = threading.RLock()
         self._load: DataLoader | None = None
         self._synced_version = -1  # the data version OPA holds for sure; -1: unknown
@@ -188,15 +188,8 @@ class OpaEngine:
 
     @property
     def needs_raw(self) -> bool:
-        """Whether inputs must carry each row's raw JSON, for the policy OPA now serves.
-
-        The calling thread's next ``evaluate`` remembers what was read here: a decision on an
-        input built without raw rows is dropped (fail closed) if a policy reading raw rows was
-        being loaded into OPA meanwhile, since OPA cannot evaluate with the previous policy.
-        """
-        needs_raw = self._needs_raw
-        self._pinned.value = (self._raw_epoch, needs_raw)
-        return needs_raw
+        """Whether the policy OPA now serves reads raw rows (what ``begin`` would pin now)."""
+        return self._needs_raw
 
     def sync(self, version: int, load: DataLoader) -> None:
         """Make OPA hold ``data.veil`` at ``version``. OPA's copy is asked for every time: an
@@ -228,10 +221,21 @@ class OpaEngine:
     def evaluate(self, input_json: bytes) -> Any:
         return self.begin().evaluate(DECISION, input_json)
 
-    def begin(self) -> _OpaEvaluation:
-        """Hold OPA's policy set and data version for one answer (see ``needs_raw``)."""
-        pinned: tuple[int, bool] | None = self._pinned.__dict__.pop("value", None)
-        return _OpaEvaluation(self, pinned)
+    def begin(self, previous: Evaluation | None = None) -> _OpaEvaluation:
+        """Hold OPA's policy set and data version for one answer. OPA cannot evaluate with a
+        previous policy: a hold whose input was built without raw rows fails closed if a
+        policy reading raw rows was being loaded meanwhile (``previous``: an earlier hold of
+        the same answer, whose input that is)."""
+        # the epoch first: ``reload`` sets needs_raw before it moves the epoch on, so a hold
+        # that saw needs_raw False has an epoch a later raw-reading policy moves past
+        epoch = self._raw_epoch
+        needs_raw = self._needs_raw
+        if previous is not None:
+            if not isinstance(previous, _OpaEvaluation) or previous._owner is not self:
+                raise PolicyError("an evaluation can only be continued by the engine that "
+                                  "began it")
+            epoch, needs_raw = previous._raw_epoch, previous.needs_raw
+        return _OpaEvaluation(self, epoch, needs_raw)
 
     def _evaluate(self, input_json: bytes, path: str = DECISION_PATH) -> Any:
         if self._synced_version < 0:
@@ -268,8 +272,8 @@ class OpaEngine:
             previous_plan, self._plan = self._plan, None  # until the new set is in
             previous, previous_raw = self._modules, self._needs_raw
             if needs_raw and not previous_raw:
-                self._raw_epoch += 1
                 self._needs_raw = True  # inputs carry raw rows before OPA may need them
+                self._raw_epoch += 1  # after: see ``begin``
             self._modules = policy
             try:
                 self._load_policies()
@@ -467,17 +471,17 @@ class OpaEngine:
 class _OpaEvaluation:
     """One answer's hold on OPA: fails closed if the policy set or data version moved on."""
 
-    def __init__(self, owner: OpaEngine, pinned: tuple[int, bool] | None) -> None:
+    def __init__(self, owner: OpaEngine, raw_epoch: int, needs_raw: bool) -> None:
         self._owner = owner
-        self._pinned = pinned
+        self._raw_epoch = raw_epoch
+        self.needs_raw = needs_raw
         self.plan = owner._plan
         self.key: Hashable = (owner._policy_serial, owner._synced_version)
 
     def evaluate(self, rule: str, input_json: bytes) -> Any:
         owner = self._owner
         result = owner._evaluate(input_json, rule.removeprefix("data.").replace(".", "/"))
-        pinned = self._pinned
-        if pinned is not None and not pinned[1] and owner._raw_epoch != pinned[0]:
+        if not self.needs_raw and owner._raw_epoch != self._raw_epoch:
             raise PolicyError("the policy was reloaded while this answer was prepared (the new "
                               "one reads raw rows, which the input does not carry)")
         if (owner._policy_serial, owner._synced_version) != self.key:
