@@ -351,7 +351,7 @@ def breakdown(config_path: Path, store_url: str, size: int, runs: int
             get_direct()
     each("jwt", lambda: services.auth.principal(headers))
 
-    def count_metrics() -> None:  # what one answer adds to the metrics (app.py, query.py)
+    def count_metrics() -> None:  # what one answer adds to the metrics (app.py, filtering.py)
         metrics.requests.labels(route=path, status="200").inc()
         metrics.upstream_latency.observe(0.001)
         metrics.policy_latency.observe(0.001)

@@ -295,7 +295,7 @@ def store_rows(rng: random.Random, rows: list[dict[str, Any]]) -> list[Any]:
 @pytest.mark.parametrize("variant", ["shipped", "actor rule", "helper rule"])
 def test_facts_of_store_rows_decide_as_the_plain_decision(variant: str,
                                                           tmp_path: Path) -> None:
-    """What ``veil.query`` runs for an answer without a reveal, on a policy Veil follows:
+    """What ``veil.filtering`` runs for an answer without a reveal, on a policy Veil follows:
     the rows' facts read straight from the store's rows (no dict per row, times turned into
     nanoseconds only when a window is compared), against a plain evaluation of the decision
     on the rows as the policy sees them."""

@@ -1,7 +1,7 @@
 """Guards that a whole suite once let break unnoticed (issue 9, "tests that let bugs through").
 
 Each test here fails if its guard is removed: a reveal only on ``reveal is True``
-(``veil.query``); ``exp`` required in a JWT (``veil.identity``); a row index below the row
+(``veil.filtering``); ``exp`` required in a JWT (``veil.identity``); a row index below the row
 count (``veil.policy.Decision.read``); a timestamp without an offset is unreadable
 (``veil.rows.timestamp_ns``).
 """

@@ -10,10 +10,10 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from veil import api, console, health, openapi, policy_reload, proxy, scim
 from veil.config import Config
 from veil.errors import VeilError, problem
+from veil.filtering import QueryService
 from veil.identity import Authenticator
 from veil.metrics import Metrics
 from veil.policy import Engine, create_engine, load_modules
-from veil.query import QueryService
 from veil.services import Services, services
 from veil.storage import Storage, open_storage
 from veil.upstream import Upstream

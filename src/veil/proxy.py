@@ -6,7 +6,7 @@ from flask import Blueprint, Response, request
 from flask.blueprints import BlueprintSetupState
 
 from veil.errors import NotFound
-from veil.query import REVEAL_HEADER
+from veil.filtering import REVEAL_HEADER
 from veil.services import caller, services
 
 blueprint = Blueprint("proxy", __name__)

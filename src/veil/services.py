@@ -12,10 +12,10 @@ from flask import current_app, g
 
 from veil.config import Config
 from veil.errors import Forbidden
+from veil.filtering import QueryService
 from veil.identity import Authenticator
 from veil.metrics import Metrics
 from veil.policy import Engine
-from veil.query import QueryService
 from veil.storage import Storage
 from veil.upstream import Upstream
 

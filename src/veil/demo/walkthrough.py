@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from veil.query import REVEAL_HEADER
+from veil.filtering import REVEAL_HEADER
 
 _VARIABLE = re.compile(r"\$([A-Z_]+)")
 

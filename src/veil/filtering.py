@@ -35,7 +35,7 @@ from veil.rows import Answer, Normalizer, RowFacts, parse_answer, pointer_tokens
 from veil.storage import Storage
 from veil.upstream import Upstream
 
-log = logging.getLogger("veil.query")
+log = logging.getLogger("veil.filtering")
 
 ReadState = Callable[[Sequence[str]], tuple[int, dict[str, Any]]]
 
