@@ -56,8 +56,9 @@ class Engine(Protocol):
     """A Rego engine holding Veil's policies and the ``data.veil`` document.
 
     ``reload`` (hot reload, see ``veil.policy_reload``) is called only with a policy set that
-    already compiled and passed its own tests; the engine swaps it in atomically or raises PolicyError
-    and keeps serving the policy it had. Queries are answered throughout. Whether inputs must
+    already compiled and passed its own tests; the engine swaps it in atomically or raises
+    PolicyError and keeps serving the policy it had. Queries are answered throughout. Whether
+    inputs must
     carry raw rows may change with a reload, so an answer takes a hold (``begin``) before it
     builds its input and evaluates through that hold: an input built without raw rows is
     never evaluated by a policy that reads ``raw`` (the hold evaluates with the policy it
