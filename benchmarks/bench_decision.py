@@ -46,32 +46,43 @@ PRIVATE_GROUPS = ("hr", "legal", "external")
 def answer_rows(size: int, start_ns: int, raw: bool) -> list[dict[str, Any]]:
     """The policy input's rows for one store answer, as Veil normalizes them."""
     log = ActivityLog(Directory.generate(seed=7, employees=234, guests=10), seed=7)
-    body = orjson.dumps({"data": log.sample(size, start_ns - HOUR_NS, start_ns + HOUR_NS),
-                         "next": None})
+    body = orjson.dumps(
+        {"data": log.sample(size, start_ns - HOUR_NS, start_ns + HOUR_NS), "next": None}
+    )
     normalizer = Normalizer(FieldPointers(), frozenset({"application"}))
-    answer = parse_answer(body, pointer_tokens("/data"), [pointer_tokens("/next")],
-                          normalizer.pointers, raw=raw)
-    rows: list[dict[str, Any]] = normalizer.rows(answer.rows, include_raw=raw,
-                                                 unreadable=answer.unreadable)
+    answer = parse_answer(
+        body, pointer_tokens("/data"), [pointer_tokens("/next")], normalizer.pointers, raw=raw
+    )
+    rows: list[dict[str, Any]] = normalizer.rows(
+        answer.rows, include_raw=raw, unreadable=answer.unreadable
+    )
     return rows
 
 
 def state(start_ns: int) -> dict[str, Any]:
     """data.veil as Veil builds it: only groups that are or were private are in it."""
     directory = Directory.generate(seed=7, employees=234, guests=10)
-    groups = {group["id"]: {"name": group["name"],
-                            "members": dict.fromkeys(group["members"], True)}
-              for group in directory.departments() if group["id"] in PRIVATE_GROUPS}
-    return {"groups": groups,
-            "privacy_groups": {name: [{"start_ns": start_ns, "end_ns": None}]
-                               for name in PRIVATE_GROUPS},
-            "admins": {}, "viewers": {}, "managed_domains": ["contoso.com"]}
+    groups = {
+        group["id"]: {"name": group["name"], "members": dict.fromkeys(group["members"], True)}
+        for group in directory.departments()
+        if group["id"] in PRIVATE_GROUPS
+    }
+    return {
+        "groups": groups,
+        "privacy_groups": {
+            name: [{"start_ns": start_ns, "end_ns": None}] for name in PRIVATE_GROUPS
+        },
+        "admins": {},
+        "viewers": {},
+        "managed_domains": ["contoso.com"],
+    }
 
 
 def policies_at(ref: str, into: Path) -> Path:
     """The ``policies/`` tree of a git commit, written under ``into``."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "policies"],
-                             check=True, capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "policies"], check=True, capture_output=True
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     return into / "policies"
@@ -80,8 +91,9 @@ def policies_at(ref: str, into: Path) -> Path:
 class Regorus:
     name = "regorus"
 
-    def __init__(self, modules: list[PolicyModule], data: dict[str, Any],
-                 document: dict[str, Any]) -> None:
+    def __init__(
+        self, modules: list[PolicyModule], data: dict[str, Any], document: dict[str, Any]
+    ) -> None:
         self.engine = new_engine([m for m in modules if not m.is_test])
         self.engine.add_data_json(orjson.dumps({"veil": data}).decode())
         self.input = orjson.dumps(document).decode()
@@ -97,8 +109,9 @@ class Regorus:
 class OpaEvaluator:
     name = "OPA (opa_bindings)"
 
-    def __init__(self, modules: list[PolicyModule], data: dict[str, Any],
-                 document: dict[str, Any]) -> None:
+    def __init__(
+        self, modules: list[PolicyModule], data: dict[str, Any], document: dict[str, Any]
+    ) -> None:
         import opa_bindings
 
         self.engine = opa_bindings.OpaEngine()
@@ -128,40 +141,65 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=200, help="evaluations per figure")
-    parser.add_argument("--policies", type=Path, default=ROOT / "policies",
-                        help="the policy directory measured as 'after' (default policies/)")
-    parser.add_argument("--before", metavar="REF", action="append", default=[],
-                        help="also measure the policies/ tree of this git commit (repeatable)")
-    parser.add_argument("--raw", action="store_true",
-                        help="put each row's raw JSON in the input, as for a rule reading raw")
+    parser.add_argument(
+        "--policies",
+        type=Path,
+        default=ROOT / "policies",
+        help="the policy directory measured as 'after' (default policies/)",
+    )
+    parser.add_argument(
+        "--before",
+        metavar="REF",
+        action="append",
+        default=[],
+        help="also measure the policies/ tree of this git commit (repeatable)",
+    )
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="put each row's raw JSON in the input, as for a rule reading raw",
+    )
     args = parser.parse_args(argv)
 
     start = time.time_ns()
     rows = answer_rows(args.rows, start, args.raw)
-    document = {"caller": "bob@contoso.com",
-                "request": {"method": "GET", "path": "/api/activities", "query": ""},
-                "reveal_session_id": None, "session": None, "now_ns": start, "rows": rows}
+    document = {
+        "caller": "bob@contoso.com",
+        "request": {"method": "GET", "path": "/api/activities", "query": ""},
+        "reveal_session_id": None,
+        "session": None,
+        "now_ns": start,
+        "rows": rows,
+    }
     data = state(start)
     engines: list[type[Regorus] | type[OpaEvaluator]] = [Regorus]
     try:
         import opa_bindings  # noqa: F401
+
         engines.append(OpaEvaluator)
     except ImportError:
-        print("opa_bindings is not installed: OPA's evaluator is not measured (pip install "
-              "--ignore-requires-python opa-golib-python-bindings)")
+        print(
+            "opa_bindings is not installed: OPA's evaluator is not measured (pip install "
+            "--ignore-requires-python opa-golib-python-bindings)"
+        )
 
     with tempfile.TemporaryDirectory(prefix="veil-bench-decision-") as tmp:
-        sets = {f"before {ref}": load_modules(policies_at(ref, Path(tmp) / str(n)))
-                for n, ref in enumerate(args.before)}
+        sets = {
+            f"before {ref}": load_modules(policies_at(ref, Path(tmp) / str(n)))
+            for n, ref in enumerate(args.before)
+        }
         sets["after"] = load_modules(args.policies)
-        print(f"{args.rows} rows, {len({r['actor'] for r in rows})} distinct actors, "
-              f"raw {'in' if args.raw else 'not in'} the input; {args.runs} runs per figure; "
-              f"load average {os.getloadavg()[0]:.2f}")
+        print(
+            f"{args.rows} rows, {len({r['actor'] for r in rows})} distinct actors, "
+            f"raw {'in' if args.raw else 'not in'} the input; {args.runs} runs per figure; "
+            f"load average {os.getloadavg()[0]:.2f}"
+        )
         print(f"before REF: policies/ at that commit; after: {args.policies}")
         verdicts: dict[tuple[str, str], frozenset[int]] = {}
         for engine_class in engines:
-            runners = {label: engine_class(modules, data, document)
-                       for label, modules in sets.items()}
+            runners = {
+                label: engine_class(modules, data, document) for label, modules in sets.items()
+            }
             times: dict[str, list[float]] = {label: [] for label in runners}
             for label, runner in runners.items():  # warm up, and the decision itself
                 verdicts[engine_class.name, label] = private_rows(runner.evaluate())
@@ -173,9 +211,11 @@ def main(argv: list[str] | None = None) -> int:
                     times[label].append(time.perf_counter() - started)
             for label, runner in runners.items():
                 ordered = sorted(times[label])
-                print(f"  {engine_class.name:<20} {label:<18} median {median_ms(ordered):7.2f} ms"
-                      f"   p90 {ordered[int(len(ordered) * 0.9)] * 1000:7.2f} ms"
-                      f"   private rows {len(verdicts[engine_class.name, label])}")
+                print(
+                    f"  {engine_class.name:<20} {label:<18} median {median_ms(ordered):7.2f} ms"
+                    f"   p90 {ordered[int(len(ordered) * 0.9)] * 1000:7.2f} ms"
+                    f"   private rows {len(verdicts[engine_class.name, label])}"
+                )
                 runner.close()
         print(f"load average at the end {os.getloadavg()[0]:.2f}")
         if len(set(verdicts.values())) != 1:

@@ -143,8 +143,9 @@ def _serve_store(port: int, bodies: dict[int, bytes]) -> None:
 def loopback_store(port: int, bodies: dict[int, bytes]) -> Iterator[str]:
     """A real HTTP store on 127.0.0.1 in its own process (so it never waits for this one's
     GIL), answering ``/api/activities?limit=N`` with a fixed body."""
-    process = multiprocessing.get_context("fork").Process(target=_serve_store,
-                                                          args=(port, bodies), daemon=True)
+    process = multiprocessing.get_context("fork").Process(
+        target=_serve_store, args=(port, bodies), daemon=True
+    )
     process.start()
     url = f"http://127.0.0.1:{port}"
     if process.pid is not None:
@@ -174,14 +175,27 @@ def free_port() -> int:
 
 def config_document(store_url: str, workdir: Path, port: int, workers: int) -> dict[str, Any]:
     return {
-        "upstream": {"url": store_url, "routes": ["/api/activities"], "rows": "/data",
-                     "fields": {"id": "/id", "actor": "/user", "actor_type": "/actorType",
-                                "timestamp": "/timestamp"}},
+        "upstream": {
+            "url": store_url,
+            "routes": ["/api/activities"],
+            "rows": "/data",
+            "fields": {
+                "id": "/id",
+                "actor": "/user",
+                "actor_type": "/actorType",
+                "timestamp": "/timestamp",
+            },
+        },
         "organization": {"managed_domains": ["contoso.com"]},
-        "identity": {"mode": "jwt",
-                     "jwt": {"issuer": "https://idp.bench", "audience": "veil",
-                             "hs256_secret_env": SECRET_ENV},
-                     "bootstrap_admins": [ADMIN]},
+        "identity": {
+            "mode": "jwt",
+            "jwt": {
+                "issuer": "https://idp.bench",
+                "audience": "veil",
+                "hs256_secret_env": SECRET_ENV,
+            },
+            "bootstrap_admins": [ADMIN],
+        },
         "policy": {"engine": "embedded", "dir": str(ROOT / "policies")},
         "server": {"host": "127.0.0.1", "port": port, "workers": workers},
         "storage": {"url": f"sqlite:///{workdir / 'veil.db'}"},
@@ -190,20 +204,37 @@ def config_document(store_url: str, workdir: Path, port: int, workers: int) -> d
 
 def token(principal: str) -> str:
     now = int(time.time())
-    return jwt.encode({"upn": principal, "iss": "https://idp.bench", "aud": "veil",
-                       "iat": now, "exp": now + 86400}, SECRET, algorithm="HS256")
+    return jwt.encode(
+        {
+            "upn": principal,
+            "iss": "https://idp.bench",
+            "aud": "veil",
+            "iat": now,
+            "exp": now + 86400,
+        },
+        SECRET,
+        algorithm="HS256",
+    )
 
 
 @contextmanager
-def veil_server(config_path: Path, port: int, log_path: Path,
-                extra_env: dict[str, str] | None = None, start_s: float = 30) -> Iterator[str]:
+def veil_server(
+    config_path: Path,
+    port: int,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+    start_s: float = 30,
+) -> Iterator[str]:
     """``veil serve`` in a subprocess, as in production; stopped with SIGTERM."""
     env = {**os.environ, SECRET_ENV: SECRET, **(extra_env or {})}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "veil.cli", "serve", "--config", str(config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env=env)
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         url = f"http://127.0.0.1:{port}"
         SERVED[url] = process.pid
         try:
@@ -233,13 +264,18 @@ def setup_privacy(http: requests.Session, url: str, directory: Directory) -> int
     """Import the departments and make PRIVATE_GROUPS private; the moment it started (ns)."""
     admin = {"Authorization": f"Bearer {token(ADMIN)}"}
     for group in directory.departments():
-        answer = http.put(f"{url}/veil/v1/groups/{group['id']}", headers=admin, timeout=10,
-                          json={"name": group["name"], "members": group["members"]})
+        answer = http.put(
+            f"{url}/veil/v1/groups/{group['id']}",
+            headers=admin,
+            timeout=10,
+            json={"name": group["name"], "members": group["members"]},
+        )
         answer.raise_for_status()
     start = time.time_ns()
     for group_id in PRIVATE_GROUPS:
-        http.post(f"{url}/veil/v1/privacy-groups", json={"group": group_id}, headers=admin,
-                  timeout=10).raise_for_status()
+        http.post(
+            f"{url}/veil/v1/privacy-groups", json={"group": group_id}, headers=admin, timeout=10
+        ).raise_for_status()
     return start
 
 
@@ -257,8 +293,9 @@ def eval_metric(http: requests.Session, url: str) -> tuple[float, float]:
     return total, count
 
 
-def measure(size: int, count: int, warmup: int, store_url: str, veil_url: str,
-            body: bytes) -> Figures:
+def measure(
+    size: int, count: int, warmup: int, store_url: str, veil_url: str, body: bytes
+) -> Figures:
     path = f"/api/activities?limit={size}"
     headers = {"Authorization": f"Bearer {token(CALLER)}"}
     direct: list[float] = []
@@ -296,12 +333,20 @@ def measure(size: int, count: int, warmup: int, store_url: str, veil_url: str,
     evaluations = after[1] - before[1]
     eval_server = (after[0] - before[0]) / evaluations * 1000 if evaluations else float("nan")
     # the store served each measured request twice: once directly, once for Veil
-    return Figures(size, count, len(body) / 1024, shown, direct, veil, eval_server,
-                   veil_cpu / count * 1000, store_cpu / (2 * count) * 1000)
+    return Figures(
+        size,
+        count,
+        len(body) / 1024,
+        shown,
+        direct,
+        veil,
+        eval_server,
+        veil_cpu / count * 1000,
+        store_cpu / (2 * count) * 1000,
+    )
 
 
-def breakdown(config_path: Path, store_url: str, size: int, runs: int
-              ) -> list[tuple[str, float]]:
+def breakdown(config_path: Path, store_url: str, size: int, runs: int) -> list[tuple[str, float]]:
     """Median CPU milliseconds (of this thread: what another process's load does not inflate)
     of each step of one answer, in this process, on Veil's own objects (same config, same
     SQLite state as the server): what Veil does per answer besides the HTTP hop to it,
@@ -323,6 +368,7 @@ def breakdown(config_path: Path, store_url: str, size: int, runs: int
                 return function(*args, **kwargs)
             finally:
                 steps.setdefault(name, []).append(time.thread_time() - started)
+
         return wrapper
 
     def each(name: str, function: Callable[[], Any]) -> None:
@@ -342,8 +388,9 @@ def breakdown(config_path: Path, store_url: str, size: int, runs: int
     steps.clear()
     with requests.Session() as direct:
         direct.trust_env = False
-        get_direct = timed("direct", lambda: direct.get(f"{store_url}{path}?{query_string}",
-                                                         timeout=60))
+        get_direct = timed(
+            "direct", lambda: direct.get(f"{store_url}{path}?{query_string}", timeout=60)
+        )
         get_direct()
         steps.clear()
         for _ in range(runs):  # alternate, as the main measurement does
@@ -399,115 +446,177 @@ def throughput(url: str, size: int, clients: int, seconds: float) -> float:
         return sum(pool.map(client, range(clients))) / seconds
 
 
-def report(results: list[Figures], workers: int, steps: list[tuple[str, float]], steps_rows: int,
-           rates: tuple[float, float] | None, rate_rows: int, clients: int) -> None:
+def report(
+    results: list[Figures],
+    workers: int,
+    steps: list[tuple[str, float]],
+    steps_rows: int,
+    rates: tuple[float, float] | None,
+    rate_rows: int,
+    clients: int,
+) -> None:
     ms = 1000
-    print(f"\nVeil in front of a loopback store: veil serve (gunicorn, {workers} worker(s), "
-          "embedded regorus engine, SQLite);")
-    print("requests alternate between the store and Veil; keep-alive connections; "
-          f"private groups: {', '.join(PRIVATE_GROUPS)}.\n")
-    header = (f"{'rows':>6} {'n':>4} {'body KB':>8} {'shown':>6} | {'direct p50':>10} "
-              f"{'p90':>7} | {'Veil p50':>9} {'p90':>7} | {'added p50':>9} {'ratio':>6} | "
-              f"{'policy work (server mean)':>25}")
+    print(
+        f"\nVeil in front of a loopback store: veil serve (gunicorn, {workers} worker(s), "
+        "embedded regorus engine, SQLite);"
+    )
+    print(
+        "requests alternate between the store and Veil; keep-alive connections; "
+        f"private groups: {', '.join(PRIVATE_GROUPS)}.\n"
+    )
+    header = (
+        f"{'rows':>6} {'n':>4} {'body KB':>8} {'shown':>6} | {'direct p50':>10} "
+        f"{'p90':>7} | {'Veil p50':>9} {'p90':>7} | {'added p50':>9} {'ratio':>6} | "
+        f"{'policy work (server mean)':>25}"
+    )
     print(header)
     print("-" * len(header))
     for f in results:
-        print(f"{f.rows:>6} {f.requests:>4} {f.body_kb:>8.0f} {f.shown:>6} | "
-              f"{median(f.direct) * ms:>8.2f}ms {p90(f.direct) * ms:>5.2f}ms | "
-              f"{median(f.veil) * ms:>7.2f}ms {p90(f.veil) * ms:>5.2f}ms | "
-              f"{f.added_ms:>7.2f}ms {median(f.veil) / median(f.direct):>5.2f}x | "
-              f"{f.eval_server_ms:>23.3f}ms")
-    print("\nCPU per answer (from /proc, whole processes; what the machine's load inflates "
-          "least):")
+        print(
+            f"{f.rows:>6} {f.requests:>4} {f.body_kb:>8.0f} {f.shown:>6} | "
+            f"{median(f.direct) * ms:>8.2f}ms {p90(f.direct) * ms:>5.2f}ms | "
+            f"{median(f.veil) * ms:>7.2f}ms {p90(f.veil) * ms:>5.2f}ms | "
+            f"{f.added_ms:>7.2f}ms {median(f.veil) / median(f.direct):>5.2f}x | "
+            f"{f.eval_server_ms:>23.3f}ms"
+        )
+    print("\nCPU per answer (from /proc, whole processes; what the machine's load inflates least):")
     for f in results:
-        print(f"  {f.rows:>6} rows: veil serve {f.veil_cpu_ms:7.2f} ms, the store "
-              f"{f.store_cpu_ms:6.2f} ms")
+        print(
+            f"  {f.rows:>6} rows: veil serve {f.veil_cpu_ms:7.2f} ms, the store "
+            f"{f.store_cpu_ms:6.2f} ms"
+        )
     ordered = sorted(results, key=lambda f: f.rows)
     if len(ordered) >= 2:
         print("\nHow the added time grows:")
         for a, b in itertools.pairwise(ordered):
             slope = (b.added_ms - a.added_ms) / (b.rows - a.rows) * 1000
-            print(f"  {a.rows:>6} -> {b.rows:>6} rows: added {a.added_ms:6.2f} -> "
-                  f"{b.added_ms:6.2f} ms  ({slope:.2f} ms per 1,000 more rows; "
-                  f"x{b.added_ms / a.added_ms:.1f} for x{b.rows / a.rows:.0f} rows)")
+            print(
+                f"  {a.rows:>6} -> {b.rows:>6} rows: added {a.added_ms:6.2f} -> "
+                f"{b.added_ms:6.2f} ms  ({slope:.2f} ms per 1,000 more rows; "
+                f"x{b.added_ms / a.added_ms:.1f} for x{b.rows / a.rows:.0f} rows)"
+            )
         xs = [float(f.rows) for f in ordered]
         ys = [f.added_ms for f in ordered]
         fit = statistics.linear_regression(xs, ys)
-        worst = max(abs(y - (fit.intercept + fit.slope * x)) for x, y in zip(xs, ys,
-                                                                                strict=True))
-        print(f"  least squares: added ~ {fit.intercept:.2f} ms + {fit.slope * 1000:.2f} ms "
-              f"per 1,000 rows (largest residual {worst:.2f} ms)")
+        worst = max(abs(y - (fit.intercept + fit.slope * x)) for x, y in zip(xs, ys, strict=True))
+        print(
+            f"  least squares: added ~ {fit.intercept:.2f} ms + {fit.slope * 1000:.2f} ms "
+            f"per 1,000 rows (largest residual {worst:.2f} ms)"
+        )
     if steps:
-        print(f"\nOne {steps_rows}-row answer, step by step (in-process, median CPU ms of the "
-              "thread):")
+        print(
+            f"\nOne {steps_rows}-row answer, step by step (in-process, median CPU ms of the "
+            "thread):"
+        )
         for name, value in steps:
             print(f"  {name:<62} {value:7.3f}")
         at_size = next((f for f in results if f.rows == steps_rows), None)
         if at_size is not None:
             # what Veil adds in-process: every step, but of the GET only what exceeds a plain one
             values = dict(steps)
-            inside = sum(value for name, value in steps
-                         if not name.startswith(("Flask", "  ", "upstream")))
-            inside += values["upstream client: Veil's GET to the store"] - values[
-                "  (the same GET with plain requests.get, for comparison)"]
-            print(f"  {'the rest of the added time: HTTP hop to Veil, gunicorn, Flask':<62} "
-                  f"{at_size.added_ms - inside:7.3f}  (added {at_size.added_ms:.3f}, wall "
-                  "clock, minus the steps above but Flask; of the GET, only its excess)")
+            inside = sum(
+                value for name, value in steps if not name.startswith(("Flask", "  ", "upstream"))
+            )
+            inside += (
+                values["upstream client: Veil's GET to the store"]
+                - values["  (the same GET with plain requests.get, for comparison)"]
+            )
+            print(
+                f"  {'the rest of the added time: HTTP hop to Veil, gunicorn, Flask':<62} "
+                f"{at_size.added_ms - inside:7.3f}  (added {at_size.added_ms:.3f}, wall "
+                "clock, minus the steps above but Flask; of the GET, only its excess)"
+            )
     if rates is not None:
         direct, veil = rates
-        print(f"\nThroughput at {rate_rows:,} rows, {clients} concurrent clients: store alone "
-              f"{direct:.0f} answers/s, through Veil ({workers} workers) {veil:.0f} answers/s "
-              f"({veil / direct:.0%} of the store's).")
+        print(
+            f"\nThroughput at {rate_rows:,} rows, {clients} concurrent clients: store alone "
+            f"{direct:.0f} answers/s, through Veil ({workers} workers) {veil:.0f} answers/s "
+            f"({veil / direct:.0%} of the store's)."
+        )
     print()
     for rows, limit in ADDED_BUDGET_MS.items():
         found = next((f for f in results if f.rows == rows), None)
         if found is not None:
-            print(f"Budget at {rows:,} rows: added {found.added_ms:.2f} ms (< {limit:g} ms: "
-                  f"{'yes' if found.added_ms < limit else 'NO'}); policy work "
-                  f"{found.eval_server_ms:.3f} ms (< {POLICY_BUDGET_MS:g} ms: "
-                  f"{'yes' if found.eval_server_ms < POLICY_BUDGET_MS else 'NO'}).")
+            print(
+                f"Budget at {rows:,} rows: added {found.added_ms:.2f} ms (< {limit:g} ms: "
+                f"{'yes' if found.added_ms < limit else 'NO'}); policy work "
+                f"{found.eval_server_ms:.3f} ms (< {POLICY_BUDGET_MS:g} ms: "
+                f"{'yes' if found.eval_server_ms < POLICY_BUDGET_MS else 'NO'})."
+            )
     load = os.getloadavg()
-    print(f"Load average at the end of the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on "
-          f"{os.cpu_count()} CPUs (other work on the machine inflates every figure).")
+    print(
+        f"Load average at the end of the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on "
+        f"{os.cpu_count()} CPUs (other work on the machine inflates every figure)."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--sizes", default="100,1000,10000",
-                        help="answer sizes to measure, comma-separated (default 100,1000,10000)")
-    parser.add_argument("--requests", type=int, default=200,
-                        help="measured requests per size to each side (default 200; sizes "
-                             "above 1,000 rows use proportionally fewer, at least 30)")
-    parser.add_argument("--warmup", type=int, default=30,
-                        help="unmeasured requests per size to each side first (default 30)")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="gunicorn workers (default 2, as veil serve)")
-    parser.add_argument("--breakdown-rows", type=int, default=100,
-                        help="answer size broken down step by step (default 100; 0: skip)")
-    parser.add_argument("--throughput-rows", type=int, default=1000,
-                        help="answer size for the throughput figure (default 1000; 0: skip)")
-    parser.add_argument("--clients", type=int, default=4,
-                        help="concurrent clients for the throughput figure (default 4)")
-    parser.add_argument("--seconds", type=float, default=10.0,
-                        help="seconds of load for each side's throughput (default 10)")
+    parser.add_argument(
+        "--sizes",
+        default="100,1000,10000",
+        help="answer sizes to measure, comma-separated (default 100,1000,10000)",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=200,
+        help="measured requests per size to each side (default 200; sizes "
+        "above 1,000 rows use proportionally fewer, at least 30)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=30,
+        help="unmeasured requests per size to each side first (default 30)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="gunicorn workers (default 2, as veil serve)"
+    )
+    parser.add_argument(
+        "--breakdown-rows",
+        type=int,
+        default=100,
+        help="answer size broken down step by step (default 100; 0: skip)",
+    )
+    parser.add_argument(
+        "--throughput-rows",
+        type=int,
+        default=1000,
+        help="answer size for the throughput figure (default 1000; 0: skip)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=4,
+        help="concurrent clients for the throughput figure (default 4)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=10.0,
+        help="seconds of load for each side's throughput (default 10)",
+    )
     args = parser.parse_args(argv)
-    sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()}
-                   | ({args.breakdown_rows} if args.breakdown_rows else set())
-                   | ({args.throughput_rows} if args.throughput_rows else set()))
+    sizes = sorted(
+        {int(s) for s in args.sizes.split(",") if s.strip()}
+        | ({args.breakdown_rows} if args.breakdown_rows else set())
+        | ({args.throughput_rows} if args.throughput_rows else set())
+    )
 
     directory = Directory.generate(seed=7, employees=234, guests=10)  # 250 distinct actors
     log = ActivityLog(directory, seed=7)
     bodies: dict[int, bytes] = {}
     store_port = free_port()
     store_url = f"http://127.0.0.1:{store_port}"
-    with tempfile.TemporaryDirectory(prefix="veil-bench-") as tmp, \
-            requests.Session() as http:
+    with tempfile.TemporaryDirectory(prefix="veil-bench-") as tmp, requests.Session() as http:
         http.trust_env = False
         workdir = Path(tmp)
         port = free_port()
         config_path = workdir / "veil.yaml"
-        config_path.write_text(yaml.safe_dump(config_document(store_url, workdir, port,
-                                                              args.workers)))
+        config_path.write_text(
+            yaml.safe_dump(config_document(store_url, workdir, port, args.workers))
+        )
         with veil_server(config_path, port, workdir / "veil.log") as veil_url:
             start = setup_privacy(http, veil_url, directory)
             hour = 3600 * 1_000_000_000
@@ -517,27 +626,35 @@ def main(argv: list[str] | None = None) -> int:
             with loopback_store(store_port, bodies):
                 results = []
                 for size in sizes:
-                    count = (args.requests if size <= 1000
-                             else max(30, args.requests * 1000 // size))
-                    print(f"measuring {size} rows: {args.warmup} warm-up + {count} requests "
-                          "each side...", flush=True)
-                    results.append(measure(size, count, args.warmup, store_url, veil_url,
-                                           bodies[size]))
+                    count = args.requests if size <= 1000 else max(30, args.requests * 1000 // size)
+                    print(
+                        f"measuring {size} rows: {args.warmup} warm-up + {count} requests "
+                        "each side...",
+                        flush=True,
+                    )
+                    results.append(
+                        measure(size, count, args.warmup, store_url, veil_url, bodies[size])
+                    )
                 steps: list[tuple[str, float]] = []
                 if args.breakdown_rows:
                     print(f"breaking down a {args.breakdown_rows}-row answer...", flush=True)
-                    steps = breakdown(config_path, store_url, args.breakdown_rows,
-                                      max(50, args.requests))
+                    steps = breakdown(
+                        config_path, store_url, args.breakdown_rows, max(50, args.requests)
+                    )
                 rates = None
                 if args.throughput_rows:
-                    print(f"throughput at {args.throughput_rows} rows: {args.clients} clients, "
-                          f"{args.seconds:g} s each side...", flush=True)
-                    rates = (throughput(store_url, args.throughput_rows, args.clients,
-                                        args.seconds),
-                             throughput(veil_url, args.throughput_rows, args.clients,
-                                        args.seconds))
-    report(results, args.workers, steps, args.breakdown_rows, rates, args.throughput_rows,
-           args.clients)
+                    print(
+                        f"throughput at {args.throughput_rows} rows: {args.clients} clients, "
+                        f"{args.seconds:g} s each side...",
+                        flush=True,
+                    )
+                    rates = (
+                        throughput(store_url, args.throughput_rows, args.clients, args.seconds),
+                        throughput(veil_url, args.throughput_rows, args.clients, args.seconds),
+                    )
+    report(
+        results, args.workers, steps, args.breakdown_rows, rates, args.throughput_rows, args.clients
+    )
     return 0
 
 

@@ -33,10 +33,16 @@ HOUR_NS = 3600 * 1_000_000_000
 
 
 def input_document(rows: list[dict[str, Any]]) -> bytes:
-    return orjson.dumps({"caller": "bob@contoso.com",
-                         "request": {"method": "GET", "path": "/api/activities", "query": ""},
-                         "reveal_session_id": None, "session": None, "now_ns": time.time_ns(),
-                         "rows": rows})
+    return orjson.dumps(
+        {
+            "caller": "bob@contoso.com",
+            "request": {"method": "GET", "path": "/api/activities", "query": ""},
+            "reveal_session_id": None,
+            "session": None,
+            "now_ns": time.time_ns(),
+            "rows": rows,
+        }
+    )
 
 
 def median_ms(step: Callable[[], object], runs: int, clock: Callable[[], float]) -> float:
@@ -48,8 +54,9 @@ def median_ms(step: Callable[[], object], runs: int, clock: Callable[[], float])
     return statistics.median(times) * 1000
 
 
-def measure(body: bytes, size: int, normalizer: Normalizer, runs: int,
-            clock: Callable[[], float]) -> list[float]:
+def measure(
+    body: bytes, size: int, normalizer: Normalizer, runs: int, clock: Callable[[], float]
+) -> list[float]:
     """Median ms of (prepare, parse, normalize, encode, render, reference parse, facts) for
     one body; the reference parse is the standard library's scanner row by row, which the fast
     reading (orjson and proven row boundaries) is tested against."""
@@ -60,41 +67,57 @@ def measure(body: bytes, size: int, normalizer: Normalizer, runs: int,
 
     def prepare() -> bytes:
         answer = parse()
-        return input_document(normalizer.rows(answer.rows, include_raw=False,
-                                              unreadable=answer.unreadable))
+        return input_document(
+            normalizer.rows(answer.rows, include_raw=False, unreadable=answer.unreadable)
+        )
 
     answer = parse()
     rows = normalizer.rows(answer.rows, include_raw=False, unreadable=answer.unreadable)
     hidden = range(0, size, 3)
-    return [median_ms(step, runs, clock) for step in (
-        prepare, parse,
-        lambda: normalizer.rows(answer.rows, include_raw=False, unreadable=answer.unreadable),
-        lambda: input_document(rows), lambda: render(answer, hidden),
-        lambda: parse(fast=False),
-        lambda: normalizer.facts(answer.rows, answer.unreadable))]
+    return [
+        median_ms(step, runs, clock)
+        for step in (
+            prepare,
+            parse,
+            lambda: normalizer.rows(answer.rows, include_raw=False, unreadable=answer.unreadable),
+            lambda: input_document(rows),
+            lambda: render(answer, hidden),
+            lambda: parse(fast=False),
+            lambda: normalizer.facts(answer.rows, answer.unreadable),
+        )
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--sizes", default="100,1000,10000")
-    parser.add_argument("--runs", type=int, default=300,
-                        help="runs per size (sizes above 1,000 rows use a tenth, at least 20)")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=300,
+        help="runs per size (sizes above 1,000 rows use a tenth, at least 20)",
+    )
     parser.add_argument("--wall", action="store_true", help="wall-clock instead of CPU time")
     args = parser.parse_args(argv)
     clock = time.perf_counter if args.wall else time.thread_time
     normalizer = Normalizer(FieldPointers(), frozenset({"application"}))
     log = ActivityLog(Directory.generate(seed=7, employees=234, guests=10), seed=7)
     now = time.time_ns()
-    print(f"{'rows':>6} {'body KB':>8} | {'prepare':>8} = {'parse':>7} {'normalize':>9} "
-          f"{'encode':>7} | {'render':>7} | {'reference parse':>15} | {'facts':>6}  (ms, median)")
+    print(
+        f"{'rows':>6} {'body KB':>8} | {'prepare':>8} = {'parse':>7} {'normalize':>9} "
+        f"{'encode':>7} | {'render':>7} | {'reference parse':>15} | {'facts':>6}  (ms, median)"
+    )
     for size in sorted(int(s) for s in args.sizes.split(",") if s.strip()):
-        body = json.dumps({"data": log.sample(size, now - HOUR_NS, now + HOUR_NS),
-                           "next": None}).encode()
+        body = json.dumps(
+            {"data": log.sample(size, now - HOUR_NS, now + HOUR_NS), "next": None}
+        ).encode()
         runs = args.runs if size <= 1000 else max(20, args.runs // 10)
         figures = measure(body, size, normalizer, runs, clock)
-        print(f"{size:>6} {len(body) / 1024:>8.0f} | {figures[0]:>8.2f} = {figures[1]:>7.2f} "
-              f"{figures[2]:>9.2f} {figures[3]:>7.2f} | {figures[4]:>7.2f} | "
-              f"{figures[5]:>15.2f} | {figures[6]:>6.2f}")
+        print(
+            f"{size:>6} {len(body) / 1024:>8.0f} | {figures[0]:>8.2f} = {figures[1]:>7.2f} "
+            f"{figures[2]:>9.2f} {figures[3]:>7.2f} | {figures[4]:>7.2f} | "
+            f"{figures[5]:>15.2f} | {figures[6]:>6.2f}"
+        )
     return 0
 
 

@@ -98,21 +98,36 @@ def scim_veil(store_url: str, workdir: Path) -> Iterator[str]:
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     doc = {
-        "upstream": {"url": store_url, "routes": ["/api/activities"], "rows": "/data",
-                     "fields": {"id": "/id", "actor": "/user", "actor_type": "/actorType",
-                                "timestamp": "/timestamp"}},
+        "upstream": {
+            "url": store_url,
+            "routes": ["/api/activities"],
+            "rows": "/data",
+            "fields": {
+                "id": "/id",
+                "actor": "/user",
+                "actor_type": "/actorType",
+                "timestamp": "/timestamp",
+            },
+        },
         "organization": {"managed_domains": ["contoso.com"]},
-        "identity": {"mode": "jwt", "jwt": {"issuer": "https://idp.bench", "audience": "veil",
-                                            "hs256_secret_env": SECRET_ENV},
-                     "bootstrap_admins": [ADMIN]},
+        "identity": {
+            "mode": "jwt",
+            "jwt": {
+                "issuer": "https://idp.bench",
+                "audience": "veil",
+                "hs256_secret_env": SECRET_ENV,
+            },
+            "bootstrap_admins": [ADMIN],
+        },
         "policy": {"engine": "embedded", "dir": str(ROOT / "policies")},
         "server": {"host": "127.0.0.1", "port": port, "workers": 2, "threads": 8},
         "storage": {"url": f"sqlite:///{workdir / 'veil.db'}"},
         "scim": {"token_env": TOKEN_ENV},
     }
     (workdir / "veil.yaml").write_text(yaml.safe_dump(doc))
-    with veil_server(workdir / "veil.yaml", port, workdir / "veil.log",
-                     extra_env={TOKEN_ENV: TOKEN}, start_s=60) as url:
+    with veil_server(
+        workdir / "veil.yaml", port, workdir / "veil.log", extra_env={TOKEN_ENV: TOKEN}, start_s=60
+    ) as url:
         yield url
 
 
@@ -136,8 +151,12 @@ class Provisioner:
     def call(self, method: str, path: str, body: Any = None) -> Any:
         for attempt in range(5):
             try:
-                answer = self.session().request(method, self.base + path, timeout=120,
-                                                data=None if body is None else orjson.dumps(body))
+                answer = self.session().request(
+                    method,
+                    self.base + path,
+                    timeout=120,
+                    data=None if body is None else orjson.dumps(body),
+                )
             except requests.RequestException:
                 if attempt == 4:
                     raise
@@ -150,31 +169,59 @@ class Provisioner:
 
     def users(self, names: list[str]) -> dict[str, str]:
         def create(name: str) -> tuple[str, str]:
-            made = self.call("POST", "/Users", {
-                "schemas": [USER], "userName": name, "active": True, "externalId": name,
-                "emails": [{"value": name, "type": "work", "primary": True}]})
+            made = self.call(
+                "POST",
+                "/Users",
+                {
+                    "schemas": [USER],
+                    "userName": name,
+                    "active": True,
+                    "externalId": name,
+                    "emails": [{"value": name, "type": "work", "primary": True}],
+                },
+            )
             return name, made["id"]
+
         return dict(self.pool.map(create, names))
 
     def groups(self, groups: dict[str, list[str]]) -> dict[str, str]:
         """Create each group empty, then add its members by PATCH in batches of BATCH."""
+
         def create(item: tuple[str, list[str]]) -> tuple[str, str]:
             name, members = item
-            gid = self.call("POST", "/Groups", {"schemas": [GROUP], "displayName": name,
-                                                "externalId": name, "members": []})["id"]
+            gid = self.call(
+                "POST",
+                "/Groups",
+                {"schemas": [GROUP], "displayName": name, "externalId": name, "members": []},
+            )["id"]
             for start in range(0, len(members), BATCH):
-                self.call("PATCH", f"/Groups/{gid}", {"schemas": [PATCH], "Operations": [{
-                    "op": "Add", "path": "members",
-                    "value": [{"value": m} for m in members[start:start + BATCH]]}]})
+                self.call(
+                    "PATCH",
+                    f"/Groups/{gid}",
+                    {
+                        "schemas": [PATCH],
+                        "Operations": [
+                            {
+                                "op": "Add",
+                                "path": "members",
+                                "value": [{"value": m} for m in members[start : start + BATCH]],
+                            }
+                        ],
+                    },
+                )
             return name, gid
+
         return dict(self.pool.map(create, groups.items()))
 
     def close(self) -> None:
         self.pool.shutdown()
 
 
-def organisation(users: int, groups: int, directory: Directory,
-                 ) -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
+def organisation(
+    users: int,
+    groups: int,
+    directory: Directory,
+) -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
     """(every userName, the 10 groups of the small state, the groups of the large state)."""
     employees = [a.id for a in directory.actors if a.kind == "employee"]
     synthetic = [f"user{i:05d}@contoso.com" for i in range(max(0, users - len(employees)))]
@@ -186,7 +233,7 @@ def organisation(users: int, groups: int, directory: Directory,
     large["all-staff"] = names
     i, cursor = 0, 50
     while len(large) < groups:
-        large[f"team-{i:04d}"] = synthetic[cursor:cursor + 25] if synthetic else []
+        large[f"team-{i:04d}"] = synthetic[cursor : cursor + 25] if synthetic else []
         cursor = (cursor + 25) % max(1, len(synthetic) - 25)
         i += 1
     return names, small, large
@@ -195,8 +242,9 @@ def organisation(users: int, groups: int, directory: Directory,
 def make_private(url: str, group_ids: list[str]) -> None:
     admin = {"Authorization": f"Bearer {token(ADMIN)}"}
     for gid in [*group_ids, "external"]:
-        requests.post(f"{url}/veil/v1/privacy-groups", json={"group": gid}, headers=admin,
-                      timeout=30).raise_for_status()
+        requests.post(
+            f"{url}/veil/v1/privacy-groups", json={"group": gid}, headers=admin, timeout=30
+        ).raise_for_status()
 
 
 def eval_metric(url: str) -> tuple[float, float]:
@@ -205,8 +253,7 @@ def eval_metric(url: str) -> tuple[float, float]:
 
     base = url.rsplit("/api/", 1)[0]
     total = count = 0.0
-    for family in text_string_to_metric_families(requests.get(f"{base}/metrics",
-                                                              timeout=30).text):
+    for family in text_string_to_metric_families(requests.get(f"{base}/metrics", timeout=30).text):
         if family.name == "veil_policy_evaluation_seconds":
             for sample in family.samples:
                 if sample.name.endswith("_sum"):
@@ -227,9 +274,13 @@ def timed(calls: int, fn: Callable[[int], None]) -> list[float]:
 
 def patch_latency(prov: Provisioner, gid: str, user_id: str, calls: int) -> list[float]:
     def one(i: int) -> None:
-        op = ({"op": "Add", "path": "members", "value": [{"value": user_id}]} if i % 2 == 0
-              else {"op": "Remove", "path": f'members[value eq "{user_id}"]'})
+        op = (
+            {"op": "Add", "path": "members", "value": [{"value": user_id}]}
+            if i % 2 == 0
+            else {"op": "Remove", "path": f'members[value eq "{user_id}"]'}
+        )
         prov.call("PATCH", f"/Groups/{gid}", {"schemas": [PATCH], "Operations": [op]})
+
     return timed(calls, one)
 
 
@@ -240,16 +291,24 @@ def rss_kb() -> int:
     return 0
 
 
-def engine_figures(data: dict[str, Any], body: bytes, runs: int, workdir: Path,
-                   ) -> dict[str, float]:
+def engine_figures(
+    data: dict[str, Any],
+    body: bytes,
+    runs: int,
+    workdir: Path,
+) -> dict[str, float]:
     """Size of data.veil, the engine's memory for it, and the evaluation time on ``body``:
     measured in a fresh process (``--probe``), so one case's allocations do not hide another's.
     """
     data_path, body_path = workdir / "probe-data.json", workdir / "probe-body.json"
     data_path.write_text(json.dumps({"veil": data}))
     body_path.write_bytes(body)
-    out = subprocess.run([sys.executable, __file__, "--probe", str(data_path), str(body_path),
-                          str(runs)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--probe", str(data_path), str(body_path), str(runs)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     figures: dict[str, float] = json.loads(out)
     return figures
 
@@ -268,10 +327,16 @@ def probe(data_path: Path, body_path: Path, runs: int) -> None:
     normalizer = Normalizer(FieldPointers(), frozenset({"application"}))
     answer = parse_answer(body_path.read_bytes(), pointer_tokens("/data"))
     rows = normalizer.rows(answer.rows, include_raw=False)
-    document = orjson.dumps({"caller": CALLER, "request": {"method": "GET",
-                             "path": "/api/activities", "query": ""},
-                             "reveal_session_id": None, "session": None,
-                             "now_ns": time.time_ns(), "rows": rows}).decode()
+    document = orjson.dumps(
+        {
+            "caller": CALLER,
+            "request": {"method": "GET", "path": "/api/activities", "query": ""},
+            "reveal_session_id": None,
+            "session": None,
+            "now_ns": time.time_ns(),
+            "rows": rows,
+        }
+    ).decode()
     times = []
     private = -1
     for _ in range(runs):
@@ -280,8 +345,16 @@ def probe(data_path: Path, body_path: Path, runs: int) -> None:
         decision = engine.eval_rule("data.veil.privacy.decision")
         times.append((time.perf_counter() - t0) * 1000)
         private = len(decision["private_rows"])
-    print(json.dumps({"data_kb": len(data_json) / 1024, "rss_kb": rss_kb() - before,
-                      "eval_ms": median(times), "private": private}))
+    print(
+        json.dumps(
+            {
+                "data_kb": len(data_json) / 1024,
+                "rss_kb": rss_kb() - before,
+                "eval_ms": median(times),
+                "private": private,
+            }
+        )
+    )
 
 
 def all_groups_data(db: Path, managed: list[str]) -> dict[str, Any]:
@@ -293,9 +366,14 @@ def all_groups_data(db: Path, managed: list[str]) -> dict[str, Any]:
             rows = tx.all("SELECT id, name FROM groups")
             members = members_of(tx, [gid for gid, _ in rows])
             former = former_of(tx, [gid for gid, _ in rows])
-        data["groups"] = {gid: {"name": name,
-                                "members": dict.fromkeys(members.get(gid, []), True),
-                                "former_members": former.get(gid, {})} for gid, name in rows}
+        data["groups"] = {
+            gid: {
+                "name": name,
+                "members": dict.fromkeys(members.get(gid, []), True),
+                "former_members": former.get(gid, {}),
+            }
+            for gid, name in rows
+        }
         return data
     finally:
         storage.close()
@@ -317,50 +395,66 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--users", type=int, default=50_000)
     parser.add_argument("--groups", type=int, default=2_000)
-    parser.add_argument("--requests", type=int, default=200,
-                        help="measured queries per instance (default 200)")
-    parser.add_argument("--patches", type=int, default=100,
-                        help="single-member PATCHes per group kind (default 100)")
-    parser.add_argument("--clients", type=int, default=8,
-                        help="concurrent provisioning connections (default 8)")
+    parser.add_argument(
+        "--requests", type=int, default=200, help="measured queries per instance (default 200)"
+    )
+    parser.add_argument(
+        "--patches",
+        type=int,
+        default=100,
+        help="single-member PATCHes per group kind (default 100)",
+    )
+    parser.add_argument(
+        "--clients", type=int, default=8, help="concurrent provisioning connections (default 8)"
+    )
     args = parser.parse_args(argv)
 
     directory = Directory.generate(seed=7, employees=234, guests=10)  # 250 distinct actors
     names, small_groups, large_groups = organisation(args.users, args.groups, directory)
     body: list[bytes] = [b""]
-    with tempfile.TemporaryDirectory(prefix="veil-scim-bench-") as tmp, \
-            loopback_store(body) as store_url, \
-            scim_veil(store_url, Path(tmp) / "small") as small_url, \
-            scim_veil(store_url, Path(tmp) / "large") as large_url:
-        print(f"small: {len(small_groups)} groups; large: {len(names):,} users in "
-              f"{len(large_groups):,} groups ({sum(map(len, large_groups.values())):,} "
-              "memberships)", flush=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="veil-scim-bench-") as tmp,
+        loopback_store(body) as store_url,
+        scim_veil(store_url, Path(tmp) / "small") as small_url,
+        scim_veil(store_url, Path(tmp) / "large") as large_url,
+    ):
+        print(
+            f"small: {len(small_groups)} groups; large: {len(names):,} users in "
+            f"{len(large_groups):,} groups ({sum(map(len, large_groups.values())):,} "
+            "memberships)",
+            flush=True,
+        )
         small = Provisioner(small_url, args.clients)
         small_users = small.users(sorted({m for ms in small_groups.values() for m in ms}))
-        small_ids = small.groups({n: [small_users[m] for m in ms]
-                                  for n, ms in small_groups.items()})
+        small_ids = small.groups(
+            {n: [small_users[m] for m in ms] for n, ms in small_groups.items()}
+        )
 
         large = Provisioner(large_url, args.clients)
         t0 = time.perf_counter()
         large_users = large.users(names)
         t_users = time.perf_counter() - t0
         t1 = time.perf_counter()
-        large_ids = large.groups({n: [large_users[m] for m in ms]
-                                  for n, ms in large_groups.items()})
+        large_ids = large.groups(
+            {n: [large_users[m] for m in ms] for n, ms in large_groups.items()}
+        )
         t_groups = time.perf_counter() - t1
-        print(f"provisioned {len(names):,} users in {t_users:.1f} s "
-              f"({len(names) / t_users:.0f}/s) and {len(large_ids):,} groups with their "
-              f"members in {t_groups:.1f} s; total {t_users + t_groups:.1f} s", flush=True)
+        print(
+            f"provisioned {len(names):,} users in {t_users:.1f} s "
+            f"({len(names) / t_users:.0f}/s) and {len(large_ids):,} groups with their "
+            f"members in {t_groups:.1f} s; total {t_users + t_groups:.1f} s",
+            flush=True,
+        )
         # Both private from (nearly) the same moment: the same rows are private in both.
         make_private(small_url, [small_ids[g] for g in PRIVATE])
         make_private(large_url, [large_ids[g] for g in PRIVATE])
 
         spare = large_users[names[-1]]
         patches = {
-            "25-member group": patch_latency(large, large_ids["team-0000"], spare,
-                                             args.patches),
+            "25-member group": patch_latency(large, large_ids["team-0000"], spare, args.patches),
             f"{len(names):,}-member group (add/remove an existing member)": patch_latency(
-                large, large_ids["all-staff"], spare, args.patches),
+                large, large_ids["all-staff"], spare, args.patches
+            ),
             "private group (hr)": patch_latency(large, large_ids["hr"], spare, args.patches),
         }
         small.close()
@@ -374,8 +468,11 @@ def main(argv: list[str] | None = None) -> int:
         headers = {"Authorization": f"Bearer {token(CALLER)}"}
         latencies: dict[str, list[float]] = {"direct": [], "small": [], "large": []}
         shown: dict[str, int] = {}
-        targets = {"direct": f"{store_url}/api/activities", "small":
-                   f"{small_url}/api/activities", "large": f"{large_url}/api/activities"}
+        targets = {
+            "direct": f"{store_url}/api/activities",
+            "small": f"{small_url}/api/activities",
+            "large": f"{large_url}/api/activities",
+        }
         evals_before = {name: eval_metric(targets[name]) for name in ("small", "large")}
         with requests.Session() as http:
             http.trust_env = False
@@ -394,19 +491,20 @@ def main(argv: list[str] | None = None) -> int:
         server_eval = {}
         for name in ("small", "large"):
             total, count = eval_metric(targets[name])
-            server_eval[name] = (total - evals_before[name][0]) / max(
-                1.0, count - evals_before[name][1]) * 1000
+            server_eval[name] = (
+                (total - evals_before[name][0]) / max(1.0, count - evals_before[name][1]) * 1000
+            )
         managed = ["contoso.com"]
         engines = {
             "small (10 groups)": engine_figures(
-                instance_data(Path(tmp) / "small" / "veil.db", managed), body[0], 200,
-                Path(tmp)),
+                instance_data(Path(tmp) / "small" / "veil.db", managed), body[0], 200, Path(tmp)
+            ),
             f"large ({len(large_ids):,} groups)": engine_figures(
-                instance_data(Path(tmp) / "large" / "veil.db", managed), body[0], 200,
-                Path(tmp)),
+                instance_data(Path(tmp) / "large" / "veil.db", managed), body[0], 200, Path(tmp)
+            ),
             f"large, if data.veil carried all {len(large_ids):,} groups": engine_figures(
-                all_groups_data(Path(tmp) / "large" / "veil.db", managed), body[0], 200,
-                Path(tmp)),
+                all_groups_data(Path(tmp) / "large" / "veil.db", managed), body[0], 200, Path(tmp)
+            ),
         }
 
     print("\nload average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
@@ -415,22 +513,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<58} median {median(values):6.2f}  p90 {pct(values, 0.9):6.2f}")
     print(f"\nquery latency, 1,000 rows, {args.requests} requests each, alternating (ms):")
     for name, values in latencies.items():
-        added = "" if name == "direct" else \
-            f"  added {median(values) - median(latencies['direct']):5.2f}"
-        evaluated = "" if name == "direct" else \
-            f"  policy evaluation (server mean) {server_eval[name]:5.2f}"
-        print(f"  {name:<8} median {median(values):6.2f}  p90 {pct(values, 0.9):6.2f}"
-              f"{added}  rows shown {shown[name]}{evaluated}")
+        added = (
+            ""
+            if name == "direct"
+            else f"  added {median(values) - median(latencies['direct']):5.2f}"
+        )
+        evaluated = (
+            ""
+            if name == "direct"
+            else f"  policy evaluation (server mean) {server_eval[name]:5.2f}"
+        )
+        print(
+            f"  {name:<8} median {median(values):6.2f}  p90 {pct(values, 0.9):6.2f}"
+            f"{added}  rows shown {shown[name]}{evaluated}"
+        )
     diff = median(latencies["large"]) - median(latencies["small"])
     paired = [b - a for a, b in zip(latencies["small"], latencies["large"], strict=True)]
-    print(f"  large - small: {diff:+.2f} ms between the medians; median of the paired "
-          f"differences {median(paired):+.2f} ms (p25 {pct(paired, 0.25):+.2f}, "
-          f"p75 {pct(paired, 0.75):+.2f})")
+    print(
+        f"  large - small: {diff:+.2f} ms between the medians; median of the paired "
+        f"differences {median(paired):+.2f} ms (p25 {pct(paired, 0.25):+.2f}, "
+        f"p75 {pct(paired, 0.75):+.2f})"
+    )
     print("\nthe engine's data (data.veil), each in a fresh process:")
     for name, figures in engines.items():
-        print(f"  {name:<48} {figures['data_kb']:9.1f} KB JSON, engine RSS "
-              f"+{figures['rss_kb'] / 1024:6.1f} MB, eval {figures['eval_ms']:6.2f} ms, "
-              f"{figures['private']} private rows")
+        print(
+            f"  {name:<48} {figures['data_kb']:9.1f} KB JSON, engine RSS "
+            f"+{figures['rss_kb'] / 1024:6.1f} MB, eval {figures['eval_ms']:6.2f} ms, "
+            f"{figures['private']} private rows"
+        )
     return 0
 
 

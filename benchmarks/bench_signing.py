@@ -52,10 +52,12 @@ def main() -> None:
         witness = FileWitness(base / "checkpoints.jsonl")
         checkpoint_us = per_call_us(
             lambda: witness.write(signer.checkpoint(1, digest, "2026-01-01T00:00:00.000000Z")),
-            max(50, args.n // 100))
+            max(50, args.n // 100),
+        )
 
-        sealing = GovernanceConfig(signing_key_file=base / "k.key", signer=signer,
-                                   keyring=Keyring.of([public]))
+        sealing = GovernanceConfig(
+            signing_key_file=base / "k.key", signer=signer, keyring=Keyring.of([public])
+        )
         plain = open_storage(f"sqlite:///{base / 'plain.db'}", 10)
         signed = open_storage(f"sqlite:///{base / 'signed.db'}", 10, (), sealing)
         times: dict[str, list[float]] = {"unsigned": [], "signed": []}
@@ -74,8 +76,10 @@ def main() -> None:
     print(f"Ed25519 check one signature:   {verify_us:8.1f} µs  (n={args.n})")
     print(f"witness checkpoint to a file:  {checkpoint_us:8.1f} µs  (sign + append + fsync)")
     for name, values in times.items():
-        print(f"SQLite append, {name:9}       {statistics.median(values):8.3f} ms median, "
-              f"p90 {statistics.quantiles(values, n=10)[-1]:.3f} ms  (n={args.appends})")
+        print(
+            f"SQLite append, {name:9}       {statistics.median(values):8.3f} ms median, "
+            f"p90 {statistics.quantiles(values, n=10)[-1]:.3f} ms  (n={args.appends})"
+        )
     added = statistics.median(times["signed"]) - statistics.median(times["unsigned"])
     print(f"added by signing, median:      {added * 1000:8.1f} µs")
 

@@ -19,9 +19,16 @@ import yaml
 from netutil import free_port, wait_until_ready
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def need_chromium() -> None:
@@ -29,8 +36,10 @@ def need_chromium() -> None:
     if os.path.exists(CHROMIUM):
         return
     if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing: the console's browser tests need Debian's "
-                    "chromium (apt-get install chromium)")
+        pytest.fail(
+            f"{CHROMIUM} is missing: the console's browser tests need Debian's "
+            "chromium (apt-get install chromium)"
+        )
     pytest.skip(f"{CHROMIUM} is not installed")
 
 
@@ -54,15 +63,19 @@ ROOT = Path(__file__).resolve().parent.parent
 def screenshot_dir(scratch: Path) -> Path:
     """Where the console's screenshots go: docs/console/ when VEIL_CONSOLE_SCREENSHOTS=1
     (to regenerate the README's pictures), else a scratch directory."""
-    target = ROOT / "docs" / "console" if os.environ.get("VEIL_CONSOLE_SCREENSHOTS") \
+    target = (
+        ROOT / "docs" / "console"
+        if os.environ.get("VEIL_CONSOLE_SCREENSHOTS")
         else scratch / "shots"
+    )
     target.mkdir(parents=True, exist_ok=True)
     return target
 
 
 @contextmanager
-def veil_serve(doc: dict[str, Any], directory: Path, env: dict[str, str],
-               port: int | None = None) -> Iterator[tuple[str, Path]]:
+def veil_serve(
+    doc: dict[str, Any], directory: Path, env: dict[str, str], port: int | None = None
+) -> Iterator[tuple[str, Path]]:
     """`veil serve` on loopback with this configuration; yields its URL and its log file."""
     path = directory / "veil.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -71,12 +84,19 @@ def veil_serve(doc: dict[str, Any], directory: Path, env: dict[str, str],
     base = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port",
-             str(port)], env={**base, **env}, stdout=log, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port", str(port)],
+            env={**base, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_until_ready(url + "/healthz", 90, process=process,
-                             describe=partial(log_path.read_text, errors="replace"))
+            wait_until_ready(
+                url + "/healthz",
+                90,
+                process=process,
+                describe=partial(log_path.read_text, errors="replace"),
+            )
             yield url, log_path
         finally:
             process.send_signal(signal.SIGTERM)

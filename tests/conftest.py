@@ -54,13 +54,20 @@ class LoopbackStore:
         @app.get("/api/activities")
         @app.get("/api/other")
         def activities() -> Response:
-            self.state.requests.append({"path": request.path,
-                                        "query": request.query_string.decode(),
-                                        "headers": dict(request.headers)})
+            self.state.requests.append(
+                {
+                    "path": request.path,
+                    "query": request.query_string.decode(),
+                    "headers": dict(request.headers),
+                }
+            )
             if self.state.delay_s:
                 time.sleep(self.state.delay_s)
-            body = self.state.body if self.state.body is not None else json.dumps(
-                {"data": self.state.rows, "next": None}).encode()
+            body = (
+                self.state.body
+                if self.state.body is not None
+                else json.dumps({"data": self.state.rows, "next": None}).encode()
+            )
             return Response(body, status=self.state.status, content_type=self.state.content_type)
 
         @app.get("/api/unlisted")
@@ -95,16 +102,28 @@ def store(store_server: LoopbackStore) -> Iterator[LoopbackStore]:
 
 def config_doc(store_url: str, storage_url: str, **sections: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
-        "upstream": {"url": store_url, "routes": ["/api/activities", "/api/other"],
-                     "rows": "/data",
-                     "fields": {"id": "/id", "actor": "/user", "actor_type": "/actorType",
-                                "timestamp": "/timestamp"},
-                     "timeout_s": 2},
+        "upstream": {
+            "url": store_url,
+            "routes": ["/api/activities", "/api/other"],
+            "rows": "/data",
+            "fields": {
+                "id": "/id",
+                "actor": "/user",
+                "actor_type": "/actorType",
+                "timestamp": "/timestamp",
+            },
+            "timeout_s": 2,
+        },
         "organization": {"managed_domains": ["contoso.com"]},
-        "identity": {"mode": "jwt",
-                     "jwt": {"issuer": ISSUER, "audience": AUDIENCE,
-                             "hs256_secret_env": "VEIL_TEST_JWT_SECRET"},
-                     "bootstrap_admins": [ADMIN, GRANTOR]},
+        "identity": {
+            "mode": "jwt",
+            "jwt": {
+                "issuer": ISSUER,
+                "audience": AUDIENCE,
+                "hs256_secret_env": "VEIL_TEST_JWT_SECRET",
+            },
+            "bootstrap_admins": [ADMIN, GRANTOR],
+        },
         "policy": {"engine": "embedded", "dir": str(POLICIES)},
         "storage": {"url": storage_url},
     }
@@ -117,8 +136,9 @@ def config_doc(store_url: str, storage_url: str, **sections: Any) -> dict[str, A
 
 
 def make_config(store_url: str, storage_url: str, **sections: Any) -> config_module.Config:
-    return config_module.from_dict(config_doc(store_url, storage_url, **sections),
-                                   env={"VEIL_TEST_JWT_SECRET": SECRET})
+    return config_module.from_dict(
+        config_doc(store_url, storage_url, **sections), env={"VEIL_TEST_JWT_SECRET": SECRET}
+    )
 
 
 # Storage backends. A test that exercises storage behaviour (management state, the governance
@@ -131,8 +151,7 @@ STORAGE_BACKENDS = ["sqlite", "postgres"]
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run the ``storage``-marked tests that use ``storage_url`` on every backend."""
-    if "storage_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
-            "storage"):
+    if "storage_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker("storage"):
         metafunc.parametrize("storage_url", STORAGE_BACKENDS, indirect=True)
 
 
@@ -159,14 +178,27 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-def token(principal: str, *, secret: str = SECRET, issuer: str = ISSUER,
-          audience: str = AUDIENCE, ttl_s: int = 3 * 3600, claim: str = "upn",
-          **extra: Any) -> str:
+def token(
+    principal: str,
+    *,
+    secret: str = SECRET,
+    issuer: str = ISSUER,
+    audience: str = AUDIENCE,
+    ttl_s: int = 3 * 3600,
+    claim: str = "upn",
+    **extra: Any,
+) -> str:
     """A token Veil accepts; modules mint theirs at collection, so it outlives the whole run
     (the suite takes more than five minutes on a busy machine)."""
     now = int(time.time())
-    claims = {claim: principal, "iss": issuer, "aud": audience, "iat": now, "exp": now + ttl_s,
-              **extra}
+    claims = {
+        claim: principal,
+        "iss": issuer,
+        "aud": audience,
+        "iat": now,
+        "exp": now + ttl_s,
+        **extra,
+    }
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -174,10 +206,16 @@ def auth(principal: str, **kwargs: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {token(principal, **kwargs)}"}
 
 
-def activity(i: int, user: str | None, timestamp: Any, actor_type: str = "user",
-             **extra: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {"id": f"act-{i}", "actorType": actor_type, "timestamp": timestamp,
-                           "activity": "FileAccessed", **extra}
+def activity(
+    i: int, user: str | None, timestamp: Any, actor_type: str = "user", **extra: Any
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": f"act-{i}",
+        "actorType": actor_type,
+        "timestamp": timestamp,
+        "activity": "FileAccessed",
+        **extra,
+    }
     if user is not None:
         row["user"] = user
     return row

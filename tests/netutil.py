@@ -28,10 +28,15 @@ def free_port() -> int:
         return port
 
 
-def wait_until_ready(url: str, deadline_s: float = 60, *,
-                     process: subprocess.Popen[bytes] | subprocess.Popen[str] | None = None,
-                     describe: Callable[[], str] = lambda: "",
-                     expect: int = 200, attempt_timeout_s: float = 5) -> requests.Response:
+def wait_until_ready(
+    url: str,
+    deadline_s: float = 60,
+    *,
+    process: subprocess.Popen[bytes] | subprocess.Popen[str] | None = None,
+    describe: Callable[[], str] = lambda: "",
+    expect: int = 200,
+    attempt_timeout_s: float = 5,
+) -> requests.Response:
     """GET ``url`` until it answers ``expect``; retry on any ``requests.RequestException``
     (refused, reset, read time-out after ``attempt_timeout_s``, ...) until ``deadline_s``
     seconds have passed. A ``process`` that exits meanwhile fails at once; ``describe()``
@@ -40,8 +45,9 @@ def wait_until_ready(url: str, deadline_s: float = 60, *,
     last = "no answer yet"
     while True:
         if process is not None and process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode} before {url} "
-                                 f"was ready\n{describe()}")
+            raise AssertionError(
+                f"the server exited with {process.returncode} before {url} was ready\n{describe()}"
+            )
         try:
             answer = requests.get(url, timeout=attempt_timeout_s)
             if answer.status_code == expect:
@@ -50,15 +56,16 @@ def wait_until_ready(url: str, deadline_s: float = 60, *,
         except requests.RequestException as exc:
             last = f"{type(exc).__name__}: {exc}"
         if time.monotonic() > deadline:
-            raise AssertionError(f"{url} was not ready within {deadline_s:g} s ({last})\n"
-                                 f"{describe()}")
+            raise AssertionError(
+                f"{url} was not ready within {deadline_s:g} s ({last})\n{describe()}"
+            )
         time.sleep(0.2)
 
 
 @contextmanager
-def veil_serve(doc: dict[str, Any], tmp_path: Path, log: Path | None = None,
-               env: dict[str, str] | None = None
-               ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def veil_serve(
+    doc: dict[str, Any], tmp_path: Path, log: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`veil serve` on a free port with this configuration (and ``env`` added to the
     environment); stopped with SIGTERM after. Its standard error (Veil's and gunicorn's log)
     goes to ``log``, by default ``tmp_path/veil-serve-N.log``, and is shown when it does not
@@ -71,13 +78,19 @@ def veil_serve(doc: dict[str, Any], tmp_path: Path, log: Path | None = None,
     base = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     with log_path.open("wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port",
-             str(port)], env={**base, "VEIL_TEST_JWT_SECRET": SECRET, **(env or {})},
-            stdout=subprocess.DEVNULL, stderr=stderr)
+            [sys.executable, "-m", "veil.cli", "serve", "--config", str(path), "--port", str(port)],
+            env={**base, "VEIL_TEST_JWT_SECRET": SECRET, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_ready(url + "/healthz", 90, process=process,
-                         describe=lambda: log_path.read_text(errors="replace")[-4000:])
+        wait_until_ready(
+            url + "/healthz",
+            90,
+            process=process,
+            describe=lambda: log_path.read_text(errors="replace")[-4000:],
+        )
         yield url, process
     finally:
         process.send_signal(signal.SIGTERM)

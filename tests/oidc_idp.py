@@ -47,13 +47,17 @@ class LoopbackIdP:
 
         @app.get("/.well-known/openid-configuration")
         def discovery() -> Response:
-            return jsonify(issuer=self.issuer, authorization_endpoint=self.issuer + "/authorize",
-                           token_endpoint=self.issuer + "/token",
-                           jwks_uri=self.issuer + "/jwks", response_types_supported=["code"],
-                           subject_types_supported=["public"],
-                           id_token_signing_alg_values_supported=["RS256"],
-                           code_challenge_methods_supported=["S256"],
-                           token_endpoint_auth_methods_supported=["client_secret_basic"])
+            return jsonify(
+                issuer=self.issuer,
+                authorization_endpoint=self.issuer + "/authorize",
+                token_endpoint=self.issuer + "/token",
+                jwks_uri=self.issuer + "/jwks",
+                response_types_supported=["code"],
+                subject_types_supported=["public"],
+                id_token_signing_alg_values_supported=["RS256"],
+                code_challenge_methods_supported=["S256"],
+                token_endpoint_auth_methods_supported=["client_secret_basic"],
+            )
 
         @app.get("/authorize")
         def authorize() -> Any:
@@ -64,37 +68,63 @@ class LoopbackIdP:
             if args.get("code_challenge_method") != "S256" or not args.get("code_challenge"):
                 return Response("PKCE S256 is required", status=400)
             code = secrets.token_urlsafe(16)
-            self.grants[code] = Grant(self.client_id, args["redirect_uri"],
-                                      args["code_challenge"], args.get("nonce"), self.user)
-            return redirect(args["redirect_uri"] + "?" + urlencode(
-                {"code": code, "state": args.get("state", "")}))
+            self.grants[code] = Grant(
+                self.client_id,
+                args["redirect_uri"],
+                args["code_challenge"],
+                args.get("nonce"),
+                self.user,
+            )
+            return redirect(
+                args["redirect_uri"]
+                + "?"
+                + urlencode({"code": code, "state": args.get("state", "")})
+            )
 
         @app.post("/token")
         def token() -> Any:
             form = request.form
             self.seen.append({"endpoint": "token", **form.to_dict()})
             auth = request.authorization
-            if auth is None or auth.username != self.client_id or \
-                    auth.password != self.client_secret:
+            if (
+                auth is None
+                or auth.username != self.client_id
+                or auth.password != self.client_secret
+            ):
                 return jsonify(error="invalid_client"), 401
             grant = self.grants.pop(form.get("code", ""), None)
-            if grant is None or form.get("grant_type") != "authorization_code" or \
-                    form.get("redirect_uri") != grant.redirect_uri:
+            if (
+                grant is None
+                or form.get("grant_type") != "authorization_code"
+                or form.get("redirect_uri") != grant.redirect_uri
+            ):
                 return jsonify(error="invalid_grant"), 400
             verifier = form.get("code_verifier", "")
-            expected = base64.urlsafe_b64encode(
-                hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+            expected = (
+                base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+                .rstrip(b"=")
+                .decode()
+            )
             if expected != grant.challenge:
                 return jsonify(error="invalid_grant", error_description="PKCE failed"), 400
             now = int(time.time())
-            claims = {"iss": self.token_issuer or self.issuer, "aud": self.client_id,
-                      "sub": grant.user, "email": grant.user, "iat": now, "exp": now + 300}
+            claims = {
+                "iss": self.token_issuer or self.issuer,
+                "aud": self.client_id,
+                "sub": grant.user,
+                "email": grant.user,
+                "iat": now,
+                "exp": now + 300,
+            }
             if grant.nonce:
                 claims["nonce"] = grant.nonce
-            id_token = jwt.encode(claims, self.key, algorithm="RS256",
-                                  headers={"kid": self.kid})
-            return jsonify(access_token=secrets.token_urlsafe(16), token_type="Bearer",
-                           expires_in=300, id_token=id_token)
+            id_token = jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.kid})
+            return jsonify(
+                access_token=secrets.token_urlsafe(16),
+                token_type="Bearer",
+                expires_in=300,
+                id_token=id_token,
+            )
 
         @app.get("/jwks")
         def jwks() -> Response:

@@ -37,8 +37,10 @@ import pytest
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-OPA_BINDINGS_MISSING = ("OPA's evaluator is not installed: pip install --ignore-requires-python "
-                        "opa-golib-python-bindings")
+OPA_BINDINGS_MISSING = (
+    "OPA's evaluator is not installed: pip install --ignore-requires-python "
+    "opa-golib-python-bindings"
+)
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MISSING = object()
 
@@ -77,8 +79,11 @@ class OpaState:
 
 def bundle_from(directory: Path, roots: Iterable[str] = ("veil/privacy",)) -> Bundle:
     """A bundle of every non-test ``.rego`` file under ``directory``, as ``opa build`` makes."""
-    modules = {f"bundle/{p.relative_to(directory).as_posix()}": p.read_text("utf-8")
-               for p in sorted(directory.rglob("*.rego")) if not p.name.endswith("_test.rego")}
+    modules = {
+        f"bundle/{p.relative_to(directory).as_posix()}": p.read_text("utf-8")
+        for p in sorted(directory.rglob("*.rego"))
+        if not p.name.endswith("_test.rego")
+    }
     return Bundle(modules, tuple(roots))
 
 
@@ -157,8 +162,9 @@ class FakeOpa:
         """Lose every data document but keep the policies (an OPA started with the policies
         mounted, e.g. ``opa run --server policies/``, after a restart)."""
         with self._lock:
-            self.state = OpaState(policies=dict(self.state.policies),
-                                  generation=self.state.generation + 1)
+            self.state = OpaState(
+                policies=dict(self.state.policies), generation=self.state.generation + 1
+            )
 
     def reset(self) -> None:
         with self._lock:
@@ -172,14 +178,14 @@ class FakeOpa:
         self._server.server_close()
 
     def _listen(self) -> BaseWSGIServer:
-        server = make_server("127.0.0.1", 0, self._wsgi, threaded=False,
-                             request_handler=QuietHandler)
+        server = make_server(
+            "127.0.0.1", 0, self._wsgi, threaded=False, request_handler=QuietHandler
+        )
         fake = self
 
         def verify_request(request: Any, client_address: Any) -> bool:
             if fake.down:  # reset the connection instead of answering
-                request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                   struct.pack("ii", 1, 0))
+                request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 return False
             return True
 
@@ -223,24 +229,26 @@ class FakeOpa:
             response = self._route(request)
         except OpaHttpError as exc:
             body = {"code": exc.code, "message": exc.message, **exc.extra}
-            response = Response(json.dumps(body) + "\n", status=exc.status,
-                                content_type="application/json")
+            response = Response(
+                json.dumps(body) + "\n", status=exc.status, content_type="application/json"
+            )
         return response(environ, start_response)
 
     def _route(self, request: Request) -> Response:
         path, method = request.path, request.method
         if path == "/health" and method == "GET":
-            if "bundles" in request.args and self.bundle is not None \
-                    and not self.bundle.activated:
+            if "bundles" in request.args and self.bundle is not None and not self.bundle.activated:
                 return _json({"error": "one or more bundles are not activated"}, 500)
             return _json({})
         if path == "/v1/policies" and method == "GET":
             with self._lock:
-                listed = [{"id": i, "raw": raw, "ast": {}}
-                          for i, raw in sorted(self.state.policies.items())]
+                listed = [
+                    {"id": i, "raw": raw, "ast": {}}
+                    for i, raw in sorted(self.state.policies.items())
+                ]
             return _json({"result": listed})
         if path.startswith("/v1/policies/"):
-            module_id = path[len("/v1/policies/"):]
+            module_id = path[len("/v1/policies/") :]
             if method == "GET":
                 return self._policy_get(module_id)
             if method == "PUT":
@@ -248,14 +256,15 @@ class FakeOpa:
             if method == "DELETE":
                 return self._policy_delete(module_id)
         if path == "/v1/data" or path.startswith("/v1/data/"):
-            parts = segments(path[len("/v1/data"):])
+            parts = segments(path[len("/v1/data") :])
             if method == "GET":
                 return self._evaluate(parts, MISSING, warn=False)
             if method == "POST":
                 return self._data_post(parts, request.get_data())
             if method == "PUT":
-                return self._data_put(parts, _body(request),
-                                      request.headers.get("If-None-Match") == "*")
+                return self._data_put(
+                    parts, _body(request), request.headers.get("If-None-Match") == "*"
+                )
             if method == "PATCH":
                 return self._data_patch(parts, _body(request))
             if method == "DELETE":
@@ -266,8 +275,9 @@ class FakeOpa:
         with self._lock:
             raw = self.state.policies.get(module_id)
         if raw is None:
-            raise OpaHttpError(404, "resource_not_found",
-                               f'storage_not_found_error: policy id "{module_id}"')
+            raise OpaHttpError(
+                404, "resource_not_found", f'storage_not_found_error: policy id "{module_id}"'
+            )
         return _json({"result": {"id": module_id, "raw": raw, "ast": {}}})
 
     def _policy_put(self, module_id: str, text: str) -> Response:
@@ -276,9 +286,12 @@ class FakeOpa:
             modules = {**self.state.policies, module_id: text}
             errors = _compile_errors(modules)
             if errors:
-                raise OpaHttpError(400, "invalid_parameter",
-                                   "error(s) occurred while compiling module(s)",
-                                   errors=errors)
+                raise OpaHttpError(
+                    400,
+                    "invalid_parameter",
+                    "error(s) occurred while compiling module(s)",
+                    errors=errors,
+                )
             if self.state.policies.get(module_id) != text:
                 self.state.policies[module_id] = text
                 self.state.generation += 1
@@ -287,8 +300,9 @@ class FakeOpa:
     def _policy_delete(self, module_id: str) -> Response:
         with self._lock:
             if module_id not in self.state.policies:
-                raise OpaHttpError(404, "resource_not_found",
-                                   f'storage_not_found_error: policy id "{module_id}"')
+                raise OpaHttpError(
+                    404, "resource_not_found", f'storage_not_found_error: policy id "{module_id}"'
+                )
             self._check_module_scope(module_id, self.state.policies[module_id])
             del self.state.policies[module_id]
             self.state.generation += 1
@@ -298,8 +312,9 @@ class FakeOpa:
         if self.bundle is None:
             return
         if module_id in self.bundle.modules:
-            raise OpaHttpError(400, "invalid_parameter",
-                               f"path {module_id} is owned by bundle \"bundle\"")
+            raise OpaHttpError(
+                400, "invalid_parameter", f'path {module_id} is owned by bundle "bundle"'
+            )
         self._check_scope(package_path(text))
 
     def _check_scope(self, path: list[str]) -> None:
@@ -307,34 +322,47 @@ class FakeOpa:
             return
         for root in self.bundle.roots:
             if root == "" or overlaps(path, segments(root)):
-                raise OpaHttpError(400, "invalid_parameter",
-                                   f"path {'/'.join(path)} is owned by bundle \"bundle\"")
+                raise OpaHttpError(
+                    400, "invalid_parameter", f'path {"/".join(path)} is owned by bundle "bundle"'
+                )
 
     def _data_post(self, parts: list[str], raw: bytes) -> Response:
         try:
             request = json.loads(raw) if raw.strip() else {}
         except ValueError as exc:
-            raise OpaHttpError(400, "invalid_parameter",
-                               f"body contains malformed input document: {exc}") from exc
+            raise OpaHttpError(
+                400, "invalid_parameter", f"body contains malformed input document: {exc}"
+            ) from exc
         if self.decision_delay_s:
             time.sleep(self.decision_delay_s)
-        return self._evaluate(parts, request.get("input", MISSING)
-                              if isinstance(request, dict) else MISSING, warn=True)
+        return self._evaluate(
+            parts,
+            request.get("input", MISSING) if isinstance(request, dict) else MISSING,
+            warn=True,
+        )
 
     def _evaluate(self, parts: list[str], input_document: Any, warn: bool) -> Response:
         engine = self._engine()
         try:
-            bindings = engine.eval_query(f"result := {rego_ref(parts)}",
-                                         None if input_document is MISSING else input_document)
+            bindings = engine.eval_query(
+                f"result := {rego_ref(parts)}",
+                None if input_document is MISSING else input_document,
+            )
         except self.opa.OpaError as exc:
-            raise OpaHttpError(500, "internal_error", "error(s) occurred while evaluating query",
-                               errors=_opa_errors(exc, "eval_error")) from exc
+            raise OpaHttpError(
+                500,
+                "internal_error",
+                "error(s) occurred while evaluating query",
+                errors=_opa_errors(exc, "eval_error"),
+            ) from exc
         body: dict[str, Any] = {}
         if bindings:
             body["result"] = bindings[0]["result"]
         if input_document is MISSING and warn:
-            body["warning"] = {"code": "api_usage_warning",
-                               "message": "'input' key missing from the request"}
+            body["warning"] = {
+                "code": "api_usage_warning",
+                "message": "'input' key missing from the request",
+            }
         return _json(body)
 
     def _engine(self) -> Any:
@@ -355,17 +383,18 @@ class FakeOpa:
             self._check_path(parts)
             if not parts:
                 if not isinstance(value, dict):
-                    raise OpaHttpError(400, "invalid_parameter",
-                                       "root document must be an object")
+                    raise OpaHttpError(400, "invalid_parameter", "root document must be an object")
                 self.state.data = value
             else:
                 parent = self.state.data
                 for part in parts[:-1]:
                     child = parent.setdefault(part, {})
                     if not isinstance(child, dict):
-                        raise OpaHttpError(404, "resource_not_found",
-                                           f"storage_not_found_error: /{'/'.join(parts)}: "
-                                           "document missing")
+                        raise OpaHttpError(
+                            404,
+                            "resource_not_found",
+                            f"storage_not_found_error: /{'/'.join(parts)}: document missing",
+                        )
                     parent = child
                 if if_none_match and parts[-1] in parent:
                     return Response(status=304)
@@ -377,8 +406,11 @@ class FakeOpa:
         if parts:
             self._check_scope(parts)
         elif self.bundle is not None:
-            raise OpaHttpError(400, "invalid_parameter",
-                               "can't write to document root with bundle roots configured")
+            raise OpaHttpError(
+                400,
+                "invalid_parameter",
+                "can't write to document root with bundle roots configured",
+            )
 
     def _data_patch(self, parts: list[str], ops: Any) -> Response:
         if not isinstance(ops, list):
@@ -389,23 +421,29 @@ class FakeOpa:
                 target = parts + segments(op.get("path", ""))
                 self._check_path(target)
                 if op.get("op") not in ("add", "remove", "replace"):
-                    raise OpaHttpError(400, "invalid_parameter",
-                                       f"bad patch operation: {op.get('op')}")
+                    raise OpaHttpError(
+                        400, "invalid_parameter", f"bad patch operation: {op.get('op')}"
+                    )
                 parent: Any = data
                 for part in target[:-1]:
                     if not isinstance(parent, dict) or part not in parent:
-                        raise OpaHttpError(404, "resource_not_found",
-                                           f"storage_not_found_error: /{'/'.join(target)}: "
-                                           "document missing")
+                        raise OpaHttpError(
+                            404,
+                            "resource_not_found",
+                            f"storage_not_found_error: /{'/'.join(target)}: document missing",
+                        )
                     parent = parent[part]
                 if not isinstance(parent, dict):
-                    raise OpaHttpError(404, "resource_not_found",
-                                       f"storage_not_found_error: /{'/'.join(target)}")
+                    raise OpaHttpError(
+                        404, "resource_not_found", f"storage_not_found_error: /{'/'.join(target)}"
+                    )
                 key = target[-1]
                 if op["op"] in ("remove", "replace") and key not in parent:
-                    raise OpaHttpError(404, "resource_not_found",
-                                       f"storage_not_found_error: /{'/'.join(target)}: "
-                                       "document missing")
+                    raise OpaHttpError(
+                        404,
+                        "resource_not_found",
+                        f"storage_not_found_error: /{'/'.join(target)}: document missing",
+                    )
                 if op["op"] == "remove":
                     del parent[key]
                 else:
@@ -421,9 +459,11 @@ class FakeOpa:
             for part in parts[:-1]:
                 parent = parent.get(part) if isinstance(parent, dict) else None
             if not parts or not isinstance(parent, dict) or parts[-1] not in parent:
-                raise OpaHttpError(404, "resource_not_found",
-                                   f"storage_not_found_error: /{'/'.join(parts)}: "
-                                   "document missing")
+                raise OpaHttpError(
+                    404,
+                    "resource_not_found",
+                    f"storage_not_found_error: /{'/'.join(parts)}: document missing",
+                )
             del parent[parts[-1]]
             self.state.generation += 1
         return Response(status=204)
@@ -455,8 +495,10 @@ def _compile_errors(modules: dict[str, str]) -> list[dict[str, Any]]:
     return []
 
 
-_OPA_ERROR = re.compile(r"^(?P<file>[^\s:][^:]*):(?P<row>\d+): (?P<code>rego_[a-z_]+): "
-                        r"(?P<message>.*)$")
+_OPA_ERROR = re.compile(
+    r"^(?P<file>[^\s:][^:]*):(?P<row>\d+): (?P<code>rego_[a-z_]+): "
+    r"(?P<message>.*)$"
+)
 
 
 def _opa_errors(exc: Any, default_code: str) -> list[dict[str, Any]]:
@@ -466,7 +508,15 @@ def _opa_errors(exc: Any, default_code: str) -> list[dict[str, Any]]:
     for line in str(exc.message).splitlines():
         found = _OPA_ERROR.match(line.split("occurred: ", 1)[-1].strip())
         if found:
-            errors.append({"code": found.group("code"), "message": found.group("message"),
-                           "location": {"file": found.group("file"),
-                                        "row": int(found.group("row")), "col": 1}})
+            errors.append(
+                {
+                    "code": found.group("code"),
+                    "message": found.group("message"),
+                    "location": {
+                        "file": found.group("file"),
+                        "row": int(found.group("row")),
+                        "col": 1,
+                    },
+                }
+            )
     return errors or [{"code": default_code, "message": str(exc.message)}]

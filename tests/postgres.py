@@ -73,8 +73,17 @@ class PostgresCluster:
             self.uid, self.gid = account.pw_uid, account.pw_gid
             os.chown(self.base, self.uid, self.gid)
         try:
-            self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust",
-                      "--no-locale", "--encoding=UTF8", "--no-sync")
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--no-locale",
+                "--encoding=UTF8",
+                "--no-sync",
+            )
         except BaseException:
             shutil.rmtree(self.base, ignore_errors=True)
             raise
@@ -86,20 +95,30 @@ class PostgresCluster:
                 return pwd.getpwnam(name)
             except KeyError:
                 continue
-        raise RuntimeError("running as root, and neither a 'postgres' nor a 'nobody' user "
-                           "exists to run PostgreSQL as")
+        raise RuntimeError(
+            "running as root, and neither a 'postgres' nor a 'nobody' user "
+            "exists to run PostgreSQL as"
+        )
 
     def _run(self, program: str, *args: str) -> None:
         command = [str(self.bin_dir / program), *args]
         result = subprocess.run(
-            command, cwd=self.base, capture_output=True, text=True, check=False,
-            timeout=START_TIMEOUT_S + 30, user=self.uid, group=self.gid,
+            command,
+            cwd=self.base,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=START_TIMEOUT_S + 30,
+            user=self.uid,
+            group=self.gid,
             extra_groups=[] if self.uid is not None else None,
             env={**os.environ, "LC_ALL": "C", "PGTZ": "UTC"},
         )
         if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n"
-                               f"{result.stdout}{result.stderr}{self.log_tail()}")
+            raise RuntimeError(
+                f"{' '.join(command)} failed ({result.returncode}):\n"
+                f"{result.stdout}{result.stderr}{self.log_tail()}"
+            )
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -114,12 +133,25 @@ class PostgresCluster:
         for attempt in range(attempts):
             if not self.port or attempt:
                 self.port = free_port()
-            options = (f"-c listen_addresses=127.0.0.1 -p {self.port} "
-                       "-c unix_socket_directories='' -c max_connections=300 "
-                       "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+            options = (
+                f"-c listen_addresses=127.0.0.1 -p {self.port} "
+                "-c unix_socket_directories='' -c max_connections=300 "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            )
             try:
-                self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w",
-                          "-t", str(START_TIMEOUT_S), "-o", options, "start")
+                self._run(
+                    "pg_ctl",
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.log),
+                    "-w",
+                    "-t",
+                    str(START_TIMEOUT_S),
+                    "-o",
+                    options,
+                    "start",
+                )
                 return
             except RuntimeError:
                 if attempt == attempts - 1:
@@ -160,9 +192,11 @@ def require_bin_dir() -> Path:
     """The binaries' directory; without one, fail under CI and skip elsewhere."""
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        message = ("PostgreSQL binaries (initdb, pg_ctl) not found on PATH, in "
-                   "$VEIL_TEST_PG_BIN or in /usr/lib/postgresql/*/bin; install the "
-                   "'postgresql' package")
+        message = (
+            "PostgreSQL binaries (initdb, pg_ctl) not found on PATH, in "
+            "$VEIL_TEST_PG_BIN or in /usr/lib/postgresql/*/bin; install the "
+            "'postgresql' package"
+        )
         if in_ci():
             pytest.fail(message + " (CI is set: PostgreSQL tests must run)", pytrace=False)
         pytest.skip(message)

@@ -19,11 +19,11 @@ SENT = 2 * 1024 * 1024  # what this test actually sends: the server answers long
 
 
 @pytest.fixture(scope="module")
-def served(store_server: LoopbackStore, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[str]:
+def served(store_server: LoopbackStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp_path = tmp_path_factory.mktemp("body-limit")
-    doc = config_doc(store_server.url, f"sqlite:///{tmp_path / 'veil.db'}",
-                     server={"workers": 1, "threads": 4})
+    doc = config_doc(
+        store_server.url, f"sqlite:///{tmp_path / 'veil.db'}", server={"workers": 1, "threads": 4}
+    )
     with veil_serve(doc, tmp_path) as (url, _):
         yield url
 
@@ -61,8 +61,10 @@ def _exchange(url: str, head: str, chunks: Iterator[bytes]) -> tuple[int, bytes,
                     break
                 answer += more
         except TimeoutError:
-            pytest.fail(f"no answer after {sent} of {DECLARED} bytes: the server waits to read "
-                        "the whole body")
+            pytest.fail(
+                f"no answer after {sent} of {DECLARED} bytes: the server waits to read "
+                "the whole body"
+            )
     status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else 0
     return status, answer, sent
 
@@ -86,9 +88,11 @@ def _pieces(total: int, size: int = 64 * 1024, chunked: bool = False) -> Iterato
 
 
 def test_declared_300_mib_body_is_413_before_it_is_read(served: str) -> None:
-    head = (f"POST /veil/v1/reveal-sessions HTTP/1.1\r\nHost: veil\r\n"
-            f"Authorization: Bearer {token(ADMIN)}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {DECLARED}\r\n\r\n")
+    head = (
+        f"POST /veil/v1/reveal-sessions HTTP/1.1\r\nHost: veil\r\n"
+        f"Authorization: Bearer {token(ADMIN)}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {DECLARED}\r\n\r\n"
+    )
     status, answer, sent = _exchange(served, head, _pieces(SENT))
     assert status == 413, answer[:300]
     assert sent < DECLARED
@@ -96,9 +100,11 @@ def test_declared_300_mib_body_is_413_before_it_is_read(served: str) -> None:
 
 
 def test_streamed_body_without_length_is_cut_at_the_limit(served: str) -> None:
-    head = (f"POST /veil/v1/reveal-sessions HTTP/1.1\r\nHost: veil\r\n"
-            f"Authorization: Bearer {token(ADMIN)}\r\nContent-Type: application/json\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n")
+    head = (
+        f"POST /veil/v1/reveal-sessions HTTP/1.1\r\nHost: veil\r\n"
+        f"Authorization: Bearer {token(ADMIN)}\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    )
     status, answer, sent = _exchange(served, head, _pieces(SENT, chunked=True))
     assert status == 413, answer[:300]
     assert sent <= SENT + 64 * 1024
@@ -108,8 +114,11 @@ def test_bodies_under_the_limit_still_work(served: str) -> None:
     members = [f"user{i:05d}@contoso.com" for i in range(20_000)]  # about 500 KB
     body = json.dumps({"name": "Big", "members": members})
     assert 400_000 < len(body) < 1024 * 1024
-    r = requests.put(f"{served}/veil/v1/groups/big", data=body, timeout=60,
-                     headers={"Authorization": f"Bearer {token(ADMIN)}",
-                              "Content-Type": "application/json"})
+    r = requests.put(
+        f"{served}/veil/v1/groups/big",
+        data=body,
+        timeout=60,
+        headers={"Authorization": f"Bearer {token(ADMIN)}", "Content-Type": "application/json"},
+    )
     assert r.status_code in (200, 201), r.text
     assert requests.get(f"{served}/healthz", timeout=10).status_code == 200

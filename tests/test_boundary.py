@@ -41,8 +41,7 @@ def later() -> str:
 
 
 def make_private(client: FlaskClient, group: str, members: list[str]) -> None:
-    r = client.put(f"/veil/v1/groups/{group}", json={"name": group, "members": members},
-                   headers=A)
+    r = client.put(f"/veil/v1/groups/{group}", json={"name": group, "members": members}, headers=A)
     assert r.status_code in (200, 201), r.get_json()
     r = client.post("/veil/v1/privacy-groups", json={"group": group}, headers=A)
     assert r.status_code == 201, r.get_json()
@@ -50,21 +49,25 @@ def make_private(client: FlaskClient, group: str, members: list[str]) -> None:
 
 def open_session(client: FlaskClient, who: str) -> str:
     """A registry admin ``who``, granted the permission by ADMIN (never by themselves)."""
-    assert client.post("/veil/v1/admins", json={"principal": who},
-                       headers=A).status_code == 201
-    assert client.post("/veil/v1/private-viewers", json={"principal": who},
-                       headers=A).status_code == 201
-    r = client.post("/veil/v1/reveal-sessions", json={"acknowledge_audit": True,
-                                                       "justification": "case INC-9"},
-                    headers=auth(who))
+    assert client.post("/veil/v1/admins", json={"principal": who}, headers=A).status_code == 201
+    assert (
+        client.post("/veil/v1/private-viewers", json={"principal": who}, headers=A).status_code
+        == 201
+    )
+    r = client.post(
+        "/veil/v1/reveal-sessions",
+        json={"acknowledge_audit": True, "justification": "case INC-9"},
+        headers=auth(who),
+    )
     assert r.status_code == 201, r.get_json()
     session_id: str = r.get_json()["id"]
     return session_id
 
 
 def records(client: FlaskClient) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = client.get("/veil/v1/governance-log?limit=1000",
-                                             headers=A).get_json()["records"]
+    found: list[dict[str, Any]] = client.get(
+        "/veil/v1/governance-log?limit=1000", headers=A
+    ).get_json()["records"]
     return found
 
 
@@ -90,16 +93,23 @@ def build(storage_url: str) -> Iterator[Any]:
 
 # ---- item 1: only the rows array and upstream.keep come back --------------------------------
 
-def test_only_the_rows_and_kept_members_come_back(store: LoopbackStore,
-                                                  build: Any) -> None:
+
+def test_only_the_rows_and_kept_members_come_back(store: LoopbackStore, build: Any) -> None:
     """R9: totals, facets, sibling arrays and debug members may describe private rows."""
     client = build(store.url).test_client()
     make_private(client, "hr", [HR1])
     secret, shown = activity(1, HR1, later()), activity(2, USER, later())
-    store.state.body = json.dumps({
-        "total": 2, "count": 39, "data": [secret, shown], "next": "page-2",
-        "facets": {"user": [HR1, USER]}, "sibling": [secret], "debug": {"last": [secret]},
-    }).encode()
+    store.state.body = json.dumps(
+        {
+            "total": 2,
+            "count": 39,
+            "data": [secret, shown],
+            "next": "page-2",
+            "facets": {"user": [HR1, USER]},
+            "sibling": [secret],
+            "debug": {"last": [secret]},
+        }
+    ).encode()
     r = client.get("/api/activities", headers=auth(USER))
     assert r.status_code == 200
     assert r.get_json() == {"data": [shown]}  # secure default: nothing kept
@@ -111,22 +121,29 @@ def test_only_the_rows_and_kept_members_come_back(store: LoopbackStore,
 
 
 def test_keep_with_a_nested_rows_pointer(store: LoopbackStore, build: Any) -> None:
-    client = build(store.url, upstream={"rows": "/result/items",
-                                          "keep": ["/result/next", "/request_id"]}).test_client()
+    client = build(
+        store.url, upstream={"rows": "/result/items", "keep": ["/result/next", "/request_id"]}
+    ).test_client()
     make_private(client, "hr", [HR1])
     secret, shown = activity(1, HR1, later()), activity(2, USER, later())
-    store.state.body = json.dumps({
-        "request_id": "r-1",
-        "result": {"total": 2, "items": [secret, shown], "next": None,
-                   "actors": [HR1], "hidden": {"items": [secret]}},
-        "stats": {"count": 2},
-    }).encode()
+    store.state.body = json.dumps(
+        {
+            "request_id": "r-1",
+            "result": {
+                "total": 2,
+                "items": [secret, shown],
+                "next": None,
+                "actors": [HR1],
+                "hidden": {"items": [secret]},
+            },
+            "stats": {"count": 2},
+        }
+    ).encode()
     r = client.get("/api/activities", headers=auth(USER))
     assert r.get_json() == {"request_id": "r-1", "result": {"items": [shown], "next": None}}
 
 
-def test_a_top_level_rows_array_comes_back_alone(store: LoopbackStore,
-                                                 build: Any) -> None:
+def test_a_top_level_rows_array_comes_back_alone(store: LoopbackStore, build: Any) -> None:
     client = build(store.url, upstream={"rows": ""}).test_client()
     make_private(client, "hr", [HR1])
     shown, also = activity(2, USER, later()), activity(3, USER, later())
@@ -140,13 +157,22 @@ def test_a_top_level_rows_array_comes_back_alone(store: LoopbackStore,
     assert plain.data == ("[" + ",".join(kept) + "]").encode()
 
 
-@pytest.mark.parametrize("rows,keep", [
-    ("/data", ["/data"]), ("/data", ["/data/0"]), ("/result/items", ["/result"]),
-    ("", ["/next"]), ("/data", ["/meta", "/meta/next"]),
-])
+@pytest.mark.parametrize(
+    "rows,keep",
+    [
+        ("/data", ["/data"]),
+        ("/data", ["/data/0"]),
+        ("/result/items", ["/result"]),
+        ("", ["/next"]),
+        ("/data", ["/meta", "/meta/next"]),
+    ],
+)
 def test_keep_never_overlaps_the_rows(tmp_path: Path, rows: str, keep: list[str]) -> None:
-    doc = config_doc("http://127.0.0.1:9", f"sqlite:///{tmp_path / 'v.db'}",
-                     upstream={"rows": rows, "keep": keep})
+    doc = config_doc(
+        "http://127.0.0.1:9",
+        f"sqlite:///{tmp_path / 'v.db'}",
+        upstream={"rows": rows, "keep": keep},
+    )
     with pytest.raises(ConfigError, match=r"upstream\.keep"):
         from_dict(doc, env={"VEIL_TEST_JWT_SECRET": SECRET})
 
@@ -163,26 +189,40 @@ def test_the_demo_keeps_the_cursor(tmp_path: Path) -> None:
     from veil.demo.runner import config_document
 
     doc = config_document("http://127.0.0.1:9", "127.0.0.1", 8080, tmp_path, tmp_path / "d.db")
-    assert from_dict(doc, env={"VEIL_DEMO_JWT_SECRET": "x" * 40,
-                               "VEIL_JWT_SECRET": "x" * 40}).upstream.keep == ("/next",)
+    assert from_dict(
+        doc, env={"VEIL_DEMO_JWT_SECRET": "x" * 40, "VEIL_JWT_SECRET": "x" * 40}
+    ).upstream.keep == ("/next",)
 
 
 # ---- item 2: a store answer other than 2xx is never passed on ------------------------------
 
+
 # Veil never reads the body of an answer other than 2xx: each status and each kind of body is
 # tried once (a status x body grid would test the same line 35 times).
-@pytest.mark.parametrize("status,body", [
-    (301, '{{"error": "bad since parameter", "user": "{hr}"}}'),  # well-formed, no rows array
-    (302, '{{"partial": [{row}]}}'),
-    (400, '{{"debug": {{"last_rows": [{row}]}}}}'),
-    (404, '{{"data": [{row}]}}'),  # even the rows array itself
-    (429, "<html>{row}</html>"),
-    (500, '{{"data": [{row}], "data": []}}'),  # unreadable: a repeated member
-    (503, '{{"data": [{row}'),  # unreadable: truncated
-], ids=["301-error-member", "302-partial", "400-debug", "404-rows", "429-html",
-        "500-duplicate-member", "503-truncated"])
-def test_store_error_answers_are_never_passed_on(client: FlaskClient, store: LoopbackStore,
-                                                 status: int, body: str) -> None:
+@pytest.mark.parametrize(
+    "status,body",
+    [
+        (301, '{{"error": "bad since parameter", "user": "{hr}"}}'),  # well-formed, no rows array
+        (302, '{{"partial": [{row}]}}'),
+        (400, '{{"debug": {{"last_rows": [{row}]}}}}'),
+        (404, '{{"data": [{row}]}}'),  # even the rows array itself
+        (429, "<html>{row}</html>"),
+        (500, '{{"data": [{row}], "data": []}}'),  # unreadable: a repeated member
+        (503, '{{"data": [{row}'),  # unreadable: truncated
+    ],
+    ids=[
+        "301-error-member",
+        "302-partial",
+        "400-debug",
+        "404-rows",
+        "429-html",
+        "500-duplicate-member",
+        "503-truncated",
+    ],
+)
+def test_store_error_answers_are_never_passed_on(
+    client: FlaskClient, store: LoopbackStore, status: int, body: str
+) -> None:
     make_private(client, "hr", [HR1])
     store.state.status = status
     store.state.body = body.format(row=json.dumps(activity(1, HR1, later())), hr=HR1).encode()
@@ -198,8 +238,9 @@ def test_store_error_answers_are_never_passed_on(client: FlaskClient, store: Loo
 
 
 @pytest.mark.storage
-def test_store_error_answer_to_a_reveal_reveals_and_records_nothing(client: FlaskClient,
-                                                                     store: LoopbackStore) -> None:
+def test_store_error_answer_to_a_reveal_reveals_and_records_nothing(
+    client: FlaskClient, store: LoopbackStore
+) -> None:
     make_private(client, "hr", [HR1])
     session = open_session(client, CAROL)
     store.state.status = 500
@@ -220,15 +261,14 @@ def test_store_error_status_is_documented(client: FlaskClient) -> None:
 
 # ---- item 4: repeated keys are compared after unescaping, per row -------------------------
 
-def test_an_escaped_repeat_under_a_nested_field_pointer(store: LoopbackStore,
-                                                        build: Any) -> None:
+
+def test_an_escaped_repeat_under_a_nested_field_pointer(store: LoopbackStore, build: Any) -> None:
     fields = {"id": "/id", "actor": "/who/upn", "actor_type": "/who/kind", "timestamp": "/at"}
     client = build(store.url, upstream={"fields": fields}).test_client()
     make_private(client, "hr", [HR1])
     ts = later()
     rows = [
-        f'{{"id":"act-1","who":{{"upn":"{HR1}","\\u0075pn":"{USER}","kind":"user"}},'
-        f'"at":"{ts}"}}',
+        f'{{"id":"act-1","who":{{"upn":"{HR1}","\\u0075pn":"{USER}","kind":"user"}},"at":"{ts}"}}',
         f'{{"id":"act-2","who":{{"upn":"{USER}","kind":"user"}},"at":"{ts}",'
         '"extra":{"x":1,"\\u0078":2}}',  # a repeat Veil does not read: harmless
     ]
@@ -236,9 +276,9 @@ def test_an_escaped_repeat_under_a_nested_field_pointer(store: LoopbackStore,
     assert ids(client.get("/api/activities", headers=auth(USER))) == ["act-2"]
 
 
-def test_a_policy_reading_raw_rows_makes_any_repeat_private(store: LoopbackStore,
-                                                            build: Any,
-                                                            tmp_path: Path) -> None:
+def test_a_policy_reading_raw_rows_makes_any_repeat_private(
+    store: LoopbackStore, build: Any, tmp_path: Path
+) -> None:
     from conftest import POLICIES
 
     policies = tmp_path / "policies"
@@ -249,7 +289,8 @@ def test_a_policy_reading_raw_rows_makes_any_repeat_private(store: LoopbackStore
             target.write_text(source.read_text("utf-8"))
     (policies / "veil" / "privacy" / "legal.rego").write_text(
         "package veil.privacy\n\nimport rego.v1\n\n"
-        'private_rows contains i if input.rows[i].raw.department == "legal"\n')
+        'private_rows contains i if input.rows[i].raw.department == "legal"\n'
+    )
     app = build(store.url, policy={"dir": str(policies)})
     client = app.test_client()
     ts = later()
@@ -267,8 +308,10 @@ def test_a_policy_reading_raw_rows_makes_any_repeat_private(store: LoopbackStore
 
 # ---- item 10 (store side): rows Veil cannot represent, JSON nested too deep ----------------
 
+
 def test_rows_veil_cannot_represent_are_private_and_the_rest_is_served(
-        client: FlaskClient, store: LoopbackStore) -> None:
+    client: FlaskClient, store: LoopbackStore
+) -> None:
     ts = later()
     rows = [
         json.dumps(activity(1, USER, ts)),
@@ -289,13 +332,15 @@ def test_rows_veil_cannot_represent_are_private_and_the_rest_is_served(
 
 
 @pytest.mark.storage
-def test_an_unrepresentable_row_is_revealed_with_its_record(client: FlaskClient,
-                                                            store: LoopbackStore) -> None:
+def test_an_unrepresentable_row_is_revealed_with_its_record(
+    client: FlaskClient, store: LoopbackStore
+) -> None:
     session = open_session(client, CAROL)
     ts = later()
     odd = json.dumps({**activity(2, USER, ts), "id": 2**64 + 5, "note": "\ud800"})
-    store.state.body = ('{"data": [' + json.dumps(activity(1, USER, ts)) + ", " + odd +
-                        "]}").encode()
+    store.state.body = (
+        '{"data": [' + json.dumps(activity(1, USER, ts)) + ", " + odd + "]}"
+    ).encode()
     r = client.get("/api/activities", headers={**auth(CAROL), "Veil-Reveal-Session": session})
     assert r.status_code == 200
     assert odd.encode() in r.data
@@ -304,8 +349,9 @@ def test_an_unrepresentable_row_is_revealed_with_its_record(client: FlaskClient,
 
 
 @pytest.mark.parametrize("where", ["row", "envelope", "rows-array"])
-def test_json_nested_too_deep_from_the_store_is_502(client: FlaskClient, store: LoopbackStore,
-                                                     where: str) -> None:
+def test_json_nested_too_deep_from_the_store_is_502(
+    client: FlaskClient, store: LoopbackStore, where: str
+) -> None:
     deep = "[" * 100_000 + "]" * 100_000
     row = json.dumps(activity(1, USER, later()))
     store.state.body = {
@@ -320,6 +366,7 @@ def test_json_nested_too_deep_from_the_store_is_502(client: FlaskClient, store: 
 
 # ---- item 6: the decision uses state at least as new as the store's answer ----------------
 
+
 @pytest.fixture
 def patient(build: Any, store: LoopbackStore) -> Flask:
     """An app that waits up to 10 s for the store (slow store answers take 2 s here)."""
@@ -327,14 +374,15 @@ def patient(build: Any, store: LoopbackStore) -> Flask:
     return application
 
 
-def query_in_flight(app: Flask, store: LoopbackStore, headers: dict[str, str],
-                    during: Any) -> TestResponse:
+def query_in_flight(
+    app: Flask, store: LoopbackStore, headers: dict[str, str], during: Any
+) -> TestResponse:
     """Send one query to a slow store; run ``during`` while the store is answering."""
     answers: list[TestResponse] = []
     seen = len(store.state.requests)
     worker = threading.Thread(
-        target=lambda: answers.append(app.test_client().get("/api/activities",
-                                                            headers=headers)))
+        target=lambda: answers.append(app.test_client().get("/api/activities", headers=headers))
+    )
     worker.start()
     deadline = time.monotonic() + 30
     while len(store.state.requests) == seen:  # the store has the query and is sleeping
@@ -347,8 +395,7 @@ def query_in_flight(app: Flask, store: LoopbackStore, headers: dict[str, str],
 
 
 @pytest.mark.storage
-def test_group_made_private_while_the_store_answers(patient: Flask,
-                                                    store: LoopbackStore) -> None:
+def test_group_made_private_while_the_store_answers(patient: Flask, store: LoopbackStore) -> None:
     """R11: a row dated after the privacy start is hidden even when the group became private
     while the query was already waiting for the store."""
     app, client = patient, patient.test_client()
@@ -358,8 +405,10 @@ def test_group_made_private_while_the_store_answers(patient: Flask,
     store.state.delay_s = 2.0  # the change commits while the store still sleeps
 
     def make_hr_private() -> None:
-        assert client.post("/veil/v1/privacy-groups", json={"group": "hr"},
-                           headers=A).status_code == 201
+        assert (
+            client.post("/veil/v1/privacy-groups", json={"group": "hr"}, headers=A).status_code
+            == 201
+        )
 
     r = query_in_flight(app, store, auth(USER), make_hr_private)
     assert r.status_code == 200
@@ -368,10 +417,12 @@ def test_group_made_private_while_the_store_answers(patient: Flask,
 
 # ---- item 5: a reveal is checked again in the transaction of its record -------------------
 
+
 @pytest.mark.parametrize("change", ["revoke-permission", "end-session", "remove-admin"])
 @pytest.mark.storage
 def test_a_change_during_a_slow_store_answer_wins_over_the_reveal(
-        patient: Flask, store: LoopbackStore, change: str) -> None:
+    patient: Flask, store: LoopbackStore, change: str
+) -> None:
     """R11: a revoke, a session end or an admin removal that commits while the store is still
     answering is seen by the reveal: 403, no private row, no activities_revealed record."""
     app, client = patient, patient.test_client()
@@ -382,16 +433,18 @@ def test_a_change_during_a_slow_store_answer_wins_over_the_reveal(
     store.state.delay_s = 2.0  # the change commits while the store still sleeps
 
     def change_state() -> None:
-        r = {"revoke-permission": lambda: client.delete(f"/veil/v1/private-viewers/{carol}",
-                                                        headers=A),
-             "end-session": lambda: client.delete(f"/veil/v1/reveal-sessions/{session}",
-                                                  headers=auth(carol)),
-             "remove-admin": lambda: client.delete(f"/veil/v1/admins/{carol}", headers=A),
-             }[change]()
+        r = {
+            "revoke-permission": lambda: client.delete(
+                f"/veil/v1/private-viewers/{carol}", headers=A
+            ),
+            "end-session": lambda: client.delete(
+                f"/veil/v1/reveal-sessions/{session}", headers=auth(carol)
+            ),
+            "remove-admin": lambda: client.delete(f"/veil/v1/admins/{carol}", headers=A),
+        }[change]()
         assert r.status_code == 204, r.get_json()
 
-    r = query_in_flight(app, store, {**auth(carol), "Veil-Reveal-Session": session},
-                        change_state)
+    r = query_in_flight(app, store, {**auth(carol), "Veil-Reveal-Session": session}, change_state)
     assert r.status_code == 403
     assert r.get_json()["code"] == "reveal_refused"
     assert b"act-1" not in r.data and b"hr1" not in r.data
@@ -399,19 +452,24 @@ def test_a_change_during_a_slow_store_answer_wins_over_the_reveal(
     assert actions(client, "reveal_refused")[-1]["actor"] == carol
 
 
-@pytest.mark.parametrize("change", ["revoke-permission", "end-session", "remove-admin",
-                                    "make-private", "unrelated"])
+@pytest.mark.parametrize(
+    "change", ["revoke-permission", "end-session", "remove-admin", "make-private", "unrelated"]
+)
 @pytest.mark.storage
-def test_a_change_between_decision_and_record_wins(app: Flask, client: FlaskClient,
-                                                   store: LoopbackStore, change: str) -> None:
+def test_a_change_between_decision_and_record_wins(
+    app: Flask, client: FlaskClient, store: LoopbackStore, change: str
+) -> None:
     """R11: the reveal is checked again in the transaction that writes its record. A change
     committed after the policy decided but before the record is written wins."""
     carol, lee = "carol@contoso.com", "lee@contoso.com"
     make_private(client, "hr", [HR1])
     client.put("/veil/v1/groups/legal", json={"name": "legal", "members": [lee]}, headers=A)
     session = open_session(client, carol)
-    store.state.rows = [activity(1, HR1, later()), activity(2, USER, later()),
-                        activity(3, lee, later())]
+    store.state.rows = [
+        activity(1, HR1, later()),
+        activity(2, USER, later()),
+        activity(3, lee, later()),
+    ]
     services = app.extensions["veil"]
     storage, query = services.storage, services.query
     decide = query._decide
@@ -421,18 +479,18 @@ def test_a_change_between_decision_and_record_wins(app: Flask, client: FlaskClie
         result = decide(*args)
         if not changed:  # once: right after the first decision, before its record
             changed.append(True)
-            {"revoke-permission": lambda: storage.revoke_viewer(carol, ADMIN),
-             "end-session": lambda: storage.end_session(session, carol, False),
-             "remove-admin": lambda: storage.remove_admin(carol, ADMIN),
-             "make-private": lambda: storage.add_privacy_group("legal", ADMIN),
-             "unrelated": lambda: storage.put_group("sales", "sales", [USER], ADMIN),
-             }[change]()
+            {
+                "revoke-permission": lambda: storage.revoke_viewer(carol, ADMIN),
+                "end-session": lambda: storage.end_session(session, carol, False),
+                "remove-admin": lambda: storage.remove_admin(carol, ADMIN),
+                "make-private": lambda: storage.add_privacy_group("legal", ADMIN),
+                "unrelated": lambda: storage.put_group("sales", "sales", [USER], ADMIN),
+            }[change]()
         return result
 
     query._decide = decide_then_change
     try:
-        r = client.get("/api/activities", headers={**auth(carol),
-                                                   "Veil-Reveal-Session": session})
+        r = client.get("/api/activities", headers={**auth(carol), "Veil-Reveal-Session": session})
     finally:
         query._decide = decide
     assert changed
@@ -452,8 +510,7 @@ def test_a_change_between_decision_and_record_wins(app: Flask, client: FlaskClie
 
 
 @pytest.mark.storage
-def test_concurrent_reveals_and_a_revoke(patient: Flask,
-                                         store: LoopbackStore) -> None:
+def test_concurrent_reveals_and_a_revoke(patient: Flask, store: LoopbackStore) -> None:
     """Reveals answered before a revoke are recorded before it; reveals still in flight when it
     commits are refused: no activities_revealed record follows permission_revoked."""
     app, client = patient, patient.test_client()
@@ -491,6 +548,7 @@ def test_concurrent_reveals_and_a_revoke(patient: Flask,
 
 # ---- item 11: the deadline holds for the whole answer ------------------------------------
 
+
 class _TrickleHandler(socketserver.BaseRequestHandler):
     """Answers any request with headers at once, then its body one byte every 0.1 s."""
 
@@ -501,10 +559,13 @@ class _TrickleHandler(socketserver.BaseRequestHandler):
             if not chunk:
                 return
             request += chunk
-        body = json.dumps({"data": [activity(i, USER, "2024-01-01T00:00:00Z")
-                                    for i in range(3)]}).encode()
-        self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        body = json.dumps(
+            {"data": [activity(i, USER, "2024-01-01T00:00:00Z") for i in range(3)]}
+        ).encode()
+        self.request.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+        )
         stop = time.monotonic() + 20
         try:
             for byte in body:
@@ -527,8 +588,7 @@ def trickling_store() -> Iterator[str]:
     server.server_close()
 
 
-def test_a_trickling_store_is_cut_at_the_deadline(trickling_store: str,
-                                                   build: Any) -> None:
+def test_a_trickling_store_is_cut_at_the_deadline(trickling_store: str, build: Any) -> None:
     app = build(trickling_store, upstream={"timeout_s": 1})
     started = time.monotonic()
     r = app.test_client().get("/api/activities", headers=auth(USER))
@@ -540,13 +600,18 @@ def test_a_trickling_store_is_cut_at_the_deadline(trickling_store: str,
 
 # ---- the served process ----------------------------------------------------------------
 
+
 def test_served_boundary(store: LoopbackStore, trickling_store: str, tmp_path: Path) -> None:
     """`veil serve` (gunicorn workers): envelope, error answer, deadline and a reveal racing a
     revoke, end to end over HTTP."""
 
     carol = "carol@contoso.com"
-    doc = config_doc(store.url, f"sqlite:///{tmp_path / 'veil.db'}",
-                     server={"workers": 2, "threads": 4}, upstream={"timeout_s": 10})
+    doc = config_doc(
+        store.url,
+        f"sqlite:///{tmp_path / 'veil.db'}",
+        server={"workers": 2, "threads": 4},
+        upstream={"timeout_s": 10},
+    )
     doc["upstream"]["keep"] = ["/next"]
     with veil_serve(doc, tmp_path) as (url, _):
         http = requests.Session()
@@ -556,12 +621,16 @@ def test_served_boundary(store: LoopbackStore, trickling_store: str, tmp_path: P
             headers = {**auth(who), **kwargs.pop("headers", {})}
             return http.request(method, url + path, headers=headers, timeout=30, **kwargs)
 
-        assert call("PUT", "/veil/v1/groups/hr", json={"name": "hr",
-                                                      "members": [HR1]}).status_code == 201
+        assert (
+            call("PUT", "/veil/v1/groups/hr", json={"name": "hr", "members": [HR1]}).status_code
+            == 201
+        )
         assert call("POST", "/veil/v1/privacy-groups", json={"group": "hr"}).status_code == 201
         shown = activity(2, USER, later())
-        store.state.body = json.dumps({"total": 2, "data": [activity(1, HR1, later()), shown],
-                                       "next": "p2", "facets": [HR1]}, indent=2).encode()
+        store.state.body = json.dumps(
+            {"total": 2, "data": [activity(1, HR1, later()), shown], "next": "p2", "facets": [HR1]},
+            indent=2,
+        ).encode()
         r = call("GET", "/api/activities", USER)
         assert r.status_code == 200
         assert r.json() == {"data": [shown], "next": "p2"}
@@ -573,15 +642,23 @@ def test_served_boundary(store: LoopbackStore, trickling_store: str, tmp_path: P
 
         store.reset()
         assert call("POST", "/veil/v1/admins", json={"principal": carol}).status_code == 201
-        assert call("POST", "/veil/v1/private-viewers",
-                    json={"principal": carol}).status_code == 201
-        session = call("POST", "/veil/v1/reveal-sessions", carol,
-                       json={"acknowledge_audit": True, "justification": "x"}).json()["id"]
+        assert (
+            call("POST", "/veil/v1/private-viewers", json={"principal": carol}).status_code == 201
+        )
+        session = call(
+            "POST",
+            "/veil/v1/reveal-sessions",
+            carol,
+            json={"acknowledge_audit": True, "justification": "x"},
+        ).json()["id"]
         store.state.rows = [activity(1, HR1, later()), shown]
         store.state.delay_s = 2.0  # the change commits while the store still sleeps
         answers: list[requests.Response] = []
-        worker = threading.Thread(target=lambda: answers.append(
-            call("GET", "/api/activities", carol, headers={"Veil-Reveal-Session": session})))
+        worker = threading.Thread(
+            target=lambda: answers.append(
+                call("GET", "/api/activities", carol, headers={"Veil-Reveal-Session": session})
+            )
+        )
         worker.start()
         deadline = time.monotonic() + 30
         while not store.state.requests:
@@ -594,8 +671,9 @@ def test_served_boundary(store: LoopbackStore, trickling_store: str, tmp_path: P
         log = call("GET", "/veil/v1/governance-log?limit=1000").json()["records"]
         assert not [x for x in log if x["action"] == "activities_revealed"]
 
-    doc = config_doc(trickling_store, f"sqlite:///{tmp_path / 'veil2.db'}",
-                     upstream={"timeout_s": 1})
+    doc = config_doc(
+        trickling_store, f"sqlite:///{tmp_path / 'veil2.db'}", upstream={"timeout_s": 1}
+    )
     with veil_serve(doc, tmp_path) as (url, _):
         started = time.monotonic()
         r = requests.get(url + "/api/activities", headers=auth(USER), timeout=60)

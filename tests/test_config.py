@@ -24,23 +24,47 @@ def base() -> dict[str, Any]:
     return config_doc("http://127.0.0.1:9000", "sqlite:///veil.db")
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (lambda d: d["upstream"].update(timeout_s="ten"), "upstream.timeout_s: 'ten' is not of type"),
-    (lambda d: d["upstream"].update(colour="blue"), "upstream.colour: unknown key"),
-    (lambda d: d.update(extra=1), "extra: unknown key"),
-    (lambda d: d["upstream"].pop("routes"), "upstream.routes: required key is missing"),
-    (lambda d: d["upstream"].update(routes=["api/no-slash"]), "upstream.routes.0:"),
-    (lambda d: d["policy"].update(engine="wasm"), "policy.engine:"),
-    (lambda d: d["identity"]["jwt"].pop("audience"), "identity.jwt.audience: required"),
-    (lambda d: d["identity"]["jwt"].update(hs256_secret_env="MISSING_VAR"),
-     "identity.jwt.hs256_secret_env: environment variable MISSING_VAR is not set"),
-    (lambda d: d["storage"].update(url="mysql://x"), "storage.url:"),
-    (lambda d: d["reveal"].update(session_ttl_s=0) if "reveal" in d else d.update(
-        reveal={"session_ttl_s": 0}), "reveal.session_ttl_s:"),
-], ids=["type", "unknown-key", "unknown-top-key", "missing", "route-pattern", "engine",
-        "jwt-audience", "secret-env", "storage-url", "ttl"])
-def test_bad_config_names_the_key(mutate: Callable[[dict[str, Any]], object],
-                                  message: str) -> None:
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (
+            lambda d: d["upstream"].update(timeout_s="ten"),
+            "upstream.timeout_s: 'ten' is not of type",
+        ),
+        (lambda d: d["upstream"].update(colour="blue"), "upstream.colour: unknown key"),
+        (lambda d: d.update(extra=1), "extra: unknown key"),
+        (lambda d: d["upstream"].pop("routes"), "upstream.routes: required key is missing"),
+        (lambda d: d["upstream"].update(routes=["api/no-slash"]), "upstream.routes.0:"),
+        (lambda d: d["policy"].update(engine="wasm"), "policy.engine:"),
+        (lambda d: d["identity"]["jwt"].pop("audience"), "identity.jwt.audience: required"),
+        (
+            lambda d: d["identity"]["jwt"].update(hs256_secret_env="MISSING_VAR"),
+            "identity.jwt.hs256_secret_env: environment variable MISSING_VAR is not set",
+        ),
+        (lambda d: d["storage"].update(url="mysql://x"), "storage.url:"),
+        (
+            lambda d: (
+                d["reveal"].update(session_ttl_s=0)
+                if "reveal" in d
+                else d.update(reveal={"session_ttl_s": 0})
+            ),
+            "reveal.session_ttl_s:",
+        ),
+    ],
+    ids=[
+        "type",
+        "unknown-key",
+        "unknown-top-key",
+        "missing",
+        "route-pattern",
+        "engine",
+        "jwt-audience",
+        "secret-env",
+        "storage-url",
+        "ttl",
+    ],
+)
+def test_bad_config_names_the_key(mutate: Callable[[dict[str, Any]], object], message: str) -> None:
     doc = base()
     mutate(doc)
     with pytest.raises(ConfigError) as info:
@@ -49,9 +73,12 @@ def test_bad_config_names_the_key(mutate: Callable[[dict[str, Any]], object],
 
 
 def test_defaults_and_relative_paths(tmp_path: Path) -> None:
-    doc = {"upstream": {"url": "http://127.0.0.1:9000/", "routes": ["/api/activities"]},
-           "identity": {"jwt": {"issuer": "i", "audience": "a", "hs256_secret_env": "S"}},
-           "storage": {"url": "sqlite:///data/veil.db"}, "policy": {"dir": "pol"}}
+    doc = {
+        "upstream": {"url": "http://127.0.0.1:9000/", "routes": ["/api/activities"]},
+        "identity": {"jwt": {"issuer": "i", "audience": "a", "hs256_secret_env": "S"}},
+        "storage": {"url": "sqlite:///data/veil.db"},
+        "policy": {"dir": "pol"},
+    }
     path = tmp_path / "veil.yaml"
     path.write_text(yaml.safe_dump(doc))
     cfg = config_module.load(path, env={"S": "s" * 32})
@@ -65,23 +92,38 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
 
 
 def test_a_file_that_leaves_keys_out_gets_the_same_defaults_as_the_dataclasses(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Both are read from the schema's ``default`` keywords: one source."""
     c = config_module
     jwt = {"issuer": "i", "audience": "a", "hs256_secret_env": "S"}
-    cfg = c.from_dict({"upstream": {"url": "http://store", "routes": ["/a"]},
-                       "identity": {"jwt": jwt}}, base_dir=tmp_path, env={"S": "s" * 32})
+    cfg = c.from_dict(
+        {"upstream": {"url": "http://store", "routes": ["/a"]}, "identity": {"jwt": jwt}},
+        base_dir=tmp_path,
+        env={"S": "s" * 32},
+    )
     assert cfg.upstream == c.UpstreamConfig(url="http://store", routes=("/a",))
-    assert cfg.identity == c.IdentityConfig(jwt=c.JwtConfig(issuer="i", audience="a",
-                                                             hs256_secret="s" * 32))
+    assert cfg.identity == c.IdentityConfig(
+        jwt=c.JwtConfig(issuer="i", audience="a", hs256_secret="s" * 32)
+    )
     assert cfg.policy == c.PolicyConfig(dir=tmp_path / c.PolicyConfig().dir)
     assert cfg.storage == c.StorageConfig(url=f"sqlite:///{tmp_path / 'veil.db'}")
     assert (cfg.managed_domains, cfg.server, cfg.reveal, cfg.console, cfg.scim) == (
-        (), c.ServerConfig(), c.RevealConfig(), c.ConsoleConfig(), c.ScimConfig())
+        (),
+        c.ServerConfig(),
+        c.RevealConfig(),
+        c.ConsoleConfig(),
+        c.ScimConfig(),
+    )
     assert (cfg.governance.keys, cfg.governance.checkpoint_s) == (
-        (), c.GovernanceConfig().checkpoint_s)
-    assert c.ServerConfig().port == c.schema()["properties"]["server"]["properties"][
-        "port"]["default"] == 8080
+        (),
+        c.GovernanceConfig().checkpoint_s,
+    )
+    assert (
+        c.ServerConfig().port
+        == c.schema()["properties"]["server"]["properties"]["port"]["default"]
+        == 8080
+    )
 
 
 def test_config_is_frozen() -> None:
@@ -103,8 +145,12 @@ def test_veil_serve_refuses_a_bad_config(tmp_path: Path) -> None:
     doc["server"] = {"port": "eighty"}
     path = tmp_path / "veil.yaml"
     path.write_text(yaml.safe_dump(doc))
-    result = subprocess.run([sys.executable, "-m", "veil.cli", "serve", "--config", str(path)],
-                            capture_output=True, text=True, timeout=60,
-                            env={**os.environ, **ENV})
+    result = subprocess.run(
+        [sys.executable, "-m", "veil.cli", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **ENV},
+    )
     assert result.returncode == 2
     assert "server.port: 'eighty' is not of type 'integer'" in result.stderr

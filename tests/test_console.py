@@ -39,8 +39,9 @@ expect.set_options(timeout=20_000)
 class Console:
     """The served console, its browser, one browser context per user, and every URL asked."""
 
-    def __init__(self, url: str, log: Path, browser: Browser, store: LoopbackStore,
-                 shots: Path) -> None:
+    def __init__(
+        self, url: str, log: Path, browser: Browser, store: LoopbackStore, shots: Path
+    ) -> None:
         self.url = url
         self.log = log
         self.browser = browser
@@ -53,8 +54,12 @@ class Console:
     def page(self, principal: str) -> Page:
         if principal not in self.pages:
             context = self.browser.new_context(
-                viewport=LAPTOP, extra_http_headers={"X-Forwarded-User": principal,
-                                                     "X-Veil-Gateway-Secret": GATEWAY_SECRET})
+                viewport=LAPTOP,
+                extra_http_headers={
+                    "X-Forwarded-User": principal,
+                    "X-Veil-Gateway-Secret": GATEWAY_SECRET,
+                },
+            )
             context.set_default_timeout(30_000)
             context.on("request", lambda r: self.urls.append(r.url))
             self.contexts[principal] = context
@@ -67,34 +72,53 @@ class Console:
         return page
 
     def api(self, method: str, path: str, principal: str = ADMIN, **kwargs: Any) -> Any:
-        return requests.request(method, self.url + path, timeout=30, headers={
-            "X-Forwarded-User": principal, "X-Veil-Gateway-Secret": GATEWAY_SECRET}, **kwargs)
+        return requests.request(
+            method,
+            self.url + path,
+            timeout=30,
+            headers={"X-Forwarded-User": principal, "X-Veil-Gateway-Secret": GATEWAY_SECRET},
+            **kwargs,
+        )
 
     def shot(self, page: Page, name: str) -> None:
         page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
 
 
 @pytest.fixture(scope="module")
-def console(store_server: LoopbackStore,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+def console(
+    store_server: LoopbackStore, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Console]:
     directory = tmp_path_factory.mktemp("console")
     shots = screenshot_dir(directory)
     store_server.reset()
     doc = config_doc(
-        store_server.url, f"sqlite:///{directory / 'veil.db'}",
-        identity={"mode": "header", "secret_env": "VEIL_GATEWAY_SECRET",
-                  "bootstrap_admins": [ADMIN]},
+        store_server.url,
+        f"sqlite:///{directory / 'veil.db'}",
+        identity={
+            "mode": "header",
+            "secret_env": "VEIL_GATEWAY_SECRET",
+            "bootstrap_admins": [ADMIN],
+        },
         server={"workers": 1, "threads": 4},
         upstream={"keep": ["/next"]},  # the console pages with the store's cursor
-        console={"enabled": True, "secret_key_env": "VEIL_CONSOLE_KEY", "page_size": 25,
-                 "activities": {"columns": [{"label": "Id", "pointer": "/id"},
-                                            {"label": "Activity", "pointer": "/activity"}]}},
+        console={
+            "enabled": True,
+            "secret_key_env": "VEIL_CONSOLE_KEY",
+            "page_size": 25,
+            "activities": {
+                "columns": [
+                    {"label": "Id", "pointer": "/id"},
+                    {"label": "Activity", "pointer": "/activity"},
+                ]
+            },
+        },
     )
     env = {"VEIL_GATEWAY_SECRET": GATEWAY_SECRET, "VEIL_CONSOLE_KEY": CONSOLE_KEY}
     with chromium() as browser, veil_serve(doc, directory, env) as (url, log):
         served = Console(url, log, browser, store_server, shots)
-        answer = served.api("PUT", "/veil/v1/groups/hr",
-                            json={"name": "Human Resources", "members": [CAROL]})
+        answer = served.api(
+            "PUT", "/veil/v1/groups/hr", json={"name": "Human Resources", "members": [CAROL]}
+        )
         assert answer.status_code == 201, answer.text
         now = time.time_ns()
         store_server.state.rows = [
@@ -120,8 +144,13 @@ def test_gateway_header_signs_in_and_admin_sees_every_page(console: Console) -> 
     expect(page.get_by_role("heading", name="Activity log")).to_be_visible()
     assert page.url.endswith("/console/activity")
     nav = page.get_by_role("navigation", name="Console")
-    for name in ("Activity log", "Scoped deployment and privacy", "Manage admin access",
-                 "Governance log", "Groups"):
+    for name in (
+        "Activity log",
+        "Scoped deployment and privacy",
+        "Manage admin access",
+        "Governance log",
+        "Groups",
+    ):
         expect(nav.get_by_role("link", name=name)).to_be_visible()
     assert rows_shown(page) == ["act-1", "act-2"]
     console.shot(page, "activity-log")
@@ -169,15 +198,17 @@ def test_make_a_group_private_hides_its_new_activities(console: Console) -> None
     console.shot(page, "add-user-groups")
     dialog.get_by_label("Human Resources").check()
     dialog.get_by_role("button", name="Add", exact=True).click()
-    expect(page.get_by_role("status")).to_contain_text("Human Resources: activities are "
-                                                       "private from now on")
+    expect(page.get_by_role("status")).to_contain_text(
+        "Human Resources: activities are private from now on"
+    )
     row = page.get_by_role("row", name=re.compile("Human Resources"))
     expect(row).to_contain_text(f"by {ADMIN}")
     console.shot(page, "activity-privacy")
     # carol acts after hr became private: through Veil her new activity is gone; her older one
     # (before hr was private) and everyone else's stay.
-    console.store.state.rows.insert(0, activity(3, CAROL, iso(time.time_ns()),
-                                                activity="FileDownloaded"))
+    console.store.state.rows.insert(
+        0, activity(3, CAROL, iso(time.time_ns()), activity="FileDownloaded")
+    )
     page = console.open(ADMIN, "/console/activity")
     expect(page.locator("#activities tbody tr")).to_have_count(2)
     assert rows_shown(page) == ["act-1", "act-2"]
@@ -191,11 +222,13 @@ def test_permission_refused_for_a_non_admin_then_granted_to_an_admin(console: Co
     console.shot(page, "add-admin-permission")
     dialog.get_by_role("button", name="Add permission").click()
     expect(page.get_by_role("alert")).to_contain_text(
-        "Only admins can be assigned permission to view private activities")
+        "Only admins can be assigned permission to view private activities"
+    )
     expect(page.get_by_role("table")).not_to_contain_text(PLAIN)
     # Admins are managed on the sibling tab.
     page.get_by_role("navigation", name="Manage admin access").get_by_role(
-        "link", name="Admins").click()
+        "link", name="Admins"
+    ).click()
     page.get_by_role("button", name="Add admin").first.click()
     dialog = page.get_by_role("dialog", name="Add admin")
     dialog.get_by_label("UPN or e-mail").fill(INVESTIGATOR)
@@ -213,16 +246,23 @@ def test_permission_refused_for_a_non_admin_then_granted_to_an_admin(console: Co
     assert [v["principal"] for v in viewers] == [INVESTIGATOR]
 
 
-@pytest.mark.parametrize(("who", "path", "opener", "dialog"), [
-    (ADMIN, "/console/admin-access/permissions", "Add admin permission",
-     "Add admin permission"),
-    (ADMIN, "/console/admin-access/admins", "Add admin", "Add admin"),
-    (ADMIN, "/console/activity", "Activity log settings", "Activity log settings"),
-    (INVESTIGATOR, "/console/activity", "Show private activities", "Show private activities"),
-])
-def test_every_dialog_keeps_focus_and_closes_with_escape(console: Console, who: str,
-                                                         path: str, opener: str,
-                                                         dialog: str) -> None:
+@pytest.mark.parametrize(
+    ("who", "path", "opener", "dialog"),
+    [
+        (
+            ADMIN,
+            "/console/admin-access/permissions",
+            "Add admin permission",
+            "Add admin permission",
+        ),
+        (ADMIN, "/console/admin-access/admins", "Add admin", "Add admin"),
+        (ADMIN, "/console/activity", "Activity log settings", "Activity log settings"),
+        (INVESTIGATOR, "/console/activity", "Show private activities", "Show private activities"),
+    ],
+)
+def test_every_dialog_keeps_focus_and_closes_with_escape(
+    console: Console, who: str, path: str, opener: str, dialog: str
+) -> None:
     page = console.open(who, path)
     if opener == "Show private activities":
         page.get_by_role("button", name="Activity log settings").click()
@@ -366,8 +406,7 @@ def test_filters_and_paging_reach_the_store_without_entering_the_url(console: Co
 
 def test_form_without_csrf_token_is_refused(console: Console) -> None:
     page = console.open(ADMIN, "/console/privacy")
-    page.evaluate("document.querySelectorAll('input[name=csrf_token]')"
-                  ".forEach(e => e.remove())")
+    page.evaluate("document.querySelectorAll('input[name=csrf_token]').forEach(e => e.remove())")
     page.get_by_role("button", name="Add user groups").click()
     dialog = page.get_by_role("dialog", name="Add user groups")
     dialog.get_by_label("Application").check()
@@ -385,9 +424,11 @@ def test_cross_site_post_is_refused(console: Console) -> None:
 
     @attacker.get("/")
     def lure() -> str:
-        return (f'<form method="post" action="{target}"><input type="hidden" name="group" '
-                'value="application"><input type="hidden" name="csrf_token" value="guess">'
-                '<button type="submit">Win a prize</button></form>')
+        return (
+            f'<form method="post" action="{target}"><input type="hidden" name="group" '
+            'value="application"><input type="hidden" name="csrf_token" value="guess">'
+            '<button type="submit">Win a prize</button></form>'
+        )
 
     server = make_server("127.0.0.1", 0, attacker, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -421,18 +462,27 @@ def test_remove_a_group_asks_and_ends_its_interval(console: Console) -> None:
     assert private[0]["private"] is False and private[0]["intervals"][0]["end"] is not None
 
 
-@pytest.mark.parametrize("path", ["/console/activity", "/console/privacy",
-                                  "/console/admin-access/permissions", "/console/governance",
-                                  "/console/groups"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/console/activity",
+        "/console/privacy",
+        "/console/admin-access/permissions",
+        "/console/governance",
+        "/console/groups",
+    ],
+)
 def test_pages_fit_a_phone(console: Console, path: str) -> None:
     page = console.open(ADMIN, path)
     page.set_viewport_size(PHONE)
     try:
         page.reload()
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-        wide = page.evaluate("Array.from(document.querySelectorAll('body *')).filter(e => "
-                             "e.getBoundingClientRect().right > window.innerWidth + 1)"
-                             ".map(e => e.tagName + '.' + e.className).slice(0, 5)")
+        wide = page.evaluate(
+            "Array.from(document.querySelectorAll('body *')).filter(e => "
+            "e.getBoundingClientRect().right > window.innerWidth + 1)"
+            ".map(e => e.tagName + '.' + e.className).slice(0, 5)"
+        )
         assert overflow <= 1, f"{path} is {overflow}px wider than a phone: {wide}"
         if path == "/console/activity":
             console.shot(page, "activity-log-phone")

@@ -36,26 +36,37 @@ def idp() -> Iterator[LoopbackIdP]:
 
 
 @pytest.fixture(scope="module")
-def oidc_console(store_server: LoopbackStore, idp: LoopbackIdP,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def oidc_console(
+    store_server: LoopbackStore, idp: LoopbackIdP, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     directory = tmp_path_factory.mktemp("oidc")
     port = free_port()
     doc = config_doc(
-        store_server.url, f"sqlite:///{directory / 'veil.db'}",
-        identity={"oidc": {"issuer": idp.issuer, "client_id": idp.client_id,
-                           "client_secret_env": "VEIL_OIDC_SECRET",
-                           "redirect_url": f"http://127.0.0.1:{port}/console/sign-in/callback"}},
+        store_server.url,
+        f"sqlite:///{directory / 'veil.db'}",
+        identity={
+            "oidc": {
+                "issuer": idp.issuer,
+                "client_id": idp.client_id,
+                "client_secret_env": "VEIL_OIDC_SECRET",
+                "redirect_url": f"http://127.0.0.1:{port}/console/sign-in/callback",
+            }
+        },
         server={"workers": 1, "threads": 4},
         console={"enabled": True, "secret_key_env": "VEIL_CONSOLE_KEY"},
     )
-    env = {"VEIL_TEST_JWT_SECRET": SECRET, "VEIL_OIDC_SECRET": idp.client_secret,
-           "VEIL_CONSOLE_KEY": CONSOLE_KEY}
+    env = {
+        "VEIL_TEST_JWT_SECRET": SECRET,
+        "VEIL_OIDC_SECRET": idp.client_secret,
+        "VEIL_CONSOLE_KEY": CONSOLE_KEY,
+    }
     with veil_serve(doc, directory, env, port=port) as (url, _log):
         yield url
 
 
-def test_oidc_sign_in_with_pkce_and_sign_out(browser: Browser, idp: LoopbackIdP,
-                                            oidc_console: str, tmp_path: Path) -> None:
+def test_oidc_sign_in_with_pkce_and_sign_out(
+    browser: Browser, idp: LoopbackIdP, oidc_console: str, tmp_path: Path
+) -> None:
     idp.user = ADMIN
     context = browser.new_context()
     try:
@@ -81,8 +92,9 @@ def test_oidc_sign_in_with_pkce_and_sign_out(browser: Browser, idp: LoopbackIdP,
         context.close()
 
 
-def test_oidc_plain_user_signs_in_without_admin_pages(browser: Browser, idp: LoopbackIdP,
-                                                      oidc_console: str) -> None:
+def test_oidc_plain_user_signs_in_without_admin_pages(
+    browser: Browser, idp: LoopbackIdP, oidc_console: str
+) -> None:
     idp.user = "Bob@Contoso.com"
     context = browser.new_context()
     try:
@@ -96,16 +108,18 @@ def test_oidc_plain_user_signs_in_without_admin_pages(browser: Browser, idp: Loo
         context.close()
 
 
-def test_oidc_refuses_a_forged_callback_and_a_wrong_issuer(browser: Browser, idp: LoopbackIdP,
-                                                           oidc_console: str) -> None:
+def test_oidc_refuses_a_forged_callback_and_a_wrong_issuer(
+    browser: Browser, idp: LoopbackIdP, oidc_console: str
+) -> None:
     context = browser.new_context()
     try:
         page = context.new_page()
         # A callback that the console did not start (no state in the session).
         page.goto(oidc_console + "/console/sign-in/callback?code=stolen&state=forged")
         expect(page.get_by_role("alert")).to_contain_text("sign-in failed")
-        assert context.request.get(oidc_console + "/console/activity",
-                                   max_redirects=0).status == 302
+        assert (
+            context.request.get(oidc_console + "/console/activity", max_redirects=0).status == 302
+        )
         # An ID token from another issuer.
         real = idp.issuer
         idp.token_issuer = "http://evil.example"
@@ -115,15 +129,17 @@ def test_oidc_refuses_a_forged_callback_and_a_wrong_issuer(browser: Browser, idp
             expect(page.get_by_role("alert")).to_contain_text("sign-in failed")
         finally:
             idp.token_issuer = real
-        assert context.request.get(oidc_console + "/console/activity",
-                                   max_redirects=0).status == 302
+        assert (
+            context.request.get(oidc_console + "/console/activity", max_redirects=0).status == 302
+        )
     finally:
         context.close()
 
 
 def test_demo_offers_its_users(browser: Browser, tmp_path: Path) -> None:
-    settings = DemoSettings(port=0, store_port=0, data_dir=tmp_path / "demo",
-                            policy_dir=POLICIES, rate_per_minute=600)
+    settings = DemoSettings(
+        port=0, store_port=0, data_dir=tmp_path / "demo", policy_dir=POLICIES, rate_per_minute=600
+    )
     with Demo(settings, secret=SECRET) as demo:
         assert f"{demo.veil_url}/console/" in demo.banner()
         context = browser.new_context()
@@ -144,7 +160,8 @@ def test_demo_offers_its_users(browser: Browser, tmp_path: Path) -> None:
             expect(page.get_by_role("banner")).to_contain_text(PLAIN_USER)
             page.get_by_role("button", name="Activity log settings").click()
             expect(page.get_by_role("dialog", name="Activity log settings")).to_contain_text(
-                "unavailable")
+                "unavailable"
+            )
             expect(page.get_by_role("button", name="Show private activities")).to_have_count(0)
         finally:
             context.close()

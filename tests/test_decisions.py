@@ -78,19 +78,30 @@ class World:
 
     def row(self, actor: str | None, ts_ns: int | None, actor_type: str = "user") -> int:
         index = len(self.rows)
-        self.rows.append({"index": index, "id": f"r{index}", "actor": actor,
-                          "actor_type": actor_type, "ts_ns": ts_ns})
+        self.rows.append(
+            {
+                "index": index,
+                "id": f"r{index}",
+                "actor": actor,
+                "actor_type": actor_type,
+                "ts_ns": ts_ns,
+            }
+        )
         return index
 
-    def decide(self, caller: str = BOB, session_id: str | None = None,
-               now_ns: int | None = None) -> Decision:
+    def decide(
+        self, caller: str = BOB, session_id: str | None = None, now_ns: int | None = None
+    ) -> Decision:
         session = self.storage.get_session(session_id) if session_id is not None else None
-        self.engine.sync(self.storage.state_version(),
-                         lambda: self.storage.policy_data(DOMAINS))
-        document = {"caller": caller,
-                    "request": {"method": "GET", "path": "/api/activities", "query": ""},
-                    "reveal_session_id": session_id, "session": session,
-                    "now_ns": time.time_ns() if now_ns is None else now_ns, "rows": self.rows}
+        self.engine.sync(self.storage.state_version(), lambda: self.storage.policy_data(DOMAINS))
+        document = {
+            "caller": caller,
+            "request": {"method": "GET", "path": "/api/activities", "query": ""},
+            "reveal_session_id": session_id,
+            "session": session,
+            "now_ns": time.time_ns() if now_ns is None else now_ns,
+            "rows": self.rows,
+        }
         decision = Decision.read(self.engine.evaluate(orjson.dumps(document)), len(self.rows))
         assert not decision.failed, "the engine gave no well-formed decision"
         return decision
@@ -122,9 +133,14 @@ def test_r1_forward_only(world: World) -> None:
     during_first = world.private_now("finance")
     between = world.public_now("finance")
     during_second = world.private_now("finance")
-    rows = [world.row(ANN, before), world.row(ANN, during_first), world.row(ANN, between),
-            world.row(ANN, during_second), world.row(CAROL, during_second),
-            world.row(ANN, during_second + 3600 * SEC)]
+    rows = [
+        world.row(ANN, before),
+        world.row(ANN, during_first),
+        world.row(ANN, between),
+        world.row(ANN, during_second),
+        world.row(CAROL, during_second),
+        world.row(ANN, during_second + 3600 * SEC),
+    ]
     assert world.decide().private == frozenset({rows[1], rows[3], rows[5]})
 
 
@@ -210,7 +226,8 @@ def revealing(world: World) -> tuple[World, str, int]:
 
 
 def test_r4_reveal_with_a_live_session_of_an_admin_with_the_permission(
-        revealing: tuple[World, str, int]) -> None:
+    revealing: tuple[World, str, int],
+) -> None:
     world, session_id, ann = revealing
     decision = world.decide(caller=ADMIN, session_id=session_id)
     assert decision.reveal is True
@@ -218,15 +235,25 @@ def test_r4_reveal_with_a_live_session_of_an_admin_with_the_permission(
     assert decision.private == frozenset({ann})  # what the reveal shows, and what it audits
 
 
-@pytest.mark.parametrize("change,caller,reason", [
-    (lambda w, s: None, CAROL, "the reveal session belongs to another principal"),
-    (lambda w, s: w.storage.end_session(s, ADMIN, True), ADMIN, "the reveal session has ended"),
-    (lambda w, s: w.storage.revoke_viewer(ADMIN, ADMIN), ADMIN,
-     "the caller does not hold the view-private permission"),
-], ids=["not-the-owner", "ended", "permission-revoked"])
-def test_r4_r5_reveal_refused(revealing: tuple[World, str, int],
-                              change: Callable[[World, str], None], caller: str,
-                              reason: str) -> None:
+@pytest.mark.parametrize(
+    "change,caller,reason",
+    [
+        (lambda w, s: None, CAROL, "the reveal session belongs to another principal"),
+        (lambda w, s: w.storage.end_session(s, ADMIN, True), ADMIN, "the reveal session has ended"),
+        (
+            lambda w, s: w.storage.revoke_viewer(ADMIN, ADMIN),
+            ADMIN,
+            "the caller does not hold the view-private permission",
+        ),
+    ],
+    ids=["not-the-owner", "ended", "permission-revoked"],
+)
+def test_r4_r5_reveal_refused(
+    revealing: tuple[World, str, int],
+    change: Callable[[World, str], None],
+    caller: str,
+    reason: str,
+) -> None:
     world, session_id, ann = revealing
     change(world, session_id)
     decision = world.decide(caller=caller, session_id=session_id)
@@ -242,14 +269,16 @@ def test_r4_r5_admin_role_removed_ends_the_reveal(world: World) -> None:
     world.storage.remove_admin(CAROL, ADMIN)
     decision = world.decide(caller=CAROL, session_id=session["id"])
     assert decision.reveal is False
-    assert {"the caller is not an admin", "the reveal session has ended",
-            "the caller does not hold the view-private permission"} <= set(decision.refusals)
+    assert {
+        "the caller is not an admin",
+        "the reveal session has ended",
+        "the caller does not hold the view-private permission",
+    } <= set(decision.refusals)
 
 
 def test_r5_session_expires(revealing: tuple[World, str, int]) -> None:
     world, session_id, _ = revealing
-    decision = world.decide(caller=ADMIN, session_id=session_id,
-                            now_ns=time.time_ns() + 901 * SEC)
+    decision = world.decide(caller=ADMIN, session_id=session_id, now_ns=time.time_ns() + 901 * SEC)
     assert decision.reveal is False
     assert "the reveal session has expired" in decision.refusals
 
@@ -265,10 +294,16 @@ def test_r4_unknown_session(world: World) -> None:
 
 
 @pytest.fixture
-def veil(engine_kind: str, opa_url: str, store: LoopbackStore,
-         tmp_path: Path) -> Iterator[FlaskClient]:
-    app = create_app(make_config(store.url, f"sqlite:///{tmp_path / 'veil.db'}",
-                                 policy=policy_section(engine_kind, opa_url)))
+def veil(
+    engine_kind: str, opa_url: str, store: LoopbackStore, tmp_path: Path
+) -> Iterator[FlaskClient]:
+    app = create_app(
+        make_config(
+            store.url,
+            f"sqlite:///{tmp_path / 'veil.db'}",
+            policy=policy_section(engine_kind, opa_url),
+        )
+    )
     services = app.extensions["veil"]
     assert services.engine.name == engine_kind
     yield app.test_client()
@@ -279,8 +314,13 @@ def veil(engine_kind: str, opa_url: str, store: LoopbackStore,
 A = auth(ADMIN)
 
 
-def api(client: FlaskClient, method: str, path: str, body: Any = None,
-        status: int | tuple[int, ...] = (200, 201, 204)) -> Any:
+def api(
+    client: FlaskClient,
+    method: str,
+    path: str,
+    body: Any = None,
+    status: int | tuple[int, ...] = (200, 201, 204),
+) -> Any:
     response = client.open(path, method=method, json=body, headers=A)
     expected = (status,) if isinstance(status, int) else status
     assert response.status_code in expected, response.get_json()
@@ -290,22 +330,21 @@ def api(client: FlaskClient, method: str, path: str, body: Any = None,
 def test_end_to_end_hidden_rows(veil: FlaskClient, store: LoopbackStore) -> None:
     """R1, R2, built-in groups, case-insensitive UPNs and subdomains in one answer."""
     before = time.time_ns() - 60 * SEC
-    api(veil, "PUT", "/veil/v1/groups/finance", {"name": "Finance",
-                                                  "members": ["Ann@Contoso.COM"]})
+    api(veil, "PUT", "/veil/v1/groups/finance", {"name": "Finance", "members": ["Ann@Contoso.COM"]})
     for group in ("finance", "external", "application"):
         api(veil, "POST", "/veil/v1/privacy-groups", {"group": group}, 201)
     later = iso(time.time_ns() + 60 * SEC)
     store.state.rows = [
-        activity(1, "ANN@contoso.com", later),            # finance, any case: private
-        activity(2, BOB, later),                          # managed, no private group
-        activity(3, "dave@eu.contoso.com", later),        # managed subdomain
-        activity(4, "guest@fabrikam.com", later),         # external: private
-        activity(5, "guest@fabrikam.com", iso(before)),   # external, before it was private
+        activity(1, "ANN@contoso.com", later),  # finance, any case: private
+        activity(2, BOB, later),  # managed, no private group
+        activity(3, "dave@eu.contoso.com", later),  # managed subdomain
+        activity(4, "guest@fabrikam.com", later),  # external: private
+        activity(5, "guest@fabrikam.com", iso(before)),  # external, before it was private
         activity(6, "svc-backup", later, "application"),  # application: private
         activity(7, "mallory@contoso.com.evil.io", later),  # look-alike domain: external
-        activity(8, None, later),                         # R2: no actor
-        activity(9, BOB, "yesterday"),                    # R2: unreadable timestamp
-        activity(10, "Ann@Contoso.com", iso(before)),     # before finance was private
+        activity(8, None, later),  # R2: no actor
+        activity(9, BOB, "yesterday"),  # R2: unreadable timestamp
+        activity(10, "Ann@Contoso.com", iso(before)),  # before finance was private
     ]
     response = veil.get("/api/activities", headers=auth(BOB))
     assert response.status_code == 200
@@ -322,9 +361,11 @@ def test_end_to_end_reveal(veil: FlaskClient, store: LoopbackStore) -> None:
     store.state.rows = [activity(1, ANN, later), activity(2, BOB, later)]
     api(veil, "POST", "/veil/v1/admins", {"principal": CAROL}, 201)
     api(veil, "POST", "/veil/v1/private-viewers", {"principal": CAROL}, 201)
-    opened = veil.post("/veil/v1/reveal-sessions",
-                       json={"acknowledge_audit": True, "justification": "case INC-42"},
-                       headers=auth(CAROL))
+    opened = veil.post(
+        "/veil/v1/reveal-sessions",
+        json={"acknowledge_audit": True, "justification": "case INC-42"},
+        headers=auth(CAROL),
+    )
     assert opened.status_code == 201, opened.get_json()
     session = {"Veil-Reveal-Session": opened.get_json()["id"]}
 

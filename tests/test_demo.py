@@ -47,14 +47,24 @@ def data(client: FlaskClient, query: str) -> list[dict[str, Any]]:
 
 # ---- the store ----------------------------------------------------------------------------
 
+
 def test_store_rows_are_realistic_and_reproducible() -> None:
     clock = [NOW]
     rows = data(store_client(clock), "limit=5000")
     assert len(rows) == 5000
     assert rows == data(store_client(clock), "limit=5000")  # same seed, same activities
     assert rows != data(store_client(clock, seed=8), "limit=5000")
-    assert {"id", "timestamp", "user", "actorType", "activity", "app", "object", "ip",
-            "country"} <= set(rows[0])
+    assert {
+        "id",
+        "timestamp",
+        "user",
+        "actorType",
+        "activity",
+        "app",
+        "object",
+        "ip",
+        "country",
+    } <= set(rows[0])
     users = {r["user"] for r in rows if r["actorType"] == "user"}
     assert any(u.endswith("@contoso.com") for u in users)
     assert any(u.endswith("@eu.contoso.com") for u in users)
@@ -62,8 +72,13 @@ def test_store_rows_are_realistic_and_reproducible() -> None:
     apps = {r["user"] for r in rows if r["actorType"] == "application"}
     assert apps and all(re.fullmatch(r"[0-9a-f-]{36}", a) for a in apps)  # app ids
     activities = {r["activity"] for r in rows}
-    assert {"FileAccessed", "FileDownloaded", "MailItemsAccessed", "UserLoggedIn",
-            "SharingSet"} <= activities
+    assert {
+        "FileAccessed",
+        "FileDownloaded",
+        "MailItemsAccessed",
+        "UserLoggedIn",
+        "SharingSet",
+    } <= activities
     assert len({r["id"] for r in rows}) == len(rows)
     stamps = [parse_time(r["timestamp"]) for r in rows]
     assert stamps == sorted(stamps, reverse=True)  # newest first
@@ -80,8 +95,7 @@ def test_store_filters_and_pages() -> None:
     window = whole["data"]
     assert whole["next"] is None  # all of the hour in one answer
     assert len(window) > 1000
-    assert all(parse_time(since) <= parse_time(r["timestamp"]) < parse_time(until)
-               for r in window)
+    assert all(parse_time(since) <= parse_time(r["timestamp"]) < parse_time(until) for r in window)
     pages: list[dict[str, Any]] = []
     cursor = ""
     while True:
@@ -93,15 +107,28 @@ def test_store_filters_and_pages() -> None:
     assert pages == window
     user = window[0]["user"]
     assert data(client, f"since={since}&until={until}&limit=5000&user={user.upper()}") == [
-        r for r in window if r["user"] == user]
+        r for r in window if r["user"] == user
+    ]
     assert data(client, f"since={since}&until={until}&limit=5000&activity=SharingSet") == [
-        r for r in window if r["activity"] == "SharingSet"]
-    hr = {m for g in client.get("/api/directory/groups").get_json()["groups"]
-          if g["id"] == "hr" for m in g["members"]}
+        r for r in window if r["activity"] == "SharingSet"
+    ]
+    hr = {
+        m
+        for g in client.get("/api/directory/groups").get_json()["groups"]
+        if g["id"] == "hr"
+        for m in g["members"]
+    }
     assert data(client, f"since={since}&until={until}&limit=5000&department=hr") == [
-        r for r in window if r["user"] in hr]
-    for bad in ("limit=0", "limit=5001", "since=yesterday", "until=2025-11-24T10:00:00",
-                "cursor=x", "colour=blue"):
+        r for r in window if r["user"] in hr
+    ]
+    for bad in (
+        "limit=0",
+        "limit=5001",
+        "since=yesterday",
+        "until=2025-11-24T10:00:00",
+        "cursor=x",
+        "colour=blue",
+    ):
         answer = client.get(f"/api/activities?{bad}")
         assert answer.status_code == 400, bad
         assert answer.get_json()["parameter"] == bad.split("=")[0]
@@ -123,10 +150,12 @@ def test_store_keeps_producing_activities_as_time_passes() -> None:
 
 # ---- the walk-through, through Veil -------------------------------------------------------
 
+
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Demo]:
-    settings = DemoSettings(port=0, store_port=0, data_dir=tmp_path / "demo",
-                            policy_dir=POLICIES, rate_per_minute=RATE)
+    settings = DemoSettings(
+        port=0, store_port=0, data_dir=tmp_path / "demo", policy_dir=POLICIES, rate_per_minute=RATE
+    )
     with Demo(settings, secret=SECRET) as running:
         yield running
 
@@ -138,9 +167,12 @@ def http() -> Iterator[requests.Session]:
         yield session
 
 
-def test_walkthrough_works_as_printed(demo: Demo, http: requests.Session,
-                                      monkeypatch: pytest.MonkeyPatch,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_walkthrough_works_as_printed(
+    demo: Demo,
+    http: requests.Session,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """Every printed step, run as printed; and R1 (forward only) checked row by row against
     the store's own answer to the same query."""
     walk = walkthrough.steps(ADMIN)
@@ -182,16 +214,16 @@ def test_walkthrough_works_as_printed(demo: Demo, http: requests.Session,
     assert all(r["user"] in hr and parse_time(r["timestamp"]) >= start for r in new_hr)
     assert run(6)["data"] == []  # ...which Veil hides, from the admin too
     earlier = run(7)["data"]
-    assert earlier and all(r["user"] in hr and parse_time(r["timestamp"]) < start
-                           for r in earlier)
+    assert earlier and all(r["user"] in hr and parse_time(r["timestamp"]) < start for r in earlier)
 
     # R1 row by row: the same window straddling START, from the store and through Veil.
     since, until = rfc3339(start / 1e9 - 10), rfc3339(time.time() + 1)
     window = f"/api/activities?since={since}&until={until}&limit=5000"
     time.sleep(1.2)  # let "until" pass, so both answers cover exactly the same rows
     stored = http.get(demo.store_url + window, timeout=10).json()["data"]
-    shown = http.get(demo.veil_url + window, timeout=10,
-                     headers={"Authorization": f"Bearer {demo.user_token}"}).json()["data"]
+    shown = http.get(
+        demo.veil_url + window, timeout=10, headers={"Authorization": f"Bearer {demo.user_token}"}
+    ).json()["data"]
     assert len(stored) < 5000
     private = [r for r in stored if r["user"] in hr and parse_time(r["timestamp"]) >= start]
     assert private and any(r["user"] in hr for r in shown)  # hr before START stays visible
@@ -202,7 +234,8 @@ def test_walkthrough_works_as_printed(demo: Demo, http: requests.Session,
     run(10)
     revealed = run(11)["data"]  # the same query as 5 and 6, with the session
     assert revealed and revealed == store_answer(
-        f"department=hr&since={variables['START']}&limit=5", revealed)
+        f"department=hr&since={variables['START']}&limit=5", revealed
+    )
     records = run(12)["records"]
     assert records[-1]["details"]["count"] == len(revealed)
     assert records[-1]["details"]["ids"] == [r["id"] for r in revealed]
@@ -218,22 +251,29 @@ def test_walkthrough_works_as_printed(demo: Demo, http: requests.Session,
 
 
 def test_a_data_directory_keeps_state_and_tokens_across_runs(
-        tmp_path: Path, http: requests.Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, http: requests.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(SECRET_ENV, raising=False)
-    settings = DemoSettings(port=0, store_port=0, data_dir=tmp_path / "kept",
-                            policy_dir=POLICIES)
+    settings = DemoSettings(port=0, store_port=0, data_dir=tmp_path / "kept", policy_dir=POLICIES)
     with Demo(settings) as first:
         assert first.already_private == []
         token = first.admin_token
-        made = http.post(f"{first.veil_url}/veil/v1/privacy-groups", json={"group": "hr"},
-                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        made = http.post(
+            f"{first.veil_url}/veil/v1/privacy-groups",
+            json={"group": "hr"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
         assert made.status_code == 201, made.text
     assert (tmp_path / "kept" / "jwt-secret").stat().st_mode & 0o077 == 0
     with Demo(settings) as second:
         assert second.already_private == ["hr"]
         assert "already private from an earlier run" in second.banner()
-        answer = http.get(f"{second.veil_url}/veil/v1/privacy-groups", timeout=10,
-                          headers={"Authorization": f"Bearer {token}"})  # the old token
+        answer = http.get(
+            f"{second.veil_url}/veil/v1/privacy-groups",
+            timeout=10,
+            headers={"Authorization": f"Bearer {token}"},
+        )  # the old token
         assert answer.status_code == 200
         assert answer.json()["privacy_groups"][0]["group"] == "hr"
 
@@ -243,9 +283,25 @@ def test_veil_demo_command_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != SECRET_ENV}
     with (tmp_path / "stderr").open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "veil.cli", "demo", "--port", "0", "--store-port", "0",
-             "--data-dir", str(tmp_path / "demo"), "--policy-dir", str(POLICIES)],
-            stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+            [
+                sys.executable,
+                "-m",
+                "veil.cli",
+                "demo",
+                "--port",
+                "0",
+                "--store-port",
+                "0",
+                "--data-dir",
+                str(tmp_path / "demo"),
+                "--policy-dir",
+                str(POLICIES),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=env,
+        )
         try:
             lines = _read_until(process, "Press Ctrl-C", timeout_s=20)
             printed = "\n".join(lines)
@@ -256,8 +312,13 @@ def test_veil_demo_command_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             if shutil.which("curl"):  # the printed commands themselves, in a shell
                 commands = [walkthrough.curl(s) for s in first_steps]
                 assert all(c in printed for c in commands)
-                shell = subprocess.run(["sh", "-ec", "\n".join(commands)], env={**env, **exports},
-                                       capture_output=True, text=True, timeout=30)
+                shell = subprocess.run(
+                    ["sh", "-ec", "\n".join(commands)],
+                    env={**env, **exports},
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
                 assert shell.returncode == 0, shell.stderr
                 assert shell.stdout.count('"actorType"') == 9
             with requests.Session() as http:
@@ -299,47 +360,66 @@ def _read_until(process: subprocess.Popen[str], marker: str, timeout_s: float) -
             return seen
 
 
-def test_printed_veil_commands_run_without_activating_the_venv(demo: Demo,
-                                                               tmp_path: Path) -> None:
+def test_printed_veil_commands_run_without_activating_the_venv(demo: Demo, tmp_path: Path) -> None:
     banner = demo.banner()
     listing = next(line for line in banner.splitlines() if " privacy-groups list " in line)
     assert not listing.startswith("veil ")  # the full path, or python -m veil
     bare = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no venv, no secret
-    done = subprocess.run(["sh", "-ec", listing], env=bare, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        ["sh", "-ec", listing], env=bare, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().startswith("[")
     lines = banner.splitlines()
     token_at = next(n for n, line in enumerate(lines) if " token --sub " in line)
     assert lines[token_at - 1].startswith(f"export {SECRET_ENV}=")
-    done = subprocess.run(["sh", "-ec", "\n".join(lines[token_at - 1:token_at + 1])],
-                          env=bare, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["sh", "-ec", "\n".join(lines[token_at - 1 : token_at + 1])],
+        env=bare,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
-    answer = requests.get(f"{demo.veil_url}/api/activities?limit=1", timeout=10,
-                          headers={"Authorization": f"Bearer {done.stdout.strip()}"})
+    answer = requests.get(
+        f"{demo.veil_url}/api/activities?limit=1",
+        timeout=10,
+        headers={"Authorization": f"Bearer {done.stdout.strip()}"},
+    )
     assert answer.status_code == 200
 
 
 def test_access_logs_say_whether_the_store_or_veil_answered(
-        demo: Demo, http: requests.Session, capfd: pytest.CaptureFixture[str]) -> None:
+    demo: Demo, http: requests.Session, capfd: pytest.CaptureFixture[str]
+) -> None:
     capfd.readouterr()
-    assert http.get(f"{demo.store_url}/api/activities?limit=1&probe=store",
-                    timeout=10).status_code in (200, 400)
-    assert http.get(f"{demo.veil_url}/api/activities?limit=1",
-                    headers={"Authorization": f"Bearer {demo.admin_token}"},
-                    timeout=10).status_code == 200
+    assert http.get(
+        f"{demo.store_url}/api/activities?limit=1&probe=store", timeout=10
+    ).status_code in (200, 400)
+    assert (
+        http.get(
+            f"{demo.veil_url}/api/activities?limit=1",
+            headers={"Authorization": f"Bearer {demo.admin_token}"},
+            timeout=10,
+        ).status_code
+        == 200
+    )
     logged = capfd.readouterr().err.splitlines()
     assert not [line for line in logged if "\x1b" in line]  # no colour codes in a capture
-    assert any(line.startswith("store | ") and "/api/activities?limit=1&probe=store" in line
-               for line in logged), logged
-    assert any(line.startswith("veil  | ") and '"GET /api/activities?limit=1 HTTP' in line
-               for line in logged), logged
+    assert any(
+        line.startswith("store | ") and "/api/activities?limit=1&probe=store" in line
+        for line in logged
+    ), logged
+    assert any(
+        line.startswith("veil  | ") and '"GET /api/activities?limit=1 HTTP' in line
+        for line in logged
+    ), logged
     assert "'store |' is the activity store, 'veil  |' is Veil" in demo.banner()
 
 
 def test_demo_help_and_error_tell_where_policies_come_from(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from veil.demo import runner
     from veil.errors import VeilError
 

@@ -40,9 +40,18 @@ ANSWERS_PER_WORLD = 8
 
 T0 = 1_704_067_200_000_000_000  # 2024-01-01T00:00:00Z
 HOUR = 3_600_000_000_000
-USERS = ["ann@contoso.com", "bob@contoso.com", "carl@eu.contoso.com", "dora@contoso.com",
-         "eve@fabrikam.com", "finn@xcontoso.com", "gus@contoso.com.evil", "nodomain",
-         "ida@sub.eu.contoso.com", "alice@contoso.com"]
+USERS = [
+    "ann@contoso.com",
+    "bob@contoso.com",
+    "carl@eu.contoso.com",
+    "dora@contoso.com",
+    "eve@fabrikam.com",
+    "finn@xcontoso.com",
+    "gus@contoso.com.evil",
+    "nodomain",
+    "ida@sub.eu.contoso.com",
+    "alice@contoso.com",
+]
 APPS = ["app-backup", "app-sync", "11111111-2222-3333-4444-555555555555"]
 GROUPS = ["finance", "hr", "legal", "ops"]
 
@@ -89,9 +98,11 @@ def test_every_policy_test_passes_on_both_evaluators(opa: Any, policy_set: Path)
     embedded = {r.case.name: r.status for r in run.results if r.status != "SKIP"}
     on_opa = opa_test_outcomes(opa, modules)
     assert len(embedded) >= 20 and set(embedded) == set(on_opa)
-    differ = [f"{name}: embedded {embedded[name]}, OPA {on_opa[name]!r}"
-              for name in sorted(embedded)
-              if (embedded[name] == "PASS") != (on_opa[name] is True)]
+    differ = [
+        f"{name}: embedded {embedded[name]}, OPA {on_opa[name]!r}"
+        for name in sorted(embedded)
+        if (embedded[name] == "PASS") != (on_opa[name] is True)
+    ]
     assert not differ, "the evaluators disagree on policy tests:\n" + "\n".join(differ)
     assert all(status == "PASS" for status in embedded.values())
 
@@ -103,9 +114,10 @@ def generate_data(rng: random.Random) -> dict[str, Any]:
     groups: dict[str, Any] = {}
     for group in GROUPS:
         members = rng.sample(USERS, rng.randint(0, 4))
-        former = {user: T0 + rng.randint(-2, 30) * HOUR
-                  for user in rng.sample([u for u in USERS if u not in members],
-                                         rng.randint(0, 2))}
+        former = {
+            user: T0 + rng.randint(-2, 30) * HOUR
+            for user in rng.sample([u for u in USERS if u not in members], rng.randint(0, 2))
+        }
         groups[group] = {"name": group.title(), "members": dict.fromkeys(members, True)}
         if former:
             groups[group]["former_members"] = former
@@ -115,18 +127,23 @@ def generate_data(rng: random.Random) -> dict[str, Any]:
         for n in range(rng.randint(1, 3)):
             end = start + rng.randint(1, 12) * HOUR
             last = n == 2 or rng.random() < 0.4
-            intervals.append({"start_ns": start, "end_ns": None if last and rng.random() < 0.6
-                              else end})
+            intervals.append(
+                {"start_ns": start, "end_ns": None if last and rng.random() < 0.6 else end}
+            )
             if intervals[-1]["end_ns"] is None:
                 break
             start = end + rng.randint(0, 6) * HOUR
         privacy_groups[group] = intervals
     people = ["alice@contoso.com", "bob@contoso.com", "ann@contoso.com"]
-    return {"groups": groups, "privacy_groups": privacy_groups,
-            "admins": dict.fromkeys(rng.sample(people, rng.randint(0, 3)), True),
-            "viewers": dict.fromkeys(rng.sample(people, rng.randint(0, 3)), True),
-            "managed_domains": rng.sample(["contoso.com", "eu.contoso.com", "fabrikam.com"],
-                                          rng.randint(0, 2))}
+    return {
+        "groups": groups,
+        "privacy_groups": privacy_groups,
+        "admins": dict.fromkeys(rng.sample(people, rng.randint(0, 3)), True),
+        "viewers": dict.fromkeys(rng.sample(people, rng.randint(0, 3)), True),
+        "managed_domains": rng.sample(
+            ["contoso.com", "eu.contoso.com", "fabrikam.com"], rng.randint(0, 2)
+        ),
+    }
 
 
 def bounds(data: dict[str, Any]) -> list[int]:
@@ -158,27 +175,42 @@ def generate_input(rng: random.Random, data: dict[str, Any]) -> dict[str, Any]:
             ts = T0 + rng.randint(-10 * HOUR, 60 * HOUR)
         else:
             ts = None
-        rows.append({"index": index, "id": f"a{index}", "actor": actor,
-                     "actor_type": actor_type, "ts_ns": ts})
+        rows.append(
+            {
+                "index": index,
+                "id": f"a{index}",
+                "actor": actor,
+                "actor_type": actor_type,
+                "ts_ns": ts,
+            }
+        )
     caller = rng.choice(["alice@contoso.com", "bob@contoso.com", "ann@contoso.com"])
     now = T0 + rng.randint(0, 40) * HOUR
     session_id = rng.choice([None, "rs_1"])
     session = None
     if session_id is not None and rng.random() < 0.85:
-        session = {"id": session_id, "owner": rng.choice([caller, caller, "bob@contoso.com"]),
-                   "justification": "ticket SEC-1", "ended": rng.random() < 0.15,
-                   "expires_ns": now + rng.choice([-HOUR, 0, HOUR, 2 * HOUR, 3 * HOUR])}
-    return {"caller": caller, "request": {"method": "GET", "path": "/api/activities",
-                                          "query": ""},
-            "reveal_session_id": session_id, "session": session, "now_ns": now, "rows": rows}
+        session = {
+            "id": session_id,
+            "owner": rng.choice([caller, caller, "bob@contoso.com"]),
+            "justification": "ticket SEC-1",
+            "ended": rng.random() < 0.15,
+            "expires_ns": now + rng.choice([-HOUR, 0, HOUR, 2 * HOUR, 3 * HOUR]),
+        }
+    return {
+        "caller": caller,
+        "request": {"method": "GET", "path": "/api/activities", "query": ""},
+        "reveal_session_id": session_id,
+        "session": session,
+        "now_ns": now,
+        "rows": rows,
+    }
 
 
 def corpus() -> Iterator[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
     rng = random.Random(SEED)
     for world in range(WORLDS):
         data = generate_data(rng)
-        yield f"world {world}", data, [generate_input(rng, data)
-                                       for _ in range(ANSWERS_PER_WORLD)]
+        yield f"world {world}", data, [generate_input(rng, data) for _ in range(ANSWERS_PER_WORLD)]
 
 
 def comparable(result: Any, rows: int) -> tuple[Any, ...]:
@@ -202,18 +234,18 @@ def test_a_generated_corpus_gets_the_same_decisions(opa: Any, tmp_path: Path) ->
         for number, document in enumerate(inputs):
             rows = len(document["rows"])
             ours = comparable(embedded.evaluate(orjson.dumps(document)), rows)
-            theirs = comparable(reference.eval_document(DECISION[len("data."):], document),
-                                rows)
+            theirs = comparable(reference.eval_document(DECISION[len("data.") :], document), rows)
             compared += 1
             hidden += len(ours[0])
             revealed += ours[1]
             refused += bool(ours[2])
             if ours != theirs:
                 case = tmp_path / f"disagreement-{version}-{number}.json"
-                case.write_text(json.dumps({"input": document, "data": {"veil": data}},
-                                           indent=1))
-                disagreements.append(f"{world}, answer {number} (seed {SEED}; input and data in "
-                                     f"{case}): embedded {ours}, OPA {theirs}")
+                case.write_text(json.dumps({"input": document, "data": {"veil": data}}, indent=1))
+                disagreements.append(
+                    f"{world}, answer {number} (seed {SEED}; input and data in "
+                    f"{case}): embedded {ours}, OPA {theirs}"
+                )
         reference.close()
     embedded.close()
     assert not disagreements, "\n".join(disagreements)

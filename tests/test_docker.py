@@ -61,7 +61,7 @@ def instruction(name: str) -> list[str]:
 def exec_form(name: str) -> list[str]:
     (rest,) = instruction(name)[-1:]
     if name == "HEALTHCHECK":
-        rest = rest[rest.index("CMD ") + len("CMD "):]
+        rest = rest[rest.index("CMD ") + len("CMD ") :]
     value = json.loads(rest)
     assert isinstance(value, list) and all(isinstance(v, str) for v in value)
     return value
@@ -90,6 +90,7 @@ def compose_env(service: dict[str, Any], values: dict[str, str]) -> dict[str, st
             if op.endswith("-"):
                 return rest
             raise AssertionError(f"compose needs ${name} from the environment: {rest}")
+
         return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}", one, text)
 
     return {name: resolve(str(value)) for name, value in env.items()}
@@ -174,7 +175,7 @@ def test_veil_mounts_and_ports_agree_with_its_config_and_image() -> None:
     assert found[option(command, "--config")] == ("./veil.yaml", True)
     assert found[str(config.policy.dir)] == ("../policies", True)  # policies read-only
     assert (DOCKER / "../policies").resolve() == POLICIES
-    data_dir = str(Path(config.storage.url[len("sqlite:///"):]).parent)
+    data_dir = str(Path(config.storage.url[len("sqlite:///") :]).parent)
     assert data_dir in found and not found[data_dir][1]  # the database is written
     port = int(option(command, "--port"))
     assert published(veil) == {port: ("127.0.0.1", str(port))}  # loopback only
@@ -201,8 +202,9 @@ def test_dockerfile_is_slim_non_root_and_checks_healthz_with_python() -> None:
     assert instruction("FROM") == ["python:3.11-slim"]
     user = instruction("USER")[-1].split(":")[0]
     assert user not in ("root", "0")
-    assert any(re.search(r"\bpip install \"\.\[postgres\]\"(\s|$)", run)
-               for run in instruction("RUN"))  # one image for SQLite and PostgreSQL
+    assert any(
+        re.search(r"\bpip install \"\.\[postgres\]\"(\s|$)", run) for run in instruction("RUN")
+    )  # one image for SQLite and PostgreSQL
     check = exec_form("HEALTHCHECK")
     assert check[0] == "python"
     assert "/healthz" in check[-1]
@@ -220,8 +222,9 @@ def opa() -> Iterator[FakeOpa]:
     server.close()
 
 
-def test_the_image_entry_command_serves_healthz(store: LoopbackStore, opa: FakeOpa,
-                                                tmp_path: Path) -> None:
+def test_the_image_entry_command_serves_healthz(
+    store: LoopbackStore, opa: FakeOpa, tmp_path: Path
+) -> None:
     """The Dockerfile's ENTRYPOINT + CMD, run here: only the config path and the port change
     (the config is docker/veil.yaml with loopback addresses); then its HEALTHCHECK passes."""
     document = yaml.safe_load((DOCKER / "veil.yaml").read_text())
@@ -238,8 +241,9 @@ def test_the_image_entry_command_serves_healthz(store: LoopbackStore, opa: FakeO
     argv[0] = str(Path(sys.executable).parent / argv[0])  # the venv's `veil` script
     env = {**os.environ, **compose_env(compose()["services"]["veil"], SECRET)}
     env.pop("VEIL_CONFIG", None)
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         try:
             answer = wait_until_ready(f"http://127.0.0.1:{port}/healthz", 60, process=process)
@@ -251,11 +255,20 @@ def test_the_image_entry_command_serves_healthz(store: LoopbackStore, opa: FakeO
         ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
         assert ready.json()["checks"] == {"store": True, "engine": True, "storage": True}
         assert opa.policy_ids() == [
-            f"veil/veil/privacy/{name}.rego" for name in (
-                "built_in_groups", "decision", "private_windows", "reveal", "unreadable_rows",
-                "windows")]
-        check = [sys.executable if part == "python" else part.replace(":8080/", f":{port}/")
-                 for part in exec_form("HEALTHCHECK")]
+            f"veil/veil/privacy/{name}.rego"
+            for name in (
+                "built_in_groups",
+                "decision",
+                "private_windows",
+                "reveal",
+                "unreadable_rows",
+                "windows",
+            )
+        ]
+        check = [
+            sys.executable if part == "python" else part.replace(":8080/", f":{port}/")
+            for part in exec_form("HEALTHCHECK")
+        ]
         assert subprocess.run(check, timeout=10).returncode == 0
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -278,14 +291,14 @@ def test_setup_service_runs_the_setup_against_the_compose_services() -> None:
     assert setup["entrypoint"] == ["python", "-m", "veil.demo.setup"]
     assert set(setup["depends_on"]) == {"veil", "store"}
     command = setup["command"]
-    assert mounts(setup)[option(command, "--config")] == mounts(veil)[
-        option(veil["command"], "--config")]
+    assert (
+        mounts(setup)[option(command, "--config")]
+        == mounts(veil)[option(veil["command"], "--config")]
+    )
     assert compose_env(setup, SECRET) == compose_env(veil, SECRET)
     config = container_config()
-    veil_url, store_url = urlsplit(option(command, "--veil")), urlsplit(option(command,
-                                                                               "--store"))
-    assert (veil_url.hostname, veil_url.port) == ("veil", int(option(veil["command"],
-                                                                     "--port")))
+    veil_url, store_url = urlsplit(option(command, "--veil")), urlsplit(option(command, "--store"))
+    assert (veil_url.hostname, veil_url.port) == ("veil", int(option(veil["command"], "--port")))
     assert option(command, "--store") == config.upstream.url
     assert store_url.port in published(services["store"])
     assert urlsplit(option(command, "--public-veil")).port in published(veil)
@@ -311,8 +324,10 @@ def demo_store_and_veil(tmp_path: Path) -> Iterator[tuple[str, str]]:
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield (f"http://127.0.0.1:{servers[1].server_port}",
-               f"http://127.0.0.1:{servers[0].server_port}")
+        yield (
+            f"http://127.0.0.1:{servers[1].server_port}",
+            f"http://127.0.0.1:{servers[0].server_port}",
+        )
     finally:
         for server in servers:
             server.shutdown()
@@ -321,7 +336,8 @@ def demo_store_and_veil(tmp_path: Path) -> Iterator[tuple[str, str]]:
 
 
 def test_setup_imports_the_demo_groups_and_prints_working_tokens(
-        demo_store_and_veil: tuple[str, str], tmp_path: Path) -> None:
+    demo_store_and_veil: tuple[str, str], tmp_path: Path
+) -> None:
     """The setup service's command, run here with loopback addresses for the service names."""
     veil_url, store_url = demo_store_and_veil
     command = compose()["services"]["setup"]["command"]
@@ -332,19 +348,24 @@ def test_setup_imports_the_demo_groups_and_prints_working_tokens(
     env = {**os.environ, **compose_env(compose()["services"]["setup"], SECRET)}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    exports = {name: value for line in done.stdout.splitlines() if line.startswith("export ")
-               for name, value in re.findall(r"(\w+)=(\S+)", line)}
+    exports = {
+        name: value
+        for line in done.stdout.splitlines()
+        if line.startswith("export ")
+        for name, value in re.findall(r"(\w+)=(\S+)", line)
+    }
     assert exports["VEIL"] == "http://127.0.0.1:8080"  # as the host reaches it
     with requests.Session() as http:
         http.trust_env = False
         admin = {"Authorization": f"Bearer {exports['ADMIN_TOKEN']}"}
-        groups = http.get(f"{veil_url}/veil/v1/groups", headers=admin,
-                          timeout=10).json()["groups"]
+        groups = http.get(f"{veil_url}/veil/v1/groups", headers=admin, timeout=10).json()["groups"]
         imported = {g["id"] for g in groups}
         assert {"hr", "it", "sales"} <= imported
         user = {"Authorization": f"Bearer {exports['USER_TOKEN']}"}
-        assert http.get(f"{veil_url}/api/activities?limit=2", headers=user,
-                        timeout=10).status_code == 200
+        assert (
+            http.get(f"{veil_url}/api/activities?limit=2", headers=user, timeout=10).status_code
+            == 200
+        )
     assert "groups imported from the demo store: " in done.stdout
     # Run again (compose restarts nothing, but an operator may): groups are replaced, no error.
     again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
@@ -352,10 +373,21 @@ def test_setup_imports_the_demo_groups_and_prints_working_tokens(
 
 
 def test_setup_waits_for_veil_and_gives_up_with_a_clear_error(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "veil.demo.setup", "--config", str(DOCKER / "veil.yaml"),
-            "--veil", f"http://127.0.0.1:{free_port()}", "--store", "http://127.0.0.1:9",
-            "--timeout", "1"]
-    done = subprocess.run(argv, env={**os.environ, **SECRET}, capture_output=True, text=True,
-                          timeout=60)
+    argv = [
+        sys.executable,
+        "-m",
+        "veil.demo.setup",
+        "--config",
+        str(DOCKER / "veil.yaml"),
+        "--veil",
+        f"http://127.0.0.1:{free_port()}",
+        "--store",
+        "http://127.0.0.1:9",
+        "--timeout",
+        "1",
+    ]
+    done = subprocess.run(
+        argv, env={**os.environ, **SECRET}, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2
     assert "Veil did not answer at http://127.0.0.1:" in done.stderr

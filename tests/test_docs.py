@@ -24,8 +24,11 @@ def test_rules_md_states_r1_to_r12_once_each() -> None:
 
 def test_documents_cite_rules_md_not_a_spec_outside_the_repository() -> None:
     rego = sorted((ROOT / "policies").rglob("*.rego"))
-    citing = [ROOT / "README.md", ROOT / "policies" / "README.md",
-              *(path for path in rego if not path.name.endswith("_test.rego"))]
+    citing = [
+        ROOT / "README.md",
+        ROOT / "policies" / "README.md",
+        *(path for path in rego if not path.name.endswith("_test.rego")),
+    ]
     assert len(citing) > 2
     for path in [*citing, *rego, *sorted((ROOT / "src" / "veil").rglob("*.py"))]:
         text = path.read_text()
@@ -96,15 +99,20 @@ def test_readme_config_defaults_are_the_schemas() -> None:
         assert key in schema, f"the README documents {key}, which the schema does not know"
         expected = schema[key]
         if value is NO_DEFAULT or expected is NO_DEFAULT:
-            assert value is expected, f"{key}: README and schema disagree on whether it " \
-                                      f"has a default ({expected!r} in the schema)"
+            assert value is expected, (
+                f"{key}: README and schema disagree on whether it "
+                f"has a default ({expected!r} in the schema)"
+            )
         else:  # compared as JSON: 0 is not false
-            assert json.dumps(value) == json.dumps(expected), \
+            assert json.dumps(value) == json.dumps(expected), (
                 f"{key}: the README says {value!r}, the schema's default is {expected!r}"
+            )
     sections = {key for key, value in schema.items() if value == {}}
-    undocumented = sorted(key for key, value in schema.items()
-                          if value is not NO_DEFAULT and key not in sections
-                          and key not in documented)
+    undocumented = sorted(
+        key
+        for key, value in schema.items()
+        if value is not NO_DEFAULT and key not in sections and key not in documented
+    )
     assert undocumented == [], "defaults missing from the README's configuration table"
 
 
@@ -119,7 +127,9 @@ def test_policy_files_and_the_documents_that_cite_them_agree() -> None:
     citations = 0
     for document in (ROOT / "README.md", ROOT / "policies" / "README.md", RULES):
         for cited in re.findall(r"\b([a-z][a-z_]*\.rego)\b", document.read_text()):
-            assert cited in shipped or (ROOT / "docs/examples" / cited).is_file(), \
-                (document.name, cited)
+            assert cited in shipped or (ROOT / "docs/examples" / cited).is_file(), (
+                document.name,
+                cited,
+            )
             citations += 1
     assert citations >= len(shipped)

@@ -52,20 +52,29 @@ SHIPPED = load_modules(POLICIES)
 HEADER = "package veil.privacy\n\nimport rego.v1\n\n"
 
 # Authors' rules, as policy authors write them (policies/README.md, "Adding a rule").
-RAW_RULE = HEADER + ('private_rows contains i if {\n\tsome i, row in input.rows\n'
-                     '\trow.raw.activity == "FileDownloaded"\n}\n')
-ACTOR_RULE = HEADER + ('private_rows contains i if {\n\tsome i, row in input.rows\n'
-                       '\tis_string(row.actor)\n\tstartswith(row.actor, "ops")\n'
-                       '\trow.ts_ns > 1704070800000000000\n}\n')
+RAW_RULE = HEADER + (
+    "private_rows contains i if {\n\tsome i, row in input.rows\n"
+    '\trow.raw.activity == "FileDownloaded"\n}\n'
+)
+ACTOR_RULE = HEADER + (
+    "private_rows contains i if {\n\tsome i, row in input.rows\n"
+    '\tis_string(row.actor)\n\tstartswith(row.actor, "ops")\n'
+    "\trow.ts_ns > 1704070800000000000\n}\n"
+)
 # Re-uses a shipped helper: still the policy's word, evaluated by the engine.
-HELPER_RULE = HEADER + ('private_rows contains i if {\n\tsome i in rows_without_timestamp\n'
-                        '\tinput.rows[i].actor_type == "application"\n}\n')
+HELPER_RULE = HEADER + (
+    "private_rows contains i if {\n\tsome i in rows_without_timestamp\n"
+    '\tinput.rows[i].actor_type == "application"\n}\n'
+)
 # Adds a definition to a shipped helper: R2's timestamp rule is no longer the shipped one.
-CHANGED_HELPER = HEADER + ('rows_without_timestamp contains i if {\n\tsome i, row in input.rows\n'
-                           '\trow.id == "a3"\n}\n')
+CHANGED_HELPER = HEADER + (
+    'rows_without_timestamp contains i if {\n\tsome i, row in input.rows\n\trow.id == "a3"\n}\n'
+)
 # Adds to data.veil.privacy.private_rows from the parent package: Veil evaluates the decision.
-PARENT_RULE = ("package veil\n\nimport rego.v1\n\nprivacy.private_rows contains i if {\n"
-               "\tsome i, row in input.rows\n\trow.raw.activity == \"MailSent\"\n}\n")
+PARENT_RULE = (
+    "package veil\n\nimport rego.v1\n\nprivacy.private_rows contains i if {\n"
+    '\tsome i, row in input.rows\n\trow.raw.activity == "MailSent"\n}\n'
+)
 VARIANTS: dict[str, list[str]] = {
     "shipped": [],
     "raw rule": [RAW_RULE],
@@ -85,11 +94,12 @@ def opa_bindings_module() -> Any:
     try:
         import opa_bindings
     except ImportError as exc:
-        reason = ("opa_bindings (OPA's Go evaluator) is not installed: pip install "
-                  "--ignore-requires-python opa-golib-python-bindings")
+        reason = (
+            "opa_bindings (OPA's Go evaluator) is not installed: pip install "
+            "--ignore-requires-python opa-golib-python-bindings"
+        )
         if in_ci():
-            pytest.fail(reason + " (CI is set: the OPA differential test must run)",
-                        pytrace=False)
+            pytest.fail(reason + " (CI is set: the OPA differential test must run)", pytrace=False)
         pytest.skip(reason)
         raise AssertionError("unreachable") from exc
     return opa_bindings
@@ -107,10 +117,12 @@ def policy_set(tmp_path: Path, extra: list[str]) -> list[PolicyModule]:
 
 # ---- the generated corpus ----------------------------------------------------------------
 
-USERS = ([f"emp{n}@contoso.com" for n in range(12)] + [f"eu{n}@eu.contoso.com" for n in range(4)]
-         + [f"guest{n}@fabrikam.com" for n in range(4)] + ["ops1@contoso.com", "ops-robot",
-                                                           "x@evil.com.contoso.com",
-                                                           "contoso.com@evil.com"])
+USERS = (
+    [f"emp{n}@contoso.com" for n in range(12)]
+    + [f"eu{n}@eu.contoso.com" for n in range(4)]
+    + [f"guest{n}@fabrikam.com" for n in range(4)]
+    + ["ops1@contoso.com", "ops-robot", "x@evil.com.contoso.com", "contoso.com@evil.com"]
+)
 APPS = ["11111111-aaaa", "sync-app", "ops-robot", "backup"]  # "ops-robot" is a user too
 ACTIVITIES = ["FileDownloaded", "FileAccessed", "MailSent", "Login"]
 
@@ -132,18 +144,25 @@ def random_state(rng: random.Random) -> dict[str, Any]:
     groups: dict[str, Any] = {}
     for g in range(rng.randint(1, 5)):
         members = rng.sample(USERS + APPS, rng.randint(0, 8))
-        former = {actor: T0 + rng.randrange(-4, 6) * HOUR
-                  for actor in rng.sample(USERS, rng.randint(0, 4))}
-        groups[f"g{g}"] = {"name": f"G{g}", "members": dict.fromkeys(members, True),
-                           "former_members": former}
+        former = {
+            actor: T0 + rng.randrange(-4, 6) * HOUR
+            for actor in rng.sample(USERS, rng.randint(0, 4))
+        }
+        groups[f"g{g}"] = {
+            "name": f"G{g}",
+            "members": dict.fromkeys(members, True),
+            "former_members": former,
+        }
     private = [name for name in groups if rng.random() < 0.7]
     private += [name for name in ("application", "external") if rng.random() < 0.5]
     private += ["never-imported"] if rng.random() < 0.2 else []
-    return {"groups": groups,
-            "privacy_groups": {name: intervals(rng) for name in private},
-            "admins": {}, "viewers": {},
-            "managed_domains": rng.choice([["contoso.com"], ["contoso.com", "fabrikam.com"],
-                                           []])}
+    return {
+        "groups": groups,
+        "privacy_groups": {name: intervals(rng) for name in private},
+        "admins": {},
+        "viewers": {},
+        "managed_domains": rng.choice([["contoso.com"], ["contoso.com", "fabrikam.com"], []]),
+    }
 
 
 def random_rows(rng: random.Random, count: int) -> list[dict[str, Any]]:
@@ -159,29 +178,48 @@ def random_rows(rng: random.Random, count: int) -> list[dict[str, Any]]:
             ts = None
         elif roll < 0.13 and ts is not None:
             ts = T0 + rng.choice([0, HOUR, 2 * HOUR])  # exactly on a boundary
-        rows.append({"index": i, "id": f"a{i}", "actor": actor, "actor_type": kind,
-                     "ts_ns": ts, "raw": {"id": f"a{i}", "activity": rng.choice(ACTIVITIES)}})
+        rows.append(
+            {
+                "index": i,
+                "id": f"a{i}",
+                "actor": actor,
+                "actor_type": kind,
+                "ts_ns": ts,
+                "raw": {"id": f"a{i}", "activity": rng.choice(ACTIVITIES)},
+            }
+        )
     return rows
 
 
 def document(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"caller": "bob@contoso.com", "request": {"method": "GET", "path": "/api/activities",
-                                                     "query": ""},
-            "reveal_session_id": None, "session": None, "now_ns": T0, "rows": rows}
+    return {
+        "caller": "bob@contoso.com",
+        "request": {"method": "GET", "path": "/api/activities", "query": ""},
+        "reveal_session_id": None,
+        "session": None,
+        "now_ns": T0,
+        "rows": rows,
+    }
 
 
-def corpus(seed: int, states: int, answers: int) -> Iterator[tuple[int, dict[str, Any],
-                                                                   list[list[dict[str, Any]]]]]:
+def corpus(
+    seed: int, states: int, answers: int
+) -> Iterator[tuple[int, dict[str, Any], list[list[dict[str, Any]]]]]:
     rng = random.Random(seed)
     for version in range(1, states + 1):
-        yield version, random_state(rng), [random_rows(rng, rng.randint(0, 60))
-                                           for _ in range(answers)]
+        yield (
+            version,
+            random_state(rng),
+            [random_rows(rng, rng.randint(0, 60)) for _ in range(answers)],
+        )
 
 
 # ---- the engines, plainly and through the fast path ----------------------------------------
 
-def plain_regorus(modules: list[PolicyModule], data: dict[str, Any],
-                  rows: list[dict[str, Any]], now_ns: int = T0) -> frozenset[int]:
+
+def plain_regorus(
+    modules: list[PolicyModule], data: dict[str, Any], rows: list[dict[str, Any]], now_ns: int = T0
+) -> frozenset[int]:
     engine = new_engine([m for m in modules if not m.is_test])
     engine.add_data_json(orjson.dumps({"veil": data}).decode())
     engine.set_input_json(orjson.dumps({**document(rows), "now_ns": now_ns}).decode())
@@ -201,14 +239,14 @@ class BindingsEvaluation:
     def evaluate(self, rule: str, input_json: bytes) -> Any:
         self.asked.append(rule)
         try:
-            return self.engine.eval_document(rule.removeprefix("data."),
-                                             orjson.loads(input_json))
+            return self.engine.eval_document(rule.removeprefix("data."), orjson.loads(input_json))
         except Exception as exc:
             raise PolicyError(f"OPA: {exc}") from exc
 
 
-def opa_engine(bindings: Any, modules: list[PolicyModule] | tuple[PolicyModule, ...],
-               data: dict[str, Any]) -> Any:
+def opa_engine(
+    bindings: Any, modules: list[PolicyModule] | tuple[PolicyModule, ...], data: dict[str, Any]
+) -> Any:
     engine = bindings.OpaEngine()
     for module in modules:
         if not module.is_test:
@@ -247,8 +285,9 @@ def test_fast_path_matches_the_plain_decision_on_opa(variant: str, tmp_path: Pat
         plain = opa_engine(bindings, modules, data)
         fast = opa_engine(bindings, served, data)
         for rows in answers:
-            verdict = Decision.read(plain.eval_document("veil.privacy.decision",
-                                                        document(rows)), len(rows))
+            verdict = Decision.read(
+                plain.eval_document("veil.privacy.decision", document(rows)), len(rows)
+            )
             assert not verdict.failed
             evaluation = BindingsEvaluation(fast, row_plan, ("opa", variant, version))
             got = decider.decide(evaluation, document(rows), rows)
@@ -271,30 +310,49 @@ def store_rows(rng: random.Random, rows: list[dict[str, Any]]) -> list[Any]:
             moment = datetime.fromtimestamp(ts / 1e9, UTC)
             roll = rng.random()
             if roll < 0.6:
-                written = (moment.strftime("%Y-%m-%dT%H:%M:%S.")
-                           + f"{moment.microsecond // 1000:03d}Z")
+                written = (
+                    moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+                )
             elif roll < 0.75:
                 written = moment.astimezone(timezone(timedelta(hours=2))).isoformat()
             elif roll < 0.9:
                 written = ts // 1_000_000
             else:
-                written = rng.choice(["1600-01-01T00:00:00.000Z", "2300-01-01T00:00:00.000Z",
-                                      "1677-09-21T00:12:43.145Z", "2262-04-11T23:47:16.854Z",
-                                      "1678-01-01T00:00:00.000Z", "2261-12-31T23:59:59.999Z",
-                                      "2024-13-01T00:00:00.000Z", "2024-01-01T00:00:00.000z",
-                                      "2024-01-01T00:00:00", 1.5e20, True])
+                written = rng.choice(
+                    [
+                        "1600-01-01T00:00:00.000Z",
+                        "2300-01-01T00:00:00.000Z",
+                        "1677-09-21T00:12:43.145Z",
+                        "2262-04-11T23:47:16.854Z",
+                        "1678-01-01T00:00:00.000Z",
+                        "2261-12-31T23:59:59.999Z",
+                        "2024-13-01T00:00:00.000Z",
+                        "2024-01-01T00:00:00.000z",
+                        "2024-01-01T00:00:00",
+                        1.5e20,
+                        True,
+                    ]
+                )
         kind = row["actor_type"]
-        written_kind: Any = rng.choice(["application", "Application", " app"]) if (
-            kind == "application") else rng.choice(["user", "User", None, 3])
-        out.append({"id": rng.choice([row["id"], 2**64, -(2**63), 7]), "user": row["actor"],
-                    "actorType": written_kind, "timestamp": written,
-                    "activity": row["raw"]["activity"]})
+        written_kind: Any = (
+            rng.choice(["application", "Application", " app"])
+            if (kind == "application")
+            else rng.choice(["user", "User", None, 3])
+        )
+        out.append(
+            {
+                "id": rng.choice([row["id"], 2**64, -(2**63), 7]),
+                "user": row["actor"],
+                "actorType": written_kind,
+                "timestamp": written,
+                "activity": row["raw"]["activity"],
+            }
+        )
     return out
 
 
 @pytest.mark.parametrize("variant", ["shipped", "actor rule", "helper rule"])
-def test_facts_of_store_rows_decide_as_the_plain_decision(variant: str,
-                                                          tmp_path: Path) -> None:
+def test_facts_of_store_rows_decide_as_the_plain_decision(variant: str, tmp_path: Path) -> None:
     """What ``veil.filtering`` runs for an answer without a reveal, on a policy Veil follows:
     the rows' facts read straight from the store's rows (no dict per row, times turned into
     nanoseconds only when a window is compared), against a plain evaluation of the decision
@@ -313,8 +371,7 @@ def test_facts_of_store_rows_decide_as_the_plain_decision(variant: str,
             seen = normalizer.rows(raw, include_raw=False, unreadable=unreadable)
             expected = plain_regorus(modules, data, seen)
             facts = normalizer.facts(raw, unreadable)
-            assert [RowFacts.ns(stamp) for stamp in facts.stamps] == [
-                row["ts_ns"] for row in seen]
+            assert [RowFacts.ns(stamp) for stamp in facts.stamps] == [row["ts_ns"] for row in seen]
             encoded = orjson.dumps(document(seen))
             got = decider.decide_facts(engine.begin(), facts, constant(encoded))
             assert not got.failed
@@ -325,6 +382,7 @@ def test_facts_of_store_rows_decide_as_the_plain_decision(variant: str,
 
 
 # ---- the plan ------------------------------------------------------------------------------
+
 
 def test_plan_of_the_shipped_policy_applies_r1_and_r2_itself() -> None:
     found = plan(SHIPPED)
@@ -338,14 +396,20 @@ def test_pinned_texts_are_the_shipped_policy_s_own() -> None:
     policies/ (or to the pins) must be made on both sides. A mismatch is named here."""
     policy = [m for m in SHIPPED if not m.is_test]
     pinned = [("decision", DECISION_TEXT)] + [
-        (name, text) for rule, (_, helpers) in SHIPPED_RULES.items()
-        for name, text in (("private_rows", rule), *helpers)]
+        (name, text)
+        for rule, (_, helpers) in SHIPPED_RULES.items()
+        for name, text in (("private_rows", rule), *helpers)
+    ]
     for name, text in pinned:
-        holders = [m.path.name for m in policy
-                   if re.search(rf"^{name}\b", m.text, re.M) and text in normalized(m.text)]
+        holders = [
+            m.path.name
+            for m in policy
+            if re.search(rf"^{name}\b", m.text, re.M) and text in normalized(m.text)
+        ]
         defines = [m.path.name for m in policy if re.search(rf"^{name}\b", m.text, re.M)]
-        assert len(holders) == 1, (f"rule {name!r} in {defines or 'no file'} is not the text "
-                                   f"plan.py pins: {text!r}")
+        assert len(holders) == 1, (
+            f"rule {name!r} in {defines or 'no file'} is not the text plan.py pins: {text!r}"
+        )
 
 
 def test_plan_follows_the_shipped_rules_in_any_file_layout(tmp_path: Path) -> None:
@@ -357,8 +421,9 @@ def test_plan_follows_the_shipped_rules_in_any_file_layout(tmp_path: Path) -> No
     moved = [m for m in policy if m.path.name not in ("decision.rego", "unreadable_rows.rego")]
     r2 = next(m for m in policy if m.path.name == "unreadable_rows.rego")
     decision = next(m for m in policy if m.path.name == "decision.rego")
-    moved.append(PolicyModule(decision.path, decision.text + r2.text.split(
-        "import rego.v1\n", 1)[1]))
+    moved.append(
+        PolicyModule(decision.path, decision.text + r2.text.split("import rego.v1\n", 1)[1])
+    )
     for modules in (one, moved):
         found = plan(modules)
         assert found is not None
@@ -372,7 +437,7 @@ def test_plan_applies_r1_only_while_its_lookup_is_the_shipped_one(tmp_path: Path
     path = tmp_path / "policies/veil/privacy/private_windows.rego"
     text = path.read_text()
     line = "\tsome actor, windows in windows_by_actor\n"
-    changed = text.replace(line, line + "\tactor != \"ann@contoso.com\"\n")
+    changed = text.replace(line, line + '\tactor != "ann@contoso.com"\n')
     assert changed != text
     path.write_text(changed)
     modules = load_modules(tmp_path / "policies")
@@ -381,20 +446,26 @@ def test_plan_applies_r1_only_while_its_lookup_is_the_shipped_one(tmp_path: Path
     engine = EmbeddedEngine(tmp_path / "policies", modules)
     engine.sync(1, lambda: (1, FINANCE))
     rows = rows_of(("ann@contoso.com", "user", T0 + HOUR), ("bob@contoso.com", "user", None))
-    assert RowDecider().decide(engine.begin(), document(rows), rows).hidden(2) == \
-        plain_regorus(modules, FINANCE, rows) == {1}
+    assert (
+        RowDecider().decide(engine.begin(), document(rows), rows).hidden(2)
+        == plain_regorus(modules, FINANCE, rows)
+        == {1}
+    )
 
 
-@pytest.mark.parametrize("file", ["built_in_groups.rego", "windows.rego",
-                                  "private_windows.rego"])
+@pytest.mark.parametrize("file", ["built_in_groups.rego", "windows.rego", "private_windows.rego"])
 def test_plan_does_not_apply_r1_when_what_actor_windows_reads_imports_more(
-        file: str, tmp_path: Path) -> None:
+    file: str, tmp_path: Path
+) -> None:
     """An import can give a name that actor_windows reaches another meaning
     (``import input.now_ns as forever``): R1 is then evaluated by the engine."""
     policy_set(tmp_path, [])
     path = tmp_path / "policies/veil/privacy" / file
-    path.write_text(path.read_text().replace("import rego.v1\n",
-                                             "import rego.v1\n\nimport data.veil.lists\n", 1))
+    path.write_text(
+        path.read_text().replace(
+            "import rego.v1\n", "import rego.v1\n\nimport data.veil.lists\n", 1
+        )
+    )
     found = plan(load_modules(tmp_path / "policies"))
     assert found is not None
     assert found.shipped == {R2_ACTOR, R2_TIME} and found.custom is True
@@ -407,17 +478,32 @@ def test_plan_keeps_the_decision_unchanged_when_rules_are_renamed(tmp_path: Path
     assert found.shipped == {R1_WINDOW, R2_ACTOR, R2_TIME}
     engine = new_engine(list(found.modules))
     engine.add_data_json('{"veil": {}}')
-    rows = [{"index": 0, "id": "a", "actor": "x@contoso.com", "actor_type": "user",
-             "ts_ns": 1, "raw": {"activity": "FileDownloaded"}},
-            {"index": 1, "id": "b", "actor": "x@contoso.com", "actor_type": "user",
-             "ts_ns": None, "raw": {}}]
+    rows = [
+        {
+            "index": 0,
+            "id": "a",
+            "actor": "x@contoso.com",
+            "actor_type": "user",
+            "ts_ns": 1,
+            "raw": {"activity": "FileDownloaded"},
+        },
+        {
+            "index": 1,
+            "id": "b",
+            "actor": "x@contoso.com",
+            "actor_type": "user",
+            "ts_ns": None,
+            "raw": {},
+        },
+    ]
     engine.set_input_json(orjson.dumps(document(rows)).decode())
     assert engine.eval_rule(DECISION)["private_rows"] == {0, 1}
     assert engine.eval_rule(CUSTOM_RULE) == {0}  # only the author's rule
 
 
 def test_plan_applies_a_shipped_rule_only_while_its_helper_is_the_shipped_one(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     found = plan(policy_set(tmp_path, [CHANGED_HELPER]))
     assert found is not None
     assert found.shipped == {R1_WINDOW, R2_ACTOR} and found.custom is True
@@ -432,8 +518,9 @@ def test_plan_ignores_rules_that_are_not_private_rows(tmp_path: Path) -> None:
 def test_plan_gives_up_when_the_decision_is_not_the_shipped_one(tmp_path: Path) -> None:
     modules = policy_set(tmp_path, [])
     path = tmp_path / "policies/veil/privacy/decision.rego"
-    path.write_text(path.read_text().replace('"reveal": reveal_allowed,',
-                                             '"reveal": reveal_allowed, "v": 1,'))
+    path.write_text(
+        path.read_text().replace('"reveal": reveal_allowed,', '"reveal": reveal_allowed, "v": 1,')
+    )
     assert plan(load_modules(tmp_path / "policies")) is None
     assert plan(modules) is not None
 
@@ -442,12 +529,18 @@ def test_plan_does_not_trust_a_module_that_imports_data(tmp_path: Path) -> None:
     """An import can give a shipped rule's names (``actor_windows``) another meaning."""
     policy_set(tmp_path, [])
     path = tmp_path / "policies/veil/privacy/decision.rego"
-    path.write_text(path.read_text().replace("import rego.v1\n",
-                                             "import rego.v1\n\nimport data.veil.lists\n", 1))
+    path.write_text(
+        path.read_text().replace(
+            "import rego.v1\n", "import rego.v1\n\nimport data.veil.lists\n", 1
+        )
+    )
     assert plan(load_modules(tmp_path / "policies")) is None  # nor its decision
     copied = HEADER.replace("import rego.v1\n", "import rego.v1\n\nimport data.veil.lists\n")
-    found = plan(policy_set(tmp_path, [copied + "private_rows contains i if some i in "
-                                                "rows_in_private_window\n"]))
+    found = plan(
+        policy_set(
+            tmp_path, [copied + "private_rows contains i if some i in rows_in_private_window\n"]
+        )
+    )
     assert found is not None
     assert found.shipped == {R1_WINDOW, R2_ACTOR, R2_TIME} and found.custom is True
 
@@ -457,6 +550,7 @@ def test_plan_refuses_a_private_rows_rule_it_cannot_rename(tmp_path: Path) -> No
 
 
 # ---- the cache -----------------------------------------------------------------------------
+
 
 class Counting:
     """An engine's evaluations, counted by rule."""
@@ -482,13 +576,17 @@ class Counting:
 
 
 def rows_of(*actors: tuple[str, str, int | None]) -> list[dict[str, Any]]:
-    return [{"index": i, "id": f"a{i}", "actor": actor, "actor_type": kind, "ts_ns": ts}
-            for i, (actor, kind, ts) in enumerate(actors)]
+    return [
+        {"index": i, "id": f"a{i}", "actor": actor, "actor_type": kind, "ts_ns": ts}
+        for i, (actor, kind, ts) in enumerate(actors)
+    ]
 
 
-FINANCE = {"groups": {"finance": {"name": "F", "members": {"ann@contoso.com": True}}},
-           "privacy_groups": {"finance": [{"start_ns": T0, "end_ns": None}]},
-           "managed_domains": ["contoso.com"]}
+FINANCE = {
+    "groups": {"finance": {"name": "F", "members": {"ann@contoso.com": True}}},
+    "privacy_groups": {"finance": [{"start_ns": T0, "end_ns": None}]},
+    "managed_domains": ["contoso.com"],
+}
 
 
 def test_a_warm_answer_asks_the_policy_nothing_and_new_actors_once() -> None:
@@ -524,22 +622,38 @@ def test_a_policy_reload_is_never_decided_from_the_old_cache(tmp_path: Path) -> 
     rows = rows_of(("guest@fabrikam.com", "user", T0 + HOUR))
     assert decider.decide(engine.begin(), document(rows), rows).hidden(1) == {0}
     path = tmp_path / "policies/veil/privacy/built_in_groups.rego"
-    path.write_text(path.read_text().replace("some domain in data.veil.managed_domains",
-                                             'some domain in {"contoso.com", "fabrikam.com"}'))
+    path.write_text(
+        path.read_text().replace(
+            "some domain in data.veil.managed_domains",
+            'some domain in {"contoso.com", "fabrikam.com"}',
+        )
+    )
     engine.reload(load_modules(tmp_path / "policies"))
     assert decider.decide(engine.begin(), document(rows), rows).hidden(1) == set()
 
 
 def test_a_reveal_is_decided_by_the_whole_decision() -> None:
     engine = EmbeddedEngine(POLICIES)
-    engine.sync(1, lambda: (1, {**FINANCE, "admins": {"alice@contoso.com": True},
-                                "viewers": {"alice@contoso.com": True}}))
+    engine.sync(
+        1,
+        lambda: (
+            1,
+            {
+                **FINANCE,
+                "admins": {"alice@contoso.com": True},
+                "viewers": {"alice@contoso.com": True},
+            },
+        ),
+    )
     counting = Counting(engine)
     rows = rows_of(("ann@contoso.com", "user", T0 + HOUR))
-    session = {"id": "rs", "owner": "alice@contoso.com", "expires_ns": T0 + HOUR,
-               "ended": False}
-    reveal = {**document(rows), "caller": "alice@contoso.com", "reveal_session_id": "rs",
-              "session": session}
+    session = {"id": "rs", "owner": "alice@contoso.com", "expires_ns": T0 + HOUR, "ended": False}
+    reveal = {
+        **document(rows),
+        "caller": "alice@contoso.com",
+        "reveal_session_id": "rs",
+        "session": session,
+    }
     got = RowDecider().decide(counting.begin(), reveal, rows)
     assert got.reveal is True and got.hidden(1) == {0}
     assert counting.asked == [DECISION]
@@ -547,13 +661,17 @@ def test_a_reveal_is_decided_by_the_whole_decision() -> None:
 
 # ---- failing closed ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("windows", [
-    '{"user": {"ann@contoso.com": "always"}}',
-    '{"user": {"ann@contoso.com": [[1]]}}',
-    '{"user": {"ann@contoso.com": [["a", "b"]]}}',
-    '{"user": []}',
-    '"all"',
-])
+
+@pytest.mark.parametrize(
+    "windows",
+    [
+        '{"user": {"ann@contoso.com": "always"}}',
+        '{"user": {"ann@contoso.com": [[1]]}}',
+        '{"user": {"ann@contoso.com": [["a", "b"]]}}',
+        '{"user": []}',
+        '"all"',
+    ],
+)
 def test_a_malformed_actor_windows_fails_closed(windows: str, tmp_path: Path) -> None:
     policy_set(tmp_path, [])
     path = tmp_path / "policies/veil/privacy/private_windows.rego"
@@ -569,6 +687,7 @@ def test_a_malformed_actor_windows_fails_closed(windows: str, tmp_path: Path) ->
 
 def test_an_engine_error_reaches_the_caller_as_policy_error(tmp_path: Path) -> None:
     """``QueryService`` turns it into "every row hidden" (tests/test_decisions.py)."""
+
     class Broken:
         needs_raw = False
         plan = plan(SHIPPED)
@@ -610,9 +729,10 @@ def test_at_most_one_evaluation_per_answer_with_an_authors_rule(tmp_path: Path) 
     engine = EmbeddedEngine(tmp_path / "policies", modules)
     engine.sync(1, lambda: (1, FINANCE))
     counting, decider = Counting(engine), RowDecider()
-    rows = [{**row, "raw": {"activity": "FileDownloaded" if row["index"] else "Login"}}
-            for row in rows_of(("ann@contoso.com", "user", T0 + HOUR),
-                               ("bob@contoso.com", "user", T0))]
+    rows = [
+        {**row, "raw": {"activity": "FileDownloaded" if row["index"] else "Login"}}
+        for row in rows_of(("ann@contoso.com", "user", T0 + HOUR), ("bob@contoso.com", "user", T0))
+    ]
     assert decider.decide(counting.begin(), document(rows), rows).hidden(2) == {0, 1}
     assert counting.asked == ["data.veil.privacy.__veil_windows_and_custom"]  # cold: both
     assert decider.decide(counting.begin(), document(rows), rows).hidden(2) == {0, 1}
@@ -621,8 +741,10 @@ def test_at_most_one_evaluation_per_answer_with_an_authors_rule(tmp_path: Path) 
 
 def test_plan_gives_up_on_a_rule_added_to_the_package_from_its_parent(tmp_path: Path) -> None:
     """``package veil`` + ``privacy.private_rows contains ...`` adds to the same rule."""
-    parent = ("package veil\n\nimport rego.v1\n\nprivacy.private_rows contains i if {\n"
-              "\tsome i, row in input.rows\n\trow.id == \"a1\"\n}\n")
+    parent = (
+        "package veil\n\nimport rego.v1\n\nprivacy.private_rows contains i if {\n"
+        '\tsome i, row in input.rows\n\trow.id == "a1"\n}\n'
+    )
     modules = policy_set(tmp_path, [parent])
     assert plan(modules) is None
     engine = EmbeddedEngine(tmp_path / "policies", modules)
@@ -632,12 +754,16 @@ def test_plan_gives_up_on_a_rule_added_to_the_package_from_its_parent(tmp_path: 
 
 
 def test_actor_windows_that_read_more_than_the_actors_are_evaluated_on_the_answer(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """An actor_windows that reads the time of the request cannot be cached per actor."""
     modules = policy_set(tmp_path, [])
     path = tmp_path / "policies/veil/privacy/private_windows.rego"
-    path.write_text(path.read_text().replace("\t\tcount(windows) > 0\n",
-                                             "\t\tcount(windows) > 0\n\t\tinput.now_ns > 0\n"))
+    path.write_text(
+        path.read_text().replace(
+            "\t\tcount(windows) > 0\n", "\t\tcount(windows) > 0\n\t\tinput.now_ns > 0\n"
+        )
+    )
     modules = load_modules(tmp_path / "policies")
     found = plan(modules)
     assert found is not None and R1_WINDOW not in found.shipped and found.custom
@@ -646,5 +772,8 @@ def test_actor_windows_that_read_more_than_the_actors_are_evaluated_on_the_answe
     rows = rows_of(("ann@contoso.com", "user", T0 + HOUR), ("bob@contoso.com", "user", T0))
     for now in (T0, 0):
         answer = {**document(rows), "now_ns": now}
-        assert RowDecider().decide(engine.begin(), answer, rows).hidden(2) == \
-            plain_regorus(modules, FINANCE, rows, now) == ({0} if now else set())
+        assert (
+            RowDecider().decide(engine.begin(), answer, rows).hidden(2)
+            == plain_regorus(modules, FINANCE, rows, now)
+            == ({0} if now else set())
+        )

@@ -28,8 +28,7 @@ def make_records(client: FlaskClient, n: int = 6) -> None:
 
 
 def verify(client: FlaskClient) -> dict[str, Any]:
-    result: dict[str, Any] = client.get("/veil/v1/governance-log/verify",
-                                        headers=A).get_json()
+    result: dict[str, Any] = client.get("/veil/v1/governance-log/verify", headers=A).get_json()
     return result
 
 
@@ -77,14 +76,21 @@ def test_deleted_record_is_found(client: FlaskClient, db: Path) -> None:
     tamper(db, "DELETE FROM governance_log WHERE seq = 4")
     result = verify(client)
     assert (result["ok"], result["first_bad_seq"], result["problem"]) == (
-        False, 5, "missing_record")
+        False,
+        5,
+        "missing_record",
+    )
 
 
-def test_deleted_tail_record_cannot_hide_in_a_renumbered_chain(client: FlaskClient,
-                                                               db: Path) -> None:
+def test_deleted_tail_record_cannot_hide_in_a_renumbered_chain(
+    client: FlaskClient, db: Path
+) -> None:
     make_records(client)
-    tamper(db, "DELETE FROM governance_log WHERE seq = 2",
-           "UPDATE governance_log SET seq = seq - 1 WHERE seq > 2")
+    tamper(
+        db,
+        "DELETE FROM governance_log WHERE seq = 2",
+        "UPDATE governance_log SET seq = seq - 1 WHERE seq > 2",
+    )
     result = verify(client)
     assert result["ok"] is False and result["first_bad_seq"] == 2
 
@@ -94,7 +100,10 @@ def test_deleted_newest_record_is_found(client: FlaskClient, db: Path) -> None:
     tamper(db, "DELETE FROM governance_log WHERE seq = 6")
     result = verify(client)
     assert (result["ok"], result["first_bad_seq"], result["problem"]) == (
-        False, 6, "missing_record")
+        False,
+        6,
+        "missing_record",
+    )
 
 
 def test_chain_head_is_kept_across_appends(client: FlaskClient, db: Path) -> None:
@@ -108,12 +117,14 @@ def test_chain_head_is_kept_across_appends(client: FlaskClient, db: Path) -> Non
 def test_reordered_records_are_found(client: FlaskClient, db: Path) -> None:
     make_records(client)
     cols = "ts, action, actor, details, prev_hash, hash"
-    tamper(db,
-           "CREATE TEMP TABLE r3 AS SELECT * FROM governance_log WHERE seq = 3",
-           "CREATE TEMP TABLE r4 AS SELECT * FROM governance_log WHERE seq = 4",
-           "DELETE FROM governance_log WHERE seq IN (3, 4)",
-           f"INSERT INTO governance_log (seq, {cols}) SELECT 3, {cols} FROM r4",
-           f"INSERT INTO governance_log (seq, {cols}) SELECT 4, {cols} FROM r3")
+    tamper(
+        db,
+        "CREATE TEMP TABLE r3 AS SELECT * FROM governance_log WHERE seq = 3",
+        "CREATE TEMP TABLE r4 AS SELECT * FROM governance_log WHERE seq = 4",
+        "DELETE FROM governance_log WHERE seq IN (3, 4)",
+        f"INSERT INTO governance_log (seq, {cols}) SELECT 3, {cols} FROM r4",
+        f"INSERT INTO governance_log (seq, {cols}) SELECT 4, {cols} FROM r3",
+    )
     result = verify(client)
     assert (result["ok"], result["first_bad_seq"]) == (False, 3)
     assert result["problem"] in ("broken_link", "changed_content")
@@ -123,8 +134,14 @@ def test_verify_walks_a_pure_sequence() -> None:
     records = []
     prev = governance.GENESIS
     for seq in range(1, 4):
-        record = {"seq": seq, "ts": "2024-01-01T00:00:00.000000Z", "action": "admin_added",
-                  "actor": "a", "details": {"principal": f"p{seq}"}, "prev_hash": prev}
+        record = {
+            "seq": seq,
+            "ts": "2024-01-01T00:00:00.000000Z",
+            "action": "admin_added",
+            "actor": "a",
+            "details": {"principal": f"p{seq}"},
+            "prev_hash": prev,
+        }
         prev = governance.record_hash(record)
         record["hash"] = prev
         records.append(record)
@@ -143,8 +160,9 @@ def test_log_filters_and_paging(client: FlaskClient) -> None:
     client.post("/veil/v1/admins", json={"principal": "carol@contoso.com"}, headers=A)
     page = client.get("/veil/v1/governance-log?limit=2", headers=A).get_json()
     assert [r["seq"] for r in page["records"]] == [1, 2] and page["next_cursor"] == "2"
-    page = client.get(f"/veil/v1/governance-log?limit=2&cursor={page['next_cursor']}",
-                      headers=A).get_json()
+    page = client.get(
+        f"/veil/v1/governance-log?limit=2&cursor={page['next_cursor']}", headers=A
+    ).get_json()
     assert [r["seq"] for r in page["records"]] == [3, 4]
     only = client.get("/veil/v1/governance-log?action=admin_added", headers=A).get_json()
     assert [r["details"]["principal"] for r in only["records"]] == ["carol@contoso.com"]
@@ -154,26 +172,34 @@ def test_log_filters_and_paging(client: FlaskClient) -> None:
     assert future.get_json()["records"] == []
     past = client.get("/veil/v1/governance-log?until=2000-01-01T00:00:00%2B00:00", headers=A)
     assert past.get_json()["records"] == []
-    for bad in ("since=yesterday", "limit=0", "cursor=-1", "colour=red",
-                "since=2024-01-01T00:00:00"):
+    for bad in (
+        "since=yesterday",
+        "limit=0",
+        "cursor=-1",
+        "colour=red",
+        "since=2024-01-01T00:00:00",
+    ):
         r = client.get(f"/veil/v1/governance-log?{bad}", headers=A)
         assert r.status_code == 400, bad
         assert r.get_json()["field"] == bad.split("=")[0]
-    assert client.get("/veil/v1/governance-log", headers=auth("bob@contoso.com")
-                      ).status_code == 403
+    assert client.get("/veil/v1/governance-log", headers=auth("bob@contoso.com")).status_code == 403
 
 
 def _cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "veil.cli", *args], capture_output=True,
-                          text=True, timeout=60,
-                          env={**os.environ, "VEIL_TEST_JWT_SECRET": SECRET,
-                               **(env_extra or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "veil.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "VEIL_TEST_JWT_SECRET": SECRET, **(env_extra or {})},
+    )
 
 
-def test_cli_verify_export_and_offline_check(client: FlaskClient, app: Flask, db: Path,
-                                             tmp_path: Path) -> None:
+def test_cli_verify_export_and_offline_check(
+    client: FlaskClient, app: Flask, db: Path, tmp_path: Path
+) -> None:
     make_records(client)
     cfg = tmp_path / "veil.yaml"
     cfg.write_text(yaml.safe_dump(config_doc("http://127.0.0.1:9", f"sqlite:///{db}")))
@@ -192,8 +218,12 @@ def test_cli_verify_export_and_offline_check(client: FlaskClient, app: Flask, db
     first = json.loads(lines[0])
     assert (first["key_id"], first["signature"]) == (None, None)  # this log is unsigned
     body = {k: v for k, v in first.items() if k not in ("hash", "key_id", "signature")}
-    assert hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
-                                     ensure_ascii=False).encode()).hexdigest() == first["hash"]
+    assert (
+        hashlib.sha256(
+            json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        ).hexdigest()
+        == first["hash"]
+    )
     edited = tmp_path / "edited.jsonl"
     edited.write_text("\n".join([lines[0], lines[1].replace("G1", "G9"), *lines[2:]]) + "\n")
     bad = _cli("governance", "verify", "--file", str(edited))
@@ -215,8 +245,7 @@ def test_upgrading_a_version_1_log_keeps_it_verifiable(client: FlaskClient, db: 
         for table in ("scim_users", "scim_principals", "scim_members", "scim_former"):
             conn.execute(f"DROP TABLE {table}")
         conn.execute("DROP INDEX groups_source")
-        for column in ("source", "external_id", "resource", "version", "created_ns",
-                       "deleted_ns"):
+        for column in ("source", "external_id", "resource", "version", "created_ns", "deleted_ns"):
             conn.execute(f"ALTER TABLE groups DROP COLUMN {column}")
         # version 5 (coalesced refusals)
         conn.execute("DROP TABLE refusal_counts")
@@ -242,9 +271,14 @@ RECORD_FIELDS = ("seq", "ts", "action", "actor", "details", "prev_hash", "hash")
 def test_a_record_without_a_field_is_a_malformed_verdict_naming_it(field: str) -> None:
     """An exported record that lacks a field is a verdict naming the field, never a
     KeyError (``veil governance verify --file`` printed a traceback for ``prev_hash``)."""
-    record: dict[str, Any] = {"seq": 1, "ts": "2026-01-01T00:00:00.000000Z",
-                              "action": "admin_added", "actor": "a", "details": {},
-                              "prev_hash": "0" * 64}
+    record: dict[str, Any] = {
+        "seq": 1,
+        "ts": "2026-01-01T00:00:00.000000Z",
+        "action": "admin_added",
+        "actor": "a",
+        "details": {},
+        "prev_hash": "0" * 64,
+    }
     record["hash"] = governance.record_hash(record)
     assert governance.verify([record]).ok
     del record[field]

@@ -75,20 +75,30 @@ class FixedEngine:
 def fixed(store: LoopbackStore, tmp_path: Path) -> Iterator[tuple[Flask, FixedEngine]]:
     engine = FixedEngine({})
     # No begin(): Veil evaluates the whole decision with evaluate(), as for such an engine.
-    app = create_app(make_config(store.url, f"sqlite:///{tmp_path / 'veil.db'}"),
-                     engine=cast(Engine, engine))
+    app = create_app(
+        make_config(store.url, f"sqlite:///{tmp_path / 'veil.db'}"), engine=cast(Engine, engine)
+    )
     later = iso(time.time_ns() + 60 * SEC)
-    store.state.rows = [activity(1, "ann@contoso.com", later),
-                        activity(2, "bob@contoso.com", later)]
+    store.state.rows = [
+        activity(1, "ann@contoso.com", later),
+        activity(2, "bob@contoso.com", later),
+    ]
     yield app, engine
     app.extensions["veil"].storage.close()
 
 
 def _session(client: FlaskClient) -> str:
-    assert client.post("/veil/v1/private-viewers", json={"principal": ADMIN},
-                       headers=auth(GRANTOR)).status_code == 201
-    r = client.post("/veil/v1/reveal-sessions", headers=A,
-                    json={"acknowledge_audit": True, "justification": "case INC-9"})
+    assert (
+        client.post(
+            "/veil/v1/private-viewers", json={"principal": ADMIN}, headers=auth(GRANTOR)
+        ).status_code
+        == 201
+    )
+    r = client.post(
+        "/veil/v1/reveal-sessions",
+        headers=A,
+        json={"acknowledge_audit": True, "justification": "case INC-9"},
+    )
     assert r.status_code == 201
     sid: str = r.get_json()["id"]
     return sid
@@ -96,7 +106,8 @@ def _session(client: FlaskClient) -> str:
 
 @pytest.mark.parametrize("reveal", [False, None, "true", 1])
 def test_only_reveal_true_reveals_even_without_refusals(
-        fixed: tuple[Flask, FixedEngine], reveal: Any) -> None:
+    fixed: tuple[Flask, FixedEngine], reveal: Any
+) -> None:
     app, engine = fixed
     client = app.test_client()
     sid = _session(client)
@@ -104,8 +115,9 @@ def test_only_reveal_true_reveals_even_without_refusals(
     r = client.get("/api/activities", headers={**A, "Veil-Reveal-Session": sid})
     assert r.status_code == 403, r.get_data(as_text=True)
     assert "act-1" not in r.get_data(as_text=True)
-    log = client.get("/veil/v1/governance-log?action=activities_revealed",
-                     headers=A).get_json()["records"]
+    log = client.get("/veil/v1/governance-log?action=activities_revealed", headers=A).get_json()[
+        "records"
+    ]
     assert log == []
     engine.decision = {"private_rows": [0], "reveal": True, "refusals": []}
     r = client.get("/api/activities", headers={**A, "Veil-Reveal-Session": sid})
@@ -113,8 +125,9 @@ def test_only_reveal_true_reveals_even_without_refusals(
 
 
 @pytest.mark.parametrize("bad_index", [2, 3, -1])
-def test_a_row_index_outside_the_answer_fails_closed(fixed: tuple[Flask, FixedEngine],
-                                                     bad_index: int) -> None:
+def test_a_row_index_outside_the_answer_fails_closed(
+    fixed: tuple[Flask, FixedEngine], bad_index: int
+) -> None:
     app, engine = fixed
     client = app.test_client()
     engine.decision = {"private_rows": [bad_index], "reveal": False, "refusals": []}
@@ -133,12 +146,21 @@ def test_a_token_without_exp_is_refused(client: FlaskClient) -> None:
     assert r.status_code == 401
     assert "exp" in r.get_json()["detail"]
     with_exp = jwt.encode({**claims, "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
-    assert client.get("/veil/v1/admins", headers={"Authorization": f"Bearer {with_exp}"}
-                      ).status_code == 200
+    assert (
+        client.get("/veil/v1/admins", headers={"Authorization": f"Bearer {with_exp}"}).status_code
+        == 200
+    )
 
 
-@pytest.mark.parametrize("value", ["2026-11-25T10:00:00.123456", "2026-11-25T10:00:00.5",
-                                   "2026-11-25 10:00:00.123456789", "2026-11-25T10:00:00"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-11-25T10:00:00.123456",
+        "2026-11-25T10:00:00.5",
+        "2026-11-25 10:00:00.123456789",
+        "2026-11-25T10:00:00",
+    ],
+)
 def test_a_timestamp_without_offset_is_unreadable(value: str) -> None:
     assert timestamp_ns(value) is None
     assert timestamp_ns(value + "Z") is not None

@@ -60,7 +60,8 @@ def starting_server() -> Iterator[tuple[str, list[str]]]:
 
 
 def test_the_readiness_wait_retries_every_request_error_until_the_answer(
-        starting_server: tuple[str, list[str]]) -> None:
+    starting_server: tuple[str, list[str]],
+) -> None:
     url, served = starting_server
     answer = wait_until_ready(url, 30, attempt_timeout_s=0.3)
     assert answer.status_code == 200 and answer.text == "ok"

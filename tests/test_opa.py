@@ -34,8 +34,14 @@ from netutil import free_port
 from opa_server import Bundle, FakeOpa, bundle_from
 
 # The shipped policy files (policies/veil/privacy/, tests aside), as OPA names them.
-SHIPPED_FILES = ["built_in_groups.rego", "decision.rego", "private_windows.rego", "reveal.rego",
-                 "unreadable_rows.rego", "windows.rego"]
+SHIPPED_FILES = [
+    "built_in_groups.rego",
+    "decision.rego",
+    "private_windows.rego",
+    "reveal.rego",
+    "unreadable_rows.rego",
+    "windows.rego",
+]
 SHIPPED_IDS = [f"veil/veil/privacy/{name}" for name in SHIPPED_FILES]
 
 A = auth(ADMIN)
@@ -55,8 +61,7 @@ def opa() -> Iterator[FakeOpa]:
 
 def veil_app(store: LoopbackStore, tmp_path: Path, opa_url: str, **policy: Any) -> Flask:
     section = {"engine": "opa", "opa_url": opa_url, "timeout_s": 2, **policy}
-    return create_app(make_config(store.url, f"sqlite:///{tmp_path / 'veil.db'}",
-                                  policy=section))
+    return create_app(make_config(store.url, f"sqlite:///{tmp_path / 'veil.db'}", policy=section))
 
 
 @pytest.fixture
@@ -74,20 +79,32 @@ def client(app: Flask) -> FlaskClient:
 
 def finance_private(client: FlaskClient, store: LoopbackStore) -> None:
     """ann (finance) is private from now on; the store answers ann's row and bob's."""
-    assert client.put("/veil/v1/groups/finance", json={"name": "Finance", "members": [ANN]},
-                      headers=A).status_code == 201
-    assert client.post("/veil/v1/privacy-groups", json={"group": "finance"},
-                       headers=A).status_code == 201
+    assert (
+        client.put(
+            "/veil/v1/groups/finance", json={"name": "Finance", "members": [ANN]}, headers=A
+        ).status_code
+        == 201
+    )
+    assert (
+        client.post("/veil/v1/privacy-groups", json={"group": "finance"}, headers=A).status_code
+        == 201
+    )
     later = iso(time.time_ns() + 60 * SEC)
     store.state.rows = [activity(1, ANN, later), activity(2, BOB, later)]
 
 
 def open_reveal(client: FlaskClient) -> dict[str, str]:
-    assert client.post("/veil/v1/private-viewers", json={"principal": ADMIN},
-                       headers=auth(GRANTOR)).status_code == 201
-    r = client.post("/veil/v1/reveal-sessions", json={"acknowledge_audit": True,
-                                                       "justification": "case INC-42"},
-                    headers=A)
+    assert (
+        client.post(
+            "/veil/v1/private-viewers", json={"principal": ADMIN}, headers=auth(GRANTOR)
+        ).status_code
+        == 201
+    )
+    r = client.post(
+        "/veil/v1/reveal-sessions",
+        json={"acknowledge_audit": True, "justification": "case INC-42"},
+        headers=A,
+    )
     assert r.status_code == 201, r.get_json()
     return {**A, "Veil-Reveal-Session": r.get_json()["id"]}
 
@@ -128,7 +145,8 @@ def test_start_up_loads_policies_and_data(app: Flask, opa: FakeOpa) -> None:
 
 
 def test_first_query_after_start_up_is_answered_with_state_loaded(
-        opa: FakeOpa, store: LoopbackStore, tmp_path: Path) -> None:
+    opa: FakeOpa, store: LoopbackStore, tmp_path: Path
+) -> None:
     """State made before start-up is in OPA for the very first answer."""
     storage = open_storage(f"sqlite:///{tmp_path / 'veil.db'}", 5.0, [ADMIN])
     storage.put_group("finance", "Finance", [ANN], ADMIN)
@@ -164,9 +182,9 @@ def test_opa_down_at_start_up_then_up(store: LoopbackStore, tmp_path: Path) -> N
         opa.close()
 
 
-def test_data_is_written_after_each_change_and_only_then(client: FlaskClient,
-                                                         store: LoopbackStore,
-                                                         opa: FakeOpa) -> None:
+def test_data_is_written_after_each_change_and_only_then(
+    client: FlaskClient, store: LoopbackStore, opa: FakeOpa
+) -> None:
     finance_private(client, store)
     assert_filters(client)
     assert opa.document("veil/groups/finance/members") == {ANN: True}
@@ -181,8 +199,9 @@ def test_data_is_written_after_each_change_and_only_then(client: FlaskClient,
     assert opa.calls("PATCH", "/v1/data/veil") > patches
 
 
-def test_recovery_after_an_opa_restart(client: FlaskClient, store: LoopbackStore,
-                                       opa: FakeOpa) -> None:
+def test_recovery_after_an_opa_restart(
+    client: FlaskClient, store: LoopbackStore, opa: FakeOpa
+) -> None:
     """OPA restarts and loses Veil's policies and data: the next answer notices the
     undefined decision, loads both again and is still right."""
     finance_private(client, store)
@@ -198,7 +217,8 @@ def test_recovery_after_an_opa_restart(client: FlaskClient, store: LoopbackStore
 
 
 def test_recovery_when_opa_keeps_its_policies_but_loses_the_data(
-        client: FlaskClient, store: LoopbackStore, opa: FakeOpa) -> None:
+    client: FlaskClient, store: LoopbackStore, opa: FakeOpa
+) -> None:
     """An OPA with the policies mounted restarts: the decision is well-formed but has no
     state. Veil must notice from data.veil's version, not only from an undefined decision."""
     finance_private(client, store)
@@ -212,8 +232,9 @@ def test_recovery_when_opa_keeps_its_policies_but_loses_the_data(
     assert opa.document("veil/groups/finance/members") == {ANN: True}
 
 
-def test_recovery_after_opa_was_unreachable(client: FlaskClient, store: LoopbackStore,
-                                            opa: FakeOpa) -> None:
+def test_recovery_after_opa_was_unreachable(
+    client: FlaskClient, store: LoopbackStore, opa: FakeOpa
+) -> None:
     finance_private(client, store)
     reveal = open_reveal(client)
     opa.stop()
@@ -238,10 +259,16 @@ def test_readyz_follows_opa(client: FlaskClient, opa: FakeOpa) -> None:
 
 
 def test_stale_policy_modules_are_removed(opa: FakeOpa, tmp_path: Path) -> None:
-    requests.put(f"{opa.url}/v1/policies/veil/old/gone.rego",
-                 data="package veil.old\n\nimport rego.v1\n\nx := 1\n", timeout=5)
-    requests.put(f"{opa.url}/v1/policies/other/kept.rego",
-                 data="package other\n\nimport rego.v1\n\ny := 1\n", timeout=5)
+    requests.put(
+        f"{opa.url}/v1/policies/veil/old/gone.rego",
+        data="package veil.old\n\nimport rego.v1\n\nx := 1\n",
+        timeout=5,
+    )
+    requests.put(
+        f"{opa.url}/v1/policies/other/kept.rego",
+        data="package other\n\nimport rego.v1\n\ny := 1\n",
+        timeout=5,
+    )
     engine = OpaEngine(POLICIES, opa.url, 2.0)
     engine.sync(1, lambda: (1, {"groups": {}}))
     assert opa.policy_ids() == ["other/kept.rego", *SHIPPED_IDS]
@@ -254,8 +281,9 @@ def test_newest_state_wins_between_processes(opa: FakeOpa) -> None:
     first, second = OpaEngine(POLICIES, opa.url, 2.0), OpaEngine(POLICIES, opa.url, 2.0)
     newer = {"groups": {"finance": {"name": "Finance", "members": {ANN: True}}}}
     first.sync(2, lambda: (2, newer))
-    reads: Iterator[tuple[int, dict[str, Any]]] = iter([(1, {"groups": {}}), (2, newer),
-                                                        (2, newer)])
+    reads: Iterator[tuple[int, dict[str, Any]]] = iter(
+        [(1, {"groups": {}}), (2, newer), (2, newer)]
+    )
     second.sync(1, lambda: next(reads))
     assert opa.document("veil/state_version") == 2
     assert opa.document("veil/groups") == newer["groups"]
@@ -263,8 +291,9 @@ def test_newest_state_wins_between_processes(opa: FakeOpa) -> None:
     second.close()
 
 
-def test_needs_raw_is_computed_as_the_embedded_engine_does(opa: FakeOpa, tmp_path: Path,
-                                                           store: LoopbackStore) -> None:
+def test_needs_raw_is_computed_as_the_embedded_engine_does(
+    opa: FakeOpa, tmp_path: Path, store: LoopbackStore
+) -> None:
     assert OpaEngine(POLICIES, opa.url).needs_raw is EmbeddedEngine(POLICIES).needs_raw is False
     directory = tmp_path / "policies"
     directory.mkdir()
@@ -272,15 +301,17 @@ def test_needs_raw_is_computed_as_the_embedded_engine_does(opa: FakeOpa, tmp_pat
         (directory / name).write_text((POLICIES / "veil/privacy" / name).read_text())
     (directory / "secret.rego").write_text(
         "package veil.privacy\n\nimport rego.v1\n\n"
-        'private_rows contains i if input.rows[i].raw.activity == "ReadSecret"\n')
+        'private_rows contains i if input.rows[i].raw.activity == "ReadSecret"\n'
+    )
     assert OpaEngine(directory, opa.url).needs_raw is EmbeddedEngine(directory).needs_raw is True
     now = iso(time.time_ns())
     store.state.rows = [activity(1, BOB, now, activity="ReadSecret"), activity(2, BOB, now)]
     application = veil_app(store, tmp_path, opa.url, dir=str(directory))
     try:
         assert ids(application.test_client().get("/api/activities", headers=A)) == ["act-2"]
-        assert opa.policy_ids() == sorted([f"veil/{name}" for name in SHIPPED_FILES]
-                                          + ["veil/secret.rego"])
+        assert opa.policy_ids() == sorted(
+            [f"veil/{name}" for name in SHIPPED_FILES] + ["veil/secret.rego"]
+        )
     finally:
         application.extensions["veil"].storage.close()
 
@@ -294,9 +325,15 @@ def test_policy_opa_rejects_is_reported(opa: FakeOpa) -> None:
     engine = OpaEngine(POLICIES, opa.url, 2.0)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.add_passthru(re.compile(re.escape(opa.url) + r"/v1/(data|policies$)"))
-        mock.put(re.compile(re.escape(opa.url) + r"/v1/policies/.*"), status=400, json={
-            "code": "invalid_parameter", "message": "error(s) occurred while compiling module(s)",
-            "errors": [{"code": "rego_type_error", "message": "undefined function foo.bar"}]})
+        mock.put(
+            re.compile(re.escape(opa.url) + r"/v1/policies/.*"),
+            status=400,
+            json={
+                "code": "invalid_parameter",
+                "message": "error(s) occurred while compiling module(s)",
+                "errors": [{"code": "rego_type_error", "message": "undefined function foo.bar"}],
+            },
+        )
         with pytest.raises(PolicyError, match=r"rejects policy .*\.rego.*foo.bar"):
             engine.sync(1, lambda: (1, {"groups": {}}))
     engine.close()
@@ -305,8 +342,9 @@ def test_policy_opa_rejects_is_reported(opa: FakeOpa) -> None:
 # ---- faults fail closed ------------------------------------------------------------------
 
 
-def test_unreachable_opa_fails_closed(client: FlaskClient, store: LoopbackStore,
-                                      opa: FakeOpa) -> None:
+def test_unreachable_opa_fails_closed(
+    client: FlaskClient, store: LoopbackStore, opa: FakeOpa
+) -> None:
     """OPA went down (connections reset) after Veil loaded it."""
     finance_private(client, store)
     reveal = open_reveal(client)
@@ -326,8 +364,9 @@ def test_nothing_listening_fails_closed(store: LoopbackStore, tmp_path: Path) ->
         application.extensions["veil"].storage.close()
 
 
-def test_opa_slower_than_the_timeout_fails_closed(opa: FakeOpa, store: LoopbackStore,
-                                                  tmp_path: Path) -> None:
+def test_opa_slower_than_the_timeout_fails_closed(
+    opa: FakeOpa, store: LoopbackStore, tmp_path: Path
+) -> None:
     application = veil_app(store, tmp_path, opa.url, timeout_s=0.3)
     client = application.test_client()
     try:
@@ -347,8 +386,10 @@ def test_opa_slower_than_the_timeout_fails_closed(opa: FakeOpa, store: LoopbackS
 OPA_FAULTS: dict[str, dict[str, Any]] = {
     "timeout": {"body": requests.exceptions.ReadTimeout("read timed out")},
     "connection-reset": {"body": requests.exceptions.ConnectionError("connection reset")},
-    "error-500": {"status": 500, "json": {"code": "internal_error",
-                                          "message": "error(s) occurred while evaluating query"}},
+    "error-500": {
+        "status": 500,
+        "json": {"code": "internal_error", "message": "error(s) occurred while evaluating query"},
+    },
     "error-400": {"status": 400, "json": {"code": "invalid_parameter", "message": "bad input"}},
     "not-json": {"status": 200, "body": "<html>bad gateway</html>"},
     "undefined": {"status": 200, "json": {}},
@@ -358,20 +399,29 @@ OPA_FAULTS: dict[str, dict[str, Any]] = {
 
 
 @pytest.mark.parametrize("fault", list(OPA_FAULTS))
-def test_opa_fault_fails_closed(fault: str, client: FlaskClient, store: LoopbackStore,
-                                opa: FakeOpa) -> None:
+def test_opa_fault_fails_closed(
+    fault: str, client: FlaskClient, store: LoopbackStore, opa: FakeOpa
+) -> None:
     finance_private(client, store)
     reveal = open_reveal(client)
     assert_filters(client)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.add_passthru(store.url)
         # Everything but the policy's answers still reaches the loopback OPA (reloads included).
-        mock.add_passthru(re.compile(re.escape(opa.url) + r"/(health|v1/policies|v1/data/veil$|"
-                                                          r"v1/data/veil/[a-z_]+$)"))
+        mock.add_passthru(
+            re.compile(
+                re.escape(opa.url) + r"/(health|v1/policies|v1/data/veil$|"
+                r"v1/data/veil/[a-z_]+$)"
+            )
+        )
         mock.post(POLICY_QUERY, **OPA_FAULTS[fault])
         # A new state version: the actors' windows cached for the previous one are not used.
-        assert client.post("/veil/v1/admins", json={"principal": "carol@contoso.com"},
-                           headers=A).status_code == 201
+        assert (
+            client.post(
+                "/veil/v1/admins", json={"principal": "carol@contoso.com"}, headers=A
+            ).status_code
+            == 201
+        )
         assert_fails_closed(client, reveal)
         assert client.get("/readyz").get_json()["checks"]["engine"] is False
         decisions = [c for c in mock.calls if POLICY_QUERY.match(c.request.url or "")]
@@ -380,19 +430,27 @@ def test_opa_fault_fails_closed(fault: str, client: FlaskClient, store: Loopback
     assert client.get("/readyz").get_json()["checks"]["engine"] is True
 
 
-def test_undefined_decision_is_retried_once_after_reloading(client: FlaskClient,
-                                                            store: LoopbackStore,
-                                                            opa: FakeOpa) -> None:
+def test_undefined_decision_is_retried_once_after_reloading(
+    client: FlaskClient, store: LoopbackStore, opa: FakeOpa
+) -> None:
     finance_private(client, store)
     assert_filters(client)
     puts = opa.calls("PUT", "/v1/policies/")
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.add_passthru(store.url)
-        mock.add_passthru(re.compile(re.escape(opa.url) + r"/v1/(policies|data/veil$|"
-                                                          r"data/veil/[a-z_]+$)"))
+        mock.add_passthru(
+            re.compile(
+                re.escape(opa.url) + r"/v1/(policies|data/veil$|"
+                r"data/veil/[a-z_]+$)"
+            )
+        )
         mock.post(POLICY_QUERY, json={})
-        assert client.post("/veil/v1/admins", json={"principal": "carol@contoso.com"},
-                           headers=A).status_code == 201  # nothing cached for this state
+        assert (
+            client.post(
+                "/veil/v1/admins", json={"principal": "carol@contoso.com"}, headers=A
+            ).status_code
+            == 201
+        )  # nothing cached for this state
         assert ids(client.get("/api/activities", headers=auth(BOB))) == []
         asked = [c for c in mock.calls if POLICY_QUERY.match(c.request.url or "")]
         assert len(asked) == 2
@@ -406,8 +464,9 @@ def bundle_app(opa: FakeOpa, store: LoopbackStore, tmp_path: Path) -> Flask:
     return veil_app(store, tmp_path, opa.url, opa_bundle=True)
 
 
-def test_bundle_mode_uses_the_bundle_and_writes_only_data(store: LoopbackStore,
-                                                          tmp_path: Path) -> None:
+def test_bundle_mode_uses_the_bundle_and_writes_only_data(
+    store: LoopbackStore, tmp_path: Path
+) -> None:
     opa = FakeOpa(bundle=bundle_from(POLICIES))
     application = bundle_app(opa, store, tmp_path)
     client = application.test_client()
@@ -430,8 +489,9 @@ def test_bundle_mode_uses_the_bundle_and_writes_only_data(store: LoopbackStore,
         opa.close()
 
 
-def test_bundle_owning_data_veil_fails_closed(store: LoopbackStore, tmp_path: Path,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_bundle_owning_data_veil_fails_closed(
+    store: LoopbackStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     opa = FakeOpa(bundle=bundle_from(POLICIES, roots=["veil"]))
     application = bundle_app(opa, store, tmp_path)
     client = application.test_client()
@@ -461,15 +521,32 @@ def test_bundle_not_activated_is_not_ready(store: LoopbackStore, tmp_path: Path)
 def test_decision_input_is_posted_as_opa_expects(opa: FakeOpa) -> None:
     """POST /v1/data/veil/privacy/decision with {"input": ...}: the same document Veil built."""
     engine = OpaEngine(POLICIES, opa.url, 2.0)
-    engine.sync(1, lambda: (1, {"groups": {}, "privacy_groups": {}, "admins": {},
-                                "viewers": {}, "managed_domains": []}))
-    document: dict[str, Any] = {"caller": BOB, "request": {}, "reveal_session_id": None,
-                                "session": None, "now_ns": 1,
-                                "rows": [{"index": 0, "id": "a", "actor": None,
-                                          "actor_type": "user", "ts_ns": 1}]}
+    engine.sync(
+        1,
+        lambda: (
+            1,
+            {
+                "groups": {},
+                "privacy_groups": {},
+                "admins": {},
+                "viewers": {},
+                "managed_domains": [],
+            },
+        ),
+    )
+    document: dict[str, Any] = {
+        "caller": BOB,
+        "request": {},
+        "reveal_session_id": None,
+        "session": None,
+        "now_ns": 1,
+        "rows": [{"index": 0, "id": "a", "actor": None, "actor_type": "user", "ts_ns": 1}],
+    }
     with responses.RequestsMock() as mock:
-        mock.post(opa.url + DECISION, json={"result": {"private_rows": [0], "reveal": False,
-                                                       "refusals": []}})
+        mock.post(
+            opa.url + DECISION,
+            json={"result": {"private_rows": [0], "reveal": False, "refusals": []}},
+        )
         assert engine.evaluate(orjson.dumps(document))["private_rows"] == [0]
         assert orjson.loads(mock.calls[0].request.body or b"") == {"input": document}
     engine.close()
@@ -477,15 +554,18 @@ def test_decision_input_is_posted_as_opa_expects(opa: FakeOpa) -> None:
 
 # ---- hot reload ----------------------------------------------------------------------------
 
-RAW_RULE = ("package veil.privacy\n\nimport rego.v1\n\n"
-            'private_rows contains i if input.rows[i].raw.activity == "ReadSecret"\n')
+RAW_RULE = (
+    "package veil.privacy\n\nimport rego.v1\n\n"
+    'private_rows contains i if input.rows[i].raw.activity == "ReadSecret"\n'
+)
 
 
 def test_reload_loads_the_new_set_and_drops_removed_files(opa: FakeOpa, tmp_path: Path) -> None:
     directory = tmp_path / "policies"
     shutil.copytree(POLICIES, directory)
     (directory / "veil/privacy/old.rego").write_text(
-        "package veil.privacy\n\nimport rego.v1\n\nold_helper := true\n")
+        "package veil.privacy\n\nimport rego.v1\n\nold_helper := true\n"
+    )
     engine = OpaEngine(directory, opa.url, 2.0)
     engine.sync(1, lambda: (1, {"groups": {}}))
     assert "veil/veil/privacy/old.rego" in opa.policy_ids()
@@ -494,10 +574,22 @@ def test_reload_loads_the_new_set_and_drops_removed_files(opa: FakeOpa, tmp_path
     engine.reload(load_modules(directory))
     assert opa.policy_ids() == sorted([*SHIPPED_IDS, "veil/veil/privacy/secret.rego"])
     assert engine.needs_raw is True
-    row = {"index": 0, "id": "a", "actor": BOB, "actor_type": "user", "ts_ns": 1,
-           "raw": {"activity": "ReadSecret"}}
-    document: dict[str, Any] = {"caller": BOB, "request": {}, "reveal_session_id": None,
-                                "session": None, "now_ns": 1, "rows": [row]}
+    row = {
+        "index": 0,
+        "id": "a",
+        "actor": BOB,
+        "actor_type": "user",
+        "ts_ns": 1,
+        "raw": {"activity": "ReadSecret"},
+    }
+    document: dict[str, Any] = {
+        "caller": BOB,
+        "request": {},
+        "reveal_session_id": None,
+        "session": None,
+        "now_ns": 1,
+        "rows": [row],
+    }
     assert engine.evaluate(orjson.dumps(document))["private_rows"] == [0]
     engine.close()
 
@@ -509,11 +601,21 @@ def test_reload_refused_by_opa_keeps_the_previous_policy(opa: FakeOpa, tmp_path:
     engine.sync(1, lambda: (1, {"groups": {}}))
     (directory / "veil/privacy/secret.rego").write_text(RAW_RULE)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.add_passthru(re.compile(re.escape(opa.url) + r"/(health|v1/data|v1/policies$|"
-                                                          r"v1/policies/veil/veil/privacy/(?!secret))"))
-        mock.put(opa.url + "/v1/policies/veil/veil/privacy/secret.rego", status=400, json={
-            "code": "invalid_parameter", "message": "error(s) occurred while compiling module(s)",
-            "errors": [{"code": "rego_type_error", "message": "unsafe built-in"}]})
+        mock.add_passthru(
+            re.compile(
+                re.escape(opa.url) + r"/(health|v1/data|v1/policies$|"
+                r"v1/policies/veil/veil/privacy/(?!secret))"
+            )
+        )
+        mock.put(
+            opa.url + "/v1/policies/veil/veil/privacy/secret.rego",
+            status=400,
+            json={
+                "code": "invalid_parameter",
+                "message": "error(s) occurred while compiling module(s)",
+                "errors": [{"code": "rego_type_error", "message": "unsafe built-in"}],
+            },
+        )
         with pytest.raises(PolicyError, match="did not take the new policy"):
             engine.reload(load_modules(directory))
     assert opa.policy_ids() == SHIPPED_IDS
@@ -522,7 +624,8 @@ def test_reload_refused_by_opa_keeps_the_previous_policy(opa: FakeOpa, tmp_path:
 
 
 def test_input_without_raw_rows_is_not_decided_by_a_policy_reloaded_meanwhile(
-        opa: FakeOpa, tmp_path: Path) -> None:
+    opa: FakeOpa, tmp_path: Path
+) -> None:
     directory = tmp_path / "policies"
     shutil.copytree(POLICIES, directory)
     engine = OpaEngine(directory, opa.url, 2.0)
@@ -532,10 +635,14 @@ def test_input_without_raw_rows_is_not_decided_by_a_policy_reloaded_meanwhile(
     (directory / "veil/privacy/secret.rego").write_text(RAW_RULE)
     engine.reload(load_modules(directory))  # ...a policy reading raw rows arrives meanwhile
     assert engine.needs_raw is True
-    document: dict[str, Any] = {"caller": BOB, "request": {}, "reveal_session_id": None,
-                                "session": None, "now_ns": 1,
-                                "rows": [{"index": 0, "id": "a", "actor": BOB,
-                                          "actor_type": "user", "ts_ns": 1}]}
+    document: dict[str, Any] = {
+        "caller": BOB,
+        "request": {},
+        "reveal_session_id": None,
+        "session": None,
+        "now_ns": 1,
+        "rows": [{"index": 0, "id": "a", "actor": BOB, "actor_type": "user", "ts_ns": 1}],
+    }
     with pytest.raises(PolicyError, match="reloaded while this answer was prepared"):
         held.evaluate("data.veil.privacy.decision", orjson.dumps(document))
     # deciding the same answer again (a reveal on newer state) keeps failing closed
@@ -545,8 +652,9 @@ def test_input_without_raw_rows_is_not_decided_by_a_policy_reloaded_meanwhile(
     later = engine.begin()
     assert later.needs_raw is True
     raw_row = {**document["rows"][0], "raw": {"activity": "ReadSecret"}}
-    decided = later.evaluate("data.veil.privacy.decision",
-                             orjson.dumps({**document, "rows": [raw_row]}))
+    decided = later.evaluate(
+        "data.veil.privacy.decision", orjson.dumps({**document, "rows": [raw_row]})
+    )
     assert decided["private_rows"] == [0]
     engine.close()
 
@@ -580,6 +688,7 @@ def test_hot_reload_through_the_api(opa: FakeOpa, store: LoopbackStore, tmp_path
 
 # ---- the fast path on OPA ------------------------------------------------------------------
 
+
 def test_an_answer_is_not_decided_across_a_state_change_in_opa(opa: FakeOpa) -> None:
     """Windows cached per (policy, state version) must come from that state: an evaluation
     begun on one version and answered after another was pushed fails closed."""
@@ -587,18 +696,29 @@ def test_an_answer_is_not_decided_across_a_state_change_in_opa(opa: FakeOpa) -> 
     engine.sync(1, lambda: (1, {"groups": {}}))
     evaluation = engine.begin()
     assert evaluation.plan is not None  # the shipped policy: actor_windows per actor
-    probe = orjson.dumps({"caller": "", "request": {}, "reveal_session_id": None,
-                          "session": None, "now_ns": 0, "rows": []})
+    probe = orjson.dumps(
+        {
+            "caller": "",
+            "request": {},
+            "reveal_session_id": None,
+            "session": None,
+            "now_ns": 0,
+            "rows": [],
+        }
+    )
     assert evaluation.evaluate("data.veil.privacy.actor_windows", probe) == {
-        "application": {}, "user": {}}
+        "application": {},
+        "user": {},
+    }
     engine.sync(2, lambda: (2, {"groups": {}}))
     with pytest.raises(PolicyError, match="changed while this answer was decided"):
         evaluation.evaluate("data.veil.privacy.actor_windows", probe)
     engine.close()
 
 
-def test_opa_with_an_authors_row_rule_is_asked_the_whole_decision(opa: FakeOpa,
-                                                                  tmp_path: Path) -> None:
+def test_opa_with_an_authors_row_rule_is_asked_the_whole_decision(
+    opa: FakeOpa, tmp_path: Path
+) -> None:
     directory = tmp_path / "policies"
     shutil.copytree(POLICIES, directory)
     (directory / "veil/privacy/secret.rego").write_text(RAW_RULE)
@@ -609,7 +729,8 @@ def test_opa_with_an_authors_row_rule_is_asked_the_whole_decision(opa: FakeOpa,
 
 @pytest.mark.parametrize("ordered", [True, False])
 def test_policy_files_that_use_each_other_load_in_any_order(
-        opa: FakeOpa, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ordered: bool) -> None:
+    opa: FakeOpa, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ordered: bool
+) -> None:
     """OPA compiles each PUT with the modules it holds: a file that uses a rule of a file that
     sorts after it is put after that one (``load_order``), and without that order a refused
     file is put again after the others."""
@@ -618,19 +739,24 @@ def test_policy_files_that_use_each_other_load_in_any_order(
     directory = tmp_path / "policies"
     shutil.copytree(POLICIES, directory)
     (directory / "veil/privacy/aaa_uses_later.rego").write_text(
-        "package veil.privacy\n\nimport rego.v1\n\n"
-        "private_rows contains i if some i in zzz_rows\n")
+        "package veil.privacy\n\nimport rego.v1\n\nprivate_rows contains i if some i in zzz_rows\n"
+    )
     (directory / "veil/privacy/zzz_defines.rego").write_text(
         "package veil.privacy\n\nimport rego.v1\n\n"
-        "zzz_rows contains i if {\n\tsome i, row in input.rows\n\trow.id == \"a\"\n}\n")
+        'zzz_rows contains i if {\n\tsome i, row in input.rows\n\trow.id == "a"\n}\n'
+    )
     engine = OpaEngine(directory, opa.url, 2.0)
     engine.sync(1, lambda: (1, {"groups": {}}))
     assert "veil/veil/privacy/aaa_uses_later.rego" in opa.policy_ids()
     puts = opa.calls("PUT", "/v1/policies/")
     assert puts == len(SHIPPED_FILES) + 2 if ordered else puts > len(SHIPPED_FILES) + 2
-    document: dict[str, Any] = {"caller": BOB, "request": {}, "reveal_session_id": None,
-                                "session": None, "now_ns": 1,
-                                "rows": [{"index": 0, "id": "a", "actor": BOB,
-                                          "actor_type": "user", "ts_ns": 1}]}
+    document: dict[str, Any] = {
+        "caller": BOB,
+        "request": {},
+        "reveal_session_id": None,
+        "session": None,
+        "now_ns": 1,
+        "rows": [{"index": 0, "id": "a", "actor": BOB, "actor_type": "user", "ts_ns": 1}],
+    }
     assert engine.evaluate(orjson.dumps(document))["private_rows"] == [0]
     engine.close()

@@ -28,8 +28,9 @@ def test_every_route_is_documented_and_every_operation_served(app: Flask) -> Non
         if rule.endpoint in ("static", "scim.unknown"):
             continue  # scim.unknown: SCIM's own 404/405 for paths that are no SCIM endpoint
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
-        served |= {(path, method.lower()) for method in rule.methods or () if
-                   method not in IMPLICIT}
+        served |= {
+            (path, method.lower()) for method in rule.methods or () if method not in IMPLICIT
+        }
     documented = {(path, method) for path, item in doc["paths"].items() for method in item}
     assert served - documented == set(), "served but not in the OpenAPI document"
     assert documented - served == set(), "in the OpenAPI document but not served"
@@ -45,9 +46,11 @@ def test_openapi_json_needs_no_identity(client: FlaskClient) -> None:
 
 
 def test_undeclared_method_is_405_with_allow(client: FlaskClient) -> None:
-    for path, allowed in (("/veil/v1/admins", {"GET", "POST"}),
-                          ("/veil/v1/groups/hr", {"PUT", "DELETE"}),
-                          ("/api/activities", {"GET"})):
+    for path, allowed in (
+        ("/veil/v1/admins", {"GET", "POST"}),
+        ("/veil/v1/groups/hr", {"PUT", "DELETE"}),
+        ("/api/activities", {"GET"}),
+    ):
         r = client.open(path, method="TRACE", headers=auth(ADMIN))
         assert r.status_code == 405, path
         assert set(r.headers["Allow"].split(", ")) - IMPLICIT == allowed, path
@@ -61,8 +64,9 @@ def test_the_document_follows_the_justification_setting(app: Flask) -> None:
     body = "/veil/v1/reveal-sessions"
 
     def schema(doc: dict[str, Any]) -> dict[str, Any]:
-        ref = doc["paths"][body]["post"]["requestBody"]["content"]["application/json"][
-            "schema"]["$ref"]
+        ref = doc["paths"][body]["post"]["requestBody"]["content"]["application/json"]["schema"][
+            "$ref"
+        ]
         found: dict[str, Any] = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
         return found
 
@@ -71,23 +75,45 @@ def test_the_document_follows_the_justification_setting(app: Flask) -> None:
 
 
 def test_schemathesis_finds_no_failure(store: LoopbackStore, tmp_path: Path) -> None:
-    doc = config_doc(store.url, f"sqlite:///{tmp_path / 'veil.db'}",
-                     server={"workers": 1, "threads": 4})
+    doc = config_doc(
+        store.url, f"sqlite:///{tmp_path / 'veil.db'}", server={"workers": 1, "threads": 4}
+    )
     with veil_serve(doc, tmp_path) as (url, _):
         # one worker: Schemathesis' threads race in CPython 3.11's ast.parse (SystemError)
         assert requests.get(f"{url}/veil/v1/openapi.json", timeout=30).status_code == 200
         run = subprocess.run(
-            [str(Path(sys.executable).parent / "schemathesis"),
-             "--config-file", str(ROOT / "tests" / "schemathesis.toml"), "--no-color",
-             "run", f"{url}/veil/v1/openapi.json", "--checks", "all",
-             # SCIM has its own token and is off here; scim2-tester checks its conformance
-             # (tests/test_scim_conformance.py)
-             "--exclude-tag", "scim",
-             "-H", f"Authorization: Bearer {token(ADMIN, ttl_s=3600)}",
-             "--max-examples", "30", "--workers", "1", "--request-timeout", "30",
-             "--generation-database", "none", "--report-dir", str(tmp_path / "report")],
-            capture_output=True, text=True, timeout=900, cwd=tmp_path)
+            [
+                str(Path(sys.executable).parent / "schemathesis"),
+                "--config-file",
+                str(ROOT / "tests" / "schemathesis.toml"),
+                "--no-color",
+                "run",
+                f"{url}/veil/v1/openapi.json",
+                "--checks",
+                "all",
+                # SCIM has its own token and is off here; scim2-tester checks its conformance
+                # (tests/test_scim_conformance.py)
+                "--exclude-tag",
+                "scim",
+                "-H",
+                f"Authorization: Bearer {token(ADMIN, ttl_s=3600)}",
+                "--max-examples",
+                "30",
+                "--workers",
+                "1",
+                "--request-timeout",
+                "30",
+                "--generation-database",
+                "none",
+                "--report-dir",
+                str(tmp_path / "report"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=tmp_path,
+        )
     start = max(run.stdout.find("FAILURES"), 0)
-    summary = run.stdout[start:start + 8000] + run.stdout[-1500:] + run.stderr[-2000:]
+    summary = run.stdout[start : start + 8000] + run.stdout[-1500:] + run.stderr[-2000:]
     assert run.returncode == 0, summary
     assert re.search(r"\d+ generated, \d+ passed", run.stdout), summary

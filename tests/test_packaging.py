@@ -44,8 +44,7 @@ def test_regorus_is_pinned_exactly() -> None:
     assert regorus.startswith("gordon-to-regorus==")
 
 
-def test_a_postgresql_url_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch
-                                                          ) -> None:
+def test_a_postgresql_url_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
     monkeypatch.delitem(sys.modules, "veil.storage.postgres", raising=False)
     with pytest.raises(StorageError, match=r"pip install 'veil\[postgres\]'"):
@@ -57,11 +56,25 @@ def test_the_wheel_holds_opas_capabilities_file(tmp_path: Path) -> None:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "src", source / "src",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                            "-w", str(tmp_path / "dist"), str(source)],
-                           capture_output=True, text=True, timeout=600)
+    shutil.copytree(
+        ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("veil-*.whl")
     with zipfile.ZipFile(wheel) as archive:
@@ -99,12 +112,12 @@ def _closure(requirements: list[str], extras: frozenset[str]) -> set[str]:
     while pending:
         requirement, wanted = pending.pop()
         if requirement.marker is not None and not any(
-                requirement.marker.evaluate({"extra": extra}) for extra in wanted or {""}):
+            requirement.marker.evaluate({"extra": extra}) for extra in wanted or {""}
+        ):
             continue
         name = canonicalize_name(requirement.name)
         if name == "veil":
-            pending.extend((Requirement(r), frozenset(requirement.extras))
-                           for r in requirements)
+            pending.extend((Requirement(r), frozenset(requirement.extras)) for r in requirements)
             continue
         if name in seen:
             continue
@@ -122,8 +135,9 @@ def test_a_plain_install_brings_every_module_veil_imports() -> None:
     installed = _closure(dependencies, frozenset())
     providers = metadata.packages_distributions()
     missing = {}
-    for module in sorted(_imported_modules() - set(sys.stdlib_module_names) - {"veil"}
-                         - set(OPTIONAL_IMPORTS)):
+    for module in sorted(
+        _imported_modules() - set(sys.stdlib_module_names) - {"veil"} - set(OPTIONAL_IMPORTS)
+    ):
         names = {canonicalize_name(d) for d in providers.get(module, [])}
         assert names, f"{module} is imported by src/veil but no installed distribution has it"
         if not names & installed:

@@ -21,8 +21,19 @@ from veil.policytools.capabilities import (
 
 from opa_server import require_opa_bindings
 
-DEPRECATED = {"all", "any", "cast_array", "cast_boolean", "cast_null", "cast_object",
-              "cast_set", "cast_string", "net.cidr_overlap", "re_match", "set_diff"}
+DEPRECATED = {
+    "all",
+    "any",
+    "cast_array",
+    "cast_boolean",
+    "cast_null",
+    "cast_object",
+    "cast_set",
+    "cast_string",
+    "net.cidr_overlap",
+    "re_match",
+    "set_diff",
+}
 
 
 def shipped() -> dict[str, Any]:
@@ -51,14 +62,17 @@ def test_the_file_is_in_opas_capabilities_format() -> None:
     assert not {"__builtin_sets.union", "no_such"} & set(names)
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("count", None),
-    ("any", "deprecated built-in"),
-    ("http.send", "leaves undefined"),
-    ("strings.split_n", "does not implement"),
-    ("__builtin_sets.union", "that OPA does not have"),
-    ("no_such", "neither a built-in"),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("count", None),
+        ("any", "deprecated built-in"),
+        ("http.send", "leaves undefined"),
+        ("strings.split_n", "does not implement"),
+        ("__builtin_sets.union", "that OPA does not have"),
+        ("no_such", "neither a built-in"),
+    ],
+)
 def test_what_each_name_is_told(name: str, expected: str | None) -> None:
     embedded = embedded_builtins()
     assert "http.send" in embedded and "http.send" in EMBEDDED_UNDEFINED
@@ -72,10 +86,14 @@ def test_what_each_name_is_told(name: str, expected: str | None) -> None:
 def test_the_file_belongs_to_the_opa_inside_the_installed_evaluator(opa: Any) -> None:
     # A Go library records the versions of the modules it was built from (its build info).
     library = Path(opa.__file__).parent / "libopabridge.so"
-    found = set(re.findall(rb"dep\tgithub\.com/open-policy-agent/opa\tv([0-9][^\t\n]*)",
-                           library.read_bytes()))
+    found = set(
+        re.findall(
+            rb"dep\tgithub\.com/open-policy-agent/opa\tv([0-9][^\t\n]*)", library.read_bytes()
+        )
+    )
     assert found == {OPA_VERSION.encode()}, (
-        f"opa_bindings is built from OPA {found}; ship that release's capabilities file")
+        f"opa_bindings is built from OPA {found}; ship that release's capabilities file"
+    )
 
 
 def test_opas_evaluator_knows_every_builtin_of_the_file_and_no_other(opa: Any) -> None:
@@ -91,7 +109,10 @@ def test_opas_evaluator_knows_every_builtin_of_the_file_and_no_other(opa: Any) -
             engine.close()
         return ""
 
-    unknown = [b["name"] for b in shipped()["builtins"]
-               if "undefined function" in told(b["name"], len(b["decl"].get("args", [])))]
+    unknown = [
+        b["name"]
+        for b in shipped()["builtins"]
+        if "undefined function" in told(b["name"], len(b["decl"].get("args", [])))
+    ]
     assert not unknown, f"OPA's evaluator does not have {unknown}"
     assert "undefined function strings.no_such" in told("strings.no_such", 1)

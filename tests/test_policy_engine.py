@@ -26,8 +26,7 @@ A = auth(ADMIN)
 HEADER = "\nimport rego.v1\n"
 
 
-def policy_dir(tmp_path: Path, extra: dict[str, str] | None = None,
-               shipped: bool = True) -> Path:
+def policy_dir(tmp_path: Path, extra: dict[str, str] | None = None, shipped: bool = True) -> Path:
     target = tmp_path / "policies"
     if shipped:
         shutil.copytree(POLICIES, target)
@@ -48,30 +47,38 @@ def rows_now() -> list[dict[str, object]]:
 
 
 def test_one_evaluation_per_answer(client: FlaskClient, store: LoopbackStore) -> None:
-    store.state.rows = [activity(i, f"u{i % 7}@contoso.com", iso(time.time_ns()))
-                        for i in range(500)]
+    store.state.rows = [
+        activity(i, f"u{i % 7}@contoso.com", iso(time.time_ns())) for i in range(500)
+    ]
     client.get("/api/activities", headers=A)
     before = client.get("/metrics").data.decode()
     client.get("/api/activities", headers=A)
     after = client.get("/metrics").data.decode()
 
     def count(text: str) -> float:
-        line = next(x for x in text.splitlines()
-                    if x.startswith("veil_policy_evaluation_seconds_count"))
+        line = next(
+            x for x in text.splitlines() if x.startswith("veil_policy_evaluation_seconds_count")
+        )
         return float(line.split()[-1])
 
     assert count(after) - count(before) == 1
 
 
-def test_rule_on_raw_rows_is_applied(store: LoopbackStore, storage_url: str,
-                                     tmp_path: Path) -> None:
-    rule = ("package veil.privacy" + HEADER +
-            'private_rows contains i if input.rows[i].raw.activity == "FileDownload"\n')
+def test_rule_on_raw_rows_is_applied(
+    store: LoopbackStore, storage_url: str, tmp_path: Path
+) -> None:
+    rule = (
+        "package veil.privacy"
+        + HEADER
+        + 'private_rows contains i if input.rows[i].raw.activity == "FileDownload"\n'
+    )
     directory = policy_dir(tmp_path, {"downloads.rego": rule})
     app = app_with(store, storage_url, directory)
     assert app.extensions["veil"].engine.needs_raw is True
-    store.state.rows = [*rows_now(), activity(3, "carl@contoso.com", iso(time.time_ns()),
-                                              activity="FileDownload")]
+    store.state.rows = [
+        *rows_now(),
+        activity(3, "carl@contoso.com", iso(time.time_ns()), activity="FileDownload"),
+    ]
     assert ids(app.test_client().get("/api/activities", headers=A)) == ["act-1", "act-2"]
 
 
@@ -79,7 +86,10 @@ def test_raw_rows_are_left_out_when_no_rule_reads_them(app: Flask) -> None:
     assert app.extensions["veil"].engine.needs_raw is False
 
 
-BROKEN_AT_EVALUATION = ("package veil.privacy" + HEADER + """
+BROKEN_AT_EVALUATION = (
+    "package veil.privacy"
+    + HEADER
+    + """
 private_rows contains i if {
 	some i, row in input.rows
 	ambiguous(row) == 1
@@ -87,31 +97,45 @@ private_rows contains i if {
 
 ambiguous(row) := 1
 ambiguous(row) := 2 if row.actor
-""")
+"""
+)
 
-UNDEFINED_WITH_ROWS = ("package veil.privacy" + HEADER + """
+UNDEFINED_WITH_ROWS = (
+    "package veil.privacy"
+    + HEADER
+    + """
 private_rows contains 0 if false
 decision := {"private_rows": private_rows, "reveal": false, "refusals": set()} if {
 	count(input.rows) == 0
 }
-""")
+"""
+)
 
-MALFORMED_WITH_ROWS = ("package veil.privacy" + HEADER + """
+MALFORMED_WITH_ROWS = (
+    "package veil.privacy"
+    + HEADER
+    + """
 private_rows contains 0 if false
 decision := {"private_rows": private_rows, "reveal": false, "refusals": set()} if {
 	count(input.rows) == 0
 }
 decision := {"private_rows": ["first"], "reveal": true} if count(input.rows) > 0
-""")
+"""
+)
 
 
-@pytest.mark.parametrize("files,shipped", [
-    ({"broken.rego": BROKEN_AT_EVALUATION}, True),
-    ({"undefined.rego": UNDEFINED_WITH_ROWS}, False),
-    ({"malformed.rego": MALFORMED_WITH_ROWS}, False),
-], ids=["error-at-evaluation", "undefined-decision", "malformed-decision"])
-def test_engine_faults_fail_closed(store: LoopbackStore, storage_url: str, tmp_path: Path,
-                                   files: dict[str, str], shipped: bool) -> None:
+@pytest.mark.parametrize(
+    "files,shipped",
+    [
+        ({"broken.rego": BROKEN_AT_EVALUATION}, True),
+        ({"undefined.rego": UNDEFINED_WITH_ROWS}, False),
+        ({"malformed.rego": MALFORMED_WITH_ROWS}, False),
+    ],
+    ids=["error-at-evaluation", "undefined-decision", "malformed-decision"],
+)
+def test_engine_faults_fail_closed(
+    store: LoopbackStore, storage_url: str, tmp_path: Path, files: dict[str, str], shipped: bool
+) -> None:
     app = app_with(store, storage_url, policy_dir(tmp_path, files, shipped))
     client = app.test_client()
     store.state.rows = rows_now()
@@ -120,22 +144,27 @@ def test_engine_faults_fail_closed(store: LoopbackStore, storage_url: str, tmp_p
     assert ids(r) == []
     assert r.headers["Veil-Degraded"] == "policy"
     client.post("/veil/v1/private-viewers", json={"principal": ADMIN}, headers=auth(GRANTOR))
-    sid = client.post("/veil/v1/reveal-sessions", json={"acknowledge_audit": True,
-                                                         "justification": "x"},
-                      headers=A).get_json()["id"]
+    sid = client.post(
+        "/veil/v1/reveal-sessions",
+        json={"acknowledge_audit": True, "justification": "x"},
+        headers=A,
+    ).get_json()["id"]
     r = client.get("/api/activities", headers={**A, "Veil-Reveal-Session": sid})
     assert r.status_code == 503
     assert b"act-" not in r.data
     assert "veil_policy_failures_total 2.0" in client.get("/metrics").data.decode()
 
 
-@pytest.mark.parametrize("files,message", [
-    ({"x.rego": "package veil.privacy\nprivate_rows contains i if {"}, "does not compile"),
-    ({"x.rego": "package other" + HEADER + "y := 1\n"}, "is undefined"),
-    ({"x_test.rego": "package veil.privacy_test" + HEADER + "test_x if true\n"}, "no policy"),
-], ids=["syntax", "no-decision", "only-tests"])
-def test_broken_policy_stops_start_up(tmp_path: Path, files: dict[str, str],
-                                      message: str) -> None:
+@pytest.mark.parametrize(
+    "files,message",
+    [
+        ({"x.rego": "package veil.privacy\nprivate_rows contains i if {"}, "does not compile"),
+        ({"x.rego": "package other" + HEADER + "y := 1\n"}, "is undefined"),
+        ({"x_test.rego": "package veil.privacy_test" + HEADER + "test_x if true\n"}, "no policy"),
+    ],
+    ids=["syntax", "no-decision", "only-tests"],
+)
+def test_broken_policy_stops_start_up(tmp_path: Path, files: dict[str, str], message: str) -> None:
     with pytest.raises(PolicyError, match=message):
         EmbeddedEngine(policy_dir(tmp_path, files, shipped=False))
 
@@ -155,12 +184,12 @@ def test_storage_never_read_means_every_row_hidden(store: LoopbackStore, tmp_pat
 
 
 def test_an_engine_collected_in_another_thread_drops_no_interpreter_there(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A regorus interpreter dropped outside the thread that made it is an unraisable error
     (and, under gunicorn or a test run, lands in whatever code runs the collector next)."""
     unraisable: list[str] = []
-    monkeypatch.setattr(sys, "unraisablehook",
-                        lambda hook: unraisable.append(str(hook.exc_value)))
+    monkeypatch.setattr(sys, "unraisablehook", lambda hook: unraisable.append(str(hook.exc_value)))
     holder = [EmbeddedEngine(POLICIES)]  # the worker must not keep the engine alive itself
     evaluated, release = threading.Event(), threading.Event()
 

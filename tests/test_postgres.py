@@ -87,19 +87,25 @@ def row_ids(response: requests.Response) -> list[str]:
 
 
 def wait_up(replica: Replica, timeout_s: float = 90) -> None:
-    wait_until_ready(replica.url + "/healthz", timeout_s, process=replica.process,
-                     describe=replica.log_tail)
+    wait_until_ready(
+        replica.url + "/healthz", timeout_s, process=replica.process, describe=replica.log_tail
+    )
 
 
 @pytest.fixture
-def fleet(store: LoopbackStore, postgres_url: str,
-          tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
+def fleet(
+    store: LoopbackStore, postgres_url: str, tmp_path: Path
+) -> Iterator[Callable[..., Fleet]]:
     """Start N replicas at the same moment (so they also race to migrate the schema)."""
     started: list[Replica] = []
 
     def start(count: int = 3, workers: int = 1, threads: int = 8) -> Fleet:
-        doc = config_doc(store.url, postgres_url, server={"workers": workers, "threads": threads},
-                         storage={"url": postgres_url, "timeout_s": STORAGE_TIMEOUT_S})
+        doc = config_doc(
+            store.url,
+            postgres_url,
+            server={"workers": workers, "threads": threads},
+            storage={"url": postgres_url, "timeout_s": STORAGE_TIMEOUT_S},
+        )
         path = tmp_path / "veil.yaml"
         path.write_text(yaml.safe_dump(doc))
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
@@ -109,10 +115,20 @@ def fleet(store: LoopbackStore, postgres_url: str,
             log = tmp_path / f"replica-{index}.log"
             with log.open("wb") as out:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "veil.cli", "serve", "--config", str(path),
-                     "--port", str(port)],
-                    env={**env, "VEIL_TEST_JWT_SECRET": SECRET}, stdout=out,
-                    stderr=subprocess.STDOUT)
+                    [
+                        sys.executable,
+                        "-m",
+                        "veil.cli",
+                        "serve",
+                        "--config",
+                        str(path),
+                        "--port",
+                        str(port),
+                    ],
+                    env={**env, "VEIL_TEST_JWT_SECRET": SECRET},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
             replicas.append(Replica(f"http://127.0.0.1:{port}", process, log))
         started.extend(replicas)
         for replica in replicas:
@@ -149,8 +165,12 @@ def assert_one_chain(fleet: Fleet, expected: int) -> list[dict[str, Any]]:
         assert r.json() == {"ok": True, "records": expected}
     cli = subprocess.run(
         [sys.executable, "-m", "veil.cli", "governance", "verify", "--config", str(fleet.config)],
-        env={**os.environ, "VEIL_TEST_JWT_SECRET": SECRET}, capture_output=True, text=True,
-        timeout=60, check=False)
+        env={**os.environ, "VEIL_TEST_JWT_SECRET": SECRET},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert json.loads(cli.stdout) == {"ok": True, "records": expected}
     records = whole_log(fleet.replicas[0])
@@ -162,23 +182,34 @@ def assert_one_chain(fleet: Fleet, expected: int) -> list[dict[str, Any]]:
 
 def make_private(replica: Replica, store: LoopbackStore) -> None:
     """finance (ann) private from now; the store answers one private and one public row."""
-    assert replica.call("PUT", "/veil/v1/groups/finance",
-                        json={"name": "Finance", "members": [ANN]}).status_code == 201
-    assert replica.call("POST", "/veil/v1/privacy-groups",
-                        json={"group": "finance"}).status_code == 201
+    assert (
+        replica.call(
+            "PUT", "/veil/v1/groups/finance", json={"name": "Finance", "members": [ANN]}
+        ).status_code
+        == 201
+    )
+    assert (
+        replica.call("POST", "/veil/v1/privacy-groups", json={"group": "finance"}).status_code
+        == 201
+    )
     later = iso(time.time_ns() + 600 * SEC)
     store.state.rows = [activity(1, ANN, later), activity(2, CAROL, later)]
 
 
 def make_viewer(replica: Replica, who: str) -> None:
     assert replica.call("POST", "/veil/v1/admins", json={"principal": who}).status_code == 201
-    assert replica.call("POST", "/veil/v1/private-viewers",
-                        json={"principal": who}).status_code == 201
+    assert (
+        replica.call("POST", "/veil/v1/private-viewers", json={"principal": who}).status_code == 201
+    )
 
 
 def open_session(replica: Replica, who: str) -> str:
-    r = replica.call("POST", "/veil/v1/reveal-sessions", who,
-                     json={"acknowledge_audit": True, "justification": "case INC-7"})
+    r = replica.call(
+        "POST",
+        "/veil/v1/reveal-sessions",
+        who,
+        json={"acknowledge_audit": True, "justification": "case INC-7"},
+    )
     assert r.status_code == 201, r.text
     sid: str = r.json()["id"]
     return sid
@@ -192,12 +223,14 @@ GROUPS_EACH = 3
 
 
 def test_concurrent_writes_through_three_replicas_keep_one_chain(
-        fleet: Callable[..., Fleet], store: LoopbackStore) -> None:
+    fleet: Callable[..., Fleet], store: LoopbackStore
+) -> None:
     fleet_ = fleet(3, workers=2, threads=4)
     replicas = fleet_.replicas
     with psycopg.connect(fleet_.database_url) as conn:
         assert conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
-            (v,) for v in range(1, len(MIGRATIONS) + 1)]
+            (v,) for v in range(1, len(MIGRATIONS) + 1)
+        ]
     make_private(replicas[0], store)
     for who in VIEWERS:
         make_viewer(replicas[1], who)
@@ -219,12 +252,17 @@ def test_concurrent_writes_through_three_replicas_keep_one_chain(
             assert row_ids(on(i).query(who, sid)) == ["act-1", "act-2"]
             written += 1
             if i < GROUPS_EACH:
-                r = on(i + 1).call("PUT", f"/veil/v1/groups/g-{t}-{i}",
-                                   json={"name": f"G {t} {i}", "members": [f"u{t}@contoso.com"]})
+                r = on(i + 1).call(
+                    "PUT",
+                    f"/veil/v1/groups/g-{t}-{i}",
+                    json={"name": f"G {t} {i}", "members": [f"u{t}@contoso.com"]},
+                )
                 assert r.status_code == 201, r.text
                 written += 1
-        assert on(1).call("POST", "/veil/v1/privacy-groups",
-                          json={"group": f"g-{t}-0"}).status_code == 201
+        assert (
+            on(1).call("POST", "/veil/v1/privacy-groups", json={"group": f"g-{t}-0"}).status_code
+            == 201
+        )
         assert on(2).call("DELETE", f"/veil/v1/privacy-groups/g-{t}-0").status_code == 204
         assert on(0).call("DELETE", f"/veil/v1/reveal-sessions/{sid}", who).status_code == 204
         return written + 3
@@ -255,17 +293,24 @@ def test_concurrent_writes_through_three_replicas_keep_one_chain(
         "activities_revealed": len(VIEWERS) * REVEALS_EACH,
         "reveal_session_ended": len(VIEWERS),
     }
-    assert all(r["details"]["ids"] == ["act-1"] for r in records
-               if r["action"] == "activities_revealed")
+    assert all(
+        r["details"]["ids"] == ["act-1"] for r in records if r["action"] == "activities_revealed"
+    )
 
 
 # ---- a change through one replica applies on every replica --------------------------------
 
+
 def test_change_through_one_replica_takes_effect_on_every_replica(
-        fleet: Callable[..., Fleet], store: LoopbackStore) -> None:
+    fleet: Callable[..., Fleet], store: LoopbackStore
+) -> None:
     r0, r1, r2 = fleet(3).replicas
-    assert r0.call("PUT", "/veil/v1/groups/finance",
-                   json={"name": "Finance", "members": [ANN]}).status_code == 201
+    assert (
+        r0.call(
+            "PUT", "/veil/v1/groups/finance", json={"name": "Finance", "members": [ANN]}
+        ).status_code
+        == 201
+    )
     later = iso(time.time_ns() + 600 * SEC)
     store.state.rows = [activity(1, ANN, later), activity(2, CAROL, later)]
     make_viewer(r0, BOB)
@@ -293,8 +338,12 @@ def test_change_through_one_replica_takes_effect_on_every_replica(
     for replica in (r0, r1):
         r = replica.query(BOB, second)
         assert r.status_code == 403 and b"act-1" not in r.content
-    refused = r0.call("POST", "/veil/v1/reveal-sessions", BOB,
-                      json={"acknowledge_audit": True, "justification": "again"})
+    refused = r0.call(
+        "POST",
+        "/veil/v1/reveal-sessions",
+        BOB,
+        json={"acknowledge_audit": True, "justification": "again"},
+    )
     assert refused.status_code == 403
 
     # the privacy group ended through r0: later activities show again everywhere
@@ -305,9 +354,10 @@ def test_change_through_one_replica_takes_effect_on_every_replica(
 
 # ---- PostgreSQL down, then back -----------------------------------------------------------
 
+
 def test_postgres_down_503_for_writes_and_reveals_queries_still_hide_then_recovery(
-        fleet: Callable[..., Fleet], store: LoopbackStore,
-        postgres_cluster: PostgresCluster) -> None:
+    fleet: Callable[..., Fleet], store: LoopbackStore, postgres_cluster: PostgresCluster
+) -> None:
     fleet_ = fleet(3)
     replicas = fleet_.replicas
     pids = [r.process.pid for r in replicas]
@@ -353,13 +403,18 @@ def test_postgres_down_503_for_writes_and_reveals_queries_still_hide_then_recove
         assert requests.get(replica.url + "/readyz", timeout=30).status_code == 200
     assert [r.process.pid for r in replicas] == pids
     assert all(r.process.poll() is None for r in replicas)
-    assert replicas[2].call("PUT", "/veil/v1/groups/hr",
-                            json={"name": "HR", "members": []}).status_code == 201
+    assert (
+        replicas[2]
+        .call("PUT", "/veil/v1/groups/hr", json={"name": "HR", "members": []})
+        .status_code
+        == 201
+    )
     records = assert_one_chain(fleet_, records_before + len(replicas) + 1)
     assert records[-1]["action"] == "group_imported"
 
 
 # ---- the database itself ------------------------------------------------------------------
+
 
 @pytest.fixture
 def pg_storage(postgres_url: str) -> Iterator[Storage]:
@@ -382,7 +437,8 @@ def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:
         storage.close()
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
-            (v,) for v in range(1, len(MIGRATIONS) + 1)]
+            (v,) for v in range(1, len(MIGRATIONS) + 1)
+        ]
 
 
 def test_concurrent_appends_from_separate_pools_never_fork(postgres_url: str) -> None:
@@ -403,19 +459,20 @@ def test_concurrent_appends_from_separate_pools_never_fork(postgres_url: str) ->
             storage.close()
 
 
-def test_governance_log_is_append_only_in_postgres(pg_storage: Storage,
-                                                   postgres_url: str) -> None:
+def test_governance_log_is_append_only_in_postgres(pg_storage: Storage, postgres_url: str) -> None:
     pg_storage.record("policy_reloaded", "a", {})
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        for statement in ("UPDATE governance_log SET actor = 'x'", "DELETE FROM governance_log",
-                          "TRUNCATE governance_log"):
+        for statement in (
+            "UPDATE governance_log SET actor = 'x'",
+            "DELETE FROM governance_log",
+            "TRUNCATE governance_log",
+        ):
             with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
                 conn.execute(statement)
     assert pg_storage.verify_log().as_dict() == {"ok": True, "records": 1}
 
 
-def test_tampering_by_a_database_superuser_is_found(pg_storage: Storage,
-                                                    postgres_url: str) -> None:
+def test_tampering_by_a_database_superuser_is_found(pg_storage: Storage, postgres_url: str) -> None:
     for i in range(5):
         pg_storage.record("policy_reloaded", "a", {"i": i})
     with psycopg.connect(postgres_url, autocommit=True) as conn:
@@ -425,24 +482,36 @@ def test_tampering_by_a_database_superuser_is_found(pg_storage: Storage,
     assert (verdict.ok, verdict.first_bad_seq, verdict.problem) == (False, 3, "changed_content")
 
 
-def test_reveal_is_503_when_postgres_refuses_the_record(store: LoopbackStore,
-                                                        postgres_url: str) -> None:
+def test_reveal_is_503_when_postgres_refuses_the_record(
+    store: LoopbackStore, postgres_url: str
+) -> None:
     app: Flask = create_app(make_config(store.url, postgres_url))
     client = app.test_client()
     try:
         client.put("/veil/v1/groups/finance", json={"name": "F", "members": [ANN]}, headers=A)
         client.post("/veil/v1/privacy-groups", json={"group": "finance"}, headers=A)
-        assert client.post("/veil/v1/private-viewers", json={"principal": ADMIN},
-                           headers=auth(GRANTOR)).status_code == 201
+        assert (
+            client.post(
+                "/veil/v1/private-viewers", json={"principal": ADMIN}, headers=auth(GRANTOR)
+            ).status_code
+            == 201
+        )
         later = iso(time.time_ns() + 600 * SEC)
         store.state.rows = [activity(1, ANN, later), activity(2, CAROL, later)]
-        sid = client.post("/veil/v1/reveal-sessions", headers=A,
-                          json={"acknowledge_audit": True, "justification": "x"}).get_json()["id"]
+        sid = client.post(
+            "/veil/v1/reveal-sessions",
+            headers=A,
+            json={"acknowledge_audit": True, "justification": "x"},
+        ).get_json()["id"]
         with psycopg.connect(postgres_url, autocommit=True) as conn:
-            conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
-                         "$$ BEGIN RAISE EXCEPTION 'disk says no'; END $$")
-            conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON governance_log "
-                         "FOR EACH ROW EXECUTE FUNCTION refuse()")
+            conn.execute(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'disk says no'; END $$"
+            )
+            conn.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON governance_log "
+                "FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
         headers = {**A, "Veil-Reveal-Session": sid}
         r = client.get("/api/activities", headers=headers)
         assert r.status_code == 503
@@ -459,14 +528,17 @@ def test_reveal_is_503_when_postgres_refuses_the_record(store: LoopbackStore,
 
 
 def test_text_sorts_by_bytes_whatever_the_database_collation(
-        postgres_cluster: PostgresCluster) -> None:
+    postgres_cluster: PostgresCluster,
+) -> None:
     """Listings come out in the same order as on SQLite, even on an ICU en-US database."""
     name = "veil_icu"
     with postgres_cluster.admin() as conn:
         if conn.info.server_version < 150000:
             pytest.skip("ICU database locales need PostgreSQL 15")
-        conn.execute(f"CREATE DATABASE {name} LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
-                     "LOCALE 'C' TEMPLATE template0")
+        conn.execute(
+            f"CREATE DATABASE {name} LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
+            "LOCALE 'C' TEMPLATE template0"
+        )
     storage = open_storage(postgres_cluster.url(name), STORAGE_TIMEOUT_S)
     try:
         group_ids = ["ab", "a_b", "B", "a-c", "Z", "aB"]
@@ -480,7 +552,8 @@ def test_text_sorts_by_bytes_whatever_the_database_collation(
 
 def test_placeholders_and_literal_percent_signs(pg_storage: Storage) -> None:
     assert to_pyformat("SELECT '50%?', ? WHERE a LIKE 'x%' AND b = ?") == (
-        "SELECT '50%%?', %s WHERE a LIKE 'x%%' AND b = %s")
+        "SELECT '50%%?', %s WHERE a LIKE 'x%%' AND b = %s"
+    )
     with pg_storage.backend.transaction(write=False) as tx:
         assert tx.one("SELECT '100%' || ?, '?', ? + 1", ("x", 2**40)) == ("100%x", "?", 2**40 + 1)
         assert tx.one("SELECT '100%'") == ("100%",)
@@ -493,8 +566,7 @@ def test_unreachable_server_is_a_storage_error(postgres_cluster: PostgresCluster
         open_storage(postgres_cluster.url("no_such_database"), 1)
 
 
-def test_missing_binaries_fail_under_ci_and_skip_elsewhere(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_binaries_fail_under_ci_and_skip_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
     import postgres
 
     monkeypatch.setattr(postgres, "find_bin_dir", lambda: None)

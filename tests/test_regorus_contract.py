@@ -117,7 +117,7 @@ def test_the_ast_has_the_shape_policytools_walks() -> None:
     imports = tree["imports"]
     assert [rego_ast.ref_path(i["refr"]) for i in imports] == ["rego.v1", "data.veil.other"]
     alias = imports[1]["as"]
-    assert SOURCE.encode()[alias["start"]:alias["end"]] == b"alias"
+    assert SOURCE.encode()[alias["start"] : alias["end"]] == b"alias"
     for imported in imports:
         assert {"line", "col"} <= set(imported["span"])
 
@@ -128,10 +128,17 @@ def test_the_ast_has_the_shape_policytools_walks() -> None:
             continue
         kind, head = next(iter(rule["Spec"]["head"].items()))
         kinds[rego_ast.head_name(head)] = kind
-        assert {"line", "col", "start", "end"} <= set(head["refr"].get("Var", {}).get("span", {})
-                                                      or rule["Spec"]["span"])
-    assert kinds == {"flag": "Default", "s": "Set", "f": "Func", "p": "Compr", "q": "Compr",
-                     "t": "Compr"}
+        assert {"line", "col", "start", "end"} <= set(
+            head["refr"].get("Var", {}).get("span", {}) or rule["Spec"]["span"]
+        )
+    assert kinds == {
+        "flag": "Default",
+        "s": "Set",
+        "f": "Func",
+        "p": "Compr",
+        "q": "Compr",
+        "t": "Compr",
+    }
 
     nodes = list(rego_ast.walk(tree))
     names = {key for node in nodes for key in node}
@@ -139,20 +146,23 @@ def test_the_ast_has_the_shape_policytools_walks() -> None:
         assert needed in names, needed
     call = next(n["Call"] for n in nodes if "Call" in n)
     assert rego_ast.ref_path(call["fcn"]) == "count"
-    brack = next(n["RefBrack"] for n in nodes if "RefBrack" in n and
-                 "String" in n["RefBrack"]["index"])
+    brack = next(
+        n["RefBrack"] for n in nodes if "RefBrack" in n and "String" in n["RefBrack"]["index"]
+    )
     assert brack["index"]["String"]["value"] == "rows"
     dot = next(n["RefDot"] for n in nodes if "RefDot" in n)
     assert isinstance(dot["field"], list) and isinstance(dot["field"][1], str)
     some_in = next(n["SomeIn"] for n in nodes if "SomeIn" in n)
     assert some_in["key"]["Var"]["value"] == "i" and some_in["value"]["Var"]["value"] == "v"
     every = next(n["Every"] for n in nodes if "Every" in n)
-    assert SOURCE.encode()[every["key"]["start"]:every["key"]["end"]] == b"k"
+    assert SOURCE.encode()[every["key"]["start"] : every["key"]["end"]] == b"k"
     func = next(r["Spec"] for r in tree["rules"] if "Func" in r.get("Spec", {}).get("head", {}))
     assert func["head"]["Func"]["args"][0]["Var"]["value"] == "a"
-    bodies = next(r["Spec"]["bodies"] for r in tree["rules"]
-                  if rego_ast.head_name(next(iter(r.get("Spec", {}).get("head", {"_": {}})
-                                                     .values()))) == "q")
+    bodies = next(
+        r["Spec"]["bodies"]
+        for r in tree["rules"]
+        if rego_ast.head_name(next(iter(r.get("Spec", {}).get("head", {"_": {}}).values()))) == "q"
+    )
     assert [b["is_else"] for b in bodies] == [False, True]
     assert bodies[1]["assign"]["span"]["end"] > 0 and not (bodies[1]["query"] or {}).get("stmts")
     assert all("stmts" in (b["query"] or {"stmts": []}) for b in bodies)
@@ -162,8 +172,11 @@ def test_opa_runtime_lists_the_builtins_and_http_send_is_left_undefined() -> Non
     listed = embedded_builtins()
     assert {"count", "sprintf", "strings.any_suffix_match", "http.send"} <= listed
     engine = regorus.Engine()
-    engine.add_policy("h.rego", 'package h\n\nimport rego.v1\n\n'
-                      'r := http.send({"method": "GET", "url": "http://127.0.0.1:9/"})\n')
+    engine.add_policy(
+        "h.rego",
+        "package h\n\nimport rego.v1\n\n"
+        'r := http.send({"method": "GET", "url": "http://127.0.0.1:9/"})\n',
+    )
     assert engine.eval_rule("data.h.r") is None  # listed, yet undefined: check refuses it
     assert "http.send" in EMBEDDED_UNDEFINED
 

@@ -54,8 +54,10 @@ def served(store: LoopbackStore, storage_url: str, policies: Path) -> Iterator[F
 def client(served: Flask) -> FlaskClient:
     client = served.test_client()
     assert client.put("/veil/v1/groups/finance", json=FINANCE, headers=A).status_code == 201
-    assert client.post("/veil/v1/privacy-groups", json={"group": "finance"},
-                       headers=A).status_code == 201
+    assert (
+        client.post("/veil/v1/privacy-groups", json={"group": "finance"}, headers=A).status_code
+        == 201
+    )
     return client
 
 
@@ -66,9 +68,11 @@ def add_example(policies: Path) -> None:
 
 def rows_now() -> list[dict[str, Any]]:
     now = iso(time.time_ns())
-    return [activity(1, "ann@contoso.com", now),  # private: finance is private
-            activity(2, "carl@contoso.com", now),
-            activity(3, "carl@contoso.com", now, activity="FileDownloaded")]
+    return [
+        activity(1, "ann@contoso.com", now),  # private: finance is private
+        activity(2, "carl@contoso.com", now),
+        activity(3, "carl@contoso.com", now, activity="FileDownloaded"),
+    ]
 
 
 def reloads(client: FlaskClient) -> list[dict[str, Any]]:
@@ -79,14 +83,18 @@ def reloads(client: FlaskClient) -> list[dict[str, Any]]:
 def file_hashes(policies: Path) -> dict[str, str]:
     import hashlib
 
-    return {p.relative_to(policies).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(policies.rglob("*.rego"))}
+    return {
+        p.relative_to(policies).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(policies.rglob("*.rego"))
+    }
 
 
 # ---- accepted ----------------------------------------------------------------------------
 
+
 def test_reload_that_checks_and_passes_its_tests_is_served(
-        client: FlaskClient, store: LoopbackStore, policies: Path) -> None:
+    client: FlaskClient, store: LoopbackStore, policies: Path
+) -> None:
     store.state.rows = rows_now()
     assert ids(client.get("/api/activities", headers=A)) == ["act-2", "act-3"]
     add_example(policies)
@@ -124,12 +132,15 @@ def test_only_admins_may_reload(client: FlaskClient, policies: Path) -> None:
 # ---- refused -----------------------------------------------------------------------------
 
 BROKEN: dict[str, tuple[dict[str, str | None], str]] = {
-    "syntax error": ({"broken.rego": HEADER + "private_rows contains i if {\n"},
-                     "does not check"),
-    "v0 syntax": ({"old.rego": "package veil.privacy\n\nprivate_rows[i] { input.rows[i] }\n"},
-                  "does not check"),
-    "failing test": ({"everything.rego": HEADER + (
-        "private_rows contains i if some i, _ in input.rows\n")}, "policy tests failed"),
+    "syntax error": ({"broken.rego": HEADER + "private_rows contains i if {\n"}, "does not check"),
+    "v0 syntax": (
+        {"old.rego": "package veil.privacy\n\nprivate_rows[i] { input.rows[i] }\n"},
+        "does not check",
+    ),
+    "failing test": (
+        {"everything.rego": HEADER + ("private_rows contains i if some i, _ in input.rows\n")},
+        "policy tests failed",
+    ),
     "missing entry point": ({"decision.rego": None}, "does not check"),
     "no tests": ({"*_test.rego": None}, "has no tests"),
 }
@@ -137,7 +148,8 @@ BROKEN: dict[str, tuple[dict[str, str | None], str]] = {
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
 def test_broken_change_is_refused_and_the_old_policy_keeps_serving(
-        client: FlaskClient, store: LoopbackStore, policies: Path, case: str) -> None:
+    client: FlaskClient, store: LoopbackStore, policies: Path, case: str
+) -> None:
     changes, reason = BROKEN[case]
     store.state.rows = rows_now()
     before = client.get("/readyz").get_json()["policy"]["digest"]
@@ -170,18 +182,25 @@ def test_broken_change_is_refused_and_the_old_policy_keeps_serving(
     assert record["files"] == file_hashes(policies)
 
 
-def test_refused_reload_is_logged(client: FlaskClient, policies: Path,
-                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_refused_reload_is_logged(
+    client: FlaskClient, policies: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     (policies / PRIVACY / "broken.rego").write_text(HEADER + "x := {\n")
     with caplog.at_level("ERROR", logger="veil.reload"):
         client.post("/veil/v1/policy/reload", headers=A)
-    assert any("policy reload refused" in r.getMessage() and "broken.rego:" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "policy reload refused" in r.getMessage() and "broken.rego:" in r.getMessage()
+        for r in caplog.records
+    )
 
 
-def test_reload_that_cannot_be_audited_is_undone(client: FlaskClient, store: LoopbackStore,
-                                                 served: Flask, policies: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reload_that_cannot_be_audited_is_undone(
+    client: FlaskClient,
+    store: LoopbackStore,
+    served: Flask,
+    policies: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     store.state.rows = rows_now()
     add_example(policies)
 
@@ -199,8 +218,10 @@ def test_reload_that_cannot_be_audited_is_undone(client: FlaskClient, store: Loo
 
 # ---- queries during reloads --------------------------------------------------------------
 
+
 def test_queries_are_answered_while_reloads_are_accepted_and_refused(
-        client: FlaskClient, served: Flask, store: LoopbackStore, policies: Path) -> None:
+    client: FlaskClient, served: Flask, store: LoopbackStore, policies: Path
+) -> None:
     store.state.rows = rows_now()
     answers: list[tuple[int, list[str]]] = []
     stop = threading.Event()
@@ -238,7 +259,8 @@ def test_queries_are_answered_while_reloads_are_accepted_and_refused(
 
 
 def test_an_input_built_without_raw_rows_is_not_judged_by_a_policy_that_reads_them(
-        policies: Path) -> None:
+    policies: Path,
+) -> None:
     engine = EmbeddedEngine(policies)
     engine.sync(1, lambda: (1, {"privacy_groups": {}}))
     held = engine.begin()  # the answer's hold, taken before its input is built
@@ -246,10 +268,15 @@ def test_an_input_built_without_raw_rows_is_not_judged_by_a_policy_that_reads_th
     add_example(policies)
     engine.reload(load_modules(policies))
     assert engine.needs_raw is True
-    row = {"index": 0, "id": "a", "actor": "carl@contoso.com", "actor_type": "user",
-           "ts_ns": 1}
-    document: dict[str, Any] = {"caller": "", "request": {}, "reveal_session_id": None,
-                                "session": None, "now_ns": 2, "rows": [row]}
+    row = {"index": 0, "id": "a", "actor": "carl@contoso.com", "actor_type": "user", "ts_ns": 1}
+    document: dict[str, Any] = {
+        "caller": "",
+        "request": {},
+        "reveal_session_id": None,
+        "session": None,
+        "now_ns": 2,
+        "rows": [row],
+    }
     # Evaluated with the policy the input was built for: no rule sees a missing raw.
     assert held.evaluate(DECISION, orjson.dumps(document))["private_rows"] == set()
     # Decided again on newer state (a reveal's record), the answer keeps its policy.
@@ -262,7 +289,8 @@ def test_an_input_built_without_raw_rows_is_not_judged_by_a_policy_that_reads_th
     assert later.needs_raw is True
     raw_row = {**row, "raw": {"activity": "FileDownloaded"}}
     assert later.evaluate(DECISION, orjson.dumps({**document, "rows": [raw_row]}))[
-        "private_rows"] == {0}
+        "private_rows"
+    ] == {0}
 
 
 def test_reading_needs_raw_pins_nothing(policies: Path) -> None:
@@ -272,10 +300,22 @@ def test_reading_needs_raw_pins_nothing(policies: Path) -> None:
     assert engine.needs_raw is False
     add_example(policies)
     engine.reload(load_modules(policies))
-    raw_row = {"index": 0, "id": "a", "actor": "carl@contoso.com", "actor_type": "user",
-               "ts_ns": 1, "raw": {"activity": "FileDownloaded"}}
-    document: dict[str, Any] = {"caller": "", "request": {}, "reveal_session_id": None,
-                                "session": None, "now_ns": 2, "rows": [raw_row]}
+    raw_row = {
+        "index": 0,
+        "id": "a",
+        "actor": "carl@contoso.com",
+        "actor_type": "user",
+        "ts_ns": 1,
+        "raw": {"activity": "FileDownloaded"},
+    }
+    document: dict[str, Any] = {
+        "caller": "",
+        "request": {},
+        "reveal_session_id": None,
+        "session": None,
+        "now_ns": 2,
+        "rows": [raw_row],
+    }
     assert engine.evaluate(orjson.dumps(document))["private_rows"] == {0}  # the new policy
 
 
@@ -286,6 +326,7 @@ def test_a_hold_is_continued_only_by_its_engine(policies: Path) -> None:
 
 
 # ---- file watch and SIGHUP ---------------------------------------------------------------
+
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
@@ -301,7 +342,8 @@ def last_outcome(app: Flask) -> str | None:
 
 
 def test_file_watch_reloads_a_good_change_and_refuses_a_broken_one(
-        client: FlaskClient, served: Flask, store: LoopbackStore, policies: Path) -> None:
+    client: FlaskClient, served: Flask, store: LoopbackStore, policies: Path
+) -> None:
     store.state.rows = rows_now()
     triggers = reload.ReloadTriggers(served.extensions[reload.EXTENSION], 0.05, sighup=False)
     triggers.start()
@@ -315,14 +357,17 @@ def test_file_watch_reloads_a_good_change_and_refuses_a_broken_one(
     finally:
         triggers.stop()
     records = reloads(client)
-    assert [(r["outcome"], r["trigger"]) for r in records] == [("accepted", "file_watch"),
-                                                                ("refused", "file_watch")]
+    assert [(r["outcome"], r["trigger"]) for r in records] == [
+        ("accepted", "file_watch"),
+        ("refused", "file_watch"),
+    ]
     log = client.get("/veil/v1/governance-log?action=policy_reloaded", headers=A).get_json()
     assert {r["actor"] for r in log["records"]} == {reload.ACTOR_WATCH}
 
 
-def test_sighup_reloads(client: FlaskClient, served: Flask, store: LoopbackStore,
-                        policies: Path) -> None:
+def test_sighup_reloads(
+    client: FlaskClient, served: Flask, store: LoopbackStore, policies: Path
+) -> None:
     before = signal.getsignal(signal.SIGHUP)
     triggers = reload.ReloadTriggers(served.extensions[reload.EXTENSION], None, sighup=True)
     triggers.start()

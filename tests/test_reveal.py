@@ -36,9 +36,11 @@ def private_rows(client: FlaskClient, store: LoopbackStore) -> list[str]:
 
 
 def open_session(client: FlaskClient, who: str = ADMIN, why: str = "case INC-42") -> str:
-    r = client.post("/veil/v1/reveal-sessions", json={"acknowledge_audit": True,
-                                                       "justification": why},
-                    headers=auth(who))
+    r = client.post(
+        "/veil/v1/reveal-sessions",
+        json={"acknowledge_audit": True, "justification": why},
+        headers=auth(who),
+    )
     assert r.status_code == 201, r.get_json()
     session_id: str = r.get_json()["id"]
     return session_id
@@ -47,22 +49,29 @@ def open_session(client: FlaskClient, who: str = ADMIN, why: str = "case INC-42"
 def permit(client: FlaskClient, who: str = ADMIN) -> None:
     if who != ADMIN:
         assert client.post("/veil/v1/admins", json={"principal": who}, headers=A).status_code == 201
-    assert client.post("/veil/v1/private-viewers", json={"principal": who},
-                       headers=auth(GRANTOR)).status_code == 201
+    assert (
+        client.post(
+            "/veil/v1/private-viewers", json={"principal": who}, headers=auth(GRANTOR)
+        ).status_code
+        == 201
+    )
 
 
 def reveal(client: FlaskClient, session_id: str, who: str = ADMIN, query: str = "") -> TestResponse:
-    return client.get(f"/api/activities{query}",
-                      headers={**auth(who), "Veil-Reveal-Session": session_id})
+    return client.get(
+        f"/api/activities{query}", headers={**auth(who), "Veil-Reveal-Session": session_id}
+    )
 
 
 def log(client: FlaskClient, action: str) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = client.get(
-        f"/veil/v1/governance-log?action={action}", headers=A).get_json()["records"]
+        f"/veil/v1/governance-log?action={action}", headers=A
+    ).get_json()["records"]
     return records
 
 
 # ---- R6: only admins ----------------------------------------------------------------------
+
 
 @pytest.mark.storage
 def test_permission_only_for_admins(client: FlaskClient) -> None:
@@ -78,13 +87,17 @@ def test_permission_only_for_admins(client: FlaskClient) -> None:
 
 # ---- R5: consent --------------------------------------------------------------------------
 
+
 def test_session_needs_justification_by_default(client: FlaskClient) -> None:
     permit(client)
     r = client.post("/veil/v1/reveal-sessions", json={"acknowledge_audit": True}, headers=A)
     assert r.status_code == 400
     assert r.get_json()["field"] == "justification"
-    r = client.post("/veil/v1/reveal-sessions", json={"acknowledge_audit": True,
-                                                       "justification": "   "}, headers=A)
+    r = client.post(
+        "/veil/v1/reveal-sessions",
+        json={"acknowledge_audit": True, "justification": "   "},
+        headers=A,
+    )
     assert r.status_code == 400
     assert log(client, "reveal_session_opened") == []
 
@@ -99,8 +112,11 @@ def test_justification_optional_when_configured(store: LoopbackStore, storage_ur
 
 @pytest.mark.storage
 def test_session_refused_without_permission_and_logged(client: FlaskClient) -> None:
-    r = client.post("/veil/v1/reveal-sessions", json={"acknowledge_audit": True,
-                                                       "justification": "curious"}, headers=A)
+    r = client.post(
+        "/veil/v1/reveal-sessions",
+        json={"acknowledge_audit": True, "justification": "curious"},
+        headers=A,
+    )
     assert r.status_code == 403
     assert "view-private permission" in r.get_json()["detail"]
     refused = log(client, "reveal_session_refused")
@@ -112,8 +128,11 @@ def test_session_refused_without_permission_and_logged(client: FlaskClient) -> N
 def test_session_shape_and_expiry(client: FlaskClient) -> None:
     permit(client)
     before = time.time()
-    r = client.post("/veil/v1/reveal-sessions", json={"acknowledge_audit": True,
-                                                       "justification": "x"}, headers=A)
+    r = client.post(
+        "/veil/v1/reveal-sessions",
+        json={"acknowledge_audit": True, "justification": "x"},
+        headers=A,
+    )
     body = r.get_json()
     from datetime import datetime
 
@@ -126,9 +145,11 @@ def test_session_shape_and_expiry(client: FlaskClient) -> None:
 
 # ---- R3, R4, R7: reveal -------------------------------------------------------------------
 
+
 @pytest.mark.storage
-def test_reveal_shows_private_rows_after_audit(client: FlaskClient, private_rows: list[str],
-                                               store: LoopbackStore) -> None:
+def test_reveal_shows_private_rows_after_audit(
+    client: FlaskClient, private_rows: list[str], store: LoopbackStore
+) -> None:
     permit(client)
     sid = open_session(client)
     r = reveal(client, sid, query="?user=ann")
@@ -139,18 +160,22 @@ def test_reveal_shows_private_rows_after_audit(client: FlaskClient, private_rows
     assert record["actor"] == ADMIN
     row_text = r.get_data(as_text=True)
     start = row_text.index('{"id": "act-1"')
-    first_row = row_text[start:row_text.index("}", start) + 1]
-    assert record["details"] == {"session": sid, "justification": "case INC-42",
-                                 "path": "/api/activities", "query": "user=ann", "count": 1,
-                                 "ids": ["act-1"],
-                                 "sha256": [hashlib.sha256(first_row.encode()).hexdigest()]}
+    first_row = row_text[start : row_text.index("}", start) + 1]
+    assert record["details"] == {
+        "session": sid,
+        "justification": "case INC-42",
+        "path": "/api/activities",
+        "query": "user=ann",
+        "count": 1,
+        "ids": ["act-1"],
+        "sha256": [hashlib.sha256(first_row.encode()).hexdigest()],
+    }
     # without the header the same admin sees the default view (R3)
     assert ids(client.get("/api/activities", headers=A)) == ["act-2"]
 
 
 @pytest.mark.storage
-def test_no_record_when_nothing_private_is_shown(client: FlaskClient,
-                                                 store: LoopbackStore) -> None:
+def test_no_record_when_nothing_private_is_shown(client: FlaskClient, store: LoopbackStore) -> None:
     permit(client)
     sid = open_session(client)
     store.state.rows = [activity(2, "bob@contoso.com", iso(time.time_ns()))]
@@ -160,8 +185,9 @@ def test_no_record_when_nothing_private_is_shown(client: FlaskClient,
 
 @pytest.mark.parametrize("case", ["made-up", "foreign", "ended", "no-permission-any-more"])
 @pytest.mark.storage
-def test_invalid_sessions_are_403_without_rows(client: FlaskClient, private_rows: list[str],
-                                               case: str) -> None:
+def test_invalid_sessions_are_403_without_rows(
+    client: FlaskClient, private_rows: list[str], case: str
+) -> None:
     permit(client)
     permit(client, CAROL)
     sid = open_session(client)
@@ -200,8 +226,9 @@ def test_expired_session_is_refused(store: LoopbackStore, storage_url: str) -> N
 
 
 @pytest.mark.storage
-def test_removing_the_admin_role_ends_sessions_and_permission(client: FlaskClient,
-                                                              private_rows: list[str]) -> None:
+def test_removing_the_admin_role_ends_sessions_and_permission(
+    client: FlaskClient, private_rows: list[str]
+) -> None:
     permit(client, CAROL)
     sid = open_session(client, CAROL)
     assert ids(reveal(client, sid, who=CAROL)) == ["act-1", "act-2"]
@@ -216,8 +243,9 @@ def test_removing_the_admin_role_ends_sessions_and_permission(client: FlaskClien
 
 
 @pytest.mark.storage
-def test_revoking_permission_ends_sessions_at_once(client: FlaskClient,
-                                                   private_rows: list[str]) -> None:
+def test_revoking_permission_ends_sessions_at_once(
+    client: FlaskClient, private_rows: list[str]
+) -> None:
     permit(client)
     sid = open_session(client)
     client.delete(f"/veil/v1/private-viewers/{ADMIN}", headers=A)
@@ -231,27 +259,35 @@ def test_revoking_permission_ends_sessions_at_once(client: FlaskClient,
 def test_only_owner_or_admin_ends_a_session(client: FlaskClient) -> None:
     permit(client)
     sid = open_session(client)
-    assert client.delete(f"/veil/v1/reveal-sessions/{sid}",
-                         headers=auth("bob@contoso.com")).status_code == 404
+    assert (
+        client.delete(
+            f"/veil/v1/reveal-sessions/{sid}", headers=auth("bob@contoso.com")
+        ).status_code
+        == 404
+    )
     assert client.delete(f"/veil/v1/reveal-sessions/{sid}", headers=A).status_code == 204
     assert client.delete(f"/veil/v1/reveal-sessions/{sid}", headers=A).status_code == 409
 
 
 # ---- R7: audit before reveal, or no reveal ------------------------------------------------
 
+
 def _sqlite_file(app: Flask) -> Path:
     path: Path = app.extensions["veil"].storage.backend.path
     return path
 
 
-def test_reveal_is_503_when_the_record_cannot_be_written(app: Flask, client: FlaskClient,
-                                                         private_rows: list[str]) -> None:
+def test_reveal_is_503_when_the_record_cannot_be_written(
+    app: Flask, client: FlaskClient, private_rows: list[str]
+) -> None:
     """Breaks the SQLite file directly; tests/test_postgres.py covers PostgreSQL."""
     permit(client)
     sid = open_session(client)
     with sqlite3.connect(_sqlite_file(app)) as db:
-        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON governance_log "
-                   "BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON governance_log "
+            "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+        )
     r = reveal(client, sid)
     assert r.status_code == 503
     assert r.get_json()["code"] == "governance_write_failed"
@@ -263,16 +299,17 @@ def test_reveal_is_503_when_the_record_cannot_be_written(app: Flask, client: Fla
 
 
 @pytest.fixture
-def quick_timeout_client(store: LoopbackStore, tmp_path: Path) -> Iterator[tuple[FlaskClient,
-                                                                                  Path]]:
+def quick_timeout_client(
+    store: LoopbackStore, tmp_path: Path
+) -> Iterator[tuple[FlaskClient, Path]]:
     db = tmp_path / "veil.db"
     app = create_app(make_config(store.url, f"sqlite:///{db}", storage={"timeout_s": 0.3}))
     yield app.test_client(), db
 
 
-def test_reveal_is_503_when_the_log_write_times_out(quick_timeout_client: tuple[FlaskClient,
-                                                                                Path],
-                                                    store: LoopbackStore) -> None:
+def test_reveal_is_503_when_the_log_write_times_out(
+    quick_timeout_client: tuple[FlaskClient, Path], store: LoopbackStore
+) -> None:
     client, db = quick_timeout_client
     permit(client)
     client.put("/veil/v1/groups/finance", json={"name": "F", "members": [ANN]}, headers=A)
@@ -307,6 +344,7 @@ def test_reveal_is_503_when_the_log_write_times_out(quick_timeout_client: tuple[
 
 # ---- R8: everything privacy-related is audited ---------------------------------------------
 
+
 @pytest.mark.storage
 def test_every_privacy_event_is_recorded(client: FlaskClient, private_rows: list[str]) -> None:
     client.post("/veil/v1/admins", json={"principal": CAROL}, headers=A)
@@ -314,27 +352,38 @@ def test_every_privacy_event_is_recorded(client: FlaskClient, private_rows: list
     sid = open_session(client, CAROL)
     reveal(client, sid, who=CAROL)
     client.delete(f"/veil/v1/reveal-sessions/{sid}", headers=auth(CAROL))
-    client.post("/veil/v1/reveal-sessions", json={"acknowledge_audit": True,
-                                                   "justification": "x"},
-                headers=auth("bob@contoso.com"))
+    client.post(
+        "/veil/v1/reveal-sessions",
+        json={"acknowledge_audit": True, "justification": "x"},
+        headers=auth("bob@contoso.com"),
+    )
     client.delete(f"/veil/v1/private-viewers/{CAROL}", headers=A)
     client.delete(f"/veil/v1/admins/{CAROL}", headers=A)
     client.delete("/veil/v1/privacy-groups/finance", headers=A)
     records = client.get("/veil/v1/governance-log?limit=1000", headers=A).get_json()["records"]
     actions = [r["action"] for r in records]
     assert actions == [
-        "group_imported", "privacy_group_added", "admin_added", "permission_granted",
-        "reveal_session_opened", "activities_revealed", "reveal_session_ended",
-        "reveal_session_refused", "permission_revoked", "admin_removed",
+        "group_imported",
+        "privacy_group_added",
+        "admin_added",
+        "permission_granted",
+        "reveal_session_opened",
+        "activities_revealed",
+        "reveal_session_ended",
+        "reveal_session_refused",
+        "permission_revoked",
+        "admin_removed",
         "privacy_group_removed",
     ]
 
 
 # ---- R9: no side channel ------------------------------------------------------------------
 
+
 @pytest.mark.storage
-def test_refusals_do_not_count_hidden_rows(client: FlaskClient, private_rows: list[str],
-                                           store: LoopbackStore) -> None:
+def test_refusals_do_not_count_hidden_rows(
+    client: FlaskClient, private_rows: list[str], store: LoopbackStore
+) -> None:
     """A refusal is the same whether the answer held private rows or not."""
     with_private = reveal(client, "rs_made_up", who="bob@contoso.com")
     store.state.rows = [activity(2, "bob@contoso.com", iso(time.time_ns()))]

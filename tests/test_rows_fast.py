@@ -30,20 +30,70 @@ KEY_SPELLINGS = {  # the same decoded name, written several ways
     "timestamp": ['"timestamp"', '"time\\u0073tamp"'],
     "actorType": ['"actorType"', '"actor\\u0054ype"'],
 }
-AWKWARD_STRINGS = ['"plain"', '"},{"', '"}, {"', '"a\\"b"', '"\\\\"', '"\\":"', '"\\"}, {\\""',
-                   '"caf\u00e9"', '"\\u00e9"', '"\\ud83d\\ude00"', '"\U0001f600"', '"\\n\\t"',
-                   '"\\/"', '"line\\u2028sep"', '"]"', '"[{"', '"\\u0000"', '"{\\"x\\":1}"',
-                   '"19 digits 1234567890123456789"', '"2024-01-01T00:00:00Z"', '""']
+AWKWARD_STRINGS = [
+    '"plain"',
+    '"},{"',
+    '"}, {"',
+    '"a\\"b"',
+    '"\\\\"',
+    '"\\":"',
+    '"\\"}, {\\""',
+    '"caf\u00e9"',
+    '"\\u00e9"',
+    '"\\ud83d\\ude00"',
+    '"\U0001f600"',
+    '"\\n\\t"',
+    '"\\/"',
+    '"line\\u2028sep"',
+    '"]"',
+    '"[{"',
+    '"\\u0000"',
+    '"{\\"x\\":1}"',
+    '"19 digits 1234567890123456789"',
+    '"2024-01-01T00:00:00Z"',
+    '""',
+]
 INNER_KEYS = ['"a"', '"b"', '"\\u0061"', '"user"']
 RARE_STRINGS = ['"\\ud800"', '"\\udc00x"', '"\\uDBFF"']  # lone surrogates: R2
-NUMBERS = ["0", "-0", "1", "-1", "0.5", "-0.0", "1e3", "1E-7", "2.5e-400", "1.7976931348623157e308",
-           str(2**63 - 1), str(-(2**63)), str(2**63), str(2**64 - 1), str(2**64), str(-(2**63) - 1),
-           "123456789012345678901234567890", "-98765432109876543210", "1234567890123456789",
-           "12345678901234567890.5", "3.141592653589793", "0.1", "100000000000000000000e-2"]
+NUMBERS = [
+    "0",
+    "-0",
+    "1",
+    "-1",
+    "0.5",
+    "-0.0",
+    "1e3",
+    "1E-7",
+    "2.5e-400",
+    "1.7976931348623157e308",
+    str(2**63 - 1),
+    str(-(2**63)),
+    str(2**63),
+    str(2**64 - 1),
+    str(2**64),
+    str(-(2**63) - 1),
+    "123456789012345678901234567890",
+    "-98765432109876543210",
+    "1234567890123456789",
+    "12345678901234567890.5",
+    "3.141592653589793",
+    "0.1",
+    "100000000000000000000e-2",
+]
 RARE_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e400", "9" * 5000]
-TIMESTAMPS = ['"2026-11-25T18:58:06.480Z"', '"2026-11-25t18:58:06z"', '"2026-11-25 18:58:06+01:00"',
-              '"2026-11-25T18:58:06.123456789Z"', '"2026-11-25T18:58:06"', "1764097086480",
-              "1764097086480.5", '"x"', "null", "true", str(2**70)]
+TIMESTAMPS = [
+    '"2026-11-25T18:58:06.480Z"',
+    '"2026-11-25t18:58:06z"',
+    '"2026-11-25 18:58:06+01:00"',
+    '"2026-11-25T18:58:06.123456789Z"',
+    '"2026-11-25T18:58:06"',
+    "1764097086480",
+    "1764097086480.5",
+    '"x"',
+    "null",
+    "true",
+    str(2**70),
+]
 
 
 def blank(rng: random.Random) -> str:
@@ -66,12 +116,15 @@ def value(rng: random.Random, depth: int, rare: bool) -> str:
     if depth > 3 or roll < 0.7:
         return scalar(rng, rare)
     if roll < 0.85:
-        members = [f"{blank(rng)}{rng.choice(INNER_KEYS)}"
-                   f"{blank(rng)}:{blank(rng)}{value(rng, depth + 1, rare)}{blank(rng)}"
-                   for _ in range(rng.randint(0, 3))]
+        members = [
+            f"{blank(rng)}{rng.choice(INNER_KEYS)}"
+            f"{blank(rng)}:{blank(rng)}{value(rng, depth + 1, rare)}{blank(rng)}"
+            for _ in range(rng.randint(0, 3))
+        ]
         return "{" + ",".join(members) + "}"
-    items = [f"{blank(rng)}{value(rng, depth + 1, rare)}{blank(rng)}"
-             for _ in range(rng.randint(0, 3))]
+    items = [
+        f"{blank(rng)}{value(rng, depth + 1, rare)}{blank(rng)}" for _ in range(rng.randint(0, 3))
+    ]
     return "[" + ",".join(items) + "]"
 
 
@@ -87,62 +140,99 @@ def row(rng: random.Random, nested: bool, rare: bool) -> str:
     if rare and roll < 0.05:
         return '{"user": "deep@x", "d": ' + deep(rng.choice([40, 70, 1100])) + "}"
     fields: list[tuple[str, str]] = []
-    actor = rng.choice(['"Ann@Contoso.com"', '"bob@contoso.com"', '"app-1"', '"åsa@x"', '""',
-                        "7", "null", '"a b"', '"\\u0041nn@contoso.com"'])
+    actor = rng.choice(
+        [
+            '"Ann@Contoso.com"',
+            '"bob@contoso.com"',
+            '"app-1"',
+            '"åsa@x"',
+            '""',
+            "7",
+            "null",
+            '"a b"',
+            '"\\u0041nn@contoso.com"',
+        ]
+    )
     kind = rng.choice(['"user"', '"application"', '"APPLICATION"', "3", '"User"'])
     ident = rng.choice(['"id-1"', "42", str(2**63), str(2**64 + 5), "-5", "1.5", "null"])
     stamp = rng.choice(TIMESTAMPS)
     if nested:
-        fields += [(rng.choice(['"meta"', '"\\u006deta"']), "{" + '"id":' + ident + "}"),
-                   ('"who"', "{" + f'"upn":{actor},"kind":{kind}' + "}"), ('"at"', stamp)]
+        fields += [
+            (rng.choice(['"meta"', '"\\u006deta"']), "{" + '"id":' + ident + "}"),
+            ('"who"', "{" + f'"upn":{actor},"kind":{kind}' + "}"),
+            ('"at"', stamp),
+        ]
     else:
-        fields += [(rng.choice(KEY_SPELLINGS["id"]), ident),
-                   (rng.choice(KEY_SPELLINGS["user"]), actor),
-                   (rng.choice(KEY_SPELLINGS["actorType"]), kind),
-                   (rng.choice(KEY_SPELLINGS["timestamp"]), stamp)]
+        fields += [
+            (rng.choice(KEY_SPELLINGS["id"]), ident),
+            (rng.choice(KEY_SPELLINGS["user"]), actor),
+            (rng.choice(KEY_SPELLINGS["actorType"]), kind),
+            (rng.choice(KEY_SPELLINGS["timestamp"]), stamp),
+        ]
     for _ in range(rng.randint(0, 4)):
-        fields.append((rng.choice(['"note"', '"n\\u006fte"', '"x"', '"obj"', '"list"']),
-                       value(rng, 1, rare)))
+        fields.append(
+            (rng.choice(['"note"', '"n\\u006fte"', '"x"', '"obj"', '"list"']), value(rng, 1, rare))
+        )
     if rng.random() < 0.08:  # a repeated name, spelled plainly or escaped
         fields.append(rng.choice(fields))
     if rng.random() < 0.05:
         fields.append((rng.choice(KEY_SPELLINGS["user"]), rng.choice(['"mallory@x"', "null"])))
     rng.shuffle(fields)
-    return "{" + ",".join(f"{blank(rng)}{k}{blank(rng)}:{blank(rng)}{v}{blank(rng)}"
-                          for k, v in fields) + "}"
+    return (
+        "{"
+        + ",".join(f"{blank(rng)}{k}{blank(rng)}:{blank(rng)}{v}{blank(rng)}" for k, v in fields)
+        + "}"
+    )
 
 
 def body_of(rng: random.Random, nested: bool, rare: bool) -> tuple[bytes, tuple[str, ...]]:
     """A whole answer: the rows array in one of several envelopes."""
     count = rng.choice([0, 1, 2, 3, 5, 8, 20])
     separators = [blank(rng) + "," + blank(rng) for _ in range(3)]
-    array = "[" + blank(rng) + "".join(
-        (rng.choice(separators) if i else "") + row(rng, nested, rare) for i in range(count)
-    ) + blank(rng) + "]"
+    array = (
+        "["
+        + blank(rng)
+        + "".join(
+            (rng.choice(separators) if i else "") + row(rng, nested, rare) for i in range(count)
+        )
+        + blank(rng)
+        + "]"
+    )
     shape = rng.randrange(5)
     if shape == 0:
         return f"{blank(rng)}{array}{blank(rng)}".encode(), ()
     if shape == 1:
         return f'{{"data":{array},"next":null}}'.encode(), ("data",)
     if shape == 2:  # objects after the rows array, in the envelope
-        return (f'{{ "meta" : {{"n": 1}}, "data" : {array}, "links": [{{"a": 1}},{{"b": 2}}],'
-                f' "next": "}},{{"}}').encode(), ("data",)
+        return (
+            f'{{ "meta" : {{"n": 1}}, "data" : {array}, "links": [{{"a": 1}},{{"b": 2}}],'
+            f' "next": "}},{{"}}'
+        ).encode(), ("data",)
     if shape == 3:
         return f'{{"page": [{{"x": 1}}, {{"rows": {array}}}]}}'.encode(), ("page", "1", "rows")
     return f'{{"d\\u0061ta": {array}, "next": {{"cursor": "c"}}}}'.encode(), ("data",)
 
 
-def outcome(body: bytes, pointer: tuple[str, ...], read: Any, raw: bool, fast: bool,
-            normalizer: Normalizer) -> tuple[Any, ...]:
+def outcome(
+    body: bytes, pointer: tuple[str, ...], read: Any, raw: bool, fast: bool, normalizer: Normalizer
+) -> tuple[Any, ...]:
     try:
         answer = parse_answer(body, pointer, [("next",)], read=read, raw=raw, fast=fast)
     except VeilError as exc:
         return ("refused", type(exc).__name__, str(exc))
     normalized = normalizer.rows(answer.rows, include_raw=raw, unreadable=answer.unreadable)
     hidden = set(range(0, len(answer.rows), 2))
-    return ("read", repr(answer.rows), answer.spans, answer.array_start, answer.array_end,
-            sorted(answer.unreadable), render(answer, hidden), render(answer, ()),
-            repr(normalized))
+    return (
+        "read",
+        repr(answer.rows),
+        answer.spans,
+        answer.array_start,
+        answer.array_end,
+        sorted(answer.unreadable),
+        render(answer, hidden),
+        render(answer, ()),
+        repr(normalized),
+    )
 
 
 @pytest.fixture
@@ -162,8 +252,9 @@ def fast_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
 @pytest.mark.parametrize("nested", [False, True])
 @pytest.mark.parametrize("rare", [False, True])
-def test_fast_reading_matches_the_reference(nested: bool, rare: bool,
-                                            fast_calls: list[bool]) -> None:
+def test_fast_reading_matches_the_reference(
+    nested: bool, rare: bool, fast_calls: list[bool]
+) -> None:
     rng = random.Random(f"veil-rows-{nested}-{rare}")
     fields = NESTED if nested else FieldPointers()
     normalizer = Normalizer(fields, frozenset({"application"}))
@@ -193,38 +284,42 @@ def test_fast_reading_matches_the_reference(nested: bool, rare: bool,
     assert kinds == {"read", "refused"} if rare else "read" in kinds
 
 
-@pytest.mark.parametrize("text", [
-    '[{"id": 1, "user": "a"}, {"id": 2, "user": "a", "user": "b"}]',
-    '[{"id": 1, "\\u0075ser": "a", "user": "b"}, {"id": 2}]',
-    '[{"id": 1, "note": "},{"}, {"id": 2}]',
-    '[{"id": 1, "l": [{"a": 1},{"b": 2}]}, {"id": 2}]',
-    '[{"id": 12345678901234567890, "user": "a"}, {"id": 2}]',
-    '[{"id": 1, "n": -9223372036854775809}, {"id": 2}]',
-    '[{"id": 1, "n": NaN}, {"id": 2}]',
-    '[{"id": 1, "n": "\\udc00"}, {"id": 2}]',
-    '[\n  {\n    "id" : 1\n  },\n  {\n    "id" : 2\n  }\n]',
-    '{"data": [{"id": 1}, {"id": 2}], "links": [{"a": 1}, {"b": 2}]}',
-    # deeper than the standard library's scanner goes, not as deep as orjson's limit
-    '[{"id": 1, "d": ' + "[" * 1020 + "]" * 1020 + '}, {"id": 2}]',
-    '[{"id": 1, "d": ' + '{"a":' * 1020 + "1" + "}" * 1020 + '}, {"id": 2}]',
-    '[{"id": 1, "d": ' + "[" * 300 + "]" * 300 + '}, {"id": 2}]',
-    # a boundary spelling first met in a string: the split must not be taken for the rows
-    '[{"s": "}, {}]"},{"t": 1}]',
-    '[{"s": "}, {"},{"t": 1},{"u": "}, {"}]',
-    '[{"a": 1},{"b": 2}, {"c": 3}]',
-    '[{"a": 1}]',
-    '[ {"a": "}, {"} ]',
-    '{"data": [{"a": 1}, {"b": 2}], "next": "}, {"}',
-    '{"data": [{"a": 1}, {"b": 2}], "next": [{"c": 1}, {"d": 2}]}',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[{"id": 1, "user": "a"}, {"id": 2, "user": "a", "user": "b"}]',
+        '[{"id": 1, "\\u0075ser": "a", "user": "b"}, {"id": 2}]',
+        '[{"id": 1, "note": "},{"}, {"id": 2}]',
+        '[{"id": 1, "l": [{"a": 1},{"b": 2}]}, {"id": 2}]',
+        '[{"id": 12345678901234567890, "user": "a"}, {"id": 2}]',
+        '[{"id": 1, "n": -9223372036854775809}, {"id": 2}]',
+        '[{"id": 1, "n": NaN}, {"id": 2}]',
+        '[{"id": 1, "n": "\\udc00"}, {"id": 2}]',
+        '[\n  {\n    "id" : 1\n  },\n  {\n    "id" : 2\n  }\n]',
+        '{"data": [{"id": 1}, {"id": 2}], "links": [{"a": 1}, {"b": 2}]}',
+        # deeper than the standard library's scanner goes, not as deep as orjson's limit
+        '[{"id": 1, "d": ' + "[" * 1020 + "]" * 1020 + '}, {"id": 2}]',
+        '[{"id": 1, "d": ' + '{"a":' * 1020 + "1" + "}" * 1020 + '}, {"id": 2}]',
+        '[{"id": 1, "d": ' + "[" * 300 + "]" * 300 + '}, {"id": 2}]',
+        # a boundary spelling first met in a string: the split must not be taken for the rows
+        '[{"s": "}, {}]"},{"t": 1}]',
+        '[{"s": "}, {"},{"t": 1},{"u": "}, {"}]',
+        '[{"a": 1},{"b": 2}, {"c": 3}]',
+        '[{"a": 1}]',
+        '[ {"a": "}, {"} ]',
+        '{"data": [{"a": 1}, {"b": 2}], "next": "}, {"}',
+        '{"data": [{"a": 1}, {"b": 2}], "next": [{"c": 1}, {"d": 2}]}',
+    ],
+)
 def test_hand_written_awkward_bodies(text: str) -> None:
     body = text.encode()
     pointer = ("data",) if text.startswith("{") else ()
     normalizer = Normalizer(FieldPointers(), frozenset())
     for read in (READ, None):
         for raw in (False, True):
-            assert (outcome(body, pointer, read, raw, True, normalizer)
-                    == outcome(body, pointer, read, raw, False, normalizer))
+            assert outcome(body, pointer, read, raw, True, normalizer) == outcome(
+                body, pointer, read, raw, False, normalizer
+            )
 
 
 def test_a_plain_answer_takes_the_fast_path(fast_calls: list[bool]) -> None:
@@ -247,9 +342,15 @@ def test_the_normalizer_reads_millisecond_utc_times_as_timestamp_ns_does() -> No
     from veil.rows import timestamp_ns
 
     rng = random.Random("veil-times")
-    templates = ["2026-11-25T18:58:06.480Z", "2262-04-11T23:47:16.854Z", "1677-09-21T00:12:43.145Z",
-                 "0001-01-01T00:00:00.000Z", "9999-12-31T23:59:59.999Z",
-                 "1678-01-01T00:00:00.000Z", "2261-12-31T23:59:59.999Z"]
+    templates = [
+        "2026-11-25T18:58:06.480Z",
+        "2262-04-11T23:47:16.854Z",
+        "1677-09-21T00:12:43.145Z",
+        "0001-01-01T00:00:00.000Z",
+        "9999-12-31T23:59:59.999Z",
+        "1678-01-01T00:00:00.000Z",
+        "2261-12-31T23:59:59.999Z",
+    ]
     values: list[Any] = list(templates)
     for _ in range(3000):
         chars = list(rng.choice(templates))

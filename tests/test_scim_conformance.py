@@ -29,20 +29,27 @@ ALLOWED_SKIPS = ("POST /.search: searching several resource types at once",)
 @pytest.fixture
 def served(store: LoopbackStore, tmp_path: Path, storage_url: str) -> Iterator[str]:
     """`veil serve` on SQLite, and on PostgreSQL (the storage_url fixture's two backends)."""
-    doc = config_doc(store.url, storage_url,
-                     server={"workers": 2, "threads": 4},
-                     scim={"token_env": "VEIL_SCIM_TOKEN"})
+    doc = config_doc(
+        store.url,
+        storage_url,
+        server={"workers": 2, "threads": 4},
+        scim={"token_env": "VEIL_SCIM_TOKEN"},
+    )
     with veil_serve(doc, tmp_path, env={"VEIL_SCIM_TOKEN": TOKEN}) as (url, _):
         yield url
 
 
 def test_scim2_tester_finds_no_failure(served: str) -> None:
-    with Client(base_url=f"{served}/scim/v2", headers={"Authorization": f"Bearer {TOKEN}"},
-                timeout=30) as http:
+    with Client(
+        base_url=f"{served}/scim/v2", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+    ) as http:
         results = check_server(SyncSCIMClient(http))
     assert len(results) > 100  # discovery, then CRUD and PATCH on every attribute of both types
-    failures = [f"{r.resource_type} {r.title}: {r.reason}" for r in results
-                if r.status not in (Status.SUCCESS, Status.SKIPPED)]
+    failures = [
+        f"{r.resource_type} {r.title}: {r.reason}"
+        for r in results
+        if r.status not in (Status.SUCCESS, Status.SKIPPED)
+    ]
     assert failures == []
     skipped = [r.reason or "" for r in results if r.status == Status.SKIPPED]
     assert all(reason.startswith(ALLOWED_SKIPS) for reason in skipped), skipped

@@ -37,8 +37,10 @@ Serve = Callable[[Answer], tuple[str, Seen]]
 
 
 def http_answer(body: bytes, status: str = "200 OK", extra: str = "") -> bytes:
-    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
 
 
 @pytest.fixture
@@ -105,8 +107,7 @@ def test_a_kept_alive_connection_the_store_closed_is_retried_once(serve: Serve) 
     assert seen.connections == 3 and len(seen.requests) == 5
 
 
-def test_a_store_that_always_drops_the_connection_is_unavailable(
-        serve: Serve) -> None:
+def test_a_store_that_always_drops_the_connection_is_unavailable(serve: Serve) -> None:
     url, seen = serve(lambda number, path: None)
     with pytest.raises(UpstreamUnavailable):
         client(url).get("/api/activities", "", Headers())
@@ -114,9 +115,13 @@ def test_a_store_that_always_drops_the_connection_is_unavailable(
 
 
 def test_redirects_are_not_followed(serve: Serve) -> None:
-    url, seen = serve(lambda number, path: (
-        http_answer(BODY) if path.startswith("/elsewhere") else
-        http_answer(b"", "302 Found", "Location: /elsewhere\r\n")))
+    url, seen = serve(
+        lambda number, path: (
+            http_answer(BODY)
+            if path.startswith("/elsewhere")
+            else http_answer(b"", "302 Found", "Location: /elsewhere\r\n")
+        )
+    )
     answer = client(url).get("/api/activities", "", Headers())
     assert answer.status == 302 and answer.body == b""
     assert [path for path, _ in seen.requests] == ["/api/activities"]
@@ -126,8 +131,9 @@ def test_headers_sent_as_before_and_gzip_decoded(serve: Serve) -> None:
     packed = gzip.compress(BODY)
     url, seen = serve(lambda number, path: http_answer(packed, extra="Content-Encoding: gzip\r\n"))
     upstream = client(url, forward_headers=("Authorization", "X-Tenant"))
-    answer = upstream.get("/api/activities", "", Headers({"Authorization": "Bearer t",
-                                                          "X-Other": "not forwarded"}))
+    answer = upstream.get(
+        "/api/activities", "", Headers({"Authorization": "Bearer t", "X-Other": "not forwarded"})
+    )
     assert answer.body == BODY
     sent = seen.requests[0][1]
     assert sent["authorization"] == "Bearer t"
@@ -136,8 +142,7 @@ def test_headers_sent_as_before_and_gzip_decoded(serve: Serve) -> None:
     assert sent["user-agent"].startswith("python-requests/")
 
 
-def test_an_oversized_answer_is_refused_and_its_connection_not_reused(
-        serve: Serve) -> None:
+def test_an_oversized_answer_is_refused_and_its_connection_not_reused(serve: Serve) -> None:
     big = b"[" + b"1," * 100_000 + b"1]"
     url, seen = serve(lambda number, path: http_answer(big if path.endswith("big") else BODY))
     upstream = client(url, max_body_bytes=50_000)

@@ -66,6 +66,7 @@ def no_content() -> Response:
 
 # ---- groups -----------------------------------------------------------------------------
 
+
 @blueprint.get("/groups")
 def list_groups() -> Response:
     require_admin()  # members of private groups are private facts (R9)
@@ -76,8 +77,9 @@ def list_groups() -> Response:
 def put_group(gid: str) -> tuple[Response, int]:
     actor = require_admin()
     doc = body(schemas.GROUP_BODY)
-    was_created, group = services().storage.put_group(group_id(gid), doc["name"],
-                                                      doc["members"], actor)
+    was_created, group = services().storage.put_group(
+        group_id(gid), doc["name"], doc["members"], actor
+    )
     return jsonify(group), 201 if was_created else 200
 
 
@@ -88,6 +90,7 @@ def delete_group(gid: str) -> Response:
 
 
 # ---- privacy groups ---------------------------------------------------------------------
+
 
 @blueprint.get("/privacy-groups")
 def list_privacy_groups() -> Response:
@@ -109,6 +112,7 @@ def remove_privacy_group(gid: str) -> Response:
 
 
 # ---- admins and the view-private permission ---------------------------------------------
+
 
 @blueprint.get("/admins")
 def list_admins() -> Response:
@@ -154,6 +158,7 @@ def revoke_viewer(principal: str) -> Response:
 
 # ---- reveal sessions --------------------------------------------------------------------
 
+
 @blueprint.post("/reveal-sessions")
 def open_session() -> tuple[Response, int]:
     svc = services()
@@ -163,12 +168,16 @@ def open_session() -> tuple[Response, int]:
         if justification is not None or svc.config.reveal.require_justification:
             schemas.check_justification(justification)
     except InvalidBody as exc:  # a refused opt-in is audited like any other (coalesced, R12)
-        svc.storage.refusal("reveal_session_refused", caller(),
-                            {"reason": exc.detail, "field": exc.extra.get("field")})
+        svc.storage.refusal(
+            "reveal_session_refused",
+            caller(),
+            {"reason": exc.detail, "field": exc.extra.get("field")},
+        )
         raise
     session = svc.storage.open_session(caller(), justification, svc.config.reveal.session_ttl_s)
-    return created({"id": session["id"], "expires_at": session["expires_at"],
-                    "owner": session["owner"]})
+    return created(
+        {"id": session["id"], "expires_at": session["expires_at"], "owner": session["owner"]}
+    )
 
 
 @blueprint.delete("/reveal-sessions/<sid>")
@@ -181,8 +190,10 @@ def end_session(sid: str) -> Response:
 
 # ---- governance log ---------------------------------------------------------------------
 
-_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?"
-                      r"(?:([Zz])|([+-])(\d{2}):(\d{2}))")
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
 
 
 def _time_filter(name: str) -> str | None:
@@ -192,14 +203,18 @@ def _time_filter(name: str) -> str | None:
         return None
     match = _RFC3339.fullmatch(value)
     if match is None:
-        raise BadRequest(f"query parameter {name!r} must be an RFC 3339 time with a time zone "
-                         "offset, e.g. 2026-11-25T10:00:00Z", field=name)
+        raise BadRequest(
+            f"query parameter {name!r} must be an RFC 3339 time with a time zone "
+            "offset, e.g. 2026-11-25T10:00:00Z",
+            field=name,
+        )
     year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
     fraction = (match.group(7) or ".")[1:]
     sign, off_h, off_m = match.group(9), int(match.group(10) or 0), int(match.group(11) or 0)
     try:
-        local = datetime(max(year, 1), month, day, hour, minute, min(second, 59),
-                         int(fraction[:6].ljust(6, "0")))
+        local = datetime(
+            max(year, 1), month, day, hour, minute, min(second, 59), int(fraction[:6].ljust(6, "0"))
+        )
         if off_h > 23 or off_m > 59:
             raise ValueError("offset out of range")
     except ValueError:
@@ -209,8 +224,10 @@ def _time_filter(name: str) -> str | None:
         moment = local - offset if year > 0 else datetime.min
     except OverflowError:
         moment = datetime.min if offset > timedelta(0) else datetime.max
-    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
-            f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z")
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+        f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z"
+    )
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
@@ -218,8 +235,9 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     if value is None:
         return default
     if not value.isdigit() or not low <= int(value) <= high:
-        raise BadRequest(f"query parameter {name!r} must be an integer from {low} to {high}",
-                         field=name)
+        raise BadRequest(
+            f"query parameter {name!r} must be an integer from {low} to {high}", field=name
+        )
     return int(value)
 
 
@@ -228,16 +246,20 @@ def governance_log() -> Response:
     require_admin()
     unknown = set(request.args) - {"since", "until", "action", "actor", "cursor", "limit"}
     if unknown:
-        raise BadRequest(f"unknown query parameter {sorted(unknown)[0]!r}",
-                         field=sorted(unknown)[0])
+        raise BadRequest(
+            f"unknown query parameter {sorted(unknown)[0]!r}", field=sorted(unknown)[0]
+        )
     limit = _int_arg("limit", 100, 1, 1000)
     actor = request.args.get("actor")
     if actor is not None:
         actor = normalize_principal(actor, "actor")
     records = services().storage.log_page(
-        since=_time_filter("since"), until=_time_filter("until"),
+        since=_time_filter("since"),
+        until=_time_filter("until"),
         action=request.args.get("action"),
-        actor=actor, after=_int_arg("cursor", 0, 0, 10**18 - 1), limit=limit,
+        actor=actor,
+        after=_int_arg("cursor", 0, 0, 10**18 - 1),
+        limit=limit,
     )
     next_cursor = str(records[-1]["seq"]) if len(records) == limit else None
     return jsonify(records=records, next_cursor=next_cursor)
@@ -251,6 +273,7 @@ def verify_log() -> Response:
 
 # ---- policy hot reload ------------------------------------------------------------------
 
+
 @blueprint.post("/policy/reload")
 def reload_policy() -> Response:
     """Check, test and load the policy directory; a refused set leaves the old one serving."""
@@ -258,7 +281,9 @@ def reload_policy() -> Response:
     if outcome.outcome == "accepted":
         policy_reload.tell_other_workers()
     if outcome.outcome == "refused":
-        raise Unprocessable(f"policy reload refused: {outcome.reason}; the running policy "
-                            "keeps serving", outcome=outcome.summary(),
-                            problems=list(outcome.problems))
+        raise Unprocessable(
+            f"policy reload refused: {outcome.reason}; the running policy keeps serving",
+            outcome=outcome.summary(),
+            problems=list(outcome.problems),
+        )
     return jsonify(outcome.summary())

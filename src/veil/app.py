@@ -20,46 +20,71 @@ from veil.upstream import Upstream
 
 log = logging.getLogger("veil")
 
-OPEN_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "health.metrics",
-                            "openapi.openapi_json"})
+OPEN_ENDPOINTS = frozenset(
+    {"health.healthz", "health.readyz", "health.metrics", "openapi.openapi_json"}
+)
 PROXY_ENDPOINT = "proxy.activities"
 
 
-def create_app(config: Config, *, storage: Storage | None = None,
-               engine: Engine | None = None) -> Flask:
+def create_app(
+    config: Config, *, storage: Storage | None = None, engine: Engine | None = None
+) -> Flask:
     app = Flask("veil")
     # R12: a body above the limit is refused (413) before it is read whole, chunked ones too.
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    storage = storage or open_storage(config.storage.url, config.storage.timeout_s,
-                                      config.identity.bootstrap_admins, config.governance)
+    storage = storage or open_storage(
+        config.storage.url,
+        config.storage.timeout_s,
+        config.identity.bootstrap_admins,
+        config.governance,
+    )
     sealing = storage.sealing_status()
     if sealing["signed"]:
-        log.info("governance log signed with key %s; witness: %s", sealing["key_id"],
-                 sealing["witness"] or "none (set governance.witness)")
+        log.info(
+            "governance log signed with key %s; witness: %s",
+            sealing["key_id"],
+            sealing["witness"] or "none (set governance.witness)",
+        )
         key_file = config.governance.signing_key_file
         if key_file is not None and key_file.stat().st_mode & 0o077:
-            log.warning("%s (governance.signing_key_file) is readable by other users; "
-                        "chmod 600 it", key_file)
+            log.warning(
+                "%s (governance.signing_key_file) is readable by other users; chmod 600 it",
+                key_file,
+            )
     elif config.governance.witness:
-        log.warning("governance.witness is set but governance.signing_key_file is not: this "
-                    "configuration can verify the log, but its own appends are UNSIGNED and "
-                    "no checkpoint is written")
+        log.warning(
+            "governance.witness is set but governance.signing_key_file is not: this "
+            "configuration can verify the log, but its own appends are UNSIGNED and "
+            "no checkpoint is written"
+        )
     else:
-        log.warning("governance log is UNSIGNED (hash chain only): someone who can write the "
-                    "database can rewrite it undetected; set governance.signing_key_file")
+        log.warning(
+            "governance log is UNSIGNED (hash chain only): someone who can write the "
+            "database can rewrite it undetected; set governance.signing_key_file"
+        )
     modules = None
     if engine is None:
         # Read once: the engine serves these, and the hot reload compares the disk against them.
         if not (config.policy.engine == "opa" and config.policy.opa_bundle):
             modules = load_modules(config.policy.dir)
-        engine = create_engine(config.policy.engine, config.policy.dir, config.policy.opa_url,
-                               config.policy.timeout_s, config.policy.opa_bundle, modules)
+        engine = create_engine(
+            config.policy.engine,
+            config.policy.dir,
+            config.policy.opa_url,
+            config.policy.timeout_s,
+            config.policy.opa_bundle,
+            modules,
+        )
     upstream = Upstream(config.upstream)
     metrics = Metrics()
     app.extensions["veil"] = Services(
-        config=config, storage=storage, engine=engine, upstream=upstream,
-        auth=Authenticator(config.identity), metrics=metrics,
+        config=config,
+        storage=storage,
+        engine=engine,
+        upstream=upstream,
+        auth=Authenticator(config.identity),
+        metrics=metrics,
         query=QueryService(config, upstream, engine, storage, metrics),
     )
     try:  # data.veil into the engine now (for OPA: data, then policies), not at the first query
@@ -81,8 +106,11 @@ def create_app(config: Config, *, storage: Storage | None = None,
         """A declared length above the limit is refused at once, whatever the route (SCIM
         applies its own ``scim.max_body_bytes`` the same way, after its token)."""
         length = request.content_length
-        if (length is not None and length > config.server.max_body_bytes
-                and request.blueprint != "scim"):
+        if (
+            length is not None
+            and length > config.server.max_body_bytes
+            and request.blueprint != "scim"
+        ):
             raise RequestEntityTooLarge()
 
     @app.before_request
@@ -117,9 +145,13 @@ def create_app(config: Config, *, storage: Storage | None = None,
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         if isinstance(exc, RequestEntityTooLarge):  # (a blueprint's own handler wins, as SCIM's)
-            return problem(413, "Request body too large",
-                           f"the request body is larger than {config.server.max_body_bytes} "
-                           "bytes (server.max_body_bytes); it was not read", "body_too_large")
+            return problem(
+                413,
+                "Request body too large",
+                f"the request body is larger than {config.server.max_body_bytes} "
+                "bytes (server.max_body_bytes); it was not read",
+                "body_too_large",
+            )
         code = (exc.name or "error").lower().replace(" ", "_")
         response = problem(status, exc.name or "Error", exc.description or "", code)
         allow = dict(exc.get_headers()).get("Allow")
@@ -130,8 +162,9 @@ def create_app(config: Config, *, storage: Storage | None = None,
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         log.exception("unexpected error")
-        return problem(500, "Internal error", "Veil failed unexpectedly; see its log",
-                       "internal_error")
+        return problem(
+            500, "Internal error", "Veil failed unexpectedly; see its log", "internal_error"
+        )
 
     app.teardown_appcontext(lambda _exc: None)
     return app

@@ -189,7 +189,8 @@ class ConsoleActivities:
     cursor_param: str = default("console.activities.cursor_param")
     next: str = default("console.activities.next")  # pointer to the next page's cursor
     columns: tuple[ConsoleColumn, ...] = tuple(
-        ConsoleColumn(**column) for column in default("console.activities.columns"))
+        ConsoleColumn(**column) for column in default("console.activities.columns")
+    )
 
 
 @dataclass(frozen=True)
@@ -229,8 +230,9 @@ class Config:
     scim: ScimConfig = field(default_factory=ScimConfig)
 
 
-def load(path: str | os.PathLike[str], env: dict[str, str] | None = None,
-         require_secrets: bool = True) -> Config:
+def load(
+    path: str | os.PathLike[str], env: dict[str, str] | None = None, require_secrets: bool = True
+) -> Config:
     """Read, validate and resolve a configuration file; raise ConfigError naming the bad key.
 
     ``require_secrets=False`` is for commands that never check a caller's identity (the
@@ -243,8 +245,12 @@ def load(path: str | os.PathLike[str], env: dict[str, str] | None = None,
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    return from_dict(document if document is not None else {}, base_dir=path.parent, env=env,
-                     require_secrets=require_secrets)
+    return from_dict(
+        document if document is not None else {},
+        base_dir=path.parent,
+        env=env,
+        require_secrets=require_secrets,
+    )
 
 
 # HS256 keys shorter than the hash (RFC 7518, section 3.2) are refused.
@@ -252,7 +258,9 @@ MIN_HS256_SECRET_BYTES = 32
 
 
 def from_dict(
-    document: Any, base_dir: Path | None = None, env: dict[str, str] | None = None,
+    document: Any,
+    base_dir: Path | None = None,
+    env: dict[str, str] | None = None,
     require_secrets: bool = True,
 ) -> Config:
     """Validate a parsed configuration document and resolve it into a Config."""
@@ -294,23 +302,27 @@ def from_dict(
             raise ConfigError(f"identity.jwt.jwks_file: {jwks_path} has no 'keys' array")
 
     # Only the active mode's secrets must be present.
-    hs256 = secret("identity.jwt.hs256_secret_env",
-                   jwt_doc.get("hs256_secret_env") if mode == "jwt" else None)
+    hs256 = secret(
+        "identity.jwt.hs256_secret_env", jwt_doc.get("hs256_secret_env") if mode == "jwt" else None
+    )
     if hs256 is not None and len(hs256.encode()) < MIN_HS256_SECRET_BYTES:
         raise ConfigError(
             f"identity.jwt.hs256_secret_env: the secret in {jwt_doc['hs256_secret_env']} is "
             f"{len(hs256.encode())} bytes; HS256 needs at least {MIN_HS256_SECRET_BYTES} "
             "(RFC 7518, 3.2). Make one with: python3 -c 'import secrets; "
-            "print(secrets.token_urlsafe(32))'")
+            "print(secrets.token_urlsafe(32))'"
+        )
     if mode == "jwt":
-        if hs256 is None and jwks is None and (require_secrets
-                                               or "hs256_secret_env" not in jwt_doc):
+        if (
+            hs256 is None
+            and jwks is None
+            and (require_secrets or "hs256_secret_env" not in jwt_doc)
+        ):
             raise ConfigError("identity.jwt: set hs256_secret_env or jwks_file to verify tokens")
         for key in ("issuer", "audience"):
             if key not in jwt_doc:
                 raise ConfigError(f"identity.jwt.{key}: required key is missing in jwt mode")
-    shared = secret("identity.secret_env",
-                    identity.get("secret_env") if mode == "header" else None)
+    shared = secret("identity.secret_env", identity.get("secret_env") if mode == "header" else None)
     if mode == "header" and shared is None and require_secrets:
         raise ConfigError("identity.secret_env: header mode needs a shared gateway secret")
 
@@ -321,16 +333,19 @@ def from_dict(
             issuer=oidc_doc["issuer"].rstrip("/"),
             client_id=oidc_doc["client_id"],
             redirect_url=oidc_doc["redirect_url"],
-            client_secret=secret("identity.oidc.client_secret_env",
-                                 oidc_doc.get("client_secret_env")),
+            client_secret=secret(
+                "identity.oidc.client_secret_env", oidc_doc.get("client_secret_env")
+            ),
             scopes=tuple(oidc_doc["scopes"]),
         )
         if "openid" not in oidc.scopes:
             raise ConfigError("identity.oidc.scopes: must include 'openid'")
     console = _console(document["console"], secret)
     if console.activities.route is not None and console.activities.route not in up["routes"]:
-        raise ConfigError(f"console.activities.route: {console.activities.route} is not one of "
-                          "upstream.routes; the console asks the store only through Veil")
+        raise ConfigError(
+            f"console.activities.route: {console.activities.route} is not one of "
+            "upstream.routes; the console asks the store only through Veil"
+        )
 
     scim = document["scim"]
     scim_token_env = scim.get("token_env")
@@ -400,8 +415,10 @@ def _bootstrap_admins(values: list[str]) -> tuple[str, ...]:
     for index, value in enumerate(values):
         normalized = principal.key(value)
         if normalized is None:
-            raise ConfigError(f"identity.bootstrap_admins.{index}: {value!r} is not a valid "
-                              f"principal: {principal.problem(value)}")
+            raise ConfigError(
+                f"identity.bootstrap_admins.{index}: {value!r} is not a valid "
+                f"principal: {principal.problem(value)}"
+            )
         admins.append(normalized)
     return tuple(admins)
 
@@ -411,16 +428,23 @@ def _console(doc: dict[str, Any], secret: Any) -> ConsoleConfig:
     enabled = bool(doc["enabled"])
     key = secret("console.secret_key_env", doc.get("secret_key_env") if enabled else None)
     if enabled and key is None:
-        raise ConfigError("console.secret_key_env: an enabled console needs the name of an "
-                          "environment variable holding the key that signs its cookies")
+        raise ConfigError(
+            "console.secret_key_env: an enabled console needs the name of an "
+            "environment variable holding the key that signs its cookies"
+        )
     if key is not None and len(key) < 32:
-        raise ConfigError("console.secret_key_env: the cookie signing key must be at least "
-                          "32 characters")
+        raise ConfigError(
+            "console.secret_key_env: the cookie signing key must be at least 32 characters"
+        )
     activities = dict(doc["activities"])
     activities["columns"] = tuple(ConsoleColumn(**c) for c in activities["columns"])
-    return ConsoleConfig(enabled=enabled, secret_key=key, session_ttl_s=doc["session_ttl_s"],
-                         page_size=doc["page_size"], activities=ConsoleActivities(**activities))
-
+    return ConsoleConfig(
+        enabled=enabled,
+        secret_key=key,
+        session_ttl_s=doc["session_ttl_s"],
+        page_size=doc["page_size"],
+        activities=ConsoleActivities(**activities),
+    )
 
 
 def governance_config(doc: dict[str, Any], base_dir: Path) -> GovernanceConfig:
@@ -441,8 +465,10 @@ def governance_config(doc: dict[str, Any], base_dir: Path) -> GovernanceConfig:
             publics.append(signer.public)
     except KeyFileError as exc:
         raise ConfigError(f"governance.signing_key_file: {exc}") from exc
-    for key_path, name in ((public, "governance.public_key_file"),
-                           *((k, f"governance.keys.{i}") for i, k in enumerate(keys))):
+    for key_path, name in (
+        (public, "governance.public_key_file"),
+        *((k, f"governance.keys.{i}") for i, k in enumerate(keys)),
+    ):
         if key_path is None:
             continue
         try:
@@ -451,14 +477,22 @@ def governance_config(doc: dict[str, Any], base_dir: Path) -> GovernanceConfig:
             raise ConfigError(f"{name}: {exc}") from exc
     witness = doc.get("witness")
     if witness is not None and not publics:
-        raise ConfigError("governance.witness: checkpoints are signed; set "
-                          "governance.signing_key_file (veil governance keygen), or "
-                          "public_key_file for a configuration that only verifies")
+        raise ConfigError(
+            "governance.witness: checkpoints are signed; set "
+            "governance.signing_key_file (veil governance keygen), or "
+            "public_key_file for a configuration that only verifies"
+        )
     if witness is not None and not witness.startswith("https://"):
         witness = str(path(witness))
-    return GovernanceConfig(signing_key_file=signing, public_key_file=public, keys=keys,
-                            witness=witness, checkpoint_s=float(doc["checkpoint_s"]),
-                            signer=signer, keyring=Keyring.of(publics))
+    return GovernanceConfig(
+        signing_key_file=signing,
+        public_key_file=public,
+        keys=keys,
+        witness=witness,
+        checkpoint_s=float(doc["checkpoint_s"]),
+        signer=signer,
+        keyring=Keyring.of(publics),
+    )
 
 
 def validate(document: Any) -> None:
@@ -482,14 +516,16 @@ def _keep(rows: str, keep: list[str]) -> tuple[str, ...]:
         return tuple(t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:])
 
     def overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-        return a[:len(b)] == b or b[:len(a)] == a
+        return a[: len(b)] == b or b[: len(a)] == a
 
     rows_tokens = tokens(rows)
     for number, pointer in enumerate(keep):
         if overlap(tokens(pointer), rows_tokens):
-            raise ConfigError(f"upstream.keep.{number}: {pointer!r} overlaps the rows array "
-                              f"{rows!r}; keep names members beside the rows, never around "
-                              "or inside them")
+            raise ConfigError(
+                f"upstream.keep.{number}: {pointer!r} overlaps the rows array "
+                f"{rows!r}; keep names members beside the rows, never around "
+                "or inside them"
+            )
         for other in keep[:number]:
             if overlap(tokens(pointer), tokens(other)):
                 raise ConfigError(f"upstream.keep.{number}: {pointer!r} overlaps {other!r}")
@@ -500,5 +536,5 @@ def _resolve_sqlite_url(url: str, base_dir: Path) -> str:
     """Make a relative SQLite path (three slashes) relative to the config file's directory."""
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/"):
-        return prefix + str((base_dir / url[len(prefix):]).resolve())
+        return prefix + str((base_dir / url[len(prefix) :]).resolve())
     return url

@@ -1,26 +1,26 @@
 """Veil's exception tree and its RFC 9457 rendering.
 
-    VeilError                      500 internal_error
-    ├── ConfigError                (start-up only; carries the key's path)
-    ├── BadRequest                 400 bad_request
-    │   └── InvalidBody            400 invalid_body
-    ├── Unauthenticated            401 unauthenticated
-    ├── Forbidden                  403 forbidden
-    │   └── RevealRefused          403 reveal_refused
-    ├── NotFound                   404 not_found
-    ├── Conflict                   409 conflict
-    ├── PreconditionFailed         412 precondition_failed
-    ├── Unprocessable              422 unprocessable
-    ├── UpstreamError              502 upstream_error
-    │   ├── UpstreamUnavailable    502 upstream_unavailable
-    │   ├── UpstreamBadBody        502 upstream_bad_body
-    │   │   └── UpstreamNoRows     502 upstream_no_rows (valid JSON, no rows array)
-    │   ├── UpstreamStatus         502 upstream_status (the store did not answer 2xx)
-    │   └── UpstreamTimeout        504 upstream_timeout
-    ├── PolicyError                503 policy_unavailable
-    ├── StateChanged               503 state_changed (kept changing while a reveal was decided)
-    └── StorageError               503 storage_unavailable
-        └── GovernanceWriteFailed  503 governance_write_failed
+VeilError                      500 internal_error
+├── ConfigError                (start-up only; carries the key's path)
+├── BadRequest                 400 bad_request
+│   └── InvalidBody            400 invalid_body
+├── Unauthenticated            401 unauthenticated
+├── Forbidden                  403 forbidden
+│   └── RevealRefused          403 reveal_refused
+├── NotFound                   404 not_found
+├── Conflict                   409 conflict
+├── PreconditionFailed         412 precondition_failed
+├── Unprocessable              422 unprocessable
+├── UpstreamError              502 upstream_error
+│   ├── UpstreamUnavailable    502 upstream_unavailable
+│   ├── UpstreamBadBody        502 upstream_bad_body
+│   │   └── UpstreamNoRows     502 upstream_no_rows (valid JSON, no rows array)
+│   ├── UpstreamStatus         502 upstream_status (the store did not answer 2xx)
+│   └── UpstreamTimeout        504 upstream_timeout
+├── PolicyError                503 policy_unavailable
+├── StateChanged               503 state_changed (kept changing while a reveal was decided)
+└── StorageError               503 storage_unavailable
+    └── GovernanceWriteFailed  503 governance_write_failed
 """
 
 from __future__ import annotations
@@ -166,6 +166,12 @@ class GovernanceWriteFailed(StorageError):
 
 def problem(status: int, title: str, detail: str, code: str, **extra: Any) -> Response:
     """An RFC 9457 problem+json response; ``code`` is an extension member."""
-    body = {"type": f"urn:veil:problem:{code}", "title": title, "status": status,
-            "detail": detail, "code": code, **extra}
+    body = {
+        "type": f"urn:veil:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
     return Response(json.dumps(body), status=status, mimetype="application/problem+json")

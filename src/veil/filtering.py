@@ -52,8 +52,9 @@ class Reply:
 
 
 class QueryService:
-    def __init__(self, config: Config, upstream: Upstream, engine: Engine, storage: Storage,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, config: Config, upstream: Upstream, engine: Engine, storage: Storage, metrics: Metrics
+    ) -> None:
         self.config = config
         self.upstream = upstream
         self.engine = engine
@@ -62,21 +63,26 @@ class QueryService:
         self.routes = frozenset(config.upstream.routes)
         self.rows_pointer = pointer_tokens(config.upstream.rows)
         self.keep = tuple(pointer_tokens(p) for p in config.upstream.keep)
-        self.normalizer = Normalizer(config.upstream.fields,
-                                     frozenset(config.upstream.application_values))
+        self.normalizer = Normalizer(
+            config.upstream.fields, frozenset(config.upstream.application_values)
+        )
         self._state_loaded = False
         self.decider = RowDecider()  # each actor's private windows, per policy and state
 
-    def answer(self, caller: str, path: str, query_string: str, headers: Headers,
-               session_id: str | None) -> Reply:
+    def answer(
+        self, caller: str, path: str, query_string: str, headers: Headers, session_id: str | None
+    ) -> Reply:
         started = time.perf_counter()
         store = self.upstream.get(path, query_string, headers)
         self.metrics.upstream_latency.observe(time.perf_counter() - started)
         if not 200 <= store.status < 300:
             # R9: an error answer may hold rows (a partial page, a debug dump): never passed on
-            raise UpstreamStatus(f"the activity store answered {store.status}; Veil does not "
-                                 "pass on answers other than success (their body may hold "
-                                 "private activities)", store_status=store.status)
+            raise UpstreamStatus(
+                f"the activity store answered {store.status}; Veil does not "
+                "pass on answers other than success (their body may hold "
+                "private activities)",
+                store_status=store.status,
+            )
         # R11: management state read after the store's answer arrived, never before; then
         # the policy pinned for this answer, which says whether its input needs raw rows. A
         # reveal notes the state version first: one that moves on is judged again (R11).
@@ -84,23 +90,36 @@ class QueryService:
         state_ok = self._sync_state()
         evaluation = self._begin(state_ok)
         needs_raw = evaluation is not None and evaluation.needs_raw
-        answer = parse_answer(store.body, self.rows_pointer, self.keep,
-                              self.normalizer.pointers, raw=needs_raw)
+        answer = parse_answer(
+            store.body, self.rows_pointer, self.keep, self.normalizer.pointers, raw=needs_raw
+        )
         extra: list[tuple[str, str]] = [("Cache-Control", "no-store")]
         if session_id is not None:
-            rows = self.normalizer.rows(answer.rows, include_raw=needs_raw,
-                                        unreadable=answer.unreadable)
-            return self._reveal(caller, path, query_string, session_id, answer, rows, extra,
-                                store.status, store.content_type, evaluation, version)
+            rows = self.normalizer.rows(
+                answer.rows, include_raw=needs_raw, unreadable=answer.unreadable
+            )
+            return self._reveal(
+                caller,
+                path,
+                query_string,
+                session_id,
+                answer,
+                rows,
+                extra,
+                store.status,
+                store.content_type,
+                evaluation,
+                version,
+            )
         if evaluation is not None and evaluation.plan is not None and not needs_raw:
             # the policy Veil follows: no dict per row, and no input unless authors' rules ask
             facts = self.normalizer.facts(answer.rows, answer.unreadable)
-            decision = self._decide_facts(caller, path, query_string, evaluation, facts,
-                                          answer)
+            decision = self._decide_facts(caller, path, query_string, evaluation, facts, answer)
             row_count = len(facts.ids)
         else:
-            rows = self.normalizer.rows(answer.rows, include_raw=needs_raw,
-                                        unreadable=answer.unreadable)
+            rows = self.normalizer.rows(
+                answer.rows, include_raw=needs_raw, unreadable=answer.unreadable
+            )
             decision = self._decide(caller, path, query_string, None, None, rows, evaluation)
             row_count = len(rows)
         if decision.failed:
@@ -110,10 +129,20 @@ class QueryService:
             self.metrics.rows_hidden.inc(len(hidden))
         return Reply(store.status, store.content_type, render(answer, hidden), tuple(extra))
 
-    def _reveal(self, caller: str, path: str, query_string: str, session_id: str,
-                answer: Answer, rows: list[dict[str, object]], extra: list[tuple[str, str]],
-                status: int, content_type: str, evaluation: Evaluation | None,
-                version: int) -> Reply:
+    def _reveal(
+        self,
+        caller: str,
+        path: str,
+        query_string: str,
+        session_id: str,
+        answer: Answer,
+        rows: list[dict[str, object]],
+        extra: list[tuple[str, str]],
+        status: int,
+        content_type: str,
+        evaluation: Evaluation | None,
+        version: int,
+    ) -> Reply:
         """Decide a reveal on ``evaluation`` (begun on state ``version`` or newer), and record
         it only if it still holds when the record is written: a revoke, a session end or a
         state change that commits first wins (R7, R11)."""
@@ -123,28 +152,42 @@ class QueryService:
             """The private rows to reveal; in the record's transaction (on newer state, and a
             new hold on the same policy) a refusal is recorded after that transaction, by
             ``_audit_reveal``."""
-            held = (self._begin(True, evaluation) if in_record and evaluation is not None
-                    else evaluation)
-            decision = self._decide(caller, path, query_string, session_id, session, rows,
-                                    held)
+            held = (
+                self._begin(True, evaluation)
+                if in_record and evaluation is not None
+                else evaluation
+            )
+            decision = self._decide(caller, path, query_string, session_id, session, rows, held)
             if decision.failed:
                 raise PolicyError("the policy could not decide this reveal; nothing was revealed")
             if not decision.reveal:
                 if not in_record:
                     self._refused(caller, session_id, decision.refusals, path)
-                raise RevealRefused("reveal refused: " + "; ".join(decision.refusals or
-                                                                    ("the policy denied it",)),
-                                    reasons=list(decision.refusals))
+                raise RevealRefused(
+                    "reveal refused: " + "; ".join(decision.refusals or ("the policy denied it",)),
+                    reasons=list(decision.refusals),
+                )
             return sorted(decision.hidden(len(rows)))
 
         private = decide(False)
         if private or self._state_version() != version:
-            private = self._audit_reveal(caller, session, path, query_string, answer, rows,
-                                         private, session_id, version, decide)
+            private = self._audit_reveal(
+                caller,
+                session,
+                path,
+                query_string,
+                answer,
+                rows,
+                private,
+                session_id,
+                version,
+                decide,
+            )
         if private:
             self.metrics.rows_revealed.inc(len(private))
-        return Reply(status, content_type, render(answer, ()), tuple(extra),
-                     revealed=tuple(private))
+        return Reply(
+            status, content_type, render(answer, ()), tuple(extra), revealed=tuple(private)
+        )
 
     def _session(self, session_id: str) -> dict[str, object] | None:
         try:
@@ -156,15 +199,15 @@ class QueryService:
         try:
             return self.storage.state_version()
         except StorageError as exc:
-            raise StorageError("cannot check the management state of this reveal: storage is "
-                               "unavailable") from exc
+            raise StorageError(
+                "cannot check the management state of this reveal: storage is unavailable"
+            ) from exc
 
     def _sync_state(self) -> bool:
         """Bring the engine's data.veil up to date; False when no state could ever be loaded."""
         try:
             version = self.storage.state_version()
-            self.engine.sync(version, lambda: self.storage.policy_data(
-                self.config.managed_domains))
+            self.engine.sync(version, lambda: self.storage.policy_data(self.config.managed_domains))
             self._state_loaded = True
         except (StorageError, PolicyError) as exc:
             log.warning("policy state not refreshed: %s", exc.detail)
@@ -184,9 +227,15 @@ class QueryService:
             log.error("policy evaluation failed, hiding every row: %s", exc.detail)
             return None
 
-    def _document(self, caller: str, path: str, query_string: str, session_id: str | None,
-                  session: dict[str, object] | None, rows: Sequence[dict[str, object]]
-                  ) -> dict[str, Any]:
+    def _document(
+        self,
+        caller: str,
+        path: str,
+        query_string: str,
+        session_id: str | None,
+        session: dict[str, object] | None,
+        rows: Sequence[dict[str, object]],
+    ) -> dict[str, Any]:
         """The policy's input for one answer (see SPEC, Policies)."""
         return {
             "caller": caller,
@@ -197,28 +246,45 @@ class QueryService:
             "rows": rows,
         }
 
-    def _decide(self, caller: str, path: str, query_string: str, session_id: str | None,
-                session: dict[str, object] | None, rows: list[dict[str, object]],
-                evaluation: Evaluation | None) -> Decision:
+    def _decide(
+        self,
+        caller: str,
+        path: str,
+        query_string: str,
+        session_id: str | None,
+        session: dict[str, object] | None,
+        rows: list[dict[str, object]],
+        evaluation: Evaluation | None,
+    ) -> Decision:
         """The decision on ``rows`` (as the policy sees them), through ``evaluation``."""
         document = self._document(caller, path, query_string, session_id, session, rows)
         return self._timed(evaluation, lambda held: self.decider.decide(held, document, rows))
 
-    def _decide_facts(self, caller: str, path: str, query_string: str, evaluation: Evaluation,
-                      facts: RowFacts, answer: Answer) -> Decision:
+    def _decide_facts(
+        self,
+        caller: str,
+        path: str,
+        query_string: str,
+        evaluation: Evaluation,
+        facts: RowFacts,
+        answer: Answer,
+    ) -> Decision:
         """The decision of an answer without a reveal, on a policy Veil follows, from its
         rows' facts; the whole input is built only if the policy's authors' rules need it."""
 
         def document() -> bytes:
-            rows = self.normalizer.rows(answer.rows, include_raw=False,
-                                        unreadable=answer.unreadable)
+            rows = self.normalizer.rows(
+                answer.rows, include_raw=False, unreadable=answer.unreadable
+            )
             return orjson.dumps(self._document(caller, path, query_string, None, None, rows))
 
-        return self._timed(evaluation,
-                           lambda held: self.decider.decide_facts(held, facts, document))
+        return self._timed(
+            evaluation, lambda held: self.decider.decide_facts(held, facts, document)
+        )
 
-    def _timed(self, evaluation: Evaluation | None,
-               decide: Callable[[Evaluation], Decision]) -> Decision:
+    def _timed(
+        self, evaluation: Evaluation | None, decide: Callable[[Evaluation], Decision]
+    ) -> Decision:
         """``decide`` on the hold, timed and counted; any failure fails closed."""
         if evaluation is None:
             self.metrics.policy_failures.inc()
@@ -237,10 +303,19 @@ class QueryService:
             self.metrics.policy_failures.inc()
         return decision
 
-    def _audit_reveal(self, caller: str, session: dict[str, object] | None, path: str,
-                      query_string: str, answer: Answer, rows: list[dict[str, object]],
-                      private: list[int], session_id: str, version: int,
-                      decide: Callable[[bool], list[int]]) -> list[int]:
+    def _audit_reveal(
+        self,
+        caller: str,
+        session: dict[str, object] | None,
+        path: str,
+        query_string: str,
+        answer: Answer,
+        rows: list[dict[str, object]],
+        private: list[int],
+        session_id: str,
+        version: int,
+        decide: Callable[[bool], list[int]],
+    ) -> list[int]:
         """Record the reveal of ``private`` as decided on state ``version``; if the state has
         moved on, the storage transaction has ``decide`` judge again on the newer state first.
         Returns the rows recorded (and so revealed) as private."""
@@ -258,8 +333,10 @@ class QueryService:
                 "count": len(indices),
                 "ids": [rows[i]["id"] for i in indices],
                 # each revealed row exactly as sent, even one without a readable id
-                "sha256": [hashlib.sha256(text[start:end].encode()).hexdigest()
-                           for start, end in (answer.spans[i] for i in indices)],
+                "sha256": [
+                    hashlib.sha256(text[start:end].encode()).hexdigest()
+                    for start, end in (answer.spans[i] for i in indices)
+                ],
             }
 
         def redecide(newer: int, read: ReadState) -> dict[str, object] | None:
@@ -269,8 +346,9 @@ class QueryService:
             return details(revealed)
 
         try:
-            self.storage.record_reveal(caller, session_id, details(private),
-                                       state_version=version, redecide=redecide)
+            self.storage.record_reveal(
+                caller, session_id, details(private), state_version=version, redecide=redecide
+            )
         except RevealRefused as exc:
             # revoked, ended or expired since the decision: the newer state wins (R11)
             self._refused(caller, session_id, tuple(exc.extra.get("reasons", ())), path)
@@ -283,12 +361,14 @@ class QueryService:
             ) from exc
         return revealed
 
-    def _refused(self, caller: str, session_id: str, refusals: tuple[str, ...],
-                 path: str) -> None:
+    def _refused(self, caller: str, session_id: str, refusals: tuple[str, ...], path: str) -> None:
         try:
             # coalesced per principal (R12): a loop of refusals cannot flood the log
-            self.storage.refusal("reveal_refused", caller, {"session": session_id, "path": path,
-                                                            "reasons": list(refusals)})
+            self.storage.refusal(
+                "reveal_refused",
+                caller,
+                {"session": session_id, "path": path, "reasons": list(refusals)},
+            )
         except StorageError as exc:
             log.error("could not record a refused reveal: %s", exc.detail)
 

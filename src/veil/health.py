@@ -24,12 +24,16 @@ def readyz() -> tuple[Response, int]:
         "storage": svc.storage.ping(),
     }
     ready = all(checks.values())
-    return jsonify(status="ready" if ready else "not ready", checks=checks,
-                   policy=policy_status(),
-                   governance_log=svc.storage.sealing_status()), 200 if ready else 503
+    return jsonify(
+        status="ready" if ready else "not ready",
+        checks=checks,
+        policy=policy_status(),
+        governance_log=svc.storage.sealing_status(),
+    ), 200 if ready else 503
 
 
 @blueprint.get("/metrics")
 def metrics() -> Response:
-    return Response(services().metrics.exposition(),
-                    mimetype="text/plain; version=0.0.4; charset=utf-8")
+    return Response(
+        services().metrics.exposition(), mimetype="text/plain; version=0.0.4; charset=utf-8"
+    )

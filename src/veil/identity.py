@@ -31,8 +31,10 @@ def _identified(value: str, source: str) -> str:
     """The principal from an identity source; one that is not a valid principal is a 401."""
     normalized = principals.key(value)
     if normalized is None:
-        raise Unauthenticated(f"the principal in {source} is not valid: "
-                              f"{principals.problem(value)}; it is refused, never trimmed")
+        raise Unauthenticated(
+            f"the principal in {source} is not valid: "
+            f"{principals.problem(value)}; it is refused, never trimmed"
+        )
     return normalized
 
 

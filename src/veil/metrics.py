@@ -15,22 +15,34 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("veil_requests", "HTTP requests answered",
-                                ["route", "status"], registry=self.registry)
-        self.upstream_latency = Histogram("veil_upstream_latency_seconds",
-                                          "Time for the activity store to answer",
-                                          buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.policy_latency = Histogram("veil_policy_evaluation_seconds",
-                                        "Time for one policy decision (one per upstream answer)",
-                                        buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.rows_hidden = Counter("veil_rows_hidden", "Private rows removed from answers",
-                                   registry=self.registry)
-        self.rows_revealed = Counter("veil_rows_revealed",
-                                     "Private rows shown through audited reveal sessions",
-                                     registry=self.registry)
-        self.policy_failures = Counter("veil_policy_failures",
-                                       "Decisions that failed closed (engine error or bad answer)",
-                                       registry=self.registry)
+        self.requests = Counter(
+            "veil_requests", "HTTP requests answered", ["route", "status"], registry=self.registry
+        )
+        self.upstream_latency = Histogram(
+            "veil_upstream_latency_seconds",
+            "Time for the activity store to answer",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.policy_latency = Histogram(
+            "veil_policy_evaluation_seconds",
+            "Time for one policy decision (one per upstream answer)",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.rows_hidden = Counter(
+            "veil_rows_hidden", "Private rows removed from answers", registry=self.registry
+        )
+        self.rows_revealed = Counter(
+            "veil_rows_revealed",
+            "Private rows shown through audited reveal sessions",
+            registry=self.registry,
+        )
+        self.policy_failures = Counter(
+            "veil_policy_failures",
+            "Decisions that failed closed (engine error or bad answer)",
+            registry=self.registry,
+        )
 
     def exposition(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -99,15 +99,22 @@ class ReloadOutcome:
         broadcast after an admin's POST, SIGHUP, each worker's file watch), so a change is
         one record, not one per worker or replica. An admin's POST is always recorded."""
         details = last.get("details") or {}
-        return (self.trigger != "api" and self.policy_set is not None
-                and details.get("outcome") == self.outcome
-                and details.get("digest") == self.policy_set.digest)
+        return (
+            self.trigger != "api"
+            and self.policy_set is not None
+            and details.get("outcome") == self.outcome
+            and details.get("digest") == self.policy_set.digest
+        )
 
     def summary(self) -> dict[str, Any]:
         """For /readyz and the API: no policy text, no file names."""
-        return {"outcome": self.outcome, "trigger": self.trigger, "at": self.at,
-                "reason": self.reason,
-                "digest": self.policy_set.digest if self.policy_set else None}
+        return {
+            "outcome": self.outcome,
+            "trigger": self.trigger,
+            "at": self.at,
+            "reason": self.reason,
+            "digest": self.policy_set.digest if self.policy_set else None,
+        }
 
 
 @dataclass
@@ -128,8 +135,7 @@ class PolicyReloader:
         """Record what the engine serves (``None``: read the directory now)."""
         self.seen = self.signature()
         try:
-            self._modules = list(modules) if modules is not None else load_modules(
-                self.directory)
+            self._modules = list(modules) if modules is not None else load_modules(self.directory)
             self._serving = PolicySet.of(self.directory, self._modules)
         except PolicyError as exc:  # e.g. OPA with a bundle: no local policy directory
             log.info("policy directory not readable for hot reload: %s", exc.detail)
@@ -161,12 +167,21 @@ class PolicyReloader:
             outcome = self._attempt(trigger, actor)
             self._last = outcome
         if outcome.outcome == "accepted":
-            log.info("policy reloaded (%s by %s): %s, set %s", trigger, actor, outcome.reason,
-                     outcome.policy_set.digest[:12] if outcome.policy_set else "?")
+            log.info(
+                "policy reloaded (%s by %s): %s, set %s",
+                trigger,
+                actor,
+                outcome.reason,
+                outcome.policy_set.digest[:12] if outcome.policy_set else "?",
+            )
         elif outcome.outcome == "refused":
-            log.error("policy reload refused (%s by %s), the running policy keeps serving: "
-                      "%s%s", trigger, actor, outcome.reason,
-                      "".join(f"\n  {p}" for p in outcome.problems))
+            log.error(
+                "policy reload refused (%s by %s), the running policy keeps serving: %s%s",
+                trigger,
+                actor,
+                outcome.reason,
+                "".join(f"\n  {p}" for p in outcome.problems),
+            )
         return outcome
 
     def _attempt(self, trigger: str, actor: str) -> ReloadOutcome:
@@ -176,17 +191,38 @@ class PolicyReloader:
         try:
             modules = load_modules(self.directory)
         except PolicyError as exc:
-            return self._refused(ReloadOutcome("refused", trigger, actor, at, None, previous,
-                                               "the policy directory cannot be read",
-                                               (exc.detail,)))
+            return self._refused(
+                ReloadOutcome(
+                    "refused",
+                    trigger,
+                    actor,
+                    at,
+                    None,
+                    previous,
+                    "the policy directory cannot be read",
+                    (exc.detail,),
+                )
+            )
         candidate = PolicySet.of(self.directory, modules)
 
-        def outcome(kind: str, reason: str, problems: Sequence[str] = (),
-                    validation: Validation | None = None) -> ReloadOutcome:
-            return ReloadOutcome(kind, trigger, actor, at, candidate, previous, reason,
-                                 tuple(problems),
-                                 validation.passed if validation else 0,
-                                 validation.failed if validation else 0)
+        def outcome(
+            kind: str,
+            reason: str,
+            problems: Sequence[str] = (),
+            validation: Validation | None = None,
+        ) -> ReloadOutcome:
+            return ReloadOutcome(
+                kind,
+                trigger,
+                actor,
+                at,
+                candidate,
+                previous,
+                reason,
+                tuple(problems),
+                validation.passed if validation else 0,
+                validation.failed if validation else 0,
+            )
 
         if candidate == previous:
             return outcome("unchanged", "the files are the ones being served")
@@ -195,45 +231,61 @@ class PolicyReloader:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # a panic in the interpreter refuses, never crashes
-            return self._refused(outcome("refused", "the policy could not be checked",
-                                         [f"{type(exc).__name__}: {exc}"[:500]]))
+            return self._refused(
+                outcome(
+                    "refused",
+                    "the policy could not be checked",
+                    [f"{type(exc).__name__}: {exc}"[:500]],
+                )
+            )
         if not validation.ok:
-            return self._refused(outcome("refused", validation.summary, validation.details(),
-                                         validation))
+            return self._refused(
+                outcome("refused", validation.summary, validation.details(), validation)
+            )
         try:
             self.engine.reload(modules)
         except PolicyError as exc:
-            return self._refused(outcome("refused", "the engine refused the policy",
-                                         [exc.detail], validation))
+            return self._refused(
+                outcome("refused", "the engine refused the policy", [exc.detail], validation)
+            )
         accepted = outcome("accepted", validation.summary, validation=validation)
         try:
-            self.storage.record("policy_reloaded", actor, accepted.record(),
-                                unless=accepted.recorded_already)
+            self.storage.record(
+                "policy_reloaded", actor, accepted.record(), unless=accepted.recorded_already
+            )
         except StorageError as exc:
             self._rollback()
-            return outcome("refused", "the governance log is unavailable; the reload was "
-                           "undone", [exc.detail], validation)
+            return outcome(
+                "refused",
+                "the governance log is unavailable; the reload was undone",
+                [exc.detail],
+                validation,
+            )
         self._modules, self._serving, self._loaded_at = modules, candidate, at
         return accepted
 
     def _refused(self, outcome: ReloadOutcome) -> ReloadOutcome:
         try:
-            self.storage.record("policy_reloaded", outcome.actor, outcome.record(),
-                                unless=outcome.recorded_already)
+            self.storage.record(
+                "policy_reloaded", outcome.actor, outcome.record(), unless=outcome.recorded_already
+            )
         except StorageError as exc:
             log.error("could not record a refused policy reload: %s", exc.detail)
         return outcome
 
     def _rollback(self) -> None:
         if self._modules is None:
-            log.critical("a policy reload could not be audited and there is no previous "
-                         "policy to go back to; the new policy is serving unaudited")
+            log.critical(
+                "a policy reload could not be audited and there is no previous "
+                "policy to go back to; the new policy is serving unaudited"
+            )
             return
         try:
             self.engine.reload(self._modules)
         except PolicyError as exc:
-            log.critical("could not restore the previous policy after an unaudited reload: "
-                         "%s", exc.detail)
+            log.critical(
+                "could not restore the previous policy after an unaudited reload: %s", exc.detail
+            )
 
     def status(self) -> dict[str, Any]:
         """The policy this process serves, and the last reload (for /readyz).
@@ -260,9 +312,14 @@ class PolicyReloader:
 def _summary_of(record: dict[str, Any]) -> dict[str, Any]:
     """A ``policy_reloaded`` record as ``ReloadOutcome.summary`` shows an attempt."""
     details = record.get("details") or {}
-    return {"outcome": details.get("outcome"), "trigger": details.get("trigger"),
-            "at": record.get("ts"), "reason": details.get("reason"),
-            "digest": details.get("digest"), "seq": record.get("seq")}
+    return {
+        "outcome": details.get("outcome"),
+        "trigger": details.get("trigger"),
+        "at": record.get("ts"),
+        "reason": details.get("reason"),
+        "digest": details.get("digest"),
+        "seq": record.get("seq"),
+    }
 
 
 class ReloadTriggers:
@@ -272,8 +329,9 @@ class ReloadTriggers:
     editor's multi-step save is read whole. The signal handler only wakes the thread.
     """
 
-    def __init__(self, reloader: PolicyReloader, watch_interval_s: float | None,
-                 sighup: bool) -> None:
+    def __init__(
+        self, reloader: PolicyReloader, watch_interval_s: float | None, sighup: bool
+    ) -> None:
         self.reloader = reloader
         self.interval = watch_interval_s if watch_interval_s and watch_interval_s > 0 else None
         self.sighup = sighup
@@ -281,8 +339,7 @@ class ReloadTriggers:
         self._stop = threading.Event()
         self._signalled = threading.Event()
         self._previous_handler: Any = None
-        self._thread = threading.Thread(target=self._run, name="veil-policy-reload",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="veil-policy-reload", daemon=True)
 
     def start(self) -> None:
         if self.sighup:
@@ -335,9 +392,12 @@ class ReloadTriggers:
                 log.exception("policy reload trigger failed; it keeps watching")
 
 
-def init_app(app: Flask, watch_interval_s: float | None = None,
-             sighup: bool | None = None,
-             modules: Sequence[PolicyModule] | None = None) -> PolicyReloader:
+def init_app(
+    app: Flask,
+    watch_interval_s: float | None = None,
+    sighup: bool | None = None,
+    modules: Sequence[PolicyModule] | None = None,
+) -> PolicyReloader:
     """Attach a PolicyReloader to the app and start the triggers the configuration asks for
     (``policy.watch_s``: seconds between polls, 0 for no file watch; ``policy.reload_on_sighup``).
     """

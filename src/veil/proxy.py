@@ -24,11 +24,17 @@ def activities() -> Response:
     svc = services()
     full = request.path
     if full not in svc.query.routes:
-        raise NotFound(f"{full} is not a proxied route; Veil forwards "
-                       f"{', '.join(sorted(svc.query.routes))}")
+        raise NotFound(
+            f"{full} is not a proxied route; Veil forwards {', '.join(sorted(svc.query.routes))}"
+        )
     session_id = request.headers.get(REVEAL_HEADER)
-    reply = svc.query.answer(caller(), full, request.query_string.decode("latin-1"),
-                             request.headers, session_id.strip() if session_id else None)
+    reply = svc.query.answer(
+        caller(),
+        full,
+        request.query_string.decode("latin-1"),
+        request.headers,
+        session_id.strip() if session_id else None,
+    )
     response = Response(reply.body, status=reply.status, content_type=reply.content_type)
     for name, value in reply.headers:
         response.headers[name] = value

@@ -152,9 +152,14 @@ def resolve(document: Any, tokens: Sequence[str]) -> Any:
     return document
 
 
-def parse_answer(body: bytes, rows_pointer: Tokens, keep: Sequence[Tokens] = (),
-                 read: Sequence[Tokens] | None = None, raw: bool = False,
-                 fast: bool = True) -> Answer:
+def parse_answer(
+    body: bytes,
+    rows_pointer: Tokens,
+    keep: Sequence[Tokens] = (),
+    read: Sequence[Tokens] | None = None,
+    raw: bool = False,
+    fast: bool = True,
+) -> Answer:
     """Parse the store's body in one pass; raise UpstreamBadBody unless the pointer names an array.
 
     ``keep`` are the envelope members returned beside the rows; ``read`` the row fields Veil
@@ -186,8 +191,18 @@ def parse_answer(body: bytes, rows_pointer: Tokens, keep: Sequence[Tokens] = (),
         where = "/" + "/".join(rows_pointer)
         raise UpstreamNoRows(f"the store's answer has no rows array at {where!r}")
     found = parser.answer
-    return Answer(text, found.rows, found.spans, found.array_start, found.array_end,
-                  found.unreadable, envelope, found.inners, found.first, found.gap)
+    return Answer(
+        text,
+        found.rows,
+        found.spans,
+        found.array_start,
+        found.array_end,
+        found.unreadable,
+        envelope,
+        found.inners,
+        found.first,
+        found.gap,
+    )
 
 
 def render(answer: Answer, hidden: Iterable[int]) -> str:
@@ -200,8 +215,11 @@ def render(answer: Answer, hidden: Iterable[int]) -> str:
         kept = [inner for i, inner in enumerate(inners) if i not in drop] if drop else inners
         array = "[{" + "},{".join(kept) + "}]" if kept else "[]"
     elif drop:
-        array = "[" + ",".join([text[s:e] for i, (s, e) in enumerate(answer.spans)
-                                if i not in drop]) + "]"
+        array = (
+            "["
+            + ",".join([text[s:e] for i, (s, e) in enumerate(answer.spans) if i not in drop])
+            + "]"
+        )
     else:
         array = "[" + ",".join([text[s:e] for s, e in answer.spans]) + "]"
     if answer.envelope is ROWS:
@@ -215,7 +233,7 @@ def _emit(node: Any, rows: str, text: str, out: list[str]) -> None:
     if node is ROWS:
         out.append(rows)
     elif type(node) is _Span:
-        out.append(text[node.start:node.end])
+        out.append(text[node.start : node.end])
     elif type(node) is _Members:
         out.append("{")
         for number, (key, value) in enumerate(node.items()):
@@ -325,8 +343,14 @@ _UNREAD: Any = object()  # no decoded document (or no node of it) to go with the
 class _Parser:
     """One pass over a body: descends to the rows array and the kept members."""
 
-    def __init__(self, text: str, read: Sequence[Tokens] | None, raw: bool,
-                 body: bytes | None = None, fast: bool = False) -> None:
+    def __init__(
+        self,
+        text: str,
+        read: Sequence[Tokens] | None,
+        raw: bool,
+        body: bytes | None = None,
+        fast: bool = False,
+    ) -> None:
         self.text = text
         self.fast = fast
         self.body = text.encode() if body is None else body
@@ -355,13 +379,15 @@ class _Parser:
                 flags.append(1)
             return value
 
-        decoder = json.JSONDecoder(parse_constant=constant,
-                                   parse_int=integer if check_ints else None)
+        decoder = json.JSONDecoder(
+            parse_constant=constant, parse_int=integer if check_ints else None
+        )
         scan: Callable[[str, int], tuple[Any, int]] = decoder.scan_once  # type: ignore[attr-defined]
         return scan
 
-    def value(self, pos: int, targets: tuple[tuple[Tokens, bool], ...],
-              node: Any = _UNREAD) -> tuple[int, Any]:
+    def value(
+        self, pos: int, targets: tuple[tuple[Tokens, bool], ...], node: Any = _UNREAD
+    ) -> tuple[int, Any]:
         """Read the value at ``pos`` (``node``: the same value as orjson decoded it, if it
         did); what of it is returned (None: nothing)."""
         text = self.text
@@ -382,8 +408,9 @@ class _Parser:
         _, end = _skip_value(text, pos)
         return end, None
 
-    def object(self, pos: int, targets: tuple[tuple[Tokens, bool], ...],
-               node: Any = _UNREAD) -> tuple[int, Any]:
+    def object(
+        self, pos: int, targets: tuple[tuple[Tokens, bool], ...], node: Any = _UNREAD
+    ) -> tuple[int, Any]:
         text = self.text
         found = _Members()
         seen: set[str] = set()
@@ -416,8 +443,9 @@ class _Parser:
                 raise ValueError("expected ',' or '}'")
             pos = _skip(text, pos + 1)
 
-    def array(self, pos: int, targets: tuple[tuple[Tokens, bool], ...],
-              node: Any = _UNREAD) -> tuple[int, Any]:
+    def array(
+        self, pos: int, targets: tuple[tuple[Tokens, bool], ...], node: Any = _UNREAD
+    ) -> tuple[int, Any]:
         text = self.text
         found = _Items()
         index = 0
@@ -529,7 +557,7 @@ class _Parser:
                 return None
             separator = first.group()
             gap = len(separator) - 2
-            pieces = text[pos + 1:].split(separator)  # after the first row's "{"
+            pieces = text[pos + 1 :].split(separator)  # after the first row's "{"
             if len(pieces) == count:  # every boundary is written as the first one
                 inners = pieces
                 last = len(text) - len(pieces[-1]) - 1  # the last row's "{"
@@ -547,9 +575,9 @@ class _Parser:
             return None
         end += 1
         if count == 1:
-            inners = [text[pos + 1:last_end - 1]]
+            inners = [text[pos + 1 : last_end - 1]]
         elif inners is not None:
-            inners[-1] = text[last + 1:last_end - 1]
+            inners[-1] = text[last + 1 : last_end - 1]
         else:
             ends.append(last_end)
             spans = list(zip(starts, ends, strict=True))
@@ -558,11 +586,18 @@ class _Parser:
         def row_spans() -> list[tuple[int, int]]:
             return spans if spans is not None else _spans(pos, inners or [], gap)
 
-        head_structure, tail_structure = (head.translate(None, _NOT_STRUCTURE),
-                                          tail.translate(None, _NOT_STRUCTURE))
-        openers = (structure.count(b"{") + structure.count(b"[")
-                   - head_structure.count(b"{") - head_structure.count(b"[")
-                   - tail_structure.count(b"{") - tail_structure.count(b"["))
+        head_structure, tail_structure = (
+            head.translate(None, _NOT_STRUCTURE),
+            tail.translate(None, _NOT_STRUCTURE),
+        )
+        openers = (
+            structure.count(b"{")
+            + structure.count(b"[")
+            - head_structure.count(b"{")
+            - head_structure.count(b"[")
+            - tail_structure.count(b"{")
+            - tail_structure.count(b"[")
+        )
         if openers - count > _DEEP:
             for s, e in row_spans():  # nesting the reference scanner may refuse: let it judge
                 if text.count("{", s, e) + text.count("[", s, e) > _DEEP:
@@ -582,8 +617,7 @@ class _Parser:
                     flagged.append(index)
                     flags.clear()
         names = _count(squeezed, head, tail, b'":')
-        unreadable = self.unreadable(rows, row_spans, start, end, flagged, names,
-                                     surrogates=False)
+        unreadable = self.unreadable(rows, row_spans, start, end, flagged, names, surrogates=False)
         self.answer = _Found(rows, spans, start, end, unreadable, inners, pos, gap)
         return end
 
@@ -592,10 +626,16 @@ class _Parser:
             self._tolerant = self._scanner(True)
         return self._tolerant(text, pos)
 
-    def unreadable(self, rows: list[Any],
-                   spans: list[tuple[int, int]] | Callable[[], list[tuple[int, int]]],
-                   start: int, end: int, flagged: list[int], names: int | None = None,
-                   surrogates: bool = True) -> frozenset[int]:
+    def unreadable(
+        self,
+        rows: list[Any],
+        spans: list[tuple[int, int]] | Callable[[], list[tuple[int, int]]],
+        start: int,
+        end: int,
+        flagged: list[int],
+        names: int | None = None,
+        surrogates: bool = True,
+    ) -> frozenset[int]:
         """Rows Veil cannot read with certainty (R2), found with counts over the whole array.
 
         Repeated keys: every member name is followed by ``":`` once the whitespace is taken
@@ -619,29 +659,36 @@ class _Parser:
             count, spaced = text.count, _SPACED_COLON.search
             for index, (s, e) in enumerate(located):
                 row = rows[index]
-                if (type(row) is dict and len(row) == count('":', s, e)
-                        and spaced(text, s, e) is None):
+                if (
+                    type(row) is dict
+                    and len(row) == count('":', s, e)
+                    and spaced(text, s, e) is None
+                ):
                     continue
                 if self.repeats_a_read_key(text[s:e]):
                     bad.add(index)
         if surrogates and _SURROGATE_ESCAPE.search(text, start, end):
             starts = [s for s, _ in located]
-            suspects = {bisect_right(starts, m.start()) - 1
-                        for m in _SURROGATE_ESCAPE.finditer(text, start, end)}
+            suspects = {
+                bisect_right(starts, m.start()) - 1
+                for m in _SURROGATE_ESCAPE.finditer(text, start, end)
+            }
             bad.update(i for i in suspects if i >= 0 and _holds_lone_surrogate(rows[i]))
         if self.raw:
             count = text.count
-            bad.update(i for i, (s, e) in enumerate(located)
-                       if count("{", s, e) + count("[", s, e) > MAX_RAW_DEPTH
-                       and _depth(rows[i]) > MAX_RAW_DEPTH)
+            bad.update(
+                i
+                for i, (s, e) in enumerate(located)
+                if count("{", s, e) + count("[", s, e) > MAX_RAW_DEPTH
+                and _depth(rows[i]) > MAX_RAW_DEPTH
+            )
         return frozenset(bad)
 
     def member_names(self, start: int, end: int) -> int:
         """How many ``":`` the text ``[start, end)`` holds once its whitespace is taken out
         (counted in the UTF-8 body, where deleting bytes is one C pass)."""
         text = self.text
-        return (_names(self.body) - _names(text[:start].encode())
-                - _names(text[end:].encode()))
+        return _names(self.body) - _names(text[:start].encode()) - _names(text[end:].encode())
 
     def repeats_a_read_key(self, row_text: str) -> bool:
         try:
@@ -656,8 +703,11 @@ class _Parser:
 def _count(squeezed: bytes, head: bytes, tail: bytes, what: bytes) -> int:
     """How many ``what`` the rows array holds once whitespace is taken out: the squeezed
     body's count less those of the (small) texts before and after the array."""
-    return (squeezed.count(what) - head.translate(None, _BLANK_BYTES).count(what)
-            - tail.translate(None, _BLANK_BYTES).count(what))
+    return (
+        squeezed.count(what)
+        - head.translate(None, _BLANK_BYTES).count(what)
+        - tail.translate(None, _BLANK_BYTES).count(what)
+    )
 
 
 def _names(part: bytes) -> int:
@@ -692,21 +742,23 @@ class Normalizer:
         self._actor = getter(fields.actor)
         self._type = getter(fields.actor_type)
         self._ts = getter(fields.timestamp)
-        tokens = tuple(pointer_tokens(p) for p in (fields.id, fields.actor, fields.actor_type,
-                                                   fields.timestamp))
+        tokens = tuple(
+            pointer_tokens(p)
+            for p in (fields.id, fields.actor, fields.actor_type, fields.timestamp)
+        )
         self._pointers = tokens
         self._actors: dict[str, str | None] = {}  # actor as written -> its comparison key
         self._kinds: dict[str, str] = {}  # actor type as written -> "application" or "user"
-        self._flat = (tuple(t[0] for t in tokens) if all(len(t) == 1 for t in tokens)
-                      else None)
+        self._flat = tuple(t[0] for t in tokens) if all(len(t) == 1 for t in tokens) else None
 
     @property
     def pointers(self) -> tuple[Tokens, ...]:
         """The pointers (as tokens) of the fields Veil reads: id, actor, type and time."""
         return self._pointers
 
-    def facts(self, rows: Sequence[Any],
-              unreadable: frozenset[int] | set[int] = frozenset()) -> RowFacts:
+    def facts(
+        self, rows: Sequence[Any], unreadable: frozenset[int] | set[int] = frozenset()
+    ) -> RowFacts:
         """What Veil reads of each row, column by column (see ``RowFacts``): no dict per row,
         and a time turned into nanoseconds only when asked (``RowFacts.ns``). An unreadable
         row (``unreadable``, or an id Veil cannot represent) gets no id, actor nor time, so it
@@ -725,8 +777,12 @@ class Normalizer:
         who_list: list[str | None] = []
         kind_list: list[str] = []
         stamps: list[int | datetime | None] = []
-        add_id, add_who, add_kind, add_stamp = (ids.append, who_list.append, kind_list.append,
-                                                stamps.append)
+        add_id, add_who, add_kind, add_stamp = (
+            ids.append,
+            who_list.append,
+            kind_list.append,
+            stamps.append,
+        )
         late: list[int] = []
         index = -1
         for raw in rows:
@@ -756,8 +812,9 @@ class Normalizer:
                 try:
                     add_kind(kinds[kind])
                 except KeyError:
-                    add_kind(kinds.setdefault(kind, "application" if fold(kind) in apps
-                                              else "user"))
+                    add_kind(
+                        kinds.setdefault(kind, "application" if fold(kind) in apps else "user")
+                    )
             else:
                 add_kind("user")
             # RFC 3339 in UTC to the millisecond ("2026-11-25T18:58:06.480Z"), the usual
@@ -782,16 +839,22 @@ class Normalizer:
             ids[index] = who_list[index] = stamps[index] = None  # private (R2)
         return RowFacts(ids, who_list, kind_list, stamps, dropped)
 
-    def rows(self, rows: Sequence[Any], include_raw: bool,
-             unreadable: frozenset[int] | set[int] = frozenset()) -> list[dict[str, Any]]:
+    def rows(
+        self,
+        rows: Sequence[Any],
+        include_raw: bool,
+        unreadable: frozenset[int] | set[int] = frozenset(),
+    ) -> list[dict[str, Any]]:
         """The rows as the policy sees them (``input.rows``), from ``facts``; an unreadable
         row has no raw either."""
         facts = self.facts(rows, unreadable)
         ns = RowFacts.ns
-        out = [{"index": index, "id": row_id, "actor": actor, "actor_type": kind,
-                "ts_ns": ns(stamp)}
-               for index, (row_id, actor, kind, stamp) in enumerate(zip(
-                   facts.ids, facts.actors, facts.kinds, facts.stamps, strict=True))]
+        out = [
+            {"index": index, "id": row_id, "actor": actor, "actor_type": kind, "ts_ns": ns(stamp)}
+            for index, (row_id, actor, kind, stamp) in enumerate(
+                zip(facts.ids, facts.actors, facts.kinds, facts.stamps, strict=True)
+            )
+        ]
         if include_raw:
             for row, raw in zip(out, rows, strict=True):
                 row["raw"] = raw

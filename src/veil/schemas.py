@@ -12,13 +12,21 @@ from veil.errors import InvalidBody
 
 GROUP_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 # A principal: no whitespace nor control character (docs/rules.md, "Principal"; veil.principal).
-PRINCIPAL: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": principal.MAX_LENGTH,
-             "pattern": principal.PATTERN}
+PRINCIPAL: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": principal.MAX_LENGTH,
+    "pattern": principal.PATTERN,
+}
 # Control characters a justification may not hold (tab, newline and carriage return it may).
 _CONTROL = "\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F"
 # A justification says something: at least one visible character, and no control character.
-JUSTIFICATION: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 2000,
-                 "pattern": f"^[^{_CONTROL}]*[^{principal.HIDDEN_CLASS}][^{_CONTROL}]*$"}
+JUSTIFICATION: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 2000,
+    "pattern": f"^[^{_CONTROL}]*[^{principal.HIDDEN_CLASS}][^{_CONTROL}]*$",
+}
 _CONTROLS = re.compile(f"[{_CONTROL}]")
 
 GROUP_BODY: dict[str, Any] = {
@@ -35,8 +43,9 @@ PRIVACY_GROUP_BODY: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "required": ["group"],
-    "properties": {"group": {"type": "string", "pattern": GROUP_ID,
-                             "examples": ["external", "application"]}},
+    "properties": {
+        "group": {"type": "string", "pattern": GROUP_ID, "examples": ["external", "application"]}
+    },
 }
 
 PRINCIPAL_BODY: dict[str, Any] = {
@@ -61,9 +70,9 @@ MAX_DEPTH = 32
 
 _PATTERN_HINTS = {
     principal.PATTERN: "a principal (UPN or e-mail) may not hold whitespace or control "
-                       "characters; it is refused, never trimmed",
+    "characters; it is refused, never trimmed",
     JUSTIFICATION["pattern"]: "a justification must hold visible text and no control "
-                              "character: say why you need to see private activities",
+    "character: say why you need to see private activities",
 }
 
 BODIES = {
@@ -77,8 +86,10 @@ BODIES = {
 def body_error(schema: dict[str, Any], document: Any) -> tuple[str, str] | None:
     """``(field, message)`` for the first problem in ``document``, or None when it is valid."""
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(document), key=lambda e: (len(e.absolute_path),
-                                                                    list(map(str, e.path))))
+    errors = sorted(
+        validator.iter_errors(document),
+        key=lambda e: (len(e.absolute_path), list(map(str, e.path))),
+    )
     if not errors:
         return None
     found = schema_errors.locate(errors[0])
@@ -107,8 +118,10 @@ def unrepresentable(document: Any) -> tuple[str, str] | None:
         if isinstance(value, str):
             if _has_surrogate(value):
                 field = ".".join(path) or "(body)"
-                return field, (f"field {field!r} holds a lone surrogate (an unpaired \\ud800-"
-                               "\\udfff escape); send valid Unicode text")
+                return field, (
+                    f"field {field!r} holds a lone surrogate (an unpaired \\ud800-"
+                    "\\udfff escape); send valid Unicode text"
+                )
         elif isinstance(value, dict):
             for key, item in value.items():
                 if _has_surrogate(key):
@@ -132,9 +145,14 @@ def check_justification(text: str | None) -> None:
     (``"\\u200b"`` alone is not a justification) and no control character but tab and
     newline. The same rule as the JSON Schema's pattern, for when the field is required."""
     if text is None or not principal.visible(text):
-        raise InvalidBody("field 'justification' is required and must hold visible text: say "
-                          "why you need to see private activities", field="justification")
+        raise InvalidBody(
+            "field 'justification' is required and must hold visible text: say "
+            "why you need to see private activities",
+            field="justification",
+        )
     bad = _CONTROLS.search(text)
     if bad is not None:
-        raise InvalidBody(f"field 'justification' holds the control character "
-                          f"U+{ord(bad.group()):04X}", field="justification")
+        raise InvalidBody(
+            f"field 'justification' holds the control character U+{ord(bad.group()):04X}",
+            field="justification",
+        )

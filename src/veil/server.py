@@ -52,18 +52,22 @@ def validated(config: Config) -> str:
         raise PolicyError(f"{config.policy.dir}: {validation.summary}\n  {details}")
     policy_files = sum(not m.is_test for m in modules)
     digest = PolicySet.of(config.policy.dir, modules).digest
-    return (f"{config.policy.dir}: {policy_files} policy and {len(modules) - policy_files} "
-            f"test file(s), set {digest[:12]}, {validation.summary}")
+    return (
+        f"{config.policy.dir}: {policy_files} policy and {len(modules) - policy_files} "
+        f"test file(s), set {digest[:12]}, {validation.summary}"
+    )
 
 
 def check_address(host: str, port: int) -> None:
     """Raise VeilError, naming ``--port``/``--host``, when Veil cannot listen there."""
     try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except socket.gaierror as exc:
-        raise VeilError(f"cannot listen on {host}:{port}: {exc.strerror}; give another "
-                        "--host (or server.host)") from exc
+        raise VeilError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; give another --host (or server.host)"
+        ) from exc
     family, kind, proto, _name, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
@@ -71,11 +75,14 @@ def check_address(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise VeilError(f"port {port} on {host} is already in use by another "
-                                "process; choose another one with --port (or server.port), "
-                                "or stop what listens there") from exc
-            raise VeilError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another "
-                            "--port or --host") from exc
+                raise VeilError(
+                    f"port {port} on {host} is already in use by another "
+                    "process; choose another one with --port (or server.port), "
+                    "or stop what listens there"
+                ) from exc
+            raise VeilError(
+                f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port or --host"
+            ) from exc
 
 
 def redacted(url: str) -> str:
@@ -83,49 +90,62 @@ def redacted(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port
-                                                           else "")
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
 
 
 def startup_lines(config_path: str, config: Config, policy: str, bind: str) -> list[str]:
     """What Veil logs once at start: what it loaded and where it listens."""
-    engine = ("embedded (regorus " + metadata.version("gordon-to-regorus") + ", in-process)"
-              if config.policy.engine == "embedded" else
-              f"opa at {config.policy.opa_url}" + (" (policies from its bundle)"
-                                                   if config.policy.opa_bundle else ""))
+    engine = (
+        "embedded (regorus " + metadata.version("gordon-to-regorus") + ", in-process)"
+        if config.policy.engine == "embedded"
+        else f"opa at {config.policy.opa_url}"
+        + (" (policies from its bundle)" if config.policy.opa_bundle else "")
+    )
     identity = config.identity
     if identity.mode == "jwt":
-        keys = " and ".join(k for k, on in (("HS256 secret", identity.jwt.hs256_secret),
-                                            ("JWKS", identity.jwt.jwks)) if on)
+        keys = " and ".join(
+            k
+            for k, on in (("HS256 secret", identity.jwt.hs256_secret), ("JWKS", identity.jwt.jwks))
+            if on
+        )
         who = f"jwt ({keys}; issuer {identity.jwt.issuer}, audience {identity.jwt.audience})"
     else:
         who = f"gateway header {identity.header}"
-    return [f"configuration {config_path}",
-            f"policy {policy}",
-            f"engine {engine}",
-            f"storage {redacted(config.storage.url)}",
-            f"identity {who}; {len(identity.bootstrap_admins)} bootstrap admin(s)",
-            _governance_line(config),
-            f"listening on http://{bind} with {config.server.workers} worker(s) x "
-            f"{config.server.threads} thread(s)"]
+    return [
+        f"configuration {config_path}",
+        f"policy {policy}",
+        f"engine {engine}",
+        f"storage {redacted(config.storage.url)}",
+        f"identity {who}; {len(identity.bootstrap_admins)} bootstrap admin(s)",
+        _governance_line(config),
+        f"listening on http://{bind} with {config.server.workers} worker(s) x "
+        f"{config.server.threads} thread(s)",
+    ]
 
 
 def _governance_line(config: Config) -> str:
     sealing = config.governance
     if sealing.signer is None:
-        return ("governance log UNSIGNED (hash chain only: whoever can write the database can "
-                "rewrite it); set governance.signing_key_file")
-    return (f"governance log signed with key {sealing.signer.key_id}; witness "
-            f"{sealing.witness or 'none (set governance.witness)'}")
+        return (
+            "governance log UNSIGNED (hash chain only: whoever can write the database can "
+            "rewrite it); set governance.signing_key_file"
+        )
+    return (
+        f"governance log signed with key {sealing.signer.key_id}; witness "
+        f"{sealing.witness or 'none (set governance.witness)'}"
+    )
 
 
 def _log_to_stderr() -> None:
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(
-            "[%(asctime)s] [%(process)d] [%(levelname)s] veil: %(message)s",
-            "%Y-%m-%d %H:%M:%S %z"))
+        handler.setFormatter(
+            logging.Formatter(
+                "[%(asctime)s] [%(process)d] [%(levelname)s] veil: %(message)s",
+                "%Y-%m-%d %H:%M:%S %z",
+            )
+        )
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False

@@ -47,8 +47,13 @@ class Upstream:
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
         self.pool = urllib3.PoolManager(
-            num_pools=4, maxsize=config.pool_size, block=False, retries=False,
-            cert_reqs="CERT_REQUIRED", ca_certs=requests.utils.DEFAULT_CA_BUNDLE_PATH)
+            num_pools=4,
+            maxsize=config.pool_size,
+            block=False,
+            retries=False,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=requests.utils.DEFAULT_CA_BUNDLE_PATH,
+        )
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -81,10 +86,11 @@ class Upstream:
                 raise
             finally:
                 response.release_conn()
-            return StoreAnswer(status=response.status,
-                               content_type=response.headers.get("Content-Type",
-                                                                 "application/json"),
-                               body=body)
+            return StoreAnswer(
+                status=response.status,
+                content_type=response.headers.get("Content-Type", "application/json"),
+                body=body,
+            )
         except NewConnectionError as exc:
             raise self._unavailable(exc) from exc
         except (Urllib3Timeout, TimeoutError) as exc:
@@ -92,8 +98,7 @@ class Upstream:
         except (HTTPError, http.client.HTTPException, OSError) as exc:
             raise self._unavailable(exc) from exc
 
-    def _open(self, url: str, headers: dict[str, str],
-              deadline: float) -> urllib3.BaseHTTPResponse:
+    def _open(self, url: str, headers: dict[str, str], deadline: float) -> urllib3.BaseHTTPResponse:
         """Send the request; once more on a fresh connection if a kept-alive one was closed
         by the store before it answered (a GET changes nothing at the store)."""
         for attempt in (1, 2):
@@ -102,9 +107,15 @@ class Upstream:
                 raise self._timeout()
             try:
                 return self.pool.urlopen(
-                    "GET", url, headers=headers, retries=False, redirect=False,
+                    "GET",
+                    url,
+                    headers=headers,
+                    retries=False,
+                    redirect=False,
                     timeout=urllib3.Timeout(connect=left, read=left),
-                    preload_content=False, decode_content=True)
+                    preload_content=False,
+                    decode_content=True,
+                )
             except ProtocolError:
                 if attempt == 2:
                     raise
@@ -130,7 +141,8 @@ class Upstream:
             size += len(chunk)
             if size > self.config.max_body_bytes:
                 raise UpstreamBadBody(
-                    f"the store's answer is larger than {self.config.max_body_bytes} bytes")
+                    f"the store's answer is larger than {self.config.max_body_bytes} bytes"
+                )
             chunks.append(chunk)
 
     def _timeout(self) -> UpstreamTimeout:
@@ -138,14 +150,20 @@ class Upstream:
 
     def _unavailable(self, exc: BaseException) -> UpstreamUnavailable:
         return UpstreamUnavailable(
-            f"the store at {self.config.url} is unreachable ({type(exc).__name__})")
+            f"the store at {self.config.url} is unreachable ({type(exc).__name__})"
+        )
 
     def reachable(self) -> bool:
         """True when the store accepts a connection and answers anything at all."""
         try:
             response = self.pool.request(
-                "HEAD", self.config.url + "/", headers=_DEFAULT_HEADERS, retries=False,
-                redirect=False, timeout=min(self.config.timeout_s, 2.0))
+                "HEAD",
+                self.config.url + "/",
+                headers=_DEFAULT_HEADERS,
+                retries=False,
+                redirect=False,
+                timeout=min(self.config.timeout_s, 2.0),
+            )
         except (HTTPError, http.client.HTTPException, OSError):
             return False
         response.drain_conn()

@@ -59,8 +59,9 @@ def form_time(value: str, name: str) -> str:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidBody(f"{name} must be a date and time, e.g. 2026-11-25T09:00",
-                          field=name) from None
+        raise InvalidBody(
+            f"{name} must be a date and time, e.g. 2026-11-25T09:00", field=name
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -70,8 +71,11 @@ def query_string(svc: Services, filters: Filters, cursor: str | None) -> str:
     """The store query for one page, with the parameter names of ``console.activities``."""
     cfg = svc.config.console.activities
     params: list[tuple[str, str]] = [(cfg.limit_param, str(svc.config.console.page_size))]
-    for name, value in ((cfg.user_param, filters.user), (cfg.since_param, filters.since),
-                        (cfg.until_param, filters.until)):
+    for name, value in (
+        (cfg.user_param, filters.user),
+        (cfg.since_param, filters.since),
+        (cfg.until_param, filters.until),
+    ):
         if value:
             params.append((name, value))
     if cursor:
@@ -83,14 +87,19 @@ def route(svc: Services) -> str:
     return svc.config.console.activities.route or svc.config.upstream.routes[0]
 
 
-def fetch(svc: Services, principal: str, filters: Filters, cursor: str | None,
-          session_id: str | None) -> Page:
+def fetch(
+    svc: Services, principal: str, filters: Filters, cursor: str | None, session_id: str | None
+) -> Page:
     """One page through Veil; private rows appear (marked) only in an allowed reveal."""
-    reply = svc.query.answer(principal, route(svc), query_string(svc, filters, cursor),
-                             Headers(), session_id)
+    reply = svc.query.answer(
+        principal, route(svc), query_string(svc, filters, cursor), Headers(), session_id
+    )
     if not 200 <= reply.status < 300:
-        raise UpstreamBadBody(f"the activity store refused the query with status {reply.status}"
-                              f"{_store_reason(reply.body)}", store_status=reply.status)
+        raise UpstreamBadBody(
+            f"the activity store refused the query with status {reply.status}"
+            f"{_store_reason(reply.body)}",
+            store_status=reply.status,
+        )
     document = json.loads(reply.body)
     raw_rows = resolve(document, pointer_tokens(svc.config.upstream.rows)) or []
     fields = svc.config.upstream.fields
@@ -98,20 +107,24 @@ def fetch(svc: Services, principal: str, filters: Filters, cursor: str | None,
     private = frozenset(reply.revealed)
     rows = []
     for index, raw in enumerate(raw_rows):
-        rows.append(Row(
-            time=_text(_at(raw, fields.timestamp)),
-            actor=_text(_at(raw, fields.actor)),
-            actor_type=_text(_at(raw, fields.actor_type)),
-            cells=tuple(_text(_at(raw, column.pointer)) for column in cfg.columns),
-            private=index in private,
-        ))
+        rows.append(
+            Row(
+                time=_text(_at(raw, fields.timestamp)),
+                actor=_text(_at(raw, fields.actor)),
+                actor_type=_text(_at(raw, fields.actor_type)),
+                cells=tuple(_text(_at(raw, column.pointer)) for column in cfg.columns),
+                private=index in private,
+            )
+        )
     next_cursor = _at(document, cfg.next) if cfg.next else None
-    return Page(tuple(rows), str(next_cursor) if next_cursor not in (None, "") else None,
-                len(private))
+    return Page(
+        tuple(rows), str(next_cursor) if next_cursor not in (None, "") else None, len(private)
+    )
 
 
-def reveal_request(justification: str, acknowledged: bool,
-                   require_justification: bool) -> str | None:
+def reveal_request(
+    justification: str, acknowledged: bool, require_justification: bool
+) -> str | None:
     """Check the form as the API checks its body (same schema); the justification or None."""
     document: dict[str, Any] = {"acknowledge_audit": acknowledged}
     if justification.strip():
@@ -121,8 +134,10 @@ def reveal_request(justification: str, acknowledged: bool,
         field, message = problem
         raise InvalidBody(message, field=field)
     if require_justification and not justification.strip():
-        raise InvalidBody("a justification is required: say why you need to see private "
-                          "activities", field="justification")
+        raise InvalidBody(
+            "a justification is required: say why you need to see private activities",
+            field="justification",
+        )
     return document.get("justification")
 
 

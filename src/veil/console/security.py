@@ -15,8 +15,10 @@ from flask.sessions import SecureCookieSessionInterface
 COOKIE_NAME = "veil_console"
 CSRF_FIELD = "csrf_token"
 
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -65,21 +67,32 @@ def post_refusal(req: Request) -> str | None:
     """Why a state-changing request must be refused (cross-site, or no valid CSRF token)."""
     site = req.headers.get("Sec-Fetch-Site")
     if site is not None and site not in ("same-origin", "none"):
-        return f"this form was sent from another site ({site}); console forms only work from " \
-               "the console itself"
+        return (
+            f"this form was sent from another site ({site}); console forms only work from "
+            "the console itself"
+        )
     origin = req.headers.get("Origin")
     if origin is not None and origin != "null" and urlsplit(origin).netloc != req.host:
-        return "this form was sent from another origin; console forms only work from the " \
-               "console itself"
+        return (
+            "this form was sent from another origin; console forms only work from the "
+            "console itself"
+        )
     if origin == "null":
-        return "this form was sent from an opaque origin; console forms only work from the " \
-               "console itself"
+        return (
+            "this form was sent from an opaque origin; console forms only work from the "
+            "console itself"
+        )
     sent = req.form.get(CSRF_FIELD, "")
     expected = session.get("csrf")
-    if not isinstance(expected, str) or not sent or not hmac.compare_digest(
-            sent.encode(), expected.encode()):
-        return "the form's CSRF token is missing or does not match your session; reload the " \
-               "page and try again"
+    if (
+        not isinstance(expected, str)
+        or not sent
+        or not hmac.compare_digest(sent.encode(), expected.encode())
+    ):
+        return (
+            "the form's CSRF token is missing or does not match your session; reload the "
+            "page and try again"
+        )
     return None
 
 

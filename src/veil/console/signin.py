@@ -40,8 +40,9 @@ def valid_principal(value: Any) -> str:
         raise Unauthenticated("the signed-in user's name holds whitespace or control characters")
     key = principal_rules.key(value)
     if key is None:
-        raise Unauthenticated(f"the signed-in user's name is not a principal: "
-                              f"{principal_rules.problem(value)}")
+        raise Unauthenticated(
+            f"the signed-in user's name is not a principal: {principal_rules.problem(value)}"
+        )
     return key
 
 
@@ -66,12 +67,17 @@ class OidcSignIn:
         assert oidc is not None
         self.config = config
         self.oauth = OAuth(app)
-        kwargs: dict[str, Any] = {"scope": " ".join(oidc.scopes), "code_challenge_method": "S256",
-                                  "timeout": 10}
+        kwargs: dict[str, Any] = {
+            "scope": " ".join(oidc.scopes),
+            "code_challenge_method": "S256",
+            "timeout": 10,
+        }
         if oidc.client_secret is None:
             kwargs["token_endpoint_auth_method"] = "none"
         self.oauth.register(
-            self.NAME, client_id=oidc.client_id, client_secret=oidc.client_secret,
+            self.NAME,
+            client_id=oidc.client_id,
+            client_secret=oidc.client_secret,
             server_metadata_url=f"{oidc.issuer}/.well-known/openid-configuration",
             client_kwargs=kwargs,
         )
@@ -95,14 +101,17 @@ class OidcSignIn:
             raise Unauthenticated(f"sign-in failed: {exc.description or exc.error}") from exc
         except Exception as exc:  # Authlib raises JOSE and requests errors of many kinds
             log.warning("OpenID Connect sign-in failed: %s", type(exc).__name__)
-            raise Unauthenticated("sign-in failed: the identity provider's answer could not "
-                                  "be verified") from exc
+            raise Unauthenticated(
+                "sign-in failed: the identity provider's answer could not be verified"
+            ) from exc
         claims = token.get("userinfo") or {}
         for claim in self.config.identity.principal_claims:
             if claims.get(claim):
                 return valid_principal(claims[claim])
-        raise Unauthenticated("the identity provider's ID token carries none of the principal "
-                              f"claims {list(self.config.identity.principal_claims)}")
+        raise Unauthenticated(
+            "the identity provider's ID token carries none of the principal "
+            f"claims {list(self.config.identity.principal_claims)}"
+        )
 
 
 def oidc(app: Flask | None = None) -> OidcSignIn | None:

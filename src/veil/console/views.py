@@ -28,19 +28,28 @@ from veil.services import services
 
 log = logging.getLogger("veil.console")
 
-blueprint = Blueprint("console", __name__, url_prefix="/console",
-                      template_folder="templates", static_folder="static")
+blueprint = Blueprint(
+    "console", __name__, url_prefix="/console", template_folder="templates", static_folder="static"
+)
 
 Page = str | WerkzeugResponse | tuple[str, int]
 
 # Pages anyone may open before signing in.
-OPEN = frozenset({"console.static", "console.sign_in", "console.login", "console.callback",
-                  "console.demo_sign_in"})
+OPEN = frozenset(
+    {
+        "console.static",
+        "console.sign_in",
+        "console.login",
+        "console.callback",
+        "console.demo_sign_in",
+    }
+)
 BUILTIN_NAMES = {"application": "Application", "external": "External users"}
 ONLY_ADMINS = "Only admins can be assigned permission to view private activities"
 
 
 # ---- every request ----------------------------------------------------------------------
+
 
 @blueprint.before_request
 def identify() -> Page | None:
@@ -53,8 +62,11 @@ def identify() -> Page | None:
         try:
             principal = svc.auth.principal(request.headers)
         except Unauthenticated as exc:
-            return render_template("error.html", title="Not signed in",
-                                   detail=f"the gateway did not identify you: {exc.detail}"), 401
+            return render_template(
+                "error.html",
+                title="Not signed in",
+                detail=f"the gateway did not identify you: {exc.detail}",
+            ), 401
         if signin.signed_in() != principal:
             security.fresh_session(principal=principal)
     if request.endpoint in OPEN:
@@ -103,15 +115,19 @@ def attempt(action: Any, *args: Any, done: str | None = None) -> bool:
 
 # ---- sign-in ----------------------------------------------------------------------------
 
+
 @blueprint.get("/sign-in")
 def sign_in() -> Page:
     from flask import current_app
 
     if signin.signed_in() and services().config.identity.mode == "header":
         return redirect(url_for("console.index"))
-    return render_template("sign_in.html", oidc=signin.oidc() is not None,
-                           demo=bool(signin.demo_users(current_app)),
-                           header_mode=services().config.identity.mode == "header")
+    return render_template(
+        "sign_in.html",
+        oidc=signin.oidc() is not None,
+        demo=bool(signin.demo_users(current_app)),
+        header_mode=services().config.identity.mode == "header",
+    )
 
 
 @blueprint.get("/sign-in/oidc")
@@ -124,9 +140,13 @@ def login() -> Page:
         return provider.start()
     except Exception:  # discovery failed: Authlib raises requests' and its own errors
         log.warning("the identity provider's discovery document could not be read")
-        return render_template("sign_in.html", oidc=True, demo=False, header_mode=False,
-                               error="sign-in failed: the identity provider could not be "
-                                     "reached; try again later"), 502
+        return render_template(
+            "sign_in.html",
+            oidc=True,
+            demo=False,
+            header_mode=False,
+            error="sign-in failed: the identity provider could not be reached; try again later",
+        ), 502
 
 
 @blueprint.get("/sign-in/callback")
@@ -137,8 +157,9 @@ def callback() -> Page:
     try:
         principal = provider.finish()
     except Unauthenticated as exc:
-        return render_template("sign_in.html", oidc=True, demo=False, header_mode=False,
-                               error=exc.detail), 401
+        return render_template(
+            "sign_in.html", oidc=True, demo=False, header_mode=False, error=exc.detail
+        ), 401
     security.fresh_session(principal=principal)
     return redirect(url_for("console.index"))
 
@@ -153,8 +174,9 @@ def demo_sign_in() -> Page:
     if request.method == "POST":
         chosen = request.form.get("principal", "")
         if chosen not in {u.principal for u in users}:
-            return render_template("error.html", title="Unknown demo user",
-                                   detail="pick one of the demo's users"), 400
+            return render_template(
+                "error.html", title="Unknown demo user", detail="pick one of the demo's users"
+            ), 400
         security.fresh_session(principal=chosen)
         return redirect(url_for("console.index"))
     return render_template("demo_sign_in.html", users=users)
@@ -168,9 +190,12 @@ def sign_out() -> Page:
         attempt(svc.storage.end_session, reveal.get("id"), g.principal, g.is_admin)
     session.clear()
     if svc.config.identity.mode == "header":
-        return render_template("error.html", title="Signed out of the console",
-                               detail="your gateway still identifies you; close the browser or "
-                                      "sign out at the gateway")
+        return render_template(
+            "error.html",
+            title="Signed out of the console",
+            detail="your gateway still identifies you; close the browser or "
+            "sign out at the gateway",
+        )
     return redirect(url_for("console.sign_in"))
 
 
@@ -180,6 +205,7 @@ def index() -> Page:
 
 
 # ---- Scoped deployment and privacy -> Activity privacy --------------------------------
+
 
 def _group_id(value: str) -> str:
     problem = schemas.body_error(schemas.PRIVACY_GROUP_BODY, {"group": value})
@@ -201,10 +227,16 @@ def privacy() -> Page:
     names = {**BUILTIN_NAMES, **{gr["id"]: gr["name"] for gr in groups}}
     current = {p["group"] for p in private if p["private"]}
     choices = [{"id": gid, "name": name, "builtin": True} for gid, name in BUILTIN_NAMES.items()]
-    choices += [{"id": gr["id"], "name": gr["name"], "builtin": False,
-                 "members": len(gr["members"])} for gr in groups]
-    return render_template("privacy.html", private=private, names=names,
-                           choices=[c for c in choices if c["id"] not in current])
+    choices += [
+        {"id": gr["id"], "name": gr["name"], "builtin": False, "members": len(gr["members"])}
+        for gr in groups
+    ]
+    return render_template(
+        "privacy.html",
+        private=private,
+        names=names,
+        choices=[c for c in choices if c["id"] not in current],
+    )
 
 
 @blueprint.post("/privacy/add")
@@ -217,8 +249,10 @@ def privacy_add() -> Page:
     names = _group_names()
     for gid in chosen:
         label = names.get(gid, gid)
-        attempt(lambda gid=gid: storage.add_privacy_group(_group_id(gid), actor),
-                done=f"{label}: activities are private from now on")
+        attempt(
+            lambda gid=gid: storage.add_privacy_group(_group_id(gid), actor),
+            done=f"{label}: activities are private from now on",
+        )
     return redirect(url_for("console.privacy"))
 
 
@@ -227,12 +261,15 @@ def privacy_remove() -> Page:
     actor = need_admin()
     gid = request.form.get("group", "")
     storage = services().storage
-    attempt(lambda: storage.remove_privacy_group(_group_id(gid), actor),
-            done=f"{_group_names().get(gid, gid)} is no longer private; its interval has ended")
+    attempt(
+        lambda: storage.remove_privacy_group(_group_id(gid), actor),
+        done=f"{_group_names().get(gid, gid)} is no longer private; its interval has ended",
+    )
     return redirect(url_for("console.privacy"))
 
 
 # ---- Manage admin access -> Activity privacy permissions, Admins -----------------------
+
 
 def _principal(field: str = "principal") -> str:
     value = request.form.get(field, "")
@@ -256,8 +293,9 @@ def permissions_add() -> Page:
         principal = _principal()
         storage.grant_viewer(principal, actor)
     except VeilError as exc:
-        if exc.status == 422 and not storage.is_admin(normalize_principal(
-                request.form.get("principal", ""))):
+        if exc.status == 422 and not storage.is_admin(
+            normalize_principal(request.form.get("principal", ""))
+        ):
             flash(f"{ONLY_ADMINS}. {exc.detail}", "error")
         else:
             flash(exc.detail, "error")
@@ -270,8 +308,10 @@ def permissions_add() -> Page:
 def permissions_remove() -> Page:
     actor = need_admin()
     storage = services().storage
-    attempt(lambda: storage.revoke_viewer(_principal(), actor),
-            done="permission removed; the admin's private activities sessions have ended")
+    attempt(
+        lambda: storage.revoke_viewer(_principal(), actor),
+        done="permission removed; the admin's private activities sessions have ended",
+    )
     return redirect(url_for("console.permissions"))
 
 
@@ -299,15 +339,20 @@ def admins_remove() -> Page:
 
 # ---- Activity log ------------------------------------------------------------------------
 
+
 def _may_reveal(principal: str) -> str | None:
     """Why this user cannot show private activities, or None when they may ask."""
     storage = services().storage
     if not g.is_admin:
-        return "only admins who hold the Activity privacy permission can show private " \
-               "activities; you are not an admin"
+        return (
+            "only admins who hold the Activity privacy permission can show private "
+            "activities; you are not an admin"
+        )
     if principal not in {v["principal"] for v in storage.list_viewers()}:
-        return "you do not hold the Activity privacy permission; an admin can grant it under " \
-               "Manage admin access"
+        return (
+            "you do not hold the Activity privacy permission; an admin can grant it under "
+            "Manage admin access"
+        )
     return None
 
 
@@ -335,19 +380,24 @@ def activity_log() -> Page:
     page, refusal = None, None
     try:
         try:
-            page = activity.fetch(svc, principal, filters, cursor,
-                                  reveal["id"] if reveal else None)
+            page = activity.fetch(svc, principal, filters, cursor, reveal["id"] if reveal else None)
         except RevealRefused as exc:
             session.pop("reveal", None)
             reveal, refusal = None, exc.detail
             page = activity.fetch(svc, principal, filters, cursor, None)
     except VeilError as exc:
         flash(exc.detail, "error")
-    return render_template("activity.html", page=page, filters=filters, reveal=reveal,
-                           refusal=refusal, cannot_reveal=_may_reveal(principal),
-                           columns=svc.config.console.activities.columns,
-                           paged=bool(cursors),
-                           require_justification=svc.config.reveal.require_justification)
+    return render_template(
+        "activity.html",
+        page=page,
+        filters=filters,
+        reveal=reveal,
+        refusal=refusal,
+        cannot_reveal=_may_reveal(principal),
+        columns=svc.config.console.activities.columns,
+        paged=bool(cursors),
+        require_justification=svc.config.reveal.require_justification,
+    )
 
 
 @blueprint.post("/activity/filter")
@@ -359,7 +409,8 @@ def activity_filter() -> Page:
             filters = activity.Filters(
                 user=request.form.get("user", "").strip(),
                 since=activity.form_time(request.form.get("since", ""), "since"),
-                until=activity.form_time(request.form.get("until", ""), "until"))
+                until=activity.form_time(request.form.get("until", ""), "until"),
+            )
         except VeilError as exc:
             flash(exc.detail, "error")
             return redirect(url_for("console.activity_log"))
@@ -392,10 +443,11 @@ def show_private() -> Page:
     principal: str = g.principal
     try:
         justification = activity.reveal_request(
-            request.form.get("justification", ""), request.form.get("acknowledge") == "yes",
-            svc.config.reveal.require_justification)
-        opened = svc.storage.open_session(principal, justification,
-                                          svc.config.reveal.session_ttl_s)
+            request.form.get("justification", ""),
+            request.form.get("acknowledge") == "yes",
+            svc.config.reveal.require_justification,
+        )
+        opened = svc.storage.open_session(principal, justification, svc.config.reveal.session_ttl_s)
     except VeilError as exc:
         flash(f"Private activities were not shown: {exc.detail}", "error")
     else:
@@ -408,8 +460,13 @@ def hide_private() -> Page:
     svc = services()
     reveal = session.pop("reveal", None)
     if isinstance(reveal, dict):
-        attempt(svc.storage.end_session, str(reveal.get("id")), g.principal, g.is_admin,
-                done="private activities are hidden again; the session has ended")
+        attempt(
+            svc.storage.end_session,
+            str(reveal.get("id")),
+            g.principal,
+            g.is_admin,
+            done="private activities are hidden again; the session has ended",
+        )
     return redirect(url_for("console.activity_log"))
 
 
@@ -437,14 +494,24 @@ def _governance_page(verdict: dict[str, Any] | None) -> Page:
     records: list[dict[str, Any]] = []
     try:
         records = storage.log_page(
-            since=wanted.get("since") or None, until=wanted.get("until") or None,
-            action=wanted.get("action") or None, actor=wanted.get("actor") or None,
-            after=after, limit=GOVERNANCE_PAGE)
+            since=wanted.get("since") or None,
+            until=wanted.get("until") or None,
+            action=wanted.get("action") or None,
+            actor=wanted.get("actor") or None,
+            after=after,
+            limit=GOVERNANCE_PAGE,
+        )
     except VeilError as exc:
         flash(exc.detail, "error")
     more = records[-1]["seq"] if len(records) == GOVERNANCE_PAGE else None
-    return render_template("governance.html", records=records, wanted=wanted, verdict=verdict,
-                           more=more, paged=after > 0)
+    return render_template(
+        "governance.html",
+        records=records,
+        wanted=wanted,
+        verdict=verdict,
+        more=more,
+        paged=after > 0,
+    )
 
 
 @blueprint.post("/governance/filter")
@@ -487,6 +554,7 @@ def _storage_time(value: str, name: str) -> str:
 
 
 # ---- Groups ------------------------------------------------------------------------------
+
 
 @blueprint.get("/groups")
 def groups() -> Page:

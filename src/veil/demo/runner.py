@@ -68,8 +68,11 @@ class _AccessLog(WSGIRequestHandler):
         line = message % args
         if not sys.stderr.isatty():  # werkzeug colours the status; not in a file or a pipe
             line = _ANSI_STYLE.sub("", line)
-        print(f"{self.prefix} | {self.address_string()} - - [{self.log_date_time_string()}] "
-              f"{line}", file=sys.stderr, flush=True)
+        print(
+            f"{self.prefix} | {self.address_string()} - - [{self.log_date_time_string()}] {line}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 class _StoreAccessLog(_AccessLog):
@@ -94,10 +97,12 @@ def default_policy_dir() -> Path:
     repository = Path(__file__).resolve().parents[3] / "policies"
     if repository.is_dir() and any(repository.rglob("*.rego")):
         return repository
-    raise VeilError("no policy directory: ./policies holds no .rego file, and this Veil is "
-                    "not run from a source checkout (an installed Veil carries no policies). "
-                    "Give --policy-dir DIR, for example a copy of policies/ from the Veil "
-                    "repository, or run from a directory that has policies/")
+    raise VeilError(
+        "no policy directory: ./policies holds no .rego file, and this Veil is "
+        "not run from a source checkout (an installed Veil carries no policies). "
+        "Give --policy-dir DIR, for example a copy of policies/ from the Veil "
+        "repository, or run from a directory that has policies/"
+    )
 
 
 def demo_secret(data_dir: Path) -> str:
@@ -118,8 +123,11 @@ def demo_secret(data_dir: Path) -> str:
 def mint(principal: str, secret: str, ttl_s: int = TOKEN_TTL_S) -> str:
     """A token the demo's Veil accepts."""
     now = int(time.time())
-    return jwt.encode({"upn": principal, "iss": ISSUER, "aud": AUDIENCE, "iat": now,
-                       "exp": now + ttl_s}, secret, algorithm="HS256")
+    return jwt.encode(
+        {"upn": principal, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + ttl_s},
+        secret,
+        algorithm="HS256",
+    )
 
 
 def url_host(host: str) -> str:
@@ -131,16 +139,21 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def config_document(store_url: str, host: str, port: int, policy_dir: Path,
-                    database: Path) -> dict[str, Any]:
+def config_document(
+    store_url: str, host: str, port: int, policy_dir: Path, database: Path
+) -> dict[str, Any]:
     return {
         "upstream": {
             "url": store_url,
             "routes": ["/api/activities"],
             "rows": "/data",
             "keep": ["/next"],  # the paging cursor; anything else around the rows is dropped
-            "fields": {"id": "/id", "actor": "/user", "actor_type": "/actorType",
-                       "timestamp": "/timestamp"},
+            "fields": {
+                "id": "/id",
+                "actor": "/user",
+                "actor_type": "/actorType",
+                "timestamp": "/timestamp",
+            },
             "timeout_s": 10,
         },
         "organization": {"managed_domains": [DOMAIN]},
@@ -161,7 +174,7 @@ class Demo:
 
     def __init__(self, settings: DemoSettings, secret: str | None = None) -> None:
         self.settings = settings
-        self.data_dir = (settings.data_dir or Path(tempfile.mkdtemp(prefix="veil-demo-")))
+        self.data_dir = settings.data_dir or Path(tempfile.mkdtemp(prefix="veil-demo-"))
         self.data_dir = self.data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.secret = secret or demo_secret(self.data_dir)
@@ -189,8 +202,9 @@ class Demo:
 
     def _start(self) -> None:
         s = self.settings
-        store = create_store_app(seed=s.seed, rate_per_minute=s.rate_per_minute,
-                                 directory=self.directory)
+        store = create_store_app(
+            seed=s.seed, rate_per_minute=s.rate_per_minute, directory=self.directory
+        )
         store_server = self._serve(store, s.store_port, "store", _StoreAccessLog)
         self.store_url = f"http://{url_host(s.host)}:{store_server.server_port}"
 
@@ -198,48 +212,67 @@ class Demo:
         veil = _LateApp()
         port = self._serve(veil, s.port, "Veil", _AccessLog).server_port
         self.veil_url = f"http://{url_host(s.host)}:{port}"
-        document = config_document(self.store_url, s.host, port, self.policy_dir,
-                                   self.data_dir / "veil.db")
+        document = config_document(
+            self.store_url, s.host, port, self.policy_dir, self.data_dir / "veil.db"
+        )
         kept = self.data_dir / "jwt-secret"
         self.config_path.write_text(
             "# Written by `veil demo`. The JWT secret is in the environment variable "
-            f"{SECRET_ENV}" + (f" (also kept in {kept})" if kept.is_file() else "") + ".\n"
-            + yaml.safe_dump(document, sort_keys=False), "utf-8")
-        config = config_module.load(self.config_path,
-                                    env={**os.environ, SECRET_ENV: self.secret})
+            f"{SECRET_ENV}"
+            + (f" (also kept in {kept})" if kept.is_file() else "")
+            + ".\n"
+            + yaml.safe_dump(document, sort_keys=False),
+            "utf-8",
+        )
+        config = config_module.load(self.config_path, env={**os.environ, SECRET_ENV: self.secret})
         from veil.app import create_app
 
         # The console, with the demo's pick-a-user sign-in (nothing but the demo offers it).
         console_key = hashlib.sha256(f"veil-demo-console:{self.secret}".encode()).hexdigest()
-        config = replace(config, console=replace(config.console, enabled=True,
-                                                 secret_key=console_key))
+        config = replace(
+            config, console=replace(config.console, enabled=True, secret_key=console_key)
+        )
         app = create_app(config)
         from veil.console.signin import DemoUser, enable_demo_sign_in
 
-        enable_demo_sign_in(app, (
-            DemoUser(INVESTIGATOR, "Erin Shah", "admin with the Activity privacy permission"),
-            DemoUser(ADMIN, "Alice Martin", "admin without the permission (until the "
-                                            "walk-through grants it)"),
-            DemoUser(PLAIN_USER, "Bob Jensen", "plain user"),
-        ))
+        enable_demo_sign_in(
+            app,
+            (
+                DemoUser(INVESTIGATOR, "Erin Shah", "admin with the Activity privacy permission"),
+                DemoUser(
+                    ADMIN,
+                    "Alice Martin",
+                    "admin without the permission (until the walk-through grants it)",
+                ),
+                DemoUser(PLAIN_USER, "Bob Jensen", "plain user"),
+            ),
+        )
         self._veil = veil.app = app
         self.groups = self._import_groups()
         self._set_up_investigator()
-        self.already_private = sorted(p["group"] for p in self._veil.extensions["veil"]
-                                      .storage.list_privacy_groups() if p["private"])
+        self.already_private = sorted(
+            p["group"]
+            for p in self._veil.extensions["veil"].storage.list_privacy_groups()
+            if p["private"]
+        )
 
-    def _serve(self, app: Any, port: int, what: str,
-               handler: type[WSGIRequestHandler] | None = None) -> BaseWSGIServer:
+    def _serve(
+        self, app: Any, port: int, what: str, handler: type[WSGIRequestHandler] | None = None
+    ) -> BaseWSGIServer:
         try:
-            server = make_server(self.settings.host, port, app, threaded=True,
-                                 request_handler=handler)
+            server = make_server(
+                self.settings.host, port, app, threaded=True, request_handler=handler
+            )
         except (OSError, SystemExit) as exc:  # werkzeug exits when the port is taken
             option = "--store-port" if what == "store" else "--port"
-            raise VeilError(f"cannot serve the demo {what} on {self.settings.host}:{port}; "
-                            f"choose another port with {option} (0: any free port)") from exc
+            raise VeilError(
+                f"cannot serve the demo {what} on {self.settings.host}:{port}; "
+                f"choose another port with {option} (0: any free port)"
+            ) from exc
         self._servers.append(server)
-        thread = threading.Thread(target=server.serve_forever, name=f"veil-demo-{what}",
-                                  daemon=True)
+        thread = threading.Thread(
+            target=server.serve_forever, name=f"veil-demo-{what}", daemon=True
+        )
         thread.start()
         self._threads.append(thread)
         return server
@@ -257,13 +290,19 @@ class Demo:
         with http:
             for path in ("/veil/v1/admins", "/veil/v1/private-viewers"):
                 try:
-                    answer = http.post(f"{self.veil_url}{path}", json={"principal": INVESTIGATOR},
-                                       headers=admin, timeout=10)
+                    answer = http.post(
+                        f"{self.veil_url}{path}",
+                        json={"principal": INVESTIGATOR},
+                        headers=admin,
+                        timeout=10,
+                    )
                 except requests.RequestException as exc:
                     raise VeilError(f"the demo could not set up {INVESTIGATOR}: {exc}") from exc
                 if answer.status_code not in (201, 409):
-                    raise VeilError(f"the demo could not set up {INVESTIGATOR} for the console: "
-                                    f"{answer.status_code} {answer.text}")
+                    raise VeilError(
+                        f"the demo could not set up {INVESTIGATOR} for the console: "
+                        f"{answer.status_code} {answer.text}"
+                    )
 
     def stop(self) -> None:
         for server in self._servers:
@@ -289,9 +328,13 @@ class Demo:
 
     def variables(self) -> dict[str, str]:
         """The shell variables the printed walk-through uses."""
-        return {"VEIL": self.veil_url, "STORE": self.store_url,
-                "ADMIN_TOKEN": self.admin_token, "USER_TOKEN": self.user_token,
-                "APPROVER_TOKEN": self.approver_token}
+        return {
+            "VEIL": self.veil_url,
+            "STORE": self.store_url,
+            "ADMIN_TOKEN": self.admin_token,
+            "USER_TOKEN": self.user_token,
+            "APPROVER_TOKEN": self.approver_token,
+        }
 
     def _someone(self) -> str:
         """A member of hr, the group the walk-through makes private."""
@@ -305,42 +348,51 @@ class Demo:
         people = sum(1 for a in self.directory.actors if a.kind == "employee")
         guests = sum(1 for a in self.directory.actors if a.kind == "guest")
         apps = sum(1 for a in self.directory.actors if a.kind == "application")
-        return "\n".join([
-            "Veil demo is running.",
-            f"  activity store  {self.store_url}  (Contoso: {people} employees, {guests} "
-            f"external guests, {apps} service apps; about {self.settings.rate_per_minute:g} "
-            "activities a minute in business hours, 3 weeks of history)",
-            f"  Veil            {self.veil_url}  (embedded Rego engine, policies in "
-            f"{self.policy_dir})",
-            f"  state           {self.data_dir / 'veil.db'}  (configuration: "
-            f"{self.config_path})",
-            f"  groups imported from the store's directory: {sizes}",
-            f"  admin {ADMIN}, plain user {PLAIN_USER} and the admin who approves "
-            f"permissions, {APPROVER}: tokens below, valid 30 days",
-            f"  admin console   {self.veil_url}/console/  (demo sign-in: pick {INVESTIGATOR}, "
-            f"{ADMIN} or {PLAIN_USER})",
-            *([f"  already private from an earlier run on this data directory: "
-               f"{', '.join(self.already_private)} (start with a new --data-dir to follow the "
-               "walk-through from the beginning)"] if self.already_private else []),
-            "",
-            "Paste into another shell:",
-            "",
-            f"export VEIL={v['VEIL']} STORE={v['STORE']}",
-            f"export ADMIN_TOKEN={v['ADMIN_TOKEN']}",
-            f"export USER_TOKEN={v['USER_TOKEN']}",
-            f"export APPROVER_TOKEN={v['APPROVER_TOKEN']}",
-            "",
-            walkthrough.script(walkthrough.steps(ADMIN)),
-            "# The command line works on the demo's state too (no venv to activate):",
-            f"{veil_command()} privacy-groups list --config {self.config_path}",
-            f"{veil_command()} governance verify --config {self.config_path}",
-            "# A token for another demo user (veil token signs with the demo's secret):",
-            f"export {SECRET_ENV}={self.secret}",
-            f"{veil_command()} token --sub {self._someone()} --config {self.config_path}",
-            "",
-            "Access logs below: 'store |' is the activity store, 'veil  |' is Veil.",
-            "Press Ctrl-C to stop the demo.",
-        ])
+        return "\n".join(
+            [
+                "Veil demo is running.",
+                f"  activity store  {self.store_url}  (Contoso: {people} employees, {guests} "
+                f"external guests, {apps} service apps; about {self.settings.rate_per_minute:g} "
+                "activities a minute in business hours, 3 weeks of history)",
+                f"  Veil            {self.veil_url}  (embedded Rego engine, policies in "
+                f"{self.policy_dir})",
+                f"  state           {self.data_dir / 'veil.db'}  (configuration: "
+                f"{self.config_path})",
+                f"  groups imported from the store's directory: {sizes}",
+                f"  admin {ADMIN}, plain user {PLAIN_USER} and the admin who approves "
+                f"permissions, {APPROVER}: tokens below, valid 30 days",
+                f"  admin console   {self.veil_url}/console/  (demo sign-in: pick {INVESTIGATOR}, "
+                f"{ADMIN} or {PLAIN_USER})",
+                *(
+                    [
+                        f"  already private from an earlier run on this data directory: "
+                        f"{', '.join(self.already_private)} (start with a new --data-dir to "
+                        "follow the "
+                        "walk-through from the beginning)"
+                    ]
+                    if self.already_private
+                    else []
+                ),
+                "",
+                "Paste into another shell:",
+                "",
+                f"export VEIL={v['VEIL']} STORE={v['STORE']}",
+                f"export ADMIN_TOKEN={v['ADMIN_TOKEN']}",
+                f"export USER_TOKEN={v['USER_TOKEN']}",
+                f"export APPROVER_TOKEN={v['APPROVER_TOKEN']}",
+                "",
+                walkthrough.script(walkthrough.steps(ADMIN)),
+                "# The command line works on the demo's state too (no venv to activate):",
+                f"{veil_command()} privacy-groups list --config {self.config_path}",
+                f"{veil_command()} governance verify --config {self.config_path}",
+                "# A token for another demo user (veil token signs with the demo's secret):",
+                f"export {SECRET_ENV}={self.secret}",
+                f"{veil_command()} token --sub {self._someone()} --config {self.config_path}",
+                "",
+                "Access logs below: 'store |' is the activity store, 'veil  |' is Veil.",
+                "Press Ctrl-C to stop the demo.",
+            ]
+        )
 
 
 def import_groups(store_url: str, veil_url: str, admin_token: str) -> list[dict[str, Any]]:
@@ -357,10 +409,14 @@ def import_groups(store_url: str, veil_url: str, admin_token: str) -> list[dict[
                 answer = http.put(
                     f"{veil_url}/veil/v1/groups/{group['id']}",
                     json={"name": group["name"], "members": group["members"]},
-                    headers={"Authorization": f"Bearer {admin_token}"}, timeout=10)
+                    headers={"Authorization": f"Bearer {admin_token}"},
+                    timeout=10,
+                )
                 if answer.status_code not in (200, 201):
-                    raise VeilError(f"importing group {group['id']!r} into Veil failed: "
-                                    f"{answer.status_code} {answer.text}")
+                    raise VeilError(
+                        f"importing group {group['id']!r} into Veil failed: "
+                        f"{answer.status_code} {answer.text}"
+                    )
         except requests.RequestException as exc:
             raise VeilError(f"the demo could not import the store's groups: {exc}") from exc
     return groups
@@ -396,15 +452,26 @@ def _stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_demo(host: str = "127.0.0.1", port: int = 8080, store_port: int = 9000,
-             data_dir: str | os.PathLike[str] | None = None,
-             policy_dir: str | os.PathLike[str] | None = None, *, seed: int = 7,
-             rate_per_minute: float = 60.0) -> int:
+def run_demo(
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    store_port: int = 9000,
+    data_dir: str | os.PathLike[str] | None = None,
+    policy_dir: str | os.PathLike[str] | None = None,
+    *,
+    seed: int = 7,
+    rate_per_minute: float = 60.0,
+) -> int:
     """Run the demo until Ctrl-C (or SIGTERM); 0 when it stopped cleanly."""
-    settings = DemoSettings(host=host, port=port, store_port=store_port,
-                            data_dir=Path(data_dir) if data_dir else None,
-                            policy_dir=Path(policy_dir) if policy_dir else None,
-                            seed=seed, rate_per_minute=rate_per_minute)
+    settings = DemoSettings(
+        host=host,
+        port=port,
+        store_port=store_port,
+        data_dir=Path(data_dir) if data_dir else None,
+        policy_dir=Path(policy_dir) if policy_dir else None,
+        seed=seed,
+        rate_per_minute=rate_per_minute,
+    )
     demo = Demo(settings)
     os.environ.setdefault(SECRET_ENV, demo.secret)  # for the veil commands it prints
     with _stop_on_sigterm():
@@ -417,6 +484,9 @@ def run_demo(host: str = "127.0.0.1", port: int = 8080, store_port: int = 9000,
             print("\nStopping the demo.", flush=True)
         finally:
             demo.stop()
-    print(f"The demo's state is kept in {demo.data_dir}; pass --data-dir {demo.data_dir} "
-          "to continue from it.", flush=True)
+    print(
+        f"The demo's state is kept in {demo.data_dir}; pass --data-dir {demo.data_dir} "
+        "to continue from it.",
+        flush=True,
+    )
     return 0

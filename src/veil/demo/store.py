@@ -52,22 +52,101 @@ DEPARTMENTS: dict[str, tuple[str, float]] = {
 }
 
 # Fixed people the walk-through names: the security admin and a plain user.
-PERSONAS = (("alice@contoso.com", "Alice Martin", "it"),
-            ("bob@contoso.com", "Bob Jensen", "sales"))
+PERSONAS = (("alice@contoso.com", "Alice Martin", "it"), ("bob@contoso.com", "Bob Jensen", "sales"))
 
 FIRST_NAMES = (
-    "adam", "amara", "ana", "andrei", "anna", "arjun", "beatriz", "carlos", "chen", "chloe",
-    "daniel", "david", "diana", "elena", "emeka", "emma", "fatima", "felix", "grace", "hana",
-    "hugo", "ines", "isaac", "james", "jana", "julia", "kenji", "lars", "laura", "leila", "liam",
-    "lucas", "maria", "mateo", "mei", "mia", "nadia", "noah", "olga", "omar", "paula", "priya",
-    "rafael", "rosa", "sara", "sofia", "tomas", "yara", "yusuf", "zoe",
+    "adam",
+    "amara",
+    "ana",
+    "andrei",
+    "anna",
+    "arjun",
+    "beatriz",
+    "carlos",
+    "chen",
+    "chloe",
+    "daniel",
+    "david",
+    "diana",
+    "elena",
+    "emeka",
+    "emma",
+    "fatima",
+    "felix",
+    "grace",
+    "hana",
+    "hugo",
+    "ines",
+    "isaac",
+    "james",
+    "jana",
+    "julia",
+    "kenji",
+    "lars",
+    "laura",
+    "leila",
+    "liam",
+    "lucas",
+    "maria",
+    "mateo",
+    "mei",
+    "mia",
+    "nadia",
+    "noah",
+    "olga",
+    "omar",
+    "paula",
+    "priya",
+    "rafael",
+    "rosa",
+    "sara",
+    "sofia",
+    "tomas",
+    "yara",
+    "yusuf",
+    "zoe",
 )
 LAST_NAMES = (
-    "abbott", "alvarez", "bauer", "berg", "costa", "dubois", "eriksen", "fischer", "garcia",
-    "haddad", "ivanova", "jansen", "kaur", "keller", "kowalski", "lee", "lindqvist", "moreau",
-    "mueller", "nakamura", "novak", "obi", "okafor", "patel", "petrov", "quinn", "rossi", "santos",
-    "schmidt", "silva", "singh", "tanaka", "torres", "vargas", "visser", "wagner", "weber",
-    "wong", "yilmaz", "zhang",
+    "abbott",
+    "alvarez",
+    "bauer",
+    "berg",
+    "costa",
+    "dubois",
+    "eriksen",
+    "fischer",
+    "garcia",
+    "haddad",
+    "ivanova",
+    "jansen",
+    "kaur",
+    "keller",
+    "kowalski",
+    "lee",
+    "lindqvist",
+    "moreau",
+    "mueller",
+    "nakamura",
+    "novak",
+    "obi",
+    "okafor",
+    "patel",
+    "petrov",
+    "quinn",
+    "rossi",
+    "santos",
+    "schmidt",
+    "silva",
+    "singh",
+    "tanaka",
+    "torres",
+    "vargas",
+    "visser",
+    "wagner",
+    "weber",
+    "wong",
+    "yilmaz",
+    "zhang",
 )
 GUEST_DOMAINS = ("fabrikam.com", "northwindtraders.com", "adatum.com", "woodgrovebank.com")
 
@@ -83,44 +162,90 @@ APPLICATIONS = (
 
 # (activity, weight) of what people do; each activity belongs to one workload
 USER_ACTIVITIES = (
-    ("FileAccessed", 30), ("MailItemsAccessed", 20), ("FileDownloaded", 10),
-    ("MessageSent", 10), ("FileModified", 8), ("Send", 8), ("UserLoggedIn", 8),
-    ("FilePreviewed", 6), ("FileUploaded", 4), ("SearchQueryPerformed", 3),
-    ("SharingSet", 2), ("MeetingParticipantDetail", 2), ("UserLoginFailed", 1),
-    ("FileDeleted", 1), ("SharingInvitationCreated", 1), ("AnonymousLinkCreated", 1),
+    ("FileAccessed", 30),
+    ("MailItemsAccessed", 20),
+    ("FileDownloaded", 10),
+    ("MessageSent", 10),
+    ("FileModified", 8),
+    ("Send", 8),
+    ("UserLoggedIn", 8),
+    ("FilePreviewed", 6),
+    ("FileUploaded", 4),
+    ("SearchQueryPerformed", 3),
+    ("SharingSet", 2),
+    ("MeetingParticipantDetail", 2),
+    ("UserLoginFailed", 1),
+    ("FileDeleted", 1),
+    ("SharingInvitationCreated", 1),
+    ("AnonymousLinkCreated", 1),
 )
 GUEST_ACTIVITIES = (
-    ("FileAccessed", 10), ("FilePreviewed", 6), ("FileDownloaded", 4), ("UserLoggedIn", 3),
-    ("PageViewed", 3), ("UserLoginFailed", 1),
+    ("FileAccessed", 10),
+    ("FilePreviewed", 6),
+    ("FileDownloaded", 4),
+    ("UserLoggedIn", 3),
+    ("PageViewed", 3),
+    ("UserLoginFailed", 1),
 )
 WORKLOADS = {
-    "FileAccessed": "SharePoint Online", "FileDownloaded": "SharePoint Online",
-    "FileModified": "SharePoint Online", "FilePreviewed": "SharePoint Online",
-    "FileUploaded": "OneDrive for Business", "FileDeleted": "SharePoint Online",
-    "FileSyncDownloadedFull": "OneDrive for Business", "PageViewed": "SharePoint Online",
-    "SearchQueryPerformed": "SharePoint Online", "SharingSet": "SharePoint Online",
-    "SharingInvitationCreated": "SharePoint Online", "AnonymousLinkCreated": "SharePoint Online",
-    "MailItemsAccessed": "Exchange Online", "Send": "Exchange Online",
-    "MessageSent": "Microsoft Teams", "MeetingParticipantDetail": "Microsoft Teams",
-    "UserLoggedIn": "Microsoft Entra ID", "UserLoginFailed": "Microsoft Entra ID",
-    "Update user.": "Microsoft Entra ID", "Add user.": "Microsoft Entra ID",
+    "FileAccessed": "SharePoint Online",
+    "FileDownloaded": "SharePoint Online",
+    "FileModified": "SharePoint Online",
+    "FilePreviewed": "SharePoint Online",
+    "FileUploaded": "OneDrive for Business",
+    "FileDeleted": "SharePoint Online",
+    "FileSyncDownloadedFull": "OneDrive for Business",
+    "PageViewed": "SharePoint Online",
+    "SearchQueryPerformed": "SharePoint Online",
+    "SharingSet": "SharePoint Online",
+    "SharingInvitationCreated": "SharePoint Online",
+    "AnonymousLinkCreated": "SharePoint Online",
+    "MailItemsAccessed": "Exchange Online",
+    "Send": "Exchange Online",
+    "MessageSent": "Microsoft Teams",
+    "MeetingParticipantDetail": "Microsoft Teams",
+    "UserLoggedIn": "Microsoft Entra ID",
+    "UserLoginFailed": "Microsoft Entra ID",
+    "Update user.": "Microsoft Entra ID",
+    "Add user.": "Microsoft Entra ID",
 }
 FILES = {
-    "engineering": ("Architecture overview.docx", "Release plan Q3.xlsx", "Incident 4711.docx",
-                    "API design review.pptx"),
-    "sales": ("Pipeline FY25.xlsx", "Customer list EMEA.csv", "Pricing 2025.xlsx",
-              "Fabrikam proposal.docx"),
+    "engineering": (
+        "Architecture overview.docx",
+        "Release plan Q3.xlsx",
+        "Incident 4711.docx",
+        "API design review.pptx",
+    ),
+    "sales": (
+        "Pipeline FY25.xlsx",
+        "Customer list EMEA.csv",
+        "Pricing 2025.xlsx",
+        "Fabrikam proposal.docx",
+    ),
     "marketing": ("Campaign calendar.xlsx", "Brand guidelines.pdf", "Launch deck.pptx"),
-    "finance": ("Q3 forecast.xlsx", "Invoices 2025.xlsx", "Budget FY26.xlsx",
-                "Audit findings.docx"),
-    "hr": ("Salaries 2025.xlsx", "Performance reviews.docx", "Headcount plan.xlsx",
-           "Grievance 2025-031.docx"),
+    "finance": (
+        "Q3 forecast.xlsx",
+        "Invoices 2025.xlsx",
+        "Budget FY26.xlsx",
+        "Audit findings.docx",
+    ),
+    "hr": (
+        "Salaries 2025.xlsx",
+        "Performance reviews.docx",
+        "Headcount plan.xlsx",
+        "Grievance 2025-031.docx",
+    ),
     "it": ("Firewall rules.xlsx", "Access review Q3.xlsx", "Runbook on-call.docx"),
     "operations": ("Supplier contracts.xlsx", "Warehouse KPIs.xlsx", "Shipping schedule.xlsx"),
     "legal": ("NDA template.docx", "Litigation hold 2025-07.docx", "Contract Fabrikam.pdf"),
 }
-SIGN_IN_TARGETS = ("Office 365 Exchange Online", "Microsoft Teams", "SharePoint Online",
-                   "Microsoft Azure Portal", "My Apps")
+SIGN_IN_TARGETS = (
+    "Office 365 Exchange Online",
+    "Microsoft Teams",
+    "SharePoint Online",
+    "Microsoft Azure Portal",
+    "My Apps",
+)
 EU_COUNTRIES = ("NL", "DE", "FR", "IE")
 GUEST_COUNTRIES = ("GB", "US", "DE", "CA")
 
@@ -158,8 +283,11 @@ class Directory:
         for upn, name, department in PERSONAS:
             actors.append(Actor(upn, "employee", name, department, "us", "US", 4))
             taken.add(upn.split("@")[0])
-        plan = [d for d, (_, share) in DEPARTMENTS.items()
-                for _ in range(round(share * max(employees - len(PERSONAS), 0)))]
+        plan = [
+            d
+            for d, (_, share) in DEPARTMENTS.items()
+            for _ in range(round(share * max(employees - len(PERSONAS), 0)))
+        ]
         while len(plan) < employees - len(PERSONAS):
             plan.append("engineering")
         for department in plan[: max(employees - len(PERSONAS), 0)]:
@@ -168,17 +296,33 @@ class Directory:
             region = "eu" if rng.random() < 0.3 else "us"
             domain = EU_DOMAIN if region == "eu" else DOMAIN
             country = rng.choice(EU_COUNTRIES) if region == "eu" else "US"
-            actors.append(Actor(f"{local}@{domain}", "employee",
-                                f"{first.title()} {last.title()}", department, region, country,
-                                rng.choice((1, 1, 2, 2, 3, 4, 6, 10))))
+            actors.append(
+                Actor(
+                    f"{local}@{domain}",
+                    "employee",
+                    f"{first.title()} {last.title()}",
+                    department,
+                    region,
+                    country,
+                    rng.choice((1, 1, 2, 2, 3, 4, 6, 10)),
+                )
+            )
         guest_taken: set[str] = set()
         for i in range(guests):
             first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
             local = _unique(f"{first[0]}{last}", guest_taken)
             domain = GUEST_DOMAINS[i % len(GUEST_DOMAINS)]
-            actors.append(Actor(f"{local}@{domain}", "guest", f"{first.title()} {last.title()}",
-                                None, "external", rng.choice(GUEST_COUNTRIES),
-                                rng.choice((1, 1, 2, 3))))
+            actors.append(
+                Actor(
+                    f"{local}@{domain}",
+                    "guest",
+                    f"{first.title()} {last.title()}",
+                    None,
+                    "external",
+                    rng.choice(GUEST_COUNTRIES),
+                    rng.choice((1, 1, 2, 3)),
+                )
+            )
         for name, activities in APPLICATIONS:
             app_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
             actors.append(Actor(app_id, "application", name, None, "us", "US", 6, activities))
@@ -187,8 +331,11 @@ class Directory:
     def departments(self) -> list[dict[str, Any]]:
         """Each department as a group Veil can import: ``{"id", "name", "members"}``."""
         return [
-            {"id": gid, "name": name,
-             "members": sorted(a.id for a in self.actors if a.department == gid)}
+            {
+                "id": gid,
+                "name": name,
+                "members": sorted(a.id for a in self.actors if a.department == gid),
+            }
             for gid, (name, _) in DEPARTMENTS.items()
         ]
 
@@ -209,8 +356,10 @@ def _unique(local: str, taken: set[str]) -> str:
 def rfc3339_ms(ns: int) -> str:
     """UTC with milliseconds, as activity stores usually write it."""
     seconds, rest = divmod(ns, 1_000_000_000)
-    return (datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
-            + f".{rest // MS_NS:03d}Z")
+    return (
+        datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        + f".{rest // MS_NS:03d}Z"
+    )
 
 
 def parse_time(value: str) -> int:
@@ -239,9 +388,15 @@ class Query:
 class ActivityLog:
     """Synthetic activities of a Directory, minute by minute, deterministic for a seed."""
 
-    def __init__(self, directory: Directory, seed: int, rate_per_minute: float = 60.0,
-                 history_days: float = 21.0, quiet_factor: float = 0.4,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self,
+        directory: Directory,
+        seed: int,
+        rate_per_minute: float = 60.0,
+        history_days: float = 21.0,
+        quiet_factor: float = 0.4,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
         self.directory = directory
         self.seed = seed
         self.rate = rate_per_minute
@@ -250,8 +405,9 @@ class ActivityLog:
         self.start_minute = (clock() - int(history_days * 86400 * 1e9)) // MINUTE_NS
         self._index = {a.id: i for i, a in enumerate(directory.actors)}
         # Weighted draw tables: a slot number picks an actor, or an activity.
-        self._actor_slots = tuple(i for i, a in enumerate(directory.actors)
-                                  for _ in range(a.weight))
+        self._actor_slots = tuple(
+            i for i, a in enumerate(directory.actors) for _ in range(a.weight)
+        )
         self._user_slots = tuple(name for name, w in USER_ACTIVITIES for _ in range(w))
         self._guest_slots = tuple(name for name, w in GUEST_ACTIVITIES for _ in range(w))
         self._employees = tuple(a.id for a in directory.actors if a.kind == "employee")
@@ -295,8 +451,12 @@ class ActivityLog:
         actors = list(self.directory.actors)
         rng.shuffle(actors)
         step = max((end_ns - start_ns) // max(count, 1), 1)
-        return [self._render(actors[i % len(actors)], end_ns - 1 - i * step,
-                             (1 << 62) | i, rng.getrandbits(96)) for i in range(count)]
+        return [
+            self._render(
+                actors[i % len(actors)], end_ns - 1 - i * step, (1 << 62) | i, rng.getrandbits(96)
+            )
+            for i in range(count)
+        ]
 
     def _render(self, actor: Actor, ts: int, serial: int, draw: int) -> dict[str, Any]:
         activity = self._activity_of(actor, draw)
@@ -339,8 +499,11 @@ class ActivityLog:
         """Matching rows, newest first, at most ``q.limit``; and the cursor of the next page."""
         now = self.clock()
         upper = now + 1 if q.until_ns is None else min(q.until_ns, now + 1)  # exclusive
-        lower = self.start_minute * MINUTE_NS if q.since_ns is None else max(
-            q.since_ns, self.start_minute * MINUTE_NS)
+        lower = (
+            self.start_minute * MINUTE_NS
+            if q.since_ns is None
+            else max(q.since_ns, self.start_minute * MINUTE_NS)
+        )
         actor_filter = self._actor_filter(q)
         if actor_filter is not None and not actor_filter:
             return [], None
@@ -349,8 +512,10 @@ class ActivityLog:
             actor_index = self._actor_of(draw)
             if actor_filter is not None and actor_index not in actor_filter:
                 continue
-            if q.activity is not None and self._activity_of(
-                    self.directory.actors[actor_index], draw) != q.activity:
+            if (
+                q.activity is not None
+                and self._activity_of(self.directory.actors[actor_index], draw) != q.activity
+            ):
                 continue
             if len(rows) == q.limit:
                 return rows, f"{minute}-{index + 1}"
@@ -363,13 +528,15 @@ class ActivityLog:
             found = self._index.get(q.user.strip().lower())
             wanted = frozenset() if found is None else frozenset({found})
         if q.department is not None:
-            members = frozenset(i for i, a in enumerate(self.directory.actors)
-                                if a.department == q.department)
+            members = frozenset(
+                i for i, a in enumerate(self.directory.actors) if a.department == q.department
+            )
             wanted = members if wanted is None else wanted & members
         return wanted
 
-    def _newest_first(self, lower: int, upper: int,
-                      cursor: tuple[int, int] | None) -> Iterator[tuple[int, int, int]]:
+    def _newest_first(
+        self, lower: int, upper: int, cursor: tuple[int, int] | None
+    ) -> Iterator[tuple[int, int, int]]:
         """``(minute, index, draw)`` of rows with lower <= ts < upper, newest first."""
         top = (upper - 1) // MINUTE_NS
         if cursor is not None:
@@ -399,10 +566,13 @@ def _ip(actor: Actor, bits: int) -> str:
     return f"{office}.{10 + (bits // 4) % 200}"
 
 
-
-def create_store_app(seed: int = 7, rate_per_minute: float = 60.0, history_days: float = 21.0,
-                     clock: Callable[[], int] = time.time_ns,
-                     directory: Directory | None = None) -> Flask:
+def create_store_app(
+    seed: int = 7,
+    rate_per_minute: float = 60.0,
+    history_days: float = 21.0,
+    clock: Callable[[], int] = time.time_ns,
+    directory: Directory | None = None,
+) -> Flask:
     """The demo store as a Flask app."""
     directory = directory or Directory.generate(seed)
     log = ActivityLog(directory, seed, rate_per_minute, history_days, clock=clock)
@@ -412,9 +582,11 @@ def create_store_app(seed: int = 7, rate_per_minute: float = 60.0, history_days:
 
     @app.get("/")
     def index() -> Response:
-        return jsonify(name="Veil demo activity store", organization=DOMAIN,
-                       endpoints=["/api/activities", "/api/directory/groups",
-                                  "/api/directory/users"])
+        return jsonify(
+            name="Veil demo activity store",
+            organization=DOMAIN,
+            endpoints=["/api/activities", "/api/directory/groups", "/api/directory/users"],
+        )
 
     @app.get("/api/activities")
     def activities() -> tuple[Response, int]:
@@ -431,9 +603,18 @@ def create_store_app(seed: int = 7, rate_per_minute: float = 60.0, history_days:
 
     @app.get("/api/directory/users")
     def users() -> Response:
-        return jsonify(users=[{"id": a.id, "kind": a.kind, "name": a.name,
-                               "department": a.department, "actorType": a.actor_type}
-                              for a in directory.actors])
+        return jsonify(
+            users=[
+                {
+                    "id": a.id,
+                    "kind": a.kind,
+                    "name": a.name,
+                    "department": a.department,
+                    "actorType": a.actor_type,
+                }
+                for a in directory.actors
+            ]
+        )
 
     return app
 
@@ -445,24 +626,28 @@ class QueryError(ValueError):
         self.message = message
 
 
-KNOWN_PARAMETERS = frozenset({"since", "until", "user", "activity", "department", "limit",
-                              "cursor"})
+KNOWN_PARAMETERS = frozenset(
+    {"since", "until", "user", "activity", "department", "limit", "cursor"}
+)
 
 
 def parse_query(args: dict[str, str]) -> Query:
     """Validate the query string of /api/activities."""
     unknown = sorted(set(args) - KNOWN_PARAMETERS)
     if unknown:
-        raise QueryError(unknown[0], f"unknown query parameter {unknown[0]!r}; known: "
-                         f"{', '.join(sorted(KNOWN_PARAMETERS))}")
+        raise QueryError(
+            unknown[0],
+            f"unknown query parameter {unknown[0]!r}; known: {', '.join(sorted(KNOWN_PARAMETERS))}",
+        )
     times: dict[str, int | None] = {}
     for name in ("since", "until"):
         value = args.get(name)
         try:
             times[name] = None if value is None else parse_time(value)
         except ValueError:
-            raise QueryError(name, f"{name} must be an RFC 3339 time with an offset, "
-                             "e.g. 2025-01-31T09:00:00Z") from None
+            raise QueryError(
+                name, f"{name} must be an RFC 3339 time with an offset, e.g. 2025-01-31T09:00:00Z"
+            ) from None
     limit_text = args.get("limit", str(DEFAULT_LIMIT))
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
         raise QueryError("limit", f"limit must be an integer from 1 to {MAX_LIMIT}")
@@ -472,9 +657,15 @@ def parse_query(args: dict[str, str]) -> Query:
         if not (minute.isdigit() and index.isdigit()):
             raise QueryError("cursor", "cursor must be the 'next' value of a previous answer")
         cursor = (int(minute), int(index))
-    return Query(since_ns=times["since"], until_ns=times["until"], user=args.get("user"),
-                 activity=args.get("activity"), department=args.get("department"),
-                 limit=int(limit_text), cursor=cursor)
+    return Query(
+        since_ns=times["since"],
+        until_ns=times["until"],
+        user=args.get("user"),
+        activity=args.get("activity"),
+        department=args.get("department"),
+        limit=int(limit_text),
+        cursor=cursor,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -483,19 +674,30 @@ def main(argv: list[str] | None = None) -> int:
 
     from werkzeug.serving import make_server
 
-    parser = argparse.ArgumentParser(prog="python -m veil.demo.store",
-                                     description="The Veil demo activity store.")
+    parser = argparse.ArgumentParser(
+        prog="python -m veil.demo.store", description="The Veil demo activity store."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000, help="0: any free port")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--rate", type=float, default=60.0,
-                        help="activities a minute in business hours (default 60)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=60.0,
+        help="activities a minute in business hours (default 60)",
+    )
     args = parser.parse_args(argv)
-    server = make_server(args.host, args.port, create_store_app(seed=args.seed,
-                                                                rate_per_minute=args.rate),
-                         threaded=True)
-    print(f"Veil demo store on http://{args.host}:{server.server_port}/api/activities "
-          "(Ctrl-C stops it)", flush=True)
+    server = make_server(
+        args.host,
+        args.port,
+        create_store_app(seed=args.seed, rate_per_minute=args.rate),
+        threaded=True,
+    )
+    print(
+        f"Veil demo store on http://{args.host}:{server.server_port}/api/activities "
+        "(Ctrl-C stops it)",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

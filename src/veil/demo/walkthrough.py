@@ -38,48 +38,120 @@ def steps(admin: str, group: str = "hr") -> list[Step]:
     """The walk-through, in order."""
     hr_since = f"/api/activities?department={group}&since=$START&limit=5"
     return [
-        Step("The store, queried directly: no identity, nothing hidden.",
-             "GET", "STORE", "/api/activities?limit=3"),
-        Step("The same query through Veil, as the admin: same answer, same shape.",
-             "GET", "VEIL", "/api/activities?limit=3", token="ADMIN_TOKEN"),
-        Step("As a plain user, with the store's own filters passed through.",
-             "GET", "VEIL", "/api/activities?activity=FileDownloaded&limit=3",
-             token="USER_TOKEN"),
-        Step(f"Make the group '{group}' private from now on; keep the moment it starts.",
-             "POST", "VEIL", "/veil/v1/privacy-groups", token="ADMIN_TOKEN",
-             body={"group": group}, capture=("START", "start"), expect=201),
-        Step(f"The store keeps logging {group}'s new activities...",
-             "GET", "STORE", hr_since,
-             before=f"Wait a minute or two for {group} to be active, then:"),
-        Step("...but through Veil they are gone, for every caller, admins included (R1, R3).",
-             "GET", "VEIL", hr_since, token="ADMIN_TOKEN"),
-        Step(f"{group}'s activities from before it was made private stay visible "
-             "(forward only).",
-             "GET", "VEIL", f"/api/activities?department={group}&until=$START&limit=3",
-             token="ADMIN_TOKEN"),
-        Step("A plain user cannot opt in to see private activities.",
-             "POST", "VEIL", "/veil/v1/reveal-sessions", token="USER_TOKEN",
-             body={"acknowledge_audit": True, "justification": "curious"}, expect=403),
-        Step(f"Another admin grants the view-private permission to {admin} (only admins can "
-             "hold it, and nobody grants it to themselves).",
-             "POST", "VEIL", "/veil/v1/private-viewers", token="APPROVER_TOKEN",
-             body={"principal": admin}, expect=201),
-        Step("Open a reveal session: acknowledge that it is audited and say why.",
-             "POST", "VEIL", "/veil/v1/reveal-sessions", token="ADMIN_TOKEN",
-             body={"acknowledge_audit": True,
-                   "justification": "Investigating ticket SEC-1042 (data exfiltration alert)"},
-             capture=("SESSION", "id"), expect=201),
-        Step(f"Query with the session: {group}'s private activities come back, and the reveal "
-             "is written to the governance log before they leave Veil (R4, R7).",
-             "GET", "VEIL", hr_since, token="ADMIN_TOKEN", reveal=True),
-        Step("Read the governance log: who revealed what, when, and why.",
-             "GET", "VEIL", "/veil/v1/governance-log?action=activities_revealed",
-             token="ADMIN_TOKEN"),
-        Step("Verify the governance log's hash chain (R10).",
-             "GET", "VEIL", "/veil/v1/governance-log/verify", token="ADMIN_TOKEN"),
-        Step("End the reveal session.",
-             "DELETE", "VEIL", "/veil/v1/reveal-sessions/$SESSION", token="ADMIN_TOKEN",
-             expect=204),
+        Step(
+            "The store, queried directly: no identity, nothing hidden.",
+            "GET",
+            "STORE",
+            "/api/activities?limit=3",
+        ),
+        Step(
+            "The same query through Veil, as the admin: same answer, same shape.",
+            "GET",
+            "VEIL",
+            "/api/activities?limit=3",
+            token="ADMIN_TOKEN",
+        ),
+        Step(
+            "As a plain user, with the store's own filters passed through.",
+            "GET",
+            "VEIL",
+            "/api/activities?activity=FileDownloaded&limit=3",
+            token="USER_TOKEN",
+        ),
+        Step(
+            f"Make the group '{group}' private from now on; keep the moment it starts.",
+            "POST",
+            "VEIL",
+            "/veil/v1/privacy-groups",
+            token="ADMIN_TOKEN",
+            body={"group": group},
+            capture=("START", "start"),
+            expect=201,
+        ),
+        Step(
+            f"The store keeps logging {group}'s new activities...",
+            "GET",
+            "STORE",
+            hr_since,
+            before=f"Wait a minute or two for {group} to be active, then:",
+        ),
+        Step(
+            "...but through Veil they are gone, for every caller, admins included (R1, R3).",
+            "GET",
+            "VEIL",
+            hr_since,
+            token="ADMIN_TOKEN",
+        ),
+        Step(
+            f"{group}'s activities from before it was made private stay visible (forward only).",
+            "GET",
+            "VEIL",
+            f"/api/activities?department={group}&until=$START&limit=3",
+            token="ADMIN_TOKEN",
+        ),
+        Step(
+            "A plain user cannot opt in to see private activities.",
+            "POST",
+            "VEIL",
+            "/veil/v1/reveal-sessions",
+            token="USER_TOKEN",
+            body={"acknowledge_audit": True, "justification": "curious"},
+            expect=403,
+        ),
+        Step(
+            f"Another admin grants the view-private permission to {admin} (only admins can "
+            "hold it, and nobody grants it to themselves).",
+            "POST",
+            "VEIL",
+            "/veil/v1/private-viewers",
+            token="APPROVER_TOKEN",
+            body={"principal": admin},
+            expect=201,
+        ),
+        Step(
+            "Open a reveal session: acknowledge that it is audited and say why.",
+            "POST",
+            "VEIL",
+            "/veil/v1/reveal-sessions",
+            token="ADMIN_TOKEN",
+            body={
+                "acknowledge_audit": True,
+                "justification": "Investigating ticket SEC-1042 (data exfiltration alert)",
+            },
+            capture=("SESSION", "id"),
+            expect=201,
+        ),
+        Step(
+            f"Query with the session: {group}'s private activities come back, and the reveal "
+            "is written to the governance log before they leave Veil (R4, R7).",
+            "GET",
+            "VEIL",
+            hr_since,
+            token="ADMIN_TOKEN",
+            reveal=True,
+        ),
+        Step(
+            "Read the governance log: who revealed what, when, and why.",
+            "GET",
+            "VEIL",
+            "/veil/v1/governance-log?action=activities_revealed",
+            token="ADMIN_TOKEN",
+        ),
+        Step(
+            "Verify the governance log's hash chain (R10).",
+            "GET",
+            "VEIL",
+            "/veil/v1/governance-log/verify",
+            token="ADMIN_TOKEN",
+        ),
+        Step(
+            "End the reveal session.",
+            "DELETE",
+            "VEIL",
+            "/veil/v1/reveal-sessions/$SESSION",
+            token="ADMIN_TOKEN",
+            expect=204,
+        ),
     ]
 
 
@@ -94,8 +166,12 @@ def curl(step: Step) -> str:
     if step.reveal:
         words += ["-H", f'"{REVEAL_HEADER}: $SESSION"']
     if step.body is not None:
-        words += ["-H", "'Content-Type: application/json'",
-                  "-d", shlex.quote(json.dumps(step.body))]
+        words += [
+            "-H",
+            "'Content-Type: application/json'",
+            "-d",
+            shlex.quote(json.dumps(step.body)),
+        ]
     command = " ".join(words)
     if step.capture is not None:
         variable, member = step.capture

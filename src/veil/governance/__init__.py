@@ -21,5 +21,16 @@ from veil.governance.verify import (
     verify,
 )
 
-__all__ = ["ACTIONS", "GENESIS", "WITNESSED_AT_ONCE", "GovernanceLog", "MalformedInput",
-           "Verdict", "canonical", "read_checkpoints", "read_jsonl", "record_hash", "verify"]
+__all__ = [
+    "ACTIONS",
+    "GENESIS",
+    "WITNESSED_AT_ONCE",
+    "GovernanceLog",
+    "MalformedInput",
+    "Verdict",
+    "canonical",
+    "read_checkpoints",
+    "read_jsonl",
+    "record_hash",
+    "verify",
+]

@@ -35,12 +35,22 @@ class GovernanceLog:
         self.backend = backend
         self.signer = sealing.signer if sealing else None
         self.keyring = sealing.keyring if sealing and sealing.keyring else None
-        self.witness_file = (Path(sealing.witness) if sealing and sealing.witness
-                             and not sealing.witness.startswith("https://") else None)
-        self.checkpointer = Checkpointer(
-            sealing.signer, open_witness(sealing.witness), sealing.checkpoint_s,
-            self.head, lambda: rfc3339(now_ns()),
-        ) if sealing and sealing.signer and sealing.witness else None
+        self.witness_file = (
+            Path(sealing.witness)
+            if sealing and sealing.witness and not sealing.witness.startswith("https://")
+            else None
+        )
+        self.checkpointer = (
+            Checkpointer(
+                sealing.signer,
+                open_witness(sealing.witness),
+                sealing.checkpoint_s,
+                self.head,
+                lambda: rfc3339(now_ns()),
+            )
+            if sealing and sealing.signer and sealing.witness
+            else None
+        )
 
     def close(self) -> None:
         """Write the checkpoint still waiting, if any."""
@@ -64,18 +74,34 @@ class GovernanceLog:
         """
         head = tx.one("SELECT seq, hash FROM governance_head WHERE id = 1")
         seq, prev = (int(head[0]) + 1, head[1]) if head else (1, GENESIS)
-        record: dict[str, Any] = {"seq": seq, "ts": rfc3339(now_ns()), "action": action,
-                                  "actor": actor, "details": details, "prev_hash": prev}
+        record: dict[str, Any] = {
+            "seq": seq,
+            "ts": rfc3339(now_ns()),
+            "action": action,
+            "actor": actor,
+            "details": details,
+            "prev_hash": prev,
+        }
         record["hash"] = record_hash(record)
         record["key_id"] = self.signer.key_id if self.signer else None
         record["signature"] = self.signer.sign_head(seq, record["hash"]) if self.signer else None
         tx.execute(
             f"INSERT INTO governance_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (seq, record["ts"], action, actor, canonical(details).decode(), prev,
-             record["hash"], record["key_id"], record["signature"]),
+            (
+                seq,
+                record["ts"],
+                action,
+                actor,
+                canonical(details).decode(),
+                prev,
+                record["hash"],
+                record["key_id"],
+                record["signature"],
+            ),
         )
-        tx.execute("UPDATE governance_head SET seq = ?, hash = ? WHERE id = 1",
-                   (seq, record["hash"]))
+        tx.execute(
+            "UPDATE governance_head SET seq = ?, hash = ? WHERE id = 1", (seq, record["hash"])
+        )
         if self.checkpointer is not None:
             if action in WITNESSED_AT_ONCE:
                 tx.after_commit(partial(self.checkpointer.now, seq, record["hash"]))
@@ -83,21 +109,32 @@ class GovernanceLog:
                 tx.after_commit(self.checkpointer.soon)
         return record
 
-    def page(self, since: str | None = None, until: str | None = None,
-             action: str | None = None, actor: str | None = None,
-             after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    def page(
+        self,
+        since: str | None = None,
+        until: str | None = None,
+        action: str | None = None,
+        actor: str | None = None,
+        after: int = 0,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
         """Records after ``seq`` ``after``, filtered, at most ``limit``."""
         where: list[str] = ["seq > ?"]
         params: list[Any] = [after]
-        for clause, value in (("ts >= ?", since), ("ts < ?", until), ("action = ?", action),
-                              ("actor = ?", actor)):
+        for clause, value in (
+            ("ts >= ?", since),
+            ("ts < ?", until),
+            ("action = ?", action),
+            ("actor = ?", actor),
+        ):
             if value is not None:
                 where.append(clause)
                 params.append(value)
         with self.backend.transaction(write=False) as tx:
             rows = tx.all(
                 f"SELECT {_COLUMNS} FROM governance_log "
-                f"WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?", (*params, limit),
+                f"WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+                (*params, limit),
             )
         return [_record(row) for row in rows]
 
@@ -106,9 +143,10 @@ class GovernanceLog:
         if tx is None:
             with self.backend.transaction(write=False) as own:
                 return self.last_record(action, own)
-        row = tx.one(f"SELECT {_COLUMNS} "
-                     "FROM governance_log WHERE action = ? ORDER BY seq DESC LIMIT 1",
-                     (action,))
+        row = tx.one(
+            f"SELECT {_COLUMNS} FROM governance_log WHERE action = ? ORDER BY seq DESC LIMIT 1",
+            (action,),
+        )
         return None if row is None else _record(row)
 
     def iter_records(self, batch: int = 1000) -> Iterator[dict[str, Any]]:
@@ -136,19 +174,31 @@ class GovernanceLog:
             except FileNotFoundError:
                 checkpoints = []
             except (OSError, ValueError) as exc:
-                return Verdict(False, 0, None, "unreadable_witness",
-                               f"the witness {self.witness_file}: {exc}", signed=True)
+                return Verdict(
+                    False,
+                    0,
+                    None,
+                    "unreadable_witness",
+                    f"the witness {self.witness_file}: {exc}",
+                    signed=True,
+                )
         with self.backend.transaction(write=False) as tx:
             head = tx.one("SELECT seq, hash FROM governance_head WHERE id = 1")
-            return verify(_records(tx), head=(int(head[0]), head[1]) if head else None,
-                          keyring=self.keyring, checkpoints=checkpoints)
+            return verify(
+                _records(tx),
+                head=(int(head[0]), head[1]) if head else None,
+                keyring=self.keyring,
+                checkpoints=checkpoints,
+            )
 
 
 def _records(tx: Tx, batch: int = 1000) -> Iterator[dict[str, Any]]:
     after = 0
     while True:
-        rows = tx.all(f"SELECT {_COLUMNS} FROM governance_log WHERE seq > ? "
-                      "ORDER BY seq LIMIT ?", (after, batch))
+        rows = tx.all(
+            f"SELECT {_COLUMNS} FROM governance_log WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, batch),
+        )
         if not rows:
             return
         for row in rows:
@@ -158,6 +208,14 @@ def _records(tx: Tx, batch: int = 1000) -> Iterator[dict[str, Any]]:
 
 def _record(row: tuple[Any, ...]) -> dict[str, Any]:
     seq, ts, action, actor, details, prev_hash, hash_, key_id, signature = row
-    return {"seq": int(seq), "ts": ts, "action": action, "actor": actor,
-            "details": json.loads(details), "prev_hash": prev_hash, "hash": hash_,
-            "key_id": key_id, "signature": signature}
+    return {
+        "seq": int(seq),
+        "ts": ts,
+        "action": action,
+        "actor": actor,
+        "details": json.loads(details),
+        "prev_hash": prev_hash,
+        "hash": hash_,
+        "key_id": key_id,
+        "signature": signature,
+    }

@@ -40,8 +40,9 @@ def head_message(seq: int, hash_: str, key_id: str) -> bytes:
 
 def checkpoint_message(seq: int, hash_: str, ts: str, key_id: str) -> bytes:
     """What a witness checkpoint's signature covers."""
-    return canonical({"type": "veil-checkpoint", "seq": seq, "hash": hash_, "ts": ts,
-                       "key_id": key_id})
+    return canonical(
+        {"type": "veil-checkpoint", "seq": seq, "hash": hash_, "ts": ts, "key_id": key_id}
+    )
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -50,8 +51,9 @@ def key_id(public: Ed25519PublicKey) -> str:
 
 
 def public_pem(public: Ed25519PublicKey) -> bytes:
-    return public.public_bytes(serialization.Encoding.PEM,
-                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def generate(out: Path) -> str:
@@ -60,8 +62,9 @@ def generate(out: Path) -> str:
     Refuses to overwrite either file. Returns the key id.
     """
     private = Ed25519PrivateKey.generate()
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     pub_path = Path(f"{out}.pub")
     if pub_path.exists():
         raise FileExistsError(f"{pub_path} already exists; choose another --out")
@@ -123,8 +126,7 @@ class Signer:
     def checkpoint(self, seq: int, hash_: str, ts: str) -> dict[str, Any]:
         """A signed witness checkpoint of the head ``(seq, hash_)`` at time ``ts``."""
         signature = self.private.sign(checkpoint_message(seq, hash_, ts, self.key_id)).hex()
-        return {"seq": seq, "hash": hash_, "ts": ts, "key_id": self.key_id,
-                "signature": signature}
+        return {"seq": seq, "hash": hash_, "ts": ts, "key_id": self.key_id, "signature": signature}
 
 
 @dataclass(frozen=True)
@@ -149,11 +151,12 @@ class Keyring:
         otherwise ``(problem, reason)``."""
         public = self.keys.get(key) if isinstance(key, str) else None
         if public is None:
-            return "unknown_key", (f"signed with key {key!r}, which is not a configured "
-                                   f"public key ({', '.join(sorted(self.keys))})")
+            return "unknown_key", (
+                f"signed with key {key!r}, which is not a configured "
+                f"public key ({', '.join(sorted(self.keys))})"
+            )
         try:
-            public.verify(bytes.fromhex(signature) if isinstance(signature, str) else b"",
-                          message)
+            public.verify(bytes.fromhex(signature) if isinstance(signature, str) else b"", message)
         except (InvalidSignature, ValueError):
             return "bad_signature", f"the signature does not match under key {key}"
         return None

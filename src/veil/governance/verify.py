@@ -47,11 +47,20 @@ class Verdict:
 
 
 _RECORD_FIELDS: tuple[tuple[str, type], ...] = (
-    ("seq", int), ("ts", str), ("action", str), ("actor", str), ("details", dict),
-    ("prev_hash", str), ("hash", str),
+    ("seq", int),
+    ("ts", str),
+    ("action", str),
+    ("actor", str),
+    ("details", dict),
+    ("prev_hash", str),
+    ("hash", str),
 )
 _CHECKPOINT_FIELDS: tuple[tuple[str, type], ...] = (
-    ("seq", int), ("hash", str), ("ts", str), ("key_id", str), ("signature", str),
+    ("seq", int),
+    ("hash", str),
+    ("ts", str),
+    ("key_id", str),
+    ("signature", str),
 )
 
 
@@ -85,19 +94,23 @@ def _checkpoints(checkpoints: Sequence[Any], keyring: Keyring) -> list[_Checkpoi
         if shape is not None:
             return Verdict(False, 0, None, "malformed_checkpoint", shape)
         seq, hash_, ts, kid = (checkpoint[k] for k in ("seq", "hash", "ts", "key_id"))
-        bad = keyring.problem(kid, checkpoint_message(seq, hash_, ts, kid),
-                              checkpoint["signature"])
+        bad = keyring.problem(kid, checkpoint_message(seq, hash_, ts, kid), checkpoint["signature"])
         if bad is not None:
-            bad = ("forged_checkpoint", f"the witness checkpoint of record {seq} (at {ts}) is "
-                   f"not genuine: {bad[1]}")
+            bad = (
+                "forged_checkpoint",
+                f"the witness checkpoint of record {seq} (at {ts}) is not genuine: {bad[1]}",
+            )
         checked.append(_Checkpoint(seq, hash_, ts, bad))
     checked.sort(key=lambda c: c.seq)
     return checked
 
 
-def verify(records: Iterable[Any], head: tuple[int, str] | None = None,
-           keyring: Keyring | None = None,
-           checkpoints: Sequence[Any] | None = None) -> Verdict:
+def verify(
+    records: Iterable[Any],
+    head: tuple[int, str] | None = None,
+    keyring: Keyring | None = None,
+    checkpoints: Sequence[Any] | None = None,
+) -> Verdict:
     """Walk records in stored order; report the first whose content, order or presence changed.
 
     ``head`` is the ``(seq, hash)`` the store recorded with its last append: a chain that is
@@ -117,11 +130,23 @@ def verify(records: Iterable[Any], head: tuple[int, str] | None = None,
             return found
         cps = found
 
-    def verdict(ok: bool, count: int, seq: int | None = None, problem: str | None = None,
-                reason: str | None = None) -> Verdict:
-        return Verdict(ok, count, seq, problem, reason,
-                       signed=signed if keyring is not None else None, unsigned_records=unsigned,
-                       checkpoints=matched if checkpoints is not None and signed else None)
+    def verdict(
+        ok: bool,
+        count: int,
+        seq: int | None = None,
+        problem: str | None = None,
+        reason: str | None = None,
+    ) -> Verdict:
+        return Verdict(
+            ok,
+            count,
+            seq,
+            problem,
+            reason,
+            signed=signed if keyring is not None else None,
+            unsigned_records=unsigned,
+            checkpoints=matched if checkpoints is not None and signed else None,
+        )
 
     expected_seq, prev, count, unsigned, matched = 1, GENESIS, 0, 0, 0
     signed_seen = last_signed = False
@@ -140,20 +165,36 @@ def verify(records: Iterable[Any], head: tuple[int, str] | None = None,
         seq = record["seq"]
         if seq != expected_seq:
             problem = "missing_record" if seq > expected_seq else "reordered"
-            return verdict(False, count, seq, problem,
-                           f"expected record {expected_seq} but found record {seq}")
+            return verdict(
+                False, count, seq, problem, f"expected record {expected_seq} but found record {seq}"
+            )
         if record["prev_hash"] != prev:
-            return verdict(False, count, seq, "broken_link",
-                           f"record {seq} does not link to the hash of record {seq - 1}")
+            return verdict(
+                False,
+                count,
+                seq,
+                "broken_link",
+                f"record {seq} does not link to the hash of record {seq - 1}",
+            )
         if record_hash(record) != record["hash"]:
-            return verdict(False, count, seq, "changed_content",
-                           f"record {seq}'s content does not match its hash")
+            return verdict(
+                False,
+                count,
+                seq,
+                "changed_content",
+                f"record {seq}'s content does not match its hash",
+            )
         if signed:
             kid, signature = record.get("key_id"), record.get("signature")
             if kid is None and signature is None:
                 if signed_seen:
-                    return verdict(False, count, seq, "unsigned_record",
-                                   f"record {seq} is not signed, but records before it are")
+                    return verdict(
+                        False,
+                        count,
+                        seq,
+                        "unsigned_record",
+                        f"record {seq} is not signed, but records before it are",
+                    )
                 unsigned += 1
                 last_signed = False
             else:
@@ -166,9 +207,14 @@ def verify(records: Iterable[Any], head: tuple[int, str] | None = None,
             if checkpoint.problem is not None:
                 return verdict(False, count, checkpoint.seq, *checkpoint.problem)
             if checkpoint.hash != record["hash"]:
-                return verdict(False, count, seq, "witness_mismatch",
-                               f"the witness saw record {seq} with another hash at "
-                               f"{checkpoint.ts}: the record was replaced")
+                return verdict(
+                    False,
+                    count,
+                    seq,
+                    "witness_mismatch",
+                    f"the witness saw record {seq} with another hash at "
+                    f"{checkpoint.ts}: the record was replaced",
+                )
             matched += 1
             position += 1
         prev = record["hash"]
@@ -176,24 +222,44 @@ def verify(records: Iterable[Any], head: tuple[int, str] | None = None,
         count += 1
     last = expected_seq - 1
     if signed and count and not last_signed:
-        return verdict(False, count, last, "unsigned_record",
-                       f"the newest record ({last}) is not signed: nothing vouches for the log")
+        return verdict(
+            False,
+            count,
+            last,
+            "unsigned_record",
+            f"the newest record ({last}) is not signed: nothing vouches for the log",
+        )
     if head is not None and (head[0], head[1]) != (last, prev):
         if head[0] > last:
-            return verdict(False, count, expected_seq, "missing_record",
-                           f"the log ends at record {last} but its head is record "
-                           f"{head[0]}: the newest records were removed")
-        return verdict(False, count, head[0] + 1 if head[0] < last else head[0],
-                       "broken_link", f"the log's head is record {head[0]} with another hash: "
-                       "records were changed or added without the log")
+            return verdict(
+                False,
+                count,
+                expected_seq,
+                "missing_record",
+                f"the log ends at record {last} but its head is record "
+                f"{head[0]}: the newest records were removed",
+            )
+        return verdict(
+            False,
+            count,
+            head[0] + 1 if head[0] < last else head[0],
+            "broken_link",
+            f"the log's head is record {head[0]} with another hash: "
+            "records were changed or added without the log",
+        )
     for checkpoint in cps[position:]:
         if checkpoint.problem is not None:
             return verdict(False, count, checkpoint.seq, *checkpoint.problem)
     if position < len(cps):
         newest = cps[-1]
-        return verdict(False, count, expected_seq, "truncated",
-                       f"the witness saw record {newest.seq} at {newest.ts}, but the log "
-                       f"ends at record {last}: the newest records were cut off")
+        return verdict(
+            False,
+            count,
+            expected_seq,
+            "truncated",
+            f"the witness saw record {newest.seq} at {newest.ts}, but the log "
+            f"ends at record {last}: the newest records were cut off",
+        )
     return verdict(True, count)
 
 

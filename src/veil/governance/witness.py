@@ -77,8 +77,12 @@ class HttpsWitness:
 
     def write(self, checkpoint: dict[str, Any]) -> None:
         try:
-            answer = self._session.post(self.url, data=_line(checkpoint), timeout=HTTP_TIMEOUT_S,
-                                        headers={"Content-Type": "application/json"})
+            answer = self._session.post(
+                self.url,
+                data=_line(checkpoint),
+                timeout=HTTP_TIMEOUT_S,
+                headers={"Content-Type": "application/json"},
+            )
         except requests.RequestException as exc:
             raise OSError(f"{self.url} unreachable: {exc}") from exc
         if not 200 <= answer.status_code < 300:
@@ -94,9 +98,14 @@ def open_witness(target: str) -> Witness:
 class Checkpointer:
     """Writes signed checkpoints of the chain head to a witness."""
 
-    def __init__(self, signer: Signer, witness: Witness, interval_s: float,
-                 head: Callable[[], tuple[int, str] | None],
-                 clock: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        signer: Signer,
+        witness: Witness,
+        interval_s: float,
+        head: Callable[[], tuple[int, str] | None],
+        clock: Callable[[], str],
+    ) -> None:
         self.signer = signer
         self.witness = witness
         self.interval_s = interval_s

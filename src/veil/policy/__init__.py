@@ -22,8 +22,14 @@ DECISION = "data.veil.privacy.decision"
 DataLoader = Callable[[], tuple[int, dict[str, Any]]]
 
 # The input of an answer with no rows and no reveal: what start-up and readiness checks ask.
-EMPTY_INPUT: dict[str, Any] = {"caller": "", "request": {}, "reveal_session_id": None,
-                               "session": None, "now_ns": 0, "rows": []}
+EMPTY_INPUT: dict[str, Any] = {
+    "caller": "",
+    "request": {},
+    "reveal_session_id": None,
+    "session": None,
+    "now_ns": 0,
+    "rows": [],
+}
 
 
 class Evaluation(Protocol):
@@ -156,8 +162,14 @@ def load_modules(directory: Path) -> list[PolicyModule]:
     return modules
 
 
-def create_engine(kind: str, directory: Path, opa_url: str = "", timeout_s: float = 2.0,
-                  bundle: bool = False, modules: Sequence[PolicyModule] | None = None) -> Engine:
+def create_engine(
+    kind: str,
+    directory: Path,
+    opa_url: str = "",
+    timeout_s: float = 2.0,
+    bundle: bool = False,
+    modules: Sequence[PolicyModule] | None = None,
+) -> Engine:
     """The configured engine, serving ``modules`` (default: read from ``directory``)."""
     if kind == "opa":
         from veil.policy.opa import OpaEngine

@@ -46,8 +46,9 @@ class RowDecider:
         self._tables: dict[Hashable, dict[tuple[Any, str], Windows]] = {}
         self._lock = threading.Lock()
 
-    def decide(self, evaluation: Evaluation, document: dict[str, Any],
-               rows: Sequence[dict[str, Any]]) -> Decision:
+    def decide(
+        self, evaluation: Evaluation, document: dict[str, Any], rows: Sequence[dict[str, Any]]
+    ) -> Decision:
         """The decision for ``document`` (the policy input, its ``rows`` being ``rows``).
 
         Raises PolicyError when the engine fails; returns a failed Decision when its answer
@@ -58,8 +59,9 @@ class RowDecider:
             return Decision.read(result, len(rows))
         return self.decide_facts(evaluation, RowFacts.of(rows), lambda: orjson.dumps(document))
 
-    def decide_facts(self, evaluation: Evaluation, facts: RowFacts,
-                     document: Callable[[], bytes]) -> Decision:
+    def decide_facts(
+        self, evaluation: Evaluation, facts: RowFacts, document: Callable[[], bytes]
+    ) -> Decision:
         """The decision for an answer without a reveal, on a policy Veil follows
         (``evaluation.plan`` is not None), from its rows' ``facts``; ``document`` gives the
         encoded policy input, asked for only when the policy has rules of its authors'."""
@@ -71,13 +73,21 @@ class RowDecider:
             return Decision.fail_closed()
         return Decision(frozenset(private), False, ())
 
-    def private_rows(self, evaluation: Evaluation, row_plan: RowPlan, facts: RowFacts,
-                     document: Callable[[], bytes]) -> set[int] | None:
+    def private_rows(
+        self,
+        evaluation: Evaluation,
+        row_plan: RowPlan,
+        facts: RowFacts,
+        document: Callable[[], bytes],
+    ) -> set[int] | None:
         """``private_rows`` for the answer as the plan computes it, with at most one
         evaluation; None when the policy's answer is malformed."""
         shipped = row_plan.shipped
-        no_actor, no_time, in_window = (R2_ACTOR in shipped, R2_TIME in shipped,
-                                        R1_WINDOW in shipped)
+        no_actor, no_time, in_window = (
+            R2_ACTOR in shipped,
+            R2_TIME in shipped,
+            R1_WINDOW in shipped,
+        )
         private: set[int] = set()
         add = private.add
         table = self._table(evaluation.key) if in_window else {}
@@ -151,14 +161,24 @@ class RowDecider:
 
 def _probe(pairs: list[tuple[Any, str]]) -> bytes:
     """An input with one row per (actor type, actor): what ``actor_windows`` reads."""
-    return orjson.dumps({
-        "caller": "", "request": {}, "reveal_session_id": None, "session": None, "now_ns": 0,
-        "rows": [{"index": n, "id": None, "actor": actor, "actor_type": kind, "ts_ns": None}
-                 for n, (kind, actor) in enumerate(pairs)]})
+    return orjson.dumps(
+        {
+            "caller": "",
+            "request": {},
+            "reveal_session_id": None,
+            "session": None,
+            "now_ns": 0,
+            "rows": [
+                {"index": n, "id": None, "actor": actor, "actor_type": kind, "ts_ns": None}
+                for n, (kind, actor) in enumerate(pairs)
+            ],
+        }
+    )
 
 
-def _read_windows(result: Any, pairs: list[tuple[Any, str]]
-                  ) -> dict[tuple[Any, str], Windows] | None:
+def _read_windows(
+    result: Any, pairs: list[tuple[Any, str]]
+) -> dict[tuple[Any, str], Windows] | None:
     """The windows of these pairs in an ``actor_windows`` answer; None when malformed."""
     if not isinstance(result, dict):
         return None
@@ -171,8 +191,11 @@ def _read_windows(result: Any, pairs: list[tuple[Any, str]]
                 return None
             windows = []
             for window in found:
-                if not isinstance(window, (list, tuple)) or len(window) != 2 or not all(
-                        type(bound) in _NUMBER for bound in window):
+                if (
+                    not isinstance(window, (list, tuple))
+                    or len(window) != 2
+                    or not all(type(bound) in _NUMBER for bound in window)
+                ):
                     return None
                 windows.append((window[0], window[1]))
             read[(kind, actor)] = tuple(windows)

@@ -126,15 +126,13 @@ class EmbeddedEngine:
 
     name = "embedded"
 
-    def __init__(self, directory: Path,
-                 modules: Sequence[PolicyModule] | None = None) -> None:
+    def __init__(self, directory: Path, modules: Sequence[PolicyModule] | None = None) -> None:
         self.directory = directory
         self._serial = next(_engine_serials)
         self._lock = threading.Lock()
         self._version = -1
         self._data_json = '{"veil": {}}'
-        self._generation = self._prepare(load_modules(directory) if modules is None
-                                         else modules)
+        self._generation = self._prepare(load_modules(directory) if modules is None else modules)
 
     @property
     def needs_raw(self) -> bool:
@@ -159,8 +157,9 @@ class EmbeddedEngine:
             result = engine.eval_rule(DECISION)
         except RuntimeError as exc:
             if "not a valid rule path" in str(exc):
-                raise PolicyError(f"{DECISION} is undefined: no policy in {self.directory} "
-                                  "defines it") from exc
+                raise PolicyError(
+                    f"{DECISION} is undefined: no policy in {self.directory} defines it"
+                ) from exc
             raise PolicyError(f"{DECISION} fails to evaluate: {first_line(exc)}") from exc
         if result is None:
             raise PolicyError(f"{DECISION} is undefined in {self.directory}")

@@ -64,8 +64,15 @@ MAX_PUSHES = 5
 PROBE_INPUT = orjson.dumps({"input": EMPTY_INPUT})
 
 # What the client library raises besides requests' own exceptions.
-CLIENT_ERRORS = (requests.RequestException, ValueError, DeletePolicyError, PatchDataError,
-                 PolicyNotFoundError, RegoParseError, TypeException)
+CLIENT_ERRORS = (
+    requests.RequestException,
+    ValueError,
+    DeletePolicyError,
+    PatchDataError,
+    PolicyNotFoundError,
+    RegoParseError,
+    TypeException,
+)
 
 
 class PolicyRejected(PolicyError):
@@ -88,8 +95,11 @@ class VeilOpaClient(OpaClient):  # type: ignore[misc]
 
     def post_data(self, path: str, body: bytes) -> requests.Response:
         response: requests.Response = self._session.post(
-            f"{self.root_url}/data/{path}", data=body,
-            headers={"Content-Type": "application/json"}, timeout=self.timeout)
+            f"{self.root_url}/data/{path}",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=self.timeout,
+        )
         return response
 
     def policy_ids(self) -> list[str]:
@@ -107,12 +117,15 @@ def client_for(opa_url: str, timeout_s: float) -> VeilOpaClient:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PolicyError(f"policy.opa_url: {opa_url!r} is not an http(s) URL")
     if parts.path not in ("", "/") or parts.query:
-        raise PolicyError(f"policy.opa_url: {opa_url!r} has a path; give OPA's root URL "
-                          "(scheme, host and port), e.g. http://127.0.0.1:8181")
+        raise PolicyError(
+            f"policy.opa_url: {opa_url!r} has a path; give OPA's root URL "
+            "(scheme, host and port), e.g. http://127.0.0.1:8181"
+        )
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    return VeilOpaClient(host=host, port=port, ssl=parts.scheme == "https", timeout=timeout_s,
-                         retries=0)
+    return VeilOpaClient(
+        host=host, port=port, ssl=parts.scheme == "https", timeout=timeout_s, retries=0
+    )
 
 
 def policy_id(directory: Path, module: PolicyModule) -> str:
@@ -140,8 +153,14 @@ def load_order(modules: Sequence[PolicyModule]) -> list[PolicyModule]:
         for name in names:
             defined_in.setdefault(name, set()).add(n)
     # A rule this file defines itself (private_rows, in several files) needs no other file.
-    needs = [{other for name in set(_NAME.findall(text)) - defines[n]
-              for other in defined_in.get(name, ())} for n, text in enumerate(texts)]
+    needs = [
+        {
+            other
+            for name in set(_NAME.findall(text)) - defines[n]
+            for other in defined_in.get(name, ())
+        }
+        for n, text in enumerate(texts)
+    ]
     order: list[int] = []
     placed: set[int] = set()
     while len(order) < len(modules):
@@ -158,8 +177,14 @@ class OpaEngine:
 
     name = "opa"
 
-    def __init__(self, directory: Path, opa_url: str, timeout_s: float = 2.0,
-                 bundle: bool = False, modules: Sequence[PolicyModule] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        opa_url: str,
+        timeout_s: float = 2.0,
+        bundle: bool = False,
+        modules: Sequence[PolicyModule] | None = None,
+    ) -> None:
         self.directory = directory
         self.opa_url = opa_url
         self.timeout_s = timeout_s
@@ -232,8 +257,7 @@ class OpaEngine:
         needs_raw = self._needs_raw
         if previous is not None:
             if not isinstance(previous, _OpaEvaluation) or previous._owner is not self:
-                raise PolicyError("an evaluation can only be continued by the engine that "
-                                  "began it")
+                raise PolicyError("an evaluation can only be continued by the engine that began it")
             epoch, needs_raw = previous._raw_epoch, previous.needs_raw
         return _OpaEvaluation(self, epoch, needs_raw)
 
@@ -244,9 +268,12 @@ class OpaEngine:
         generation = self._generation
         result = self._post_decision(body, path)
         if result is UNDEFINED:
-            log.warning("data.veil.privacy.decision is undefined in OPA at %s; loading Veil's "
-                        "%s again and retrying once", self.opa_url,
-                        "data" if self.bundle else "data and policies")
+            log.warning(
+                "data.veil.privacy.decision is undefined in OPA at %s; loading Veil's "
+                "%s again and retrying once",
+                self.opa_url,
+                "data" if self.bundle else "data and policies",
+            )
             self._reload(generation)
             result = self._post_decision(body, path)
             if result is UNDEFINED:
@@ -261,8 +288,10 @@ class OpaEngine:
         the removed ones deleted.
         """
         if self.bundle:
-            raise PolicyError("policy.opa_bundle is on: OPA takes Veil's policies from its "
-                              "bundle; publish a new bundle instead of reloading Veil")
+            raise PolicyError(
+                "policy.opa_bundle is on: OPA takes Veil's policies from its "
+                "bundle; publish a new bundle instead of reloading Veil"
+            )
         policy = [m for m in modules if not m.is_test]
         if not policy:
             raise PolicyError(f"policy directory {self.directory} holds no policy (.rego) file")
@@ -278,8 +307,9 @@ class OpaEngine:
             try:
                 self._load_policies()
                 if Decision.read(self._post_decision(PROBE_INPUT), 0).failed:
-                    raise PolicyError(f"{DECISION_PATH} gives no well-formed decision with "
-                                      "the new policy")
+                    raise PolicyError(
+                        f"{DECISION_PATH} gives no well-formed decision with the new policy"
+                    )
             except PolicyError as exc:
                 self._modules = previous
                 try:
@@ -287,8 +317,9 @@ class OpaEngine:
                     self._needs_raw = previous_raw
                     self._plan = previous_plan
                 except PolicyError as restore:
-                    log.error("the previous policy could not be put back into OPA: %s",
-                              restore.detail)
+                    log.error(
+                        "the previous policy could not be put back into OPA: %s", restore.detail
+                    )
                 raise PolicyError(f"OPA did not take the new policy: {exc.detail}") from exc
             self._needs_raw = needs_raw
             self._plan = _opa_plan(policy)
@@ -328,22 +359,25 @@ class OpaEngine:
         try:
             response = self._client.post_data(path, body)
         except requests.Timeout as exc:
-            raise PolicyError(f"OPA at {self.opa_url} did not answer within "
-                              f"{self.timeout_s:g} s") from exc
+            raise PolicyError(
+                f"OPA at {self.opa_url} did not answer within {self.timeout_s:g} s"
+            ) from exc
         except requests.RequestException as exc:
-            raise PolicyError(f"OPA at {self.opa_url} is unreachable: "
-                              f"{type(exc).__name__}") from exc
+            raise PolicyError(
+                f"OPA at {self.opa_url} is unreachable: {type(exc).__name__}"
+            ) from exc
         if response.status_code != 200:
-            raise PolicyError(f"OPA answered {response.status_code} to the decision query: "
-                              f"{_message(response)}")
+            raise PolicyError(
+                f"OPA answered {response.status_code} to the decision query: {_message(response)}"
+            )
         try:
             document = orjson.loads(response.content)
         except orjson.JSONDecodeError as exc:
-            raise PolicyError("OPA answered the decision query with a body that is not "
-                              "JSON") from exc
+            raise PolicyError(
+                "OPA answered the decision query with a body that is not JSON"
+            ) from exc
         if not isinstance(document, dict):
-            raise PolicyError("OPA answered the decision query with a body that is not an "
-                              "object")
+            raise PolicyError("OPA answered the decision query with a body that is not an object")
         return document.get("result", UNDEFINED)
 
     def _held_version(self) -> int | None:
@@ -411,8 +445,7 @@ class OpaEngine:
         """PUT every policy file; drop Veil's modules whose file is gone."""
         modules = [(policy_id(self.directory, m), m) for m in load_order(self._modules)]
         try:
-            held = [i for i in self._client.policy_ids()
-                    if i.startswith(POLICY_ID_PREFIX)]
+            held = [i for i in self._client.policy_ids() if i.startswith(POLICY_ID_PREFIX)]
         except CLIENT_ERRORS as exc:
             raise _translate(exc, self.opa_url, "listing policies") from exc
         stale = sorted(set(held) - {module_id for module_id, _ in modules})
@@ -427,8 +460,12 @@ class OpaEngine:
             self._put_policies(modules)
         self._delete_policies(stale)
         self._policies_loaded = True
-        log.info("%d policy module(s) from %s loaded into OPA at %s", len(modules),
-                 self.directory, self.opa_url)
+        log.info(
+            "%d policy module(s) from %s loaded into OPA at %s",
+            len(modules),
+            self.directory,
+            self.opa_url,
+        )
 
     def _put_policies(self, modules: Iterable[tuple[str, PolicyModule]]) -> None:
         """PUT every module. OPA compiles each one with the modules it already holds, so a
@@ -439,16 +476,18 @@ class OpaEngine:
             refused: list[tuple[str, PolicyModule, RegoParseError]] = []
             for module_id, module in pending:
                 try:
-                    self._client.update_policy_from_string(module.text, module_id,
-                                                           rego_compat=False)
+                    self._client.update_policy_from_string(
+                        module.text, module_id, rego_compat=False
+                    )
                 except RegoParseError as exc:
                     refused.append((module_id, module, exc))
                 except CLIENT_ERRORS as exc:
                     raise _translate(exc, self.opa_url, f"loading policy {module_id}") from exc
             if len(refused) == len(pending):
                 _, first, reason = refused[0]
-                raise PolicyRejected(f"OPA at {self.opa_url} rejects policy {first.path}: "
-                                     f"{reason}") from reason
+                raise PolicyRejected(
+                    f"OPA at {self.opa_url} rejects policy {first.path}: {reason}"
+                ) from reason
             pending = [(module_id, module) for module_id, module, _ in refused]
 
     def _delete_policies(self, module_ids: Iterable[str]) -> None:
@@ -456,16 +495,19 @@ class OpaEngine:
             try:
                 self._client.delete_policy(module_id)
             except CLIENT_ERRORS as exc:
-                raise _translate(exc, self.opa_url, f"removing stale policy {module_id}") \
-                    from exc
+                raise _translate(exc, self.opa_url, f"removing stale policy {module_id}") from exc
             log.info("removed stale policy module %s from OPA", module_id)
 
     def _undefined_detail(self) -> str:
         if self.bundle:
-            return (f"data.veil.privacy.decision is undefined in OPA at {self.opa_url}: is the "
-                    "bundle with Veil's policies activated?")
-        return (f"data.veil.privacy.decision is still undefined in OPA at {self.opa_url} "
-                "after loading Veil's policies and data again")
+            return (
+                f"data.veil.privacy.decision is undefined in OPA at {self.opa_url}: is the "
+                "bundle with Veil's policies activated?"
+            )
+        return (
+            f"data.veil.privacy.decision is still undefined in OPA at {self.opa_url} "
+            "after loading Veil's policies and data again"
+        )
 
 
 class _OpaEvaluation:
@@ -482,11 +524,14 @@ class _OpaEvaluation:
         owner = self._owner
         result = owner._evaluate(input_json, rule.removeprefix("data.").replace(".", "/"))
         if not self.needs_raw and owner._raw_epoch != self._raw_epoch:
-            raise PolicyError("the policy was reloaded while this answer was prepared (the new "
-                              "one reads raw rows, which the input does not carry)")
+            raise PolicyError(
+                "the policy was reloaded while this answer was prepared (the new "
+                "one reads raw rows, which the input does not carry)"
+            )
         if (owner._policy_serial, owner._synced_version) != self.key:
-            raise PolicyError("the policy or data.veil in OPA changed while this answer was "
-                              "decided")
+            raise PolicyError(
+                "the policy or data.veil in OPA changed while this answer was decided"
+            )
         return result
 
 
@@ -517,7 +562,10 @@ def _translate(exc: Exception, opa_url: str, doing: str) -> PolicyError:
     code = getattr(exc, "expression", None)
     hint = ""
     if isinstance(detail, str) and "owned by bundle" in detail:
-        hint = (" (the bundle owns data.veil: give the bundle's .manifest roots that leave "
-                "Veil's state to Veil, e.g. [\"veil/privacy\"])")
-    return PolicyError(f"OPA at {opa_url} failed {doing}: "
-                       f"{f'{code}: ' if code else ''}{detail}{hint}")
+        hint = (
+            " (the bundle owns data.veil: give the bundle's .manifest roots that leave "
+            'Veil\'s state to Veil, e.g. ["veil/privacy"])'
+        )
+    return PolicyError(
+        f"OPA at {opa_url} failed {doing}: {f'{code}: ' if code else ''}{detail}{hint}"
+    )

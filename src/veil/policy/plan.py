@@ -47,27 +47,47 @@ R1_WINDOW = "window"
 # The shipped texts, with comments dropped and white space collapsed (see ``normalized``):
 # ``decision`` (decision.rego) and the ``private_rows`` rules of R2 (unreadable_rows.rego) and
 # R1 (private_windows.rego), each with the helper rules it reads.
-DECISION_TEXT = ('decision := { "private_rows": private_rows, "reveal": reveal_allowed, '
-                 '"refusals": refusals, }')
+DECISION_TEXT = (
+    'decision := { "private_rows": private_rows, "reveal": reveal_allowed, "refusals": refusals, }'
+)
 SHIPPED_RULES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     # private_rows rule text: (what it is, ((helper rule it reads, the helper's text), ...))
-    "private_rows contains i if some i in rows_without_actor": (R2_ACTOR, (
-        ("rows_without_actor",
-         "rows_without_actor contains i if { some i, row in input.rows row.actor == null }"),
-    )),
-    "private_rows contains i if some i in rows_without_timestamp": (R2_TIME, (
-        ("rows_without_timestamp",
-         "rows_without_timestamp contains i if { some i, row in input.rows row.ts_ns == null }"),
-    )),
-    "private_rows contains i if some i in rows_in_private_window": (R1_WINDOW, (
-        ("rows_in_private_window",
-         "rows_in_private_window contains i if { some i, row in input.rows some window in "
-         "windows_of_answer_actor[[row.actor_type, row.actor]] row.ts_ns >= window[0] "
-         "row.ts_ns < window[1] }"),
-        ("windows_of_answer_actor",
-         "windows_of_answer_actor := {[kind, actor]: windows | some kind, windows_by_actor in "
-         "actor_windows some actor, windows in windows_by_actor }"),
-    )),
+    "private_rows contains i if some i in rows_without_actor": (
+        R2_ACTOR,
+        (
+            (
+                "rows_without_actor",
+                "rows_without_actor contains i if { some i, row in input.rows row.actor == null }",
+            ),
+        ),
+    ),
+    "private_rows contains i if some i in rows_without_timestamp": (
+        R2_TIME,
+        (
+            (
+                "rows_without_timestamp",
+                "rows_without_timestamp contains i if { some i, row in input.rows "
+                "row.ts_ns == null }",
+            ),
+        ),
+    ),
+    "private_rows contains i if some i in rows_in_private_window": (
+        R1_WINDOW,
+        (
+            (
+                "rows_in_private_window",
+                "rows_in_private_window contains i if { some i, row in input.rows some window in "
+                "windows_of_answer_actor[[row.actor_type, row.actor]] row.ts_ns >= window[0] "
+                "row.ts_ns < window[1] }",
+            ),
+            (
+                "windows_of_answer_actor",
+                "windows_of_answer_actor := {[kind, actor]: windows | "
+                "some kind, windows_by_actor in "
+                "actor_windows some actor, windows in windows_by_actor }",
+            ),
+        ),
+    ),
 }
 
 _COMMENT = re.compile(r"#[^\n]*")
@@ -119,13 +139,14 @@ def _rules(module: PolicyModule, ast: dict[str, Any]) -> Iterator[_Rule]:
         refr = head.get("refr", {})
         var = refr.get("Var")
         name_span = (var["span"]["start"], var["span"]["end"]) if var else (0, 0)
-        text = data[span["start"]:span["end"]].decode("utf-8", "replace")
+        text = data[span["start"] : span["end"]].decode("utf-8", "replace")
         yield _Rule(_ref_path(refr) if refr else None, kind, text, name_span)
 
 
 def _imports_only_keywords(ast: dict[str, Any]) -> bool:
-    return all(_ref_path(item["refr"]) in ("rego.v1", "future.keywords")
-               for item in ast.get("imports", []))
+    return all(
+        _ref_path(item["refr"]) in ("rego.v1", "future.keywords") for item in ast.get("imports", [])
+    )
 
 
 def _parse(module: PolicyModule) -> dict[str, Any] | None:
@@ -155,8 +176,9 @@ def plan(modules: Sequence[PolicyModule]) -> RowPlan | None:
         package = (_ref_path(ast["package"]["refr"]) or "").removeprefix("data.")
         if package != PACKAGE:
             if f"{PACKAGE}.".startswith(f"{package}.") and any(
-                    rule.name is None or f"{package}.{rule.name}".startswith(f"{PACKAGE}.")
-                    for rule in _rules(module, ast)):
+                rule.name is None or f"{package}.{rule.name}".startswith(f"{PACKAGE}.")
+                for rule in _rules(module, ast)
+            ):
                 return None  # a rule of package veil.privacy written from a parent package
             continue
         plain = _imports_only_keywords(ast)
@@ -178,27 +200,35 @@ def plan(modules: Sequence[PolicyModule]) -> RowPlan | None:
     custom: list[int] = []
     for number, (_, rule) in enumerate(row_rules):
         known = SHIPPED_RULES.get(normalized(rule.text))
-        intact = known is not None and plain_rules[number] and all(
-            texts.get(name) == [text] and trusted.get(name) == [text]
-            for name, text in known[1])
+        intact = (
+            known is not None
+            and plain_rules[number]
+            and all(
+                texts.get(name) == [text] and trusted.get(name) == [text] for name, text in known[1]
+            )
+        )
         if known is not None and known[0] == R1_WINDOW:
             intact = intact and "actor_windows" in texts and reads_only_actors(texts, trusted)
         if known is not None and intact:
             shipped.add(known[0])
         else:
             custom.append(number)
-    return RowPlan(frozenset(shipped), bool(custom),
-                   _renamed(policy, row_rules, custom, R1_WINDOW in shipped))
+    return RowPlan(
+        frozenset(shipped), bool(custom), _renamed(policy, row_rules, custom, R1_WINDOW in shipped)
+    )
 
 
 # What actor_windows may not read: anything of the input but the rows, the rows' other fields.
-_NOT_PER_ACTOR = re.compile(r"\binput\b(?!\.rows\b)|\b(?:ts_ns|raw|index|id|now_ns|caller|"
-                            r"session|request|reveal_session_id)\b|\bwalk\b|\bobject\.keys\b")
+_NOT_PER_ACTOR = re.compile(
+    r"\binput\b(?!\.rows\b)|\b(?:ts_ns|raw|index|id|now_ns|caller|"
+    r"session|request|reveal_session_id)\b|\bwalk\b|\bobject\.keys\b"
+)
 _NAME = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
 
 
-def reads_only_actors(texts: dict[str, list[str]],
-                      trusted: dict[str, list[str]] | None = None) -> bool:
+def reads_only_actors(
+    texts: dict[str, list[str]], trusted: dict[str, list[str]] | None = None
+) -> bool:
     """Does ``actor_windows``, with every rule of the package it reaches, read no more of the
     input than the rows' actor and actor_type? (A check by name, for the usual mistakes; the
     contract is in policies/README.md.) With ``trusted`` (the texts from modules that import
@@ -215,13 +245,18 @@ def reads_only_actors(texts: dict[str, list[str]],
         for text in texts.get(name, []):
             if _NOT_PER_ACTOR.search(text):
                 return False
-            todo.extend(found for found in _NAME.findall(text)
-                        if found in texts and found not in seen)
+            todo.extend(
+                found for found in _NAME.findall(text) if found in texts and found not in seen
+            )
     return True
 
 
-def _renamed(policy: Sequence[PolicyModule], row_rules: Sequence[tuple[PolicyModule, _Rule]],
-             custom: Sequence[int], windows: bool) -> tuple[PolicyModule, ...]:
+def _renamed(
+    policy: Sequence[PolicyModule],
+    row_rules: Sequence[tuple[PolicyModule, _Rule]],
+    custom: Sequence[int],
+    windows: bool,
+) -> tuple[PolicyModule, ...]:
     """The policy with each ``private_rows`` rule renamed, and a module that makes
     ``private_rows`` their union again, ``CUSTOM`` the union of the authors' rules and
     ``BOTH`` that with ``actor_windows`` (one evaluation when both are needed)."""
@@ -234,11 +269,13 @@ def _renamed(policy: Sequence[PolicyModule], row_rules: Sequence[tuple[PolicyMod
         for begin, end, name in sorted(spans.get(module.path, []), reverse=True):
             data = data[:begin] + name.encode() + data[end:]
         out.append(PolicyModule(module.path, data.decode()))
-    lines = [f"private_rows contains i if some i in {_RENAMED}{n}"
-             for n in range(len(row_rules))]
+    lines = [f"private_rows contains i if some i in {_RENAMED}{n}" for n in range(len(row_rules))]
     lines += [f"{CUSTOM} contains i if some i in {_RENAMED}{n}" for n in custom]
     if custom and windows:
         lines.append(f'{BOTH} := {{"windows": actor_windows, "custom": {CUSTOM}}}')
-    out.append(PolicyModule(GENERATED, f"package {PACKAGE}\n\nimport rego.v1\n\n"
-                            + "\n".join(lines) + "\n"))
+    out.append(
+        PolicyModule(
+            GENERATED, f"package {PACKAGE}\n\nimport rego.v1\n\n" + "\n".join(lines) + "\n"
+        )
+    )
     return tuple(out)

@@ -66,14 +66,20 @@ def builtin_message(name: str, embedded: frozenset[str]) -> str | None:
         return f"'{name}' is a deprecated built-in that OPA 1.x refuses in Rego v1"
     if name not in opa.callable:
         if name in embedded:
-            return (f"'{name}' is a built-in of the embedded engine (regorus) that OPA does "
-                    "not have; the policy must stay valid for OPA")
+            return (
+                f"'{name}' is a built-in of the embedded engine (regorus) that OPA does "
+                "not have; the policy must stay valid for OPA"
+            )
         return f"'{name}' is neither a built-in nor a function defined in these policies"
     if name not in embedded:
-        return (f"'{name}' is an OPA built-in that the embedded engine (regorus) does not "
-                "implement; use only built-ins both engines have")
+        return (
+            f"'{name}' is an OPA built-in that the embedded engine (regorus) does not "
+            "implement; use only built-ins both engines have"
+        )
     if name in EMBEDDED_UNDEFINED:
-        return (f"'{name}' is an OPA built-in that the embedded engine (regorus) leaves "
-                "undefined (a rule calling it never holds there); use only built-ins both "
-                "engines evaluate")
+        return (
+            f"'{name}' is an OPA built-in that the embedded engine (regorus) leaves "
+            "undefined (a rule calling it never holds there); use only built-ins both "
+            "engines evaluate"
+        )
     return None

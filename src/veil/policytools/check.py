@@ -32,23 +32,43 @@ ENTRY_POINTS = ("decision", "private_rows")
 # start-up), and a small one with raw rows, an unreadable actor and an open reveal session.
 SAMPLE_INPUTS: tuple[dict[str, Any], ...] = (
     EMPTY_INPUT,
-    {"caller": "alice@contoso.com",
-     "request": {"method": "GET", "path": "/api/activities", "query": ""},
-     "reveal_session_id": "rs_check",
-     "session": {"id": "rs_check", "owner": "alice@contoso.com", "justification": "check",
-                 "expires_ns": 1, "ended": False},
-     "now_ns": 1704067200000000000,
-     "rows": [{"index": 0, "id": "a0", "actor": "ann@contoso.com", "actor_type": "user",
-               "ts_ns": 1704067200000000000, "raw": {"id": "a0", "user": "ann@contoso.com"}},
-              {"index": 1, "id": None, "actor": None, "actor_type": "user", "ts_ns": None,
-               "raw": {}}]},
+    {
+        "caller": "alice@contoso.com",
+        "request": {"method": "GET", "path": "/api/activities", "query": ""},
+        "reveal_session_id": "rs_check",
+        "session": {
+            "id": "rs_check",
+            "owner": "alice@contoso.com",
+            "justification": "check",
+            "expires_ns": 1,
+            "ended": False,
+        },
+        "now_ns": 1704067200000000000,
+        "rows": [
+            {
+                "index": 0,
+                "id": "a0",
+                "actor": "ann@contoso.com",
+                "actor_type": "user",
+                "ts_ns": 1704067200000000000,
+                "raw": {"id": "a0", "user": "ann@contoso.com"},
+            },
+            {"index": 1, "id": None, "actor": None, "actor_type": "user", "ts_ns": None, "raw": {}},
+        ],
+    },
 )
-SAMPLE_DATA: dict[str, Any] = {"groups": {}, "privacy_groups": {}, "admins": {},
-                               "viewers": {}, "managed_domains": []}
+SAMPLE_DATA: dict[str, Any] = {
+    "groups": {},
+    "privacy_groups": {},
+    "admins": {},
+    "viewers": {},
+    "managed_domains": [],
+}
 
 
-def builtin_problems(parsed: Sequence[Parsed],
-                     embedded: frozenset[str] | None = None) -> list[Problem]:
+def builtin_problems(
+    parsed: Sequence[Parsed], embedded: frozenset[str] | None = None
+) -> list[Problem]:
     """Calls of functions that are neither user functions nor built-ins of both engines."""
     embedded = embedded_builtins() if embedded is None else embedded
     functions: dict[str, set[str]] = {}
@@ -85,9 +105,15 @@ def import_problems(parsed: Sequence[Parsed]) -> list[Problem]:
         if any(path == "rego.v1" for path, _ in imports):
             for path, span in imports:
                 if path.startswith("future.keywords"):
-                    problems.append(Problem(item.path, span["line"], span["col"],
-                                            f"'import {path}' beside 'import rego.v1' is an "
-                                            "error for OPA; remove it (v1 has the keywords)"))
+                    problems.append(
+                        Problem(
+                            item.path,
+                            span["line"],
+                            span["col"],
+                            f"'import {path}' beside 'import rego.v1' is an "
+                            "error for OPA; remove it (v1 has the keywords)",
+                        )
+                    )
     return problems
 
 
@@ -107,20 +133,31 @@ def alias_problems(parsed: Sequence[Parsed]) -> list[Problem]:
             source = item.module.text.encode()
             line = source[:offset].count(b"\n") + 1
             col = len(source[:offset].rsplit(b"\n", 1)[-1].decode()) + 1
-            alias = source[offset:offset + length].decode()
-            problems.append(Problem(item.path, line, col,
-                                    f"write {path.decode()}.<rule> instead of {alias}.<rule> "
-                                    "in policy files: the embedded engine can miss rules read "
-                                    "through an import alias (tests may use aliases)"))
+            alias = source[offset : offset + length].decode()
+            problems.append(
+                Problem(
+                    item.path,
+                    line,
+                    col,
+                    f"write {path.decode()}.<rule> instead of {alias}.<rule> "
+                    "in policy files: the embedded engine can miss rules read "
+                    "through an import alias (tests may use aliases)",
+                )
+            )
     return problems
 
 
 def entry_point_problems(parsed: Sequence[Parsed]) -> list[Problem]:
     """``data.veil.privacy.decision`` and ``private_rows`` must be defined by a policy file."""
-    defined = {head_name(head) for item in parsed if not item.module.is_test
-               and item.package == PACKAGE for _kind, head, _rule in item.rules()}
-    where = next((item for item in parsed if item.package == PACKAGE and
-                  not item.module.is_test), None)
+    defined = {
+        head_name(head)
+        for item in parsed
+        if not item.module.is_test and item.package == PACKAGE
+        for _kind, head, _rule in item.rules()
+    }
+    where = next(
+        (item for item in parsed if item.package == PACKAGE and not item.module.is_test), None
+    )
     problems = []
     for name in ENTRY_POINTS:
         if name not in defined:
@@ -129,9 +166,15 @@ def entry_point_problems(parsed: Sequence[Parsed]) -> list[Problem]:
                 line = 1
             else:
                 location, line = where.path, where.ast["package"]["span"]["line"]
-            problems.append(Problem(location, line, 1,
-                                    f"no rule defines data.{PACKAGE}.{name}, an entry point "
-                                    f"Veil needs (package {PACKAGE}, rule '{name}')"))
+            problems.append(
+                Problem(
+                    location,
+                    line,
+                    1,
+                    f"no rule defines data.{PACKAGE}.{name}, an entry point "
+                    f"Veil needs (package {PACKAGE}, rule '{name}')",
+                )
+            )
     return problems
 
 
@@ -161,11 +204,18 @@ def evaluation_problems(parsed: Sequence[Parsed]) -> list[Problem]:
                 found = problem_from(exc, path)
                 problems.setdefault(str(found), found)
                 continue
-            if target == f"data.{PACKAGE}.decision" and Decision.read(
-                    result, len(sample["rows"])).failed:
-                found = Problem(path, 1, 1, "data.veil.privacy.decision must be an object "
-                                "{private_rows: set of row indexes, reveal: boolean, "
-                                f"refusals: set of strings}}; got {show(result)}")
+            if (
+                target == f"data.{PACKAGE}.decision"
+                and Decision.read(result, len(sample["rows"])).failed
+            ):
+                found = Problem(
+                    path,
+                    1,
+                    1,
+                    "data.veil.privacy.decision must be an object "
+                    "{private_rows: set of row indexes, reveal: boolean, "
+                    f"refusals: set of strings}}; got {show(result)}",
+                )
                 problems.setdefault(str(found), found)
     return list(problems.values())
 

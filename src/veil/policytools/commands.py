@@ -47,17 +47,29 @@ def cmd_check(directory: Path, out: TextIO | None = None, opa: Any | None = None
     if problems:
         print(f"{len(problems)} problem(s) in {directory}", file=out)
         return 1
-    print(f"ok: {len(modules)} files in {directory} compile as Rego v1, use only built-ins "
-          f"OPA and the embedded engine share, and define data.{PACKAGE}.decision", file=out)
-    print("ok: OPA's evaluator compiles and evaluates them too" if opa is not None else
-          "note: OPA's evaluator is not installed, so the set was not compiled with OPA "
-          f"({INSTALL})", file=out)
+    print(
+        f"ok: {len(modules)} files in {directory} compile as Rego v1, use only built-ins "
+        f"OPA and the embedded engine share, and define data.{PACKAGE}.decision",
+        file=out,
+    )
+    print(
+        "ok: OPA's evaluator compiles and evaluates them too"
+        if opa is not None
+        else "note: OPA's evaluator is not installed, so the set was not compiled with OPA "
+        f"({INSTALL})",
+        file=out,
+    )
     return 0
 
 
-def cmd_test(directory: Path, pattern: str | None = None, coverage: bool = False,
-             threshold: float | None = None, out: TextIO | None = None,
-             opa_coverage: bool = False) -> int:
+def cmd_test(
+    directory: Path,
+    pattern: str | None = None,
+    coverage: bool = False,
+    threshold: float | None = None,
+    out: TextIO | None = None,
+    opa_coverage: bool = False,
+) -> int:
     """``veil policy test``: a line per test, coverage if asked, and a summary line.
 
     ``opa_coverage`` also runs the tests on OPA's evaluator and prints OPA's own coverage.
@@ -83,8 +95,10 @@ def cmd_test(directory: Path, pattern: str | None = None, coverage: bool = False
     percent = print_coverage(run.coverage, out) if run.coverage is not None else None
     skipped = sum(r.status == "SKIP" for r in run.results)
     passed = len(run.results) - run.failed - skipped
-    print(f"{passed} passed, {run.failed} failed" + (f", {skipped} skipped" if skipped else ""),
-          file=out)
+    print(
+        f"{passed} passed, {run.failed} failed" + (f", {skipped} skipped" if skipped else ""),
+        file=out,
+    )
     if not run.results:
         print(f"no test matched in {directory}", file=out)
     if percent is not None and threshold is not None and percent < threshold:
@@ -121,8 +135,13 @@ def _read_json(path: Path, what: str) -> Any:
         raise PolicyError(f"cannot read the {what} {path}: {exc}") from exc
 
 
-def cmd_eval(directory: Path, input_path: Path, data_path: Path | None = None,
-             as_json: bool = False, out: TextIO | None = None) -> int:
+def cmd_eval(
+    directory: Path,
+    input_path: Path,
+    data_path: Path | None = None,
+    as_json: bool = False,
+    out: TextIO | None = None,
+) -> int:
     """``veil policy eval``: the decision for a sample input, and why each hidden row is."""
     out = out or sys.stdout
     modules = _load(directory, out)

@@ -46,11 +46,11 @@ class RegorusCoverage:
         report = json.loads(engine.get_coverage_report_as_json())
         for entry in report.get("files", []):
             self.covered.setdefault(entry["path"], set()).update(entry.get("covered", []))
-            self.not_covered.setdefault(entry["path"], set()).update(
-                entry.get("not_covered", []))
+            self.not_covered.setdefault(entry["path"], set()).update(entry.get("not_covered", []))
 
-    def files(self, parsed: Sequence[Parsed], markers: dict[str, dict[int, int]]
-              ) -> list[FileCoverage]:
+    def files(
+        self, parsed: Sequence[Parsed], markers: dict[str, dict[int, int]]
+    ) -> list[FileCoverage]:
         """Per policy file; ``markers`` ({path: {marker line: else line}}, from
         ``regorus_compat.else_markers``) count a marker's line as its ``else``'s."""
         out = []
@@ -67,14 +67,14 @@ class RegorusCoverage:
                 covered.discard(marker)
                 missed.discard(marker)
                 (covered if taken else missed).add(line)
-            out.append(FileCoverage(item.path, frozenset(covered),
-                                    frozenset(missed - covered)))
+            out.append(FileCoverage(item.path, frozenset(covered), frozenset(missed - covered)))
         return out
 
 
 def _rows_of(spans: Iterable[dict[str, Any]] | None) -> set[int]:
-    return {row for span in spans or () for row in range(span["start"]["row"],
-                                                         span["end"]["row"] + 1)}
+    return {
+        row for span in spans or () for row in range(span["start"]["row"], span["end"]["row"] + 1)
+    }
 
 
 class OpaCoverage:
@@ -100,6 +100,11 @@ class OpaCoverage:
                 out.append(_untouched(item))
                 continue
             covered = self.covered.get(item.path, set())
-            out.append(FileCoverage(item.path, frozenset(covered),
-                                    frozenset(self.not_covered.get(item.path, set()) - covered)))
+            out.append(
+                FileCoverage(
+                    item.path,
+                    frozenset(covered),
+                    frozenset(self.not_covered.get(item.path, set()) - covered),
+                )
+            )
         return out

@@ -37,8 +37,7 @@ class RuleSource:
     source: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"file": self.path, "line": self.line, "title": self.title,
-                "source": self.source}
+        return {"file": self.path, "line": self.line, "title": self.title, "source": self.source}
 
 
 @dataclass(frozen=True)
@@ -66,18 +65,17 @@ def rule_title(text: str, line: int) -> str | None:
     if above and above[0] == "METADATA":
         for entry in above[1:]:
             if entry.startswith("title:"):
-                return entry[len("title:"):].strip().strip("'\"") or None
+                return entry[len("title:") :].strip().strip("'\"") or None
     elif above:
         return " ".join(above)
-    for earlier in reversed(lines[:max(line - 1, 0)]):
+    for earlier in reversed(lines[: max(line - 1, 0)]):
         section = _SECTION.match(earlier.strip())
         if section and section.group("title"):
             return section.group("title")
     return None
 
 
-def _split_private_rows(parsed: Sequence[Parsed]
-                        ) -> tuple[list[PolicyModule], list[RuleSource]]:
+def _split_private_rows(parsed: Sequence[Parsed]) -> tuple[list[PolicyModule], list[RuleSource]]:
     """The policy with each ``private_rows`` rule renamed ``__veil_why_<n>``, plus a module
     that makes ``private_rows`` their union again, so the decision is unchanged."""
     modules: list[PolicyModule] = []
@@ -95,15 +93,23 @@ def _split_private_rows(parsed: Sequence[Parsed]
                 name = f"{_WHY}{len(sources)}"
                 renames.append((var["span"]["start"], var["span"]["end"], name))
                 start = rule["span"]["line"]
-                sources.append(RuleSource(item.path, start, rule_title(item.module.text, start),
-                                          item.module.text.splitlines()[start - 1].strip()))
+                sources.append(
+                    RuleSource(
+                        item.path,
+                        start,
+                        rule_title(item.module.text, start),
+                        item.module.text.splitlines()[start - 1].strip(),
+                    )
+                )
         for begin, end, name in sorted(renames, reverse=True):
             data = data[:begin] + name.encode() + data[end:]
         modules.append(PolicyModule(item.module.path, data.decode()))
-    union = "".join(f"private_rows contains i if some i in {_WHY}{n}\n"
-                    for n in range(len(sources)))
-    modules.append(PolicyModule(Path("veil-explain.rego"),
-                                f"package {PACKAGE}\n\nimport rego.v1\n\n{union}"))
+    union = "".join(
+        f"private_rows contains i if some i in {_WHY}{n}\n" for n in range(len(sources))
+    )
+    modules.append(
+        PolicyModule(Path("veil-explain.rego"), f"package {PACKAGE}\n\nimport rego.v1\n\n{union}")
+    )
     return modules, sources
 
 
@@ -114,18 +120,25 @@ def complete_input(document: dict[str, Any]) -> dict[str, Any]:
     when the store's row does not have it: ``null`` for ``id``, ``actor`` and ``ts_ns`` (so
     R2 hides a row without an actor or a time, as in Veil) and ``"user"`` for ``actor_type``.
     """
-    filled: dict[str, Any] = {"caller": "", "request": {"method": "GET", "path": "/",
-                                                        "query": ""},
-                              "reveal_session_id": None, "session": None,
-                              "now_ns": time.time_ns(), "rows": []}
+    filled: dict[str, Any] = {
+        "caller": "",
+        "request": {"method": "GET", "path": "/", "query": ""},
+        "reveal_session_id": None,
+        "session": None,
+        "now_ns": time.time_ns(),
+        "rows": [],
+    }
     filled.update(document)
-    filled["rows"] = [{**ROW_DEFAULTS, "index": n, **row} if isinstance(row, dict) else row
-                      for n, row in enumerate(filled["rows"] or [])]
+    filled["rows"] = [
+        {**ROW_DEFAULTS, "index": n, **row} if isinstance(row, dict) else row
+        for n, row in enumerate(filled["rows"] or [])
+    ]
     return filled
 
 
-def explain(modules: Sequence[PolicyModule], input_doc: dict[str, Any],
-            data_doc: dict[str, Any]) -> Explanation:
+def explain(
+    modules: Sequence[PolicyModule], input_doc: dict[str, Any], data_doc: dict[str, Any]
+) -> Explanation:
     """The decision for one input and, per hidden row, the ``private_rows`` rules that hid it.
 
     Each ``private_rows`` rule is evaluated on its own (renamed, in a second interpreter),

@@ -28,6 +28,12 @@ def opa_problems(exc: Any) -> list[Problem]:
     for line in str(exc.message).splitlines():
         match = _OPA_ERROR.search(line)
         if match:
-            found.append(Problem(match.group("path"), int(match.group("line")), 1,
-                                 f"OPA: {match.group('code')}: {match.group('msg')}"))
+            found.append(
+                Problem(
+                    match.group("path"),
+                    int(match.group("line")),
+                    1,
+                    f"OPA: {match.group('code')}: {match.group('msg')}",
+                )
+            )
     return found or [Problem("policies", 1, 1, f"OPA: {exc.code}: {exc.message}")]

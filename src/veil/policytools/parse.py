@@ -61,10 +61,14 @@ def parse(module: PolicyModule) -> Parsed | Problem:
             raise
         problem = problem_from(exc, str(module.path))
         if _parses_as_v0(module):
-            return Problem(problem.path, problem.line, problem.col,
-                           f"this file is Rego v0 syntax; Veil needs Rego v1 (OPA 1.0): write "
-                           f"'if' before every rule body and 'contains' in multi-value rules "
-                           f"('opa fmt --v0-v1' rewrites it) [{problem.message}]")
+            return Problem(
+                problem.path,
+                problem.line,
+                problem.col,
+                f"this file is Rego v0 syntax; Veil needs Rego v1 (OPA 1.0): write "
+                f"'if' before every rule body and 'contains' in multi-value rules "
+                f"('opa fmt --v0-v1' rewrites it) [{problem.message}]",
+            )
         return problem
     return Parsed(module, json.loads(engine.get_ast_as_json())[0]["ast"])
 

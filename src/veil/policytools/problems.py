@@ -27,12 +27,14 @@ def problem_from(exc: BaseException, path: str) -> Problem:
     """A Problem from a regorus error, whose text holds ``--> file:line:col`` and ``error:``."""
     text = first_line(exc)
     found = _LOCATION.search(text)
-    errors = [line[len("error:"):].strip() for line in text.splitlines()
-              if line.startswith("error:")]
+    errors = [
+        line[len("error:") :].strip() for line in text.splitlines() if line.startswith("error:")
+    ]
     message = errors[-1] if errors else text.splitlines()[0]
     if found:
-        return Problem(found.group("path"), int(found.group("line")), int(found.group("col")),
-                       message)
+        return Problem(
+            found.group("path"), int(found.group("line")), int(found.group("col")), message
+        )
     return Problem(path, 1, 1, message)
 
 

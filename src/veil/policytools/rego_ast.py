@@ -51,7 +51,7 @@ def walk(node: Any) -> Iterator[dict[str, Any]]:
 
 def spelled(source: bytes, span: dict[str, Any]) -> str:
     """The source text a span covers (spans are byte offsets)."""
-    return source[span["start"]:span["end"]].decode()
+    return source[span["start"] : span["end"]].decode()
 
 
 def import_names(ast: dict[str, Any], source: bytes) -> list[tuple[str, str]]:
@@ -69,21 +69,23 @@ def import_names(ast: dict[str, Any], source: bytes) -> list[tuple[str, str]]:
 
 def declares(rule: dict[str, Any], name: str, source: bytes) -> bool:
     """Does a rule declare a local variable (or argument) called ``name``?"""
+
     def has_var(node: Any) -> bool:
         return any(n.get("Var", {}).get("value") == name for n in walk(node))
 
     for node in walk(rule):
         if "AssignExpr" in node and has_var(node["AssignExpr"]["lhs"]):
             return True
-        if "SomeIn" in node and (has_var(node["SomeIn"]["key"]) or
-                                 has_var(node["SomeIn"]["value"])):
+        if "SomeIn" in node and (
+            has_var(node["SomeIn"]["key"]) or has_var(node["SomeIn"]["value"])
+        ):
             return True
-        if "SomeVars" in node and any(spelled(source, v) == name
-                                      for v in node["SomeVars"]["vars"]):
+        if "SomeVars" in node and any(spelled(source, v) == name for v in node["SomeVars"]["vars"]):
             return True
-        if "Every" in node and any(isinstance(v, dict) and "start" in v
-                                   and spelled(source, v) == name
-                                   for v in (node["Every"]["key"], node["Every"]["value"])):
+        if "Every" in node and any(
+            isinstance(v, dict) and "start" in v and spelled(source, v) == name
+            for v in (node["Every"]["key"], node["Every"]["value"])
+        ):
             return True
         if "Func" in node and any(has_var(arg) for arg in node["Func"].get("args", [])):
             return True

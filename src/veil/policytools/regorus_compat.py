@@ -19,7 +19,7 @@ def apply_edits(module: PolicyModule, edits: Sequence[Edit]) -> PolicyModule:
     """Apply same-line edits (no newline added or removed) to a module's text."""
     data = module.text.encode()
     for offset, length, new in sorted(edits, reverse=True):
-        data = data[:offset] + new + data[offset + length:]
+        data = data[:offset] + new + data[offset + length :]
     return PolicyModule(module.path, data.decode())
 
 
@@ -33,7 +33,7 @@ def alias_edits(parsed: Parsed, packages: set[str]) -> list[Edit]:
     source = parsed.module.text.encode()
     targets: dict[str, str] = {}
     for name, path in import_names(parsed.ast, source):
-        if path.startswith("data.") and path[len("data."):] in packages:
+        if path.startswith("data.") and path[len("data.") :] in packages:
             targets[name] = path
     edits: list[Edit] = []
     for rule in parsed.ast.get("rules", []):

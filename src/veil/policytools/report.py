@@ -40,8 +40,7 @@ def print_coverage(files: list[FileCoverage], out: TextIO, label: str = "coverag
     covered = sum(len(f.covered) for f in files)
     total = sum(f.total for f in files)
     for item in files:
-        line = (f"{label} {item.path}: {item.percent:.1f}% "
-                f"({len(item.covered)}/{item.total} lines)")
+        line = f"{label} {item.path}: {item.percent:.1f}% ({len(item.covered)}/{item.total} lines)"
         if item.not_covered:
             line += f", not covered: {ranges(item.not_covered)}"
         print(line, file=out)
@@ -57,42 +56,58 @@ def _describe_row(row: Any) -> str:
 
     ts = row.get("ts_ns")
     when = rfc3339(ts) if isinstance(ts, int) else "unreadable time"
-    return (f"id {json.dumps(row.get('id'))}, actor {json.dumps(row.get('actor'))} "
-            f"({row.get('actor_type')}), {when}")
+    return (
+        f"id {json.dumps(row.get('id'))}, actor {json.dumps(row.get('actor'))} "
+        f"({row.get('actor_type')}), {when}"
+    )
 
 
 def explanation_json(result: Explanation) -> str:
     """``veil policy eval --json``."""
-    return json.dumps({
-        "decision": result.decision, "failed_closed": result.verdict.failed,
-        "hidden": result.hidden,
-        "reasons": {str(i): [s.as_dict() for s in result.reasons.get(i, [])]
-                    for i in result.hidden},
-    }, default=jsonable, indent=2)
+    return json.dumps(
+        {
+            "decision": result.decision,
+            "failed_closed": result.verdict.failed,
+            "hidden": result.hidden,
+            "reasons": {
+                str(i): [s.as_dict() for s in result.reasons.get(i, [])] for i in result.hidden
+            },
+        },
+        default=jsonable,
+        indent=2,
+    )
 
 
 def print_explanation(result: Explanation, out: TextIO) -> None:
     """The decision, then each private row with the rules that hid it."""
+
     def whole(value: Any) -> str:
         return json.dumps(value, default=jsonable, sort_keys=True)
 
     print(f"decision: {whole(result.decision)}", file=out)
     if result.verdict.failed:
-        print(f"data.{PACKAGE}.decision is undefined or malformed: Veil would hide every row "
-              "and refuse any reveal (fail closed)", file=out)
+        print(
+            f"data.{PACKAGE}.decision is undefined or malformed: Veil would hide every row "
+            "and refuse any reveal (fail closed)",
+            file=out,
+        )
         return
     total = len(result.rows)
-    print(f"{len(result.hidden)} of {total} row(s) private; reveal "
-          f"{'allowed' if result.verdict.reveal else 'not allowed'}"
-          + (f" ({'; '.join(result.verdict.refusals)})" if result.verdict.refusals else ""),
-          file=out)
+    print(
+        f"{len(result.hidden)} of {total} row(s) private; reveal "
+        f"{'allowed' if result.verdict.reveal else 'not allowed'}"
+        + (f" ({'; '.join(result.verdict.refusals)})" if result.verdict.refusals else ""),
+        file=out,
+    )
     for index in result.hidden:
-        print(f"row {index} ({_describe_row(result.rows[index])}) is private because of:",
-              file=out)
+        print(f"row {index} ({_describe_row(result.rows[index])}) is private because of:", file=out)
         reasons = result.reasons.get(index)
         if not reasons:
-            print("  no single private_rows rule: the decision's private_rows comes from "
-                  "elsewhere (check how data.veil.privacy.decision builds it)", file=out)
+            print(
+                "  no single private_rows rule: the decision's private_rows comes from "
+                "elsewhere (check how data.veil.privacy.decision builds it)",
+                file=out,
+            )
         for source in reasons or ():
             title = f"  {source.title}" if source.title else ""
             print(f"  {source.path}:{source.line}{title}", file=out)

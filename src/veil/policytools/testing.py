@@ -87,8 +87,9 @@ def _verdict(case: TestCase, value: Any, elapsed: float, where: str = "") -> Tes
     return TestResult(case, "FAIL", elapsed, f"{outcome}{where} ({case.path}:{case.line})")
 
 
-def run_tests(modules: Sequence[PolicyModule], pattern: str | None = None,
-              coverage: bool = False) -> TestRun:
+def run_tests(
+    modules: Sequence[PolicyModule], pattern: str | None = None, coverage: bool = False
+) -> TestRun:
     """Run the tests in one interpreter; an erroring test gets a fresh one for those after."""
     parsed, problems = parse_all(modules)
     if problems:
@@ -126,8 +127,9 @@ def run_tests(modules: Sequence[PolicyModule], pattern: str | None = None,
             if is_fatal(exc):
                 raise
             elapsed = time.perf_counter() - started
-            run.results.append(TestResult(case, "ERROR", elapsed,
-                                          str(problem_from(exc, case.path))))
+            run.results.append(
+                TestResult(case, "ERROR", elapsed, str(problem_from(exc, case.path)))
+            )
             if coverage:
                 lines.add(engine)
             engine = fresh()  # never reuse an interpreter that failed mid-evaluation
@@ -139,8 +141,11 @@ def run_tests(modules: Sequence[PolicyModule], pattern: str | None = None,
     return run
 
 
-def run_tests_on_opa(modules: Sequence[PolicyModule], opa: Any, pattern: str | None = None,
-                     ) -> TestRun:
+def run_tests_on_opa(
+    modules: Sequence[PolicyModule],
+    opa: Any,
+    pattern: str | None = None,
+) -> TestRun:
     """The same tests on OPA's evaluator (``opa``: the ``opa_bindings`` module), with OPA's
     own line coverage of the policy files."""
     parsed, problems = parse_all(modules)
@@ -163,8 +168,14 @@ def run_tests_on_opa(modules: Sequence[PolicyModule], opa: Any, pattern: str | N
             try:
                 found = engine.eval_query(f"result := {case.name}", coverage=True)
             except opa.OpaError as exc:
-                run.results.append(TestResult(case, "ERROR", time.perf_counter() - started,
-                                              f"OPA: {exc.code}: {exc.message}"))
+                run.results.append(
+                    TestResult(
+                        case,
+                        "ERROR",
+                        time.perf_counter() - started,
+                        f"OPA: {exc.code}: {exc.message}",
+                    )
+                )
                 continue
             elapsed = time.perf_counter() - started
             lines.add(engine.last_coverage)

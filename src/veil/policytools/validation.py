@@ -44,7 +44,8 @@ class Validation:
 
     def details(self) -> list[str]:
         return [str(p) for p in self.problems] + [
-            f"{r.status} {r.case.name}: {r.detail}" for r in self.results if not r.passed]
+            f"{r.status} {r.case.name}: {r.detail}" for r in self.results if not r.passed
+        ]
 
 
 def validate(modules: Sequence[PolicyModule]) -> Validation:

@@ -56,8 +56,9 @@ def directory() -> Directory:
     return found
 
 
-def scim_response(document: Any, status: int = 200, version: int | None = None,
-                  location: str | None = None) -> Response:
+def scim_response(
+    document: Any, status: int = 200, version: int | None = None, location: str | None = None
+) -> Response:
     response = Response(json.dumps(document), status=status, mimetype=CONTENT_TYPE)
     if version is not None:
         response.headers["ETag"] = etag(version)
@@ -101,8 +102,12 @@ def body() -> Any:
 def _too_deep(value: Any) -> bool:
     level = [value]
     for _ in range(MAX_DEPTH):
-        level = [child for item in level if isinstance(item, dict | list)
-                 for child in (item.values() if isinstance(item, dict) else item)]
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
         if not level:
             return False
     return True
@@ -112,15 +117,17 @@ def _too_deep(value: Any) -> bool:
 def authenticate() -> Response | None:
     config = services().config.scim
     if not config.enabled:
-        return scim_error(404, "SCIM provisioning is off: no token is configured "
-                               "(scim.token_env)")
+        return scim_error(404, "SCIM provisioning is off: no token is configured (scim.token_env)")
     request.max_content_length = config.max_body_bytes
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     assert config.token is not None
     if scheme.lower() != "bearer" or not hmac.compare_digest(
-            presented.strip().encode(), config.token.encode()):
-        return scim_error(401, "send 'Authorization: Bearer <SCIM token>' with the token "
-                               "configured for provisioning")
+        presented.strip().encode(), config.token.encode()
+    ):
+        return scim_error(
+            401,
+            "send 'Authorization: Bearer <SCIM token>' with the token configured for provisioning",
+        )
     return None
 
 
@@ -144,6 +151,7 @@ def error(exc: Exception) -> Response:
 
 
 # ---- discovery ----------------------------------------------------------------------------
+
 
 @blueprint.get("/ServiceProviderConfig")
 def service_provider_config() -> Response:
@@ -178,6 +186,7 @@ def resource_type(type_id: str) -> Response:
 
 # ---- users --------------------------------------------------------------------------------
 
+
 @blueprint.get("/Users")
 def list_users() -> Response:
     return _list_users(request.args)
@@ -193,8 +202,11 @@ def _list_users(args: Any) -> Response:
     where = wire.eq_filter(args.get("filter"), "User", wire.UserModel)
     start, count = wire.page(args, discovery.MAX_RESULTS)
     total, users = directory().list_users(where, start, count)
-    return scim_response(discovery.list_response(
-        [wire.user_document(u, base_url(), params) for u in users], total, start))
+    return scim_response(
+        discovery.list_response(
+            [wire.user_document(u, base_url(), params) for u in users], total, start
+        )
+    )
 
 
 @blueprint.post("/Users")
@@ -203,8 +215,12 @@ def create_user() -> Response:
 
     state = wire.user_state(wire.read(wire.UserModel, body(), Context.RESOURCE_CREATION_REQUEST))
     stored = directory().create_user(state, actor(), client())
-    return scim_response(wire.user_document(stored, base_url()), 201, stored.version,
-                         f"{base_url()}/Users/{stored.id}")
+    return scim_response(
+        wire.user_document(stored, base_url()),
+        201,
+        stored.version,
+        f"{base_url()}/Users/{stored.id}",
+    )
 
 
 @blueprint.get("/Users/<uid>")
@@ -222,10 +238,10 @@ def get_user(uid: str) -> Response:
 def replace_user(uid: str) -> Response:
     from scim2_models import Context
 
-    state = wire.user_state(wire.read(wire.UserModel, body(),
-                                      Context.RESOURCE_REPLACEMENT_REQUEST))
-    stored, _ = directory().update_user(uid, lambda _old: state,
-                                        request.headers.get("If-Match"), actor(), client())
+    state = wire.user_state(wire.read(wire.UserModel, body(), Context.RESOURCE_REPLACEMENT_REQUEST))
+    stored, _ = directory().update_user(
+        uid, lambda _old: state, request.headers.get("If-Match"), actor(), client()
+    )
     return scim_response(wire.user_document(stored, base_url()), 200, stored.version)
 
 
@@ -233,8 +249,12 @@ def replace_user(uid: str) -> Response:
 def patch_user(uid: str) -> Response:
     document = body()
     stored, _ = directory().update_user(
-        uid, lambda old: wire.patch_user(old, document, base_url()),
-        request.headers.get("If-Match"), actor(), client())
+        uid,
+        lambda old: wire.patch_user(old, document, base_url()),
+        request.headers.get("If-Match"),
+        actor(),
+        client(),
+    )
     return scim_response(wire.user_document(stored, base_url()), 200, stored.version)
 
 
@@ -245,6 +265,7 @@ def delete_user(uid: str) -> Response:
 
 
 # ---- groups -------------------------------------------------------------------------------
+
 
 @blueprint.get("/Groups")
 def list_groups() -> Response:
@@ -261,8 +282,11 @@ def _list_groups(args: Any) -> Response:
     where = wire.eq_filter(args.get("filter"), "Group", Group)
     start, count = wire.page(args, discovery.MAX_RESULTS)
     total, groups = directory().list_groups(where, start, count, wire.members_wanted(params))
-    return scim_response(discovery.list_response(
-        [wire.group_document(g, base_url(), params) for g in groups], total, start))
+    return scim_response(
+        discovery.list_response(
+            [wire.group_document(g, base_url(), params) for g in groups], total, start
+        )
+    )
 
 
 @blueprint.post("/Groups")
@@ -271,10 +295,13 @@ def create_group() -> Response:
 
     group = wire.read(Group, body(), Context.RESOURCE_CREATION_REQUEST)
     ids, displays = wire.member_ids(group)
-    stored = directory().create_group(wire.group_state(group), ids, actor(), client(),
-                                      displays)
-    return scim_response(wire.group_document(stored, base_url()), 201, stored.version,
-                         f"{base_url()}/Groups/{stored.id}")
+    stored = directory().create_group(wire.group_state(group), ids, actor(), client(), displays)
+    return scim_response(
+        wire.group_document(stored, base_url()),
+        201,
+        stored.version,
+        f"{base_url()}/Groups/{stored.id}",
+    )
 
 
 @blueprint.get("/Groups/<gid>")
@@ -297,8 +324,9 @@ def replace_group(gid: str) -> Response:
     state = wire.group_state(group)
     members = MemberChange()
     members.replace(*wire.member_ids(group))
-    directory().update_group(gid, lambda _old: (state, members),
-                             request.headers.get("If-Match"), actor(), client())
+    directory().update_group(
+        gid, lambda _old: (state, members), request.headers.get("If-Match"), actor(), client()
+    )
     stored = directory().get_group(gid)
     if stored is None:  # deleted between the two transactions
         raise NotFoundException(detail=f"there is no group {gid!r}")
@@ -309,8 +337,13 @@ def replace_group(gid: str) -> Response:
 def patch_group(gid: str) -> Response:
     """Answers 204: a large group is not written back for every one-member change."""
     document = body()
-    stored, _ = directory().update_group(gid, lambda old: wire.patch_group(old, document),
-                                         request.headers.get("If-Match"), actor(), client())
+    stored, _ = directory().update_group(
+        gid,
+        lambda old: wire.patch_group(old, document),
+        request.headers.get("If-Match"),
+        actor(),
+        client(),
+    )
     return Response(status=204, headers={"ETag": etag(stored.version)})
 
 
@@ -322,10 +355,12 @@ def delete_group(gid: str) -> Response:
 
 # ---- what is not offered ------------------------------------------------------------------
 
+
 @blueprint.post("/.search")
 def search_all() -> Response:
-    raise NotImplementedException(detail="search one resource type at a time: "
-                                         "POST /Users/.search or /Groups/.search")
+    raise NotImplementedException(
+        detail="search one resource type at a time: POST /Users/.search or /Groups/.search"
+    )
 
 
 @blueprint.route("/Bulk", methods=["POST"])

@@ -55,8 +55,10 @@ POLICY = ScimPolicy(
     unmatched_path_filter=ScimPolicy.UnmatchedPathFilter.create,
 )
 
-FILTERABLE = {"User": ("id", "userName", "displayName", "externalId"),
-              "Group": ("id", "displayName", "externalId")}
+FILTERABLE = {
+    "User": ("id", "userName", "displayName", "externalId"),
+    "Group": ("id", "displayName", "externalId"),
+}
 _UNSAFE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 # Attributes Veil computes, never stores from a request.
 _SERVER_SIDE = ("id", "meta", "groups", "members", "password")
@@ -68,7 +70,8 @@ def principal(value: str, attribute: str) -> str:
     if key is None:
         raise InvalidValueException(
             detail=f"{attribute} {value!r} is not a principal: it is empty or holds "
-                   "whitespace or control characters")
+            "whitespace or control characters"
+        )
     return key  # NFC and case folding (docs/rules.md, "Principal"), as everywhere else
 
 
@@ -91,9 +94,14 @@ def read(model: Any, payload: Any, ctx: Context) -> Any:
 
 
 def response_parameters(args: Mapping[str, Any], model: Any) -> ResponseParameters[Any]:
-    raw = {key: args[name] for key, name in (("attributes", "attributes"),
-                                             ("excludedAttributes", "excludedAttributes"))
-           if args.get(name)}
+    raw = {
+        key: args[name]
+        for key, name in (
+            ("attributes", "attributes"),
+            ("excludedAttributes", "excludedAttributes"),
+        )
+        if args.get(name)
+    }
     try:
         return ResponseParameters[model].model_validate(raw)
     except ValidationError as exc:
@@ -109,18 +117,24 @@ def eq_filter(text: str | None, resource: str, model: Any) -> tuple[str, str] | 
     except (ValueError, SCIMException, ValidationError) as exc:
         raise InvalidFilterException(detail=f"filter {text!r} is not valid: {exc}") from None
     allowed = FILTERABLE[resource]
-    if (isinstance(node, Comparison) and node.op == CompareOperator.eq
-            and node.attr_path.sub_attr is None and isinstance(node.value, str)):
+    if (
+        isinstance(node, Comparison)
+        and node.op == CompareOperator.eq
+        and node.attr_path.sub_attr is None
+        and isinstance(node.value, str)
+    ):
         for name in allowed:
             if node.attr_path.attr.lower() == name.lower():
                 value = principal(node.value, name) if name == "userName" else node.value
                 return name, value
     raise InvalidFilterException(
         detail=f"filter {text!r} is not supported: use 'ATTRIBUTE eq \"value\"' with one of "
-               f"{', '.join(allowed)}")
+        f"{', '.join(allowed)}"
+    )
 
 
 # ---- users --------------------------------------------------------------------------------
+
 
 def user_state(user: Any) -> UserState:
     """What Veil keeps of a validated User: the resource, and its principals."""
@@ -132,27 +146,41 @@ def user_state(user: Any) -> UserState:
     resource = user.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE)
     for name in _SERVER_SIDE:
         resource.pop(name, None)
-    return UserState(resource=resource, user_name=user_name, display_name=user.display_name,
-                     external_id=user.external_id,
-                     active=user.active is not False, principals=frozenset(principals))
+    return UserState(
+        resource=resource,
+        user_name=user_name,
+        display_name=user.display_name,
+        external_id=user.external_id,
+        active=user.active is not False,
+        principals=frozenset(principals),
+    )
 
 
 def user_model(stored: StoredUser, base_url: str) -> Any:
     doc = dict(stored.resource)
     doc["id"] = stored.id
     if stored.groups:
-        doc["groups"] = [{"value": gid, "display": name, "$ref": f"{base_url}/Groups/{gid}",
-                          "type": "direct"} for gid, name in stored.groups]
+        doc["groups"] = [
+            {"value": gid, "display": name, "$ref": f"{base_url}/Groups/{gid}", "type": "direct"}
+            for gid, name in stored.groups
+        ]
     model = UserModel.model_validate(doc, scim_policy=POLICY)
-    model.meta = _meta("User", f"{base_url}/Users/{stored.id}", stored.created_ns,
-                       stored.modified_ns, stored.version)
+    model.meta = _meta(
+        "User",
+        f"{base_url}/Users/{stored.id}",
+        stored.created_ns,
+        stored.modified_ns,
+        stored.version,
+    )
     return model
 
 
-def user_document(stored: StoredUser, base_url: str,
-                  params: ResponseParameters[Any] | None = None) -> dict[str, Any]:
+def user_document(
+    stored: StoredUser, base_url: str, params: ResponseParameters[Any] | None = None
+) -> dict[str, Any]:
     dumped: dict[str, Any] = user_model(stored, base_url).model_dump(
-        scim_ctx=Context.RESOURCE_QUERY_RESPONSE, response_parameters=params)
+        scim_ctx=Context.RESOURCE_QUERY_RESPONSE, response_parameters=params
+    )
     return dumped
 
 
@@ -161,11 +189,15 @@ def patch_user(stored: StoredUser, body: Any, base_url: str) -> UserState:
     for op in ops:  # Okta renames with {"op": "replace", "value": {"id": ..., ...}}
         _drop_own_id(op, stored.id)
         # Entra ID sends the enterprise manager as a bare id: {"value": id} is meant
-        if str(op.get("path") or "").lower().endswith(":manager") \
-                and isinstance(op.get("value"), str):
+        if str(op.get("path") or "").lower().endswith(":manager") and isinstance(
+            op.get("value"), str
+        ):
             op["value"] = {"value": op["value"]}
-    patch = read(PatchOp[UserModel], {"schemas": [PATCH_SCHEMA], "Operations": ops},
-                 Context.RESOURCE_PATCH_REQUEST)
+    patch = read(
+        PatchOp[UserModel],
+        {"schemas": [PATCH_SCHEMA], "Operations": ops},
+        Context.RESOURCE_PATCH_REQUEST,
+    )
     user = user_model(stored, base_url)
     try:
         patch.patch(user, scim_policy=POLICY)
@@ -176,14 +208,16 @@ def patch_user(stored: StoredUser, body: Any, base_url: str) -> UserState:
 
 # ---- groups -------------------------------------------------------------------------------
 
+
 def group_state(group: Any) -> GroupState:
     if not group.display_name:
         raise InvalidValueException(detail="displayName is required")
     resource = group.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE)
     for name in _SERVER_SIDE:
         resource.pop(name, None)
-    return GroupState(resource=resource, display_name=group.display_name,
-                      external_id=group.external_id)
+    return GroupState(
+        resource=resource, display_name=group.display_name, external_id=group.external_id
+    )
 
 
 def member_ids(group: Any) -> tuple[list[str], dict[str, str]]:
@@ -192,8 +226,7 @@ def member_ids(group: Any) -> tuple[list[str], dict[str, str]]:
     displays = {}
     for member in group.members or []:
         if member.type is not None and str(member.type).lower() == "group":
-            raise InvalidValueException(detail="nested groups are not supported: members "
-                                               "are Users")
+            raise InvalidValueException(detail="nested groups are not supported: members are Users")
         if not member.value:
             raise InvalidValueException(detail="each member needs a 'value' (a user id)")
         ids.append(member.value)
@@ -202,19 +235,28 @@ def member_ids(group: Any) -> tuple[list[str], dict[str, str]]:
     return ids, displays
 
 
-def group_document(stored: StoredGroup, base_url: str,
-                   params: ResponseParameters[Any] | None = None) -> dict[str, Any]:
+def group_document(
+    stored: StoredGroup, base_url: str, params: ResponseParameters[Any] | None = None
+) -> dict[str, Any]:
     doc = dict(stored.resource)
     doc["id"] = stored.id
     model = Group.model_validate(doc, scim_policy=POLICY)
-    model.meta = _meta("Group", f"{base_url}/Groups/{stored.id}", stored.created_ns,
-                       stored.modified_ns, stored.version)
-    dumped: dict[str, Any] = model.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE,
-                                              response_parameters=params)
+    model.meta = _meta(
+        "Group",
+        f"{base_url}/Groups/{stored.id}",
+        stored.created_ns,
+        stored.modified_ns,
+        stored.version,
+    )
+    dumped: dict[str, Any] = model.model_dump(
+        scim_ctx=Context.RESOURCE_QUERY_RESPONSE, response_parameters=params
+    )
     # Members are written out directly: a model per member would cost seconds in a large group.
     if stored.members and members_wanted(params):
-        dumped["members"] = [{"value": uid, "display": name, "$ref": f"{base_url}/Users/{uid}",
-                              "type": "User"} for uid, name in stored.members]
+        dumped["members"] = [
+            {"value": uid, "display": name, "$ref": f"{base_url}/Users/{uid}", "type": "User"}
+            for uid, name in stored.members
+        ]
     return dumped
 
 
@@ -222,8 +264,10 @@ def members_wanted(params: ResponseParameters[Any] | None) -> bool:
     if params is None:
         return True
     if params.attributes:
-        return any(str(p).split(".")[0].split("[")[0].lower().endswith("members")
-                   for p in params.attributes)
+        return any(
+            str(p).split(".")[0].split("[")[0].lower().endswith("members")
+            for p in params.attributes
+        )
     if params.excluded_attributes:
         return not any(str(p).lower().endswith("members") for p in params.excluded_attributes)
     return True
@@ -235,8 +279,11 @@ def patch_group(stored: StoredGroup, body: Any) -> tuple[GroupState, MemberChang
     for op in ops:
         _drop_own_id(op, stored.id)
     # Validate the whole request first: an unknown op or path refuses all of it.
-    read(PatchOp[Group], {"schemas": [PATCH_SCHEMA], "Operations": ops},
-         Context.RESOURCE_PATCH_REQUEST)
+    read(
+        PatchOp[Group],
+        {"schemas": [PATCH_SCHEMA], "Operations": ops},
+        Context.RESOURCE_PATCH_REQUEST,
+    )
     change = MemberChange()
     attribute_ops: list[dict[str, Any]] = []
     for op in ops:
@@ -245,8 +292,7 @@ def patch_group(stored: StoredGroup, body: Any) -> tuple[GroupState, MemberChang
         value = op.get("value")
         if path is None or str(path).strip() == "":
             if not isinstance(value, Mapping):
-                raise InvalidValueException(detail=f"a {kind} without a path needs an object "
-                                                   "value")
+                raise InvalidValueException(detail=f"a {kind} without a path needs an object value")
             rest = {k: v for k, v in value.items() if k.lower() != "members"}
             members = [v for k, v in value.items() if k.lower() == "members"]
             for listed in members:
@@ -264,8 +310,11 @@ def patch_group(stored: StoredGroup, body: Any) -> tuple[GroupState, MemberChang
     doc["id"] = stored.id
     group = Group.model_validate(doc, scim_policy=POLICY)
     if attribute_ops:
-        patch = read(PatchOp[Group], {"schemas": [PATCH_SCHEMA], "Operations": attribute_ops},
-                     Context.RESOURCE_PATCH_REQUEST)
+        patch = read(
+            PatchOp[Group],
+            {"schemas": [PATCH_SCHEMA], "Operations": attribute_ops},
+            Context.RESOURCE_PATCH_REQUEST,
+        )
         try:
             patch.patch(group, scim_policy=POLICY)
         except ValidationError as exc:
@@ -288,23 +337,36 @@ def read_path(text: str) -> tuple[str, str | None]:
     if parts[0].lower() != "members":
         return parts[0], None
     if len(parts) > 1:
-        raise InvalidPathException(detail=f"path {text!r}: members are added and removed "
-                                          "whole, by their value")
+        raise InvalidPathException(
+            detail=f"path {text!r}: members are added and removed whole, by their value"
+        )
     if selector is None:
         return "members", None
-    if (isinstance(selector, Comparison) and selector.op == CompareOperator.eq
-            and selector.attr_path.attr.lower() == "value" and isinstance(selector.value, str)):
+    if (
+        isinstance(selector, Comparison)
+        and selector.op == CompareOperator.eq
+        and selector.attr_path.attr.lower() == "value"
+        and isinstance(selector.value, str)
+    ):
         return "members", selector.value
-    raise InvalidFilterException(detail=f"path {text!r}: select a member with "
-                                        "members[value eq \"<user id>\"]")
+    raise InvalidFilterException(
+        detail=f'path {text!r}: select a member with members[value eq "<user id>"]'
+    )
 
 
-def _member_step(change: MemberChange, kind: str, ids: list[str] | None,
-                 displays: dict[str, str], selected: str | None) -> None:
+def _member_step(
+    change: MemberChange,
+    kind: str,
+    ids: list[str] | None,
+    displays: dict[str, str],
+    selected: str | None,
+) -> None:
     if selected is not None:
         if kind != "remove":
-            raise NoTargetException(detail="a member selected by a filter can only be removed; "
-                                           "add members with path 'members' and a value")
+            raise NoTargetException(
+                detail="a member selected by a filter can only be removed; "
+                "add members with path 'members' and a value"
+            )
         change.remove([selected])
     elif kind == "add":
         change.add(ids or [], displays)
@@ -322,12 +384,14 @@ def _values(value: Any) -> tuple[list[str], dict[str, str]]:
     ids = []
     displays = {}
     for item in items:
-        if not isinstance(item, Mapping) or not isinstance(item.get("value"), str) \
-                or not item["value"]:
-            raise InvalidValueException(detail="members are given as [{\"value\": \"<user id>\"}]")
+        if (
+            not isinstance(item, Mapping)
+            or not isinstance(item.get("value"), str)
+            or not item["value"]
+        ):
+            raise InvalidValueException(detail='members are given as [{"value": "<user id>"}]')
         if str(item.get("type") or "").lower() == "group":
-            raise InvalidValueException(detail="nested groups are not supported: members "
-                                               "are Users")
+            raise InvalidValueException(detail="nested groups are not supported: members are Users")
         ids.append(item["value"])
         if isinstance(item.get("display"), str) and item["display"]:
             displays[item["value"]] = item["display"]
@@ -335,6 +399,7 @@ def _values(value: Any) -> tuple[list[str], dict[str, str]]:
 
 
 # ---- shared -------------------------------------------------------------------------------
+
 
 def _patch_operations(body: Any) -> list[dict[str, Any]]:
     if not isinstance(body, Mapping):
@@ -360,16 +425,21 @@ def _drop_own_id(op: dict[str, Any], resource_id: str) -> None:
         op["value"] = {k: v for k, v in value.items() if k != "id"}
 
 
-def _meta(resource_type: str, location: str, created_ns: int, modified_ns: int,
-          version: int) -> Meta:
-    return Meta(resource_type=resource_type, location=location,
-                created=datetime.fromtimestamp(created_ns / 1e9, tz=UTC),
-                last_modified=datetime.fromtimestamp(modified_ns / 1e9, tz=UTC),
-                version=etag(version))
+def _meta(
+    resource_type: str, location: str, created_ns: int, modified_ns: int, version: int
+) -> Meta:
+    return Meta(
+        resource_type=resource_type,
+        location=location,
+        created=datetime.fromtimestamp(created_ns / 1e9, tz=UTC),
+        last_modified=datetime.fromtimestamp(modified_ns / 1e9, tz=UTC),
+        version=etag(version),
+    )
 
 
 def page(args: Mapping[str, Any], max_results: int) -> tuple[int, int]:
     """``(startIndex, count)``: startIndex below 1 is 1; count is clamped to [0, max]."""
+
     def number(name: str, default: int) -> int:
         raw = args.get(name)
         if raw is None or raw == "":
@@ -380,4 +450,3 @@ def page(args: Mapping[str, Any], max_results: int) -> tuple[int, int]:
             raise InvalidValueException(detail=f"{name} must be an integer") from None
 
     return max(1, number("startIndex", 1)), min(max(0, number("count", 100)), max_results)
-

@@ -37,8 +37,12 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def open_storage(url: str, timeout_s: float, bootstrap_admins: Sequence[str] = (),
-                 sealing: GovernanceConfig | None = None) -> Storage:
+def open_storage(
+    url: str,
+    timeout_s: float,
+    bootstrap_admins: Sequence[str] = (),
+    sealing: GovernanceConfig | None = None,
+) -> Storage:
     """The Storage for a ``storage.url``: ``sqlite:///path`` or ``postgresql://...``.
 
     ``sealing`` (the ``governance`` configuration) gives the key that signs every appended
@@ -48,7 +52,7 @@ def open_storage(url: str, timeout_s: float, bootstrap_admins: Sequence[str] = (
     if url.startswith("sqlite:///"):
         from veil.storage.sqlite import SqliteBackend
 
-        backend = SqliteBackend(url[len("sqlite:///"):], timeout_s)
+        backend = SqliteBackend(url[len("sqlite:///") :], timeout_s)
     elif url.startswith(("postgresql://", "postgres://")):
         try:
             from veil.storage.postgres import PostgresBackend
@@ -56,7 +60,8 @@ def open_storage(url: str, timeout_s: float, bootstrap_admins: Sequence[str] = (
             raise StorageError(
                 "storage.url is a PostgreSQL URL but the PostgreSQL driver (psycopg) is not "
                 "installed: install Veil with the 'postgres' extra, "
-                "pip install 'veil[postgres]'") from exc
+                "pip install 'veil[postgres]'"
+            ) from exc
 
         backend = PostgresBackend(url, timeout_s)
     else:

@@ -34,44 +34,54 @@ def normalize_principals(tx: Tx) -> None:
     """Re-key principals stored by earlier versions (``strip().lower()``) with NFC and case
     folding, so a member imported as NFC ``josé`` matches the store's NFD form. The
     governance log is never rewritten (it is hash-chained): it keeps the names as written."""
-    for table, stamp, by in (("admins", "added_ns", "added_by"),
-                             ("viewers", "granted_ns", "granted_by")):
+    for table, stamp, by in (
+        ("admins", "added_ns", "added_by"),
+        ("viewers", "granted_ns", "granted_by"),
+    ):
         kept: dict[str, tuple[Any, Any]] = {}
-        for principal, ts, who in tx.all(f"SELECT principal, {stamp}, {by} FROM {table} "
-                                         f"ORDER BY {stamp}, principal"):
+        for principal, ts, who in tx.all(
+            f"SELECT principal, {stamp}, {by} FROM {table} ORDER BY {stamp}, principal"
+        ):
             kept.setdefault(_principal_key(principal), (ts, who))  # two spellings: the earliest
         tx.execute(f"DELETE FROM {table}")
         for principal, (ts, who) in kept.items():
-            tx.execute(f"INSERT INTO {table} (principal, {stamp}, {by}) VALUES (?, ?, ?)",
-                       (principal, ts, who))
+            tx.execute(
+                f"INSERT INTO {table} (principal, {stamp}, {by}) VALUES (?, ?, ?)",
+                (principal, ts, who),
+            )
     for gid, members, former in tx.all("SELECT id, members, former_members FROM groups"):
         keyed = sorted({_principal_key(m) for m in json.loads(members)})
         left: dict[str, int] = {}
         for member, ts in json.loads(former).items():
             left[_principal_key(member)] = max(ts, left.get(_principal_key(member), ts))
-        tx.execute("UPDATE groups SET members = ?, former_members = ? WHERE id = ?",
-                   (json.dumps(keyed), json.dumps(left, sort_keys=True), gid))
+        tx.execute(
+            "UPDATE groups SET members = ?, former_members = ? WHERE id = ?",
+            (json.dumps(keyed), json.dumps(left, sort_keys=True), gid),
+        )
     # SCIM (version 4): a user's principals, and when a principal left a group
     principals_of: dict[tuple[str, str], None] = {}
     for user, principal in tx.all("SELECT user_id, principal FROM scim_principals"):
         principals_of[(user, _principal_key(principal))] = None
     tx.execute("DELETE FROM scim_principals")
     for user, principal in principals_of:
-        tx.execute("INSERT INTO scim_principals (user_id, principal) VALUES (?, ?)",
-                   (user, principal))
+        tx.execute(
+            "INSERT INTO scim_principals (user_id, principal) VALUES (?, ?)", (user, principal)
+        )
     left_at: dict[tuple[str, str], int] = {}
-    for gid, principal, left_ns in tx.all("SELECT group_id, principal, left_ns "
-                                          "FROM scim_former"):
+    for gid, principal, left_ns in tx.all("SELECT group_id, principal, left_ns FROM scim_former"):
         where = (gid, _principal_key(principal))
         left_at[where] = max(int(left_ns), left_at.get(where, int(left_ns)))
     tx.execute("DELETE FROM scim_former")
     for (gid, principal), at in left_at.items():
-        tx.execute("INSERT INTO scim_former (group_id, principal, left_ns) VALUES (?, ?, ?)",
-                   (gid, principal, at))
+        tx.execute(
+            "INSERT INTO scim_former (group_id, principal, left_ns) VALUES (?, ?, ?)",
+            (gid, principal, at),
+        )
     for sid, owner in tx.all("SELECT id, owner FROM reveal_sessions"):
         if _principal_key(owner) != owner:
-            tx.execute("UPDATE reveal_sessions SET owner = ? WHERE id = ?",
-                       (_principal_key(owner), sid))
+            tx.execute(
+                "UPDATE reveal_sessions SET owner = ? WHERE id = ?", (_principal_key(owner), sid)
+            )
 
 
 MIGRATIONS: tuple[tuple[Step, ...], ...] = (
@@ -136,9 +146,7 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     ),
     # 3: members removed from a group, with when: their activities while they were members
     # and the group was private stay private ({"upn": removed_ns})
-    (
-        "ALTER TABLE groups ADD COLUMN former_members TEXT NOT NULL DEFAULT '{}'",
-    ),
+    ("ALTER TABLE groups ADD COLUMN former_members TEXT NOT NULL DEFAULT '{}'",),
     # 4: SCIM provisioning: where a group came from (api | scim), the users an identity
     # provider pushes, their principals, group membership by user, and when a principal left
     # a SCIM group (scim_former; groups.members and former_members stay empty for SCIM groups,
@@ -202,9 +210,13 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
 NOTHING: Mapping[int, Sequence[str]] = MappingProxyType({})
 
 
-def migrate(backend: Backend, where: str, *,
-            after_version: Mapping[int, Sequence[str]] = NOTHING,
-            every_start: Sequence[str] = ()) -> None:
+def migrate(
+    backend: Backend,
+    where: str,
+    *,
+    after_version: Mapping[int, Sequence[str]] = NOTHING,
+    every_start: Sequence[str] = (),
+) -> None:
     """Bring the schema to the latest version in one write transaction.
 
     Write transactions are serialized by the backend, so of several processes starting

@@ -42,36 +42,55 @@ TAKE_WRITE_LOCK = f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})"
 
 # Compare and sort text by bytes, as SQLite does, whatever the database's default collation.
 _C_COLLATED = (
-    ("groups", "id"), ("privacy_intervals", "group_id"), ("admins", "principal"),
-    ("viewers", "principal"), ("reveal_sessions", "id"), ("reveal_sessions", "owner"),
-    ("governance_log", "ts"), ("governance_log", "action"), ("governance_log", "actor"),
+    ("groups", "id"),
+    ("privacy_intervals", "group_id"),
+    ("admins", "principal"),
+    ("viewers", "principal"),
+    ("reveal_sessions", "id"),
+    ("reveal_sessions", "owner"),
+    ("governance_log", "ts"),
+    ("governance_log", "action"),
+    ("governance_log", "actor"),
 )
 
 _C_COLLATED_4 = (
-    ("groups", "source"), ("groups", "external_id"), ("scim_users", "id"),
-    ("scim_users", "user_name"), ("scim_users", "external_id"), ("scim_principals", "user_id"),
-    ("scim_principals", "principal"), ("scim_members", "group_id"), ("scim_members", "user_id"),
-    ("scim_former", "group_id"), ("scim_former", "principal"),
+    ("groups", "source"),
+    ("groups", "external_id"),
+    ("scim_users", "id"),
+    ("scim_users", "user_name"),
+    ("scim_users", "external_id"),
+    ("scim_principals", "user_id"),
+    ("scim_principals", "principal"),
+    ("scim_members", "group_id"),
+    ("scim_members", "user_id"),
+    ("scim_former", "group_id"),
+    ("scim_former", "principal"),
 )
 
-AFTER_VERSION = MappingProxyType({
-    4: tuple(f'ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT COLLATE "C"'
-             for table, column in _C_COLLATED_4),
-    1: (
-        *(f'ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT COLLATE "C"'
-          for table, column in _C_COLLATED),
-        """CREATE FUNCTION veil_governance_log_append_only() RETURNS trigger
+AFTER_VERSION = MappingProxyType(
+    {
+        4: tuple(
+            f'ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT COLLATE "C"'
+            for table, column in _C_COLLATED_4
+        ),
+        1: (
+            *(
+                f'ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT COLLATE "C"'
+                for table, column in _C_COLLATED
+            ),
+            """CREATE FUNCTION veil_governance_log_append_only() RETURNS trigger
            LANGUAGE plpgsql AS $$
            BEGIN RAISE EXCEPTION 'the governance log is append-only'; END $$""",
-        """CREATE TRIGGER governance_log_no_update BEFORE UPDATE ON governance_log
+            """CREATE TRIGGER governance_log_no_update BEFORE UPDATE ON governance_log
            FOR EACH ROW EXECUTE FUNCTION veil_governance_log_append_only()""",
-        """CREATE TRIGGER governance_log_no_delete BEFORE DELETE ON governance_log
+            """CREATE TRIGGER governance_log_no_delete BEFORE DELETE ON governance_log
            FOR EACH ROW EXECUTE FUNCTION veil_governance_log_append_only()""",
-        # TRUNCATE skips row triggers; it gets its own.
-        """CREATE TRIGGER governance_log_no_truncate BEFORE TRUNCATE ON governance_log
+            # TRUNCATE skips row triggers; it gets its own.
+            """CREATE TRIGGER governance_log_no_truncate BEFORE TRUNCATE ON governance_log
            FOR EACH STATEMENT EXECUTE FUNCTION veil_governance_log_append_only()""",
-    ),
-})
+        ),
+    }
+)
 
 # A quoted literal or identifier, a comment, a placeholder, or a percent sign.
 _SQL_TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|\?|%")
@@ -126,8 +145,10 @@ class PostgresBackend:
         except psycopg.Error as exc:
             raise StorageError(f"storage.url is not a valid PostgreSQL URL: {exc}") from exc
         self.where = "PostgreSQL {}:{}/{}".format(
-            params.get("host") or "localhost", params.get("port") or 5432,
-            params.get("dbname") or params.get("user") or "")
+            params.get("host") or "localhost",
+            params.get("port") or 5432,
+            params.get("dbname") or params.get("user") or "",
+        )
         params.setdefault("connect_timeout", max(2, math.ceil(timeout_s)))
         params.setdefault("application_name", "veil")
         conninfo = make_conninfo("", **params)
@@ -162,9 +183,11 @@ class PostgresBackend:
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         """Per-connection limits: no statement, and no idle open transaction, outlives them."""
         statement_ms = int(self.timeout_s * 1000)
-        conn.execute("SELECT set_config('statement_timeout', %s, false), "
-                     "set_config('idle_in_transaction_session_timeout', %s, false)",
-                     (str(statement_ms), str(2 * statement_ms)))
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, false), "
+            "set_config('idle_in_transaction_session_timeout', %s, false)",
+            (str(statement_ms), str(2 * statement_ms)),
+        )
 
     def converted(self, sql: str) -> str:
         found = self._statements.get(sql)
@@ -211,7 +234,8 @@ class PostgresBackend:
         """
         for attempt in range(POOL_MAX_SIZE + 1):
             conn = self._pool.getconn(
-                min(self.timeout_s, UNREACHABLE_WAIT_S) if self._unreachable else None)
+                min(self.timeout_s, UNREACHABLE_WAIT_S) if self._unreachable else None
+            )
             try:
                 conn.execute(BEGIN_WRITE if write else BEGIN_READ)
                 if write:
