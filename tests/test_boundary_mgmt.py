@@ -1,5 +1,5 @@
 """Issue 9, management and identity side: group listings (R9), request bodies (R12), principals
-(SPEC "Principal"), coalesced refusals (R12) and the admin controls, through the HTTP API
+(docs/rules.md, "Principal"), coalesced refusals (R12) and the admin controls, through the HTTP API
 with a real loopback store and real SQLite files (PostgreSQL too where the fixture says)."""
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ class QueryService:
         session: dict[str, object] | None,
         rows: Sequence[dict[str, object]],
     ) -> dict[str, Any]:
-        """The policy's input for one answer (see SPEC, Policies)."""
+        """The policy's input for one answer (policies/README.md says what it holds)."""
         return {
             "caller": caller,
             "request": {"method": "GET", "path": path, "query": query_string},
