@@ -777,3 +777,42 @@ def test_actor_windows_that_read_more_than_the_actors_are_evaluated_on_the_answe
             == plain_regorus(modules, FINANCE, rows, now)
             == ({0} if now else set())
         )
+
+
+def test_plan_evaluates_a_package_it_cannot_read_as_written(tmp_path: Path) -> None:
+    """``package veil["privacy"]`` is package veil.privacy for both engines: its rule counts,
+    so a plan that cannot read the package leaves the whole decision to the engine."""
+    bracketed = (
+        'package veil["privacy"]\n\nimport rego.v1\n\nprivate_rows contains i if {\n'
+        '\tsome i, row in input.rows\n\trow.actor == "bob@contoso.com"\n}\n'
+    )
+    modules = policy_set(tmp_path, [bracketed])
+    assert plan(modules) is None
+    engine = EmbeddedEngine(tmp_path / "policies", modules)
+    engine.sync(1, lambda: (1, FINANCE))
+    rows = rows_of(("ann@contoso.com", "user", T0 - HOUR), ("bob@contoso.com", "user", T0))
+    assert RowDecider().decide(engine.begin(), document(rows), rows).hidden(2) == {1}
+
+
+def test_actor_windows_reading_a_rule_of_another_package_are_evaluated_on_the_answer(
+    tmp_path: Path,
+) -> None:
+    """A rule of another package that actor_windows reaches is not followed by the plan, so
+    it may read anything (here the caller): R1 then stays with the engine, on the answer."""
+    policy_set(tmp_path, [])
+    path = tmp_path / "policies/veil/privacy/private_windows.rego"
+    line = "\tsome actor in actors & with_windows\n"
+    assert line in path.read_text()
+    path.write_text(path.read_text().replace(line, line + "\tdata.lib.from_contractor\n"))
+    (tmp_path / "policies/lib.rego").write_text(
+        'package lib\n\nimport rego.v1\n\nfrom_contractor if input.caller == "bob@contoso.com"\n'
+    )
+    modules = load_modules(tmp_path / "policies")
+    found = plan(modules)
+    assert found is not None and R1_WINDOW not in found.shipped and found.custom
+    engine = EmbeddedEngine(tmp_path / "policies", modules)
+    engine.sync(1, lambda: (1, FINANCE))
+    rows = rows_of(("ann@contoso.com", "user", T0 + HOUR), ("bob@contoso.com", "user", T0))
+    for caller, hidden in (("bob@contoso.com", {0}), ("carl@contoso.com", set())):
+        answer = {**document(rows), "caller": caller}
+        assert RowDecider().decide(engine.begin(), answer, rows).hidden(2) == hidden

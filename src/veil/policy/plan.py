@@ -173,7 +173,10 @@ def plan(modules: Sequence[PolicyModule]) -> RowPlan | None:
         ast = _parse(module)
         if ast is None:
             return None
-        package = (_ref_path(ast["package"]["refr"]) or "").removeprefix("data.")
+        path = _ref_path(ast["package"]["refr"])
+        if path is None:  # spelled another way (``package veil["privacy"]``): may be ours
+            return None
+        package = path.removeprefix("data.")
         if package != PACKAGE:
             if f"{PACKAGE}.".startswith(f"{package}.") and any(
                 rule.name is None or f"{package}.{rule.name}".startswith(f"{PACKAGE}.")
@@ -224,14 +227,21 @@ _NOT_PER_ACTOR = re.compile(
     r"session|request|reveal_session_id)\b|\bwalk\b|\bobject\.keys\b"
 )
 _NAME = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
+# What actor_windows may read of the data document: the state (data.veil's parts) and the
+# rules of its own package, which are followed by name; a rule of any other package is not
+# followed, so reading one (``data.lib.f``) keeps R1 with the engine.
+_OTHER_DATA = re.compile(
+    r"\bdata\b(?!\s*\.\s*veil\s*\.\s*"
+    r"(?:groups|privacy_groups|admins|viewers|managed_domains|privacy)\b)"
+)
 
 
 def reads_only_actors(
     texts: dict[str, list[str]], trusted: dict[str, list[str]] | None = None
 ) -> bool:
     """Does ``actor_windows``, with every rule of the package it reaches, read no more of the
-    input than the rows' actor and actor_type? (A check by name, for the usual mistakes; the
-    contract is in policies/README.md.) With ``trusted`` (the texts from modules that import
+    input than the rows' actor and actor_type, and of the data document than data.veil's
+    state? (A check by name, for the usual mistakes; the contract is in policies/README.md.) With ``trusted`` (the texts from modules that import
     nothing but keywords), each of those rules must also be defined only in such modules: an
     import could give a name another meaning (``import input.now_ns as t``)."""
     seen, todo = set(), ["actor_windows"]
@@ -243,7 +253,7 @@ def reads_only_actors(
         if trusted is not None and trusted.get(name, []) != texts.get(name, []):
             return False
         for text in texts.get(name, []):
-            if _NOT_PER_ACTOR.search(text):
+            if _NOT_PER_ACTOR.search(text) or _OTHER_DATA.search(text):
                 return False
             todo.extend(
                 found for found in _NAME.findall(text) if found in texts and found not in seen
