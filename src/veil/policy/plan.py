@@ -241,9 +241,10 @@ def reads_only_actors(
 ) -> bool:
     """Does ``actor_windows``, with every rule of the package it reaches, read no more of the
     input than the rows' actor and actor_type, and of the data document than data.veil's
-    state? (A check by name, for the usual mistakes; the contract is in policies/README.md.) With ``trusted`` (the texts from modules that import
-    nothing but keywords), each of those rules must also be defined only in such modules: an
-    import could give a name another meaning (``import input.now_ns as t``)."""
+    state? (A check by name, for the usual mistakes; the contract is in policies/README.md.)
+    With ``trusted`` (the texts from modules that import nothing but keywords), each of those
+    rules must also be defined only in such modules: an import could give a name another
+    meaning (``import input.now_ns as t``)."""
     seen, todo = set(), ["actor_windows"]
     while todo:
         name = todo.pop()
