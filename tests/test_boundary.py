@@ -24,7 +24,7 @@ from werkzeug.test import TestResponse
 
 from veil.app import create_app
 from veil.config import from_dict
-from veil.errors import ConfigError
+from veil.errors import ConfigError, StorageError
 
 from conftest import ADMIN, SECRET, LoopbackStore, activity, auth, config_doc, ids, iso, make_config
 from netutil import veil_serve
@@ -413,6 +413,38 @@ def test_group_made_private_while_the_store_answers(patient: Flask, store: Loopb
     r = query_in_flight(app, store, auth(USER), make_hr_private)
     assert r.status_code == 200
     assert ids(r) == ["act-2"]
+
+
+def test_state_that_cannot_be_read_hides_every_row(
+    store: LoopbackStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """R11: when the state cannot be read after the store answered, the last state loaded is
+    not used (a group made private since, here by another replica, would not count): every
+    row is hidden until the state can be read again."""
+    url = f"sqlite:///{tmp_path / 'veil.db'}"
+    replica_x, replica_y = (
+        create_app(make_config(store.url, url)),
+        create_app(make_config(store.url, url)),
+    )
+    x, y = replica_x.test_client(), replica_y.test_client()
+    y.put("/veil/v1/groups/hr", json={"name": "hr", "members": [HR1]}, headers=A)
+    store.state.rows = [activity(1, HR1, later()), activity(2, USER, later())]
+    assert ids(x.get("/api/activities", headers=auth(USER))) == ["act-1", "act-2"]
+    assert y.post("/veil/v1/privacy-groups", json={"group": "hr"}, headers=A).status_code == 201
+    storage = replica_x.extensions["veil"].storage
+    readable = storage.state_version
+
+    def unavailable() -> int:
+        raise StorageError("storage is unavailable")
+
+    monkeypatch.setattr(storage, "state_version", unavailable)
+    r = x.get("/api/activities", headers=auth(USER))
+    assert r.status_code == 200 and ids(r) == [] and r.headers["Veil-Degraded"] == "policy"
+    monkeypatch.setattr(storage, "state_version", readable)
+    assert ids(x.get("/api/activities", headers=auth(USER))) == ["act-2"]
+    for app in (replica_x, replica_y):
+        app.extensions["veil"].engine.close()
+        app.extensions["veil"].storage.close()
 
 
 # ---- item 5: a reveal is checked again in the transaction of its record -------------------

@@ -66,7 +66,6 @@ class QueryService:
         self.normalizer = Normalizer(
             config.upstream.fields, frozenset(config.upstream.application_values)
         )
-        self._state_loaded = False
         self.decider = RowDecider()  # each actor's private windows, per policy and state
 
     def answer(
@@ -204,19 +203,23 @@ class QueryService:
             ) from exc
 
     def _sync_state(self) -> bool:
-        """Bring the engine's data.veil up to date; False when no state could ever be loaded."""
+        """Bring the engine's data.veil up to date; False when the state cannot be read now.
+
+        The last state loaded is never used instead (R11): a group made private, or a change
+        on another replica, since then would not count, so every row is hidden until the
+        state can be read again."""
         try:
             version = self.storage.state_version()
             self.engine.sync(version, lambda: self.storage.policy_data(self.config.managed_domains))
-            self._state_loaded = True
         except (StorageError, PolicyError) as exc:
-            log.warning("policy state not refreshed: %s", exc.detail)
-        return self._state_loaded
+            log.warning("policy state cannot be read, hiding every row: %s", exc.detail)
+            return False
+        return True
 
     def _begin(self, state_ok: bool, previous: Evaluation | None = None) -> Evaluation | None:
         """This answer's hold on the engine, with the data as synced now (``previous``: an
         earlier hold of this answer, whose policy is kept); None, so every row is hidden,
-        when no state could ever be loaded or the engine cannot be held."""
+        when the state cannot be read now or the engine cannot be held."""
         if not state_ok:
             return None
         try:
