@@ -9,6 +9,7 @@ real OPA semantics, not against the embedded engine.
     GET /health[?bundles]                         200 {} (500 while a bundle is not activated)
     GET /v1/policies · GET|PUT|DELETE /v1/policies/{id}
     GET|POST|PUT|PATCH|DELETE /v1/data/{path}     POST evaluates with {"input": ...}
+    POST /v1/query                                an ad-hoc query: {"query", "input"}
 
 It can stand for a server started with a bundle (policies it owns and its roots, which the
 Policy and Data API may not write), go down (connections reset) and come back, be restarted (it
@@ -255,6 +256,8 @@ class FakeOpa:
                 return self._policy_put(module_id, request.get_data(as_text=True))
             if method == "DELETE":
                 return self._policy_delete(module_id)
+        if path == "/v1/query" and method == "POST":
+            return self._query_post(request.get_data())
         if path == "/v1/data" or path.startswith("/v1/data/"):
             parts = segments(path[len("/v1/data") :])
             if method == "GET":
@@ -340,6 +343,30 @@ class FakeOpa:
             request.get("input", MISSING) if isinstance(request, dict) else MISSING,
             warn=True,
         )
+
+    def _query_post(self, raw: bytes) -> Response:
+        """An ad-hoc query, ``{"query", "input"}``: ``{"result": [bindings, ...]}``, or ``{}``
+        when it is undefined (OPA omits the empty result)."""
+        try:
+            request = json.loads(raw) if raw.strip() else {}
+        except ValueError as exc:
+            raise OpaHttpError(
+                400, "invalid_parameter", f"body contains malformed input document: {exc}"
+            ) from exc
+        if not isinstance(request, dict) or not isinstance(request.get("query"), str):
+            raise OpaHttpError(400, "invalid_parameter", "missing required 'query' value")
+        if self.decision_delay_s:
+            time.sleep(self.decision_delay_s)
+        try:
+            bindings = self._engine().eval_query(request["query"], request.get("input"))
+        except self.opa.OpaError as exc:
+            raise OpaHttpError(
+                500,
+                "internal_error",
+                "error(s) occurred while evaluating query",
+                errors=_opa_errors(exc, "eval_error"),
+            ) from exc
+        return _json({"result": bindings} if bindings else {})
 
     def _evaluate(self, parts: list[str], input_document: Any, warn: bool) -> Response:
         engine = self._engine()

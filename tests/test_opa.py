@@ -48,8 +48,8 @@ A = auth(ADMIN)
 ANN = "ann@contoso.com"
 BOB = "bob@contoso.com"
 SEC = 1_000_000_000
-DECISION = "/v1/data/veil/privacy/decision"
-POLICY_QUERY = re.compile(r".*/v1/data/veil/privacy/[a-z_]+$")  # the decision or actor_windows
+QUERY = "/v1/query"  # the decision or actor_windows, with the state version it was made on
+POLICY_QUERY = re.compile(r".*/v1/query$")
 
 
 @pytest.fixture
@@ -157,7 +157,7 @@ def test_first_query_after_start_up_is_answered_with_state_loaded(
     application = veil_app(store, tmp_path, opa.url)
     try:
         assert_filters(application.test_client())
-        assert opa.calls("POST", "/v1/data/veil/privacy/") == 1
+        assert opa.calls("POST", QUERY) == 1
     finally:
         application.extensions["veil"].storage.close()
 
@@ -282,13 +282,88 @@ def test_newest_state_wins_between_processes(opa: FakeOpa) -> None:
     newer = {"groups": {"finance": {"name": "Finance", "members": {ANN: True}}}}
     first.sync(2, lambda: (2, newer))
     reads: Iterator[tuple[int, dict[str, Any]]] = iter(
-        [(1, {"groups": {}}), (2, newer), (2, newer)]
+        [(1, {"groups": {}}), (2, newer), (2, newer), (2, newer)]
     )
     second.sync(1, lambda: next(reads))
     assert opa.document("veil/state_version") == 2
     assert opa.document("veil/groups") == newer["groups"]
     first.close()
     second.close()
+
+
+def test_an_older_state_is_not_written_over_a_newer_one(opa: FakeOpa) -> None:
+    """A process that read the state before another wrote a newer one sees OPA's newer
+    version before writing, reads the state again and never puts the older one in OPA."""
+    first, second = OpaEngine(POLICIES, opa.url, 2.0), OpaEngine(POLICIES, opa.url, 2.0)
+    newer = {"groups": {"finance": {"name": "Finance", "members": {ANN: True}}}}
+    first.sync(2, lambda: (2, newer))
+    patches = opa.calls("PATCH", "/v1/data/veil")
+    reads: Iterator[tuple[int, dict[str, Any]]] = iter(
+        [(1, {"groups": {}}), (2, newer), (2, newer)]
+    )
+    second.sync(1, lambda: next(reads))
+    assert opa.calls("PATCH", "/v1/data/veil") == patches + 1  # the newer state only
+    assert opa.document("veil/state_version") == 2
+    first.close()
+    second.close()
+
+
+def test_group_made_private_stays_hidden_when_another_process_writes_older_state_meanwhile(
+    opa: FakeOpa, store: LoopbackStore, tmp_path: Path
+) -> None:
+    """Two processes share one OPA. Another one's write of the state it read before a group
+    was made private lands between this one's check of OPA's version and its actor_windows
+    query: the windows OPA computed from that older state are neither used nor cached under
+    the new version, so the newly private group's row stays hidden then and afterwards
+    (R11, R1)."""
+    worker_a = veil_app(store, tmp_path, opa.url)
+    worker_b = veil_app(store, tmp_path, opa.url)  # another worker: same database, same OPA
+    client = worker_a.test_client()
+    try:
+        assert (
+            client.put(
+                "/veil/v1/groups/finance", json={"name": "Finance", "members": [ANN]}, headers=A
+            ).status_code
+            == 201
+        )
+        later = iso(time.time_ns() + 60 * SEC)
+        store.state.rows = [activity(1, ANN, later), activity(2, BOB, later)]
+        assert ids(client.get("/api/activities", headers=auth(BOB))) == ["act-1", "act-2"]
+        veil = worker_a.extensions["veil"]
+        domains, storage = veil.config.managed_domains, veil.storage
+        stale = storage.policy_data(domains)  # what worker B read just before the change
+        assert (
+            client.post("/veil/v1/privacy-groups", json={"group": "finance"}, headers=A).status_code
+            == 201
+        )
+        engine_a, engine_b = veil.engine, worker_b.extensions["veil"].engine
+        original = engine_a._post_decision
+        steps: list[str] = []
+
+        def interleaved(body: bytes, path: str = "veil/privacy/decision") -> Any:
+            if path.endswith("actor_windows") and not steps:
+                steps.append("stale")
+                engine_b._write_data(*stale)  # B writes the state it read before the change
+            answer = original(body, path)
+            if steps == ["stale"]:
+                steps.append("fresh")
+                engine_b._write_data(*storage.policy_data(domains))  # B reads again, writes
+            return answer
+
+        engine_a._post_decision = interleaved
+        during = client.get("/api/activities", headers=auth(BOB))
+        engine_a._post_decision = original
+        assert steps == ["stale", "fresh"]
+        assert "act-1" not in ids(during)
+        assert opa.document("veil/state_version") == storage.state_version()
+        for _ in range(3):
+            answer = client.get("/api/activities", headers=auth(BOB))
+            assert ids(answer) == ["act-2"], "the newly private group's row is shown"
+            assert "Veil-Degraded" not in answer.headers
+    finally:
+        for application in (worker_a, worker_b):
+            application.extensions["veil"].engine.close()
+            application.extensions["veil"].storage.close()
 
 
 def test_needs_raw_is_computed_as_the_embedded_engine_does(
@@ -519,7 +594,8 @@ def test_bundle_not_activated_is_not_ready(store: LoopbackStore, tmp_path: Path)
 
 
 def test_decision_input_is_posted_as_opa_expects(opa: FakeOpa) -> None:
-    """POST /v1/data/veil/privacy/decision with {"input": ...}: the same document Veil built."""
+    """POST /v1/query with the decision and the state version to return, and the same input
+    document Veil built."""
     engine = OpaEngine(POLICIES, opa.url, 2.0)
     engine.sync(
         1,
@@ -544,11 +620,21 @@ def test_decision_input_is_posted_as_opa_expects(opa: FakeOpa) -> None:
     }
     with responses.RequestsMock() as mock:
         mock.post(
-            opa.url + DECISION,
-            json={"result": {"private_rows": [0], "reveal": False, "refusals": []}},
+            opa.url + QUERY,
+            json={
+                "result": [
+                    {
+                        "result": {"private_rows": [0], "reveal": False, "refusals": []},
+                        "version": 1,
+                    }
+                ]
+            },
         )
         assert engine.evaluate(orjson.dumps(document))["private_rows"] == [0]
-        assert orjson.loads(mock.calls[0].request.body or b"") == {"input": document}
+        assert orjson.loads(mock.calls[0].request.body or b"") == {
+            "query": "result := data.veil.privacy.decision; version := data.veil.state_version",
+            "input": document,
+        }
     engine.close()
 
 

@@ -1,7 +1,7 @@
 """The ``opa`` engine: a real Open Policy Agent server, reached with opa-python-client.
 
 Veil loads its policy files into OPA (Policy API) and keeps ``data.veil`` there current
-(Data API), then asks ``POST /v1/data/veil/privacy/decision`` once per upstream answer. In
+(Data API), then asks ``data.veil.privacy.decision`` once per upstream answer. In
 bundle mode (``policy.opa_bundle``) the policies come from OPA's own configuration (a bundle,
 or files given to ``opa run``) and Veil only checks that they answer; it still writes the
 state admins manage to ``data.veil`` (the bundle must leave those paths to it: roots such as
@@ -12,10 +12,19 @@ data is always written before policies, and every answer first checks that OPA s
 the current data version (one small GET): an OPA that comes back with its policies, from a
 bundle or from files given to ``opa run``, but without Veil's data is noticed at once. An
 undefined decision means OPA lost Veil's state: Veil loads data and policies again and asks
-once more. Any failure (unreachable, slow past ``policy.timeout_s``, an error
-answer, an undefined or malformed decision) raises PolicyError, which Veil reads as "every
-row private, no reveal". A hot reload changes OPA's modules one by one and puts the previous
-set back if OPA refuses one.
+once more.
+
+Several Veil processes share one OPA, and another one's write can land between this one's
+check and its query. So each query (``POST /v1/query``, one snapshot of OPA's store) returns,
+beside the decision or ``actor_windows``, the state version OPA evaluated it on: an answer
+from any other version than the one it is held for is never used (nor cached): Veil writes
+its state again and asks once more, else fails closed. A process writes its state only if
+OPA does not hold a newer version already (best effort: OPA has no compare-and-set).
+
+Any failure (unreachable, slow past ``policy.timeout_s``, an error answer, an undefined or
+malformed decision) raises PolicyError, which Veil reads as "every row private, no reveal".
+A hot reload changes OPA's modules one by one and puts the previous set back if OPA refuses
+one.
 """
 
 from __future__ import annotations
@@ -59,9 +68,12 @@ DATA_ROOT = "veil"
 VERSION_KEY = "state_version"  # beside the state in data.veil: which state version OPA holds
 POLICY_ID_PREFIX = "veil/"  # Veil's modules in OPA are "veil/<path under the policy dir>"
 MAX_PUSHES = 5
+# ``POST /v1/query``: the rule's value and the state version it was evaluated on, from one
+# snapshot of OPA's store (``%s``: the rule's reference, e.g. data.veil.privacy.decision).
+ANSWER_QUERY = f"result := %s; version := data.{DATA_ROOT}.{VERSION_KEY}"
 
 # Evaluated by the readiness check and after (re)loading: no rows, no reveal.
-PROBE_INPUT = orjson.dumps({"input": EMPTY_INPUT})
+PROBE_INPUT = orjson.dumps(EMPTY_INPUT)
 
 # What the client library raises besides requests' own exceptions.
 CLIENT_ERRORS = (
@@ -84,6 +96,7 @@ class Undefined:
 
 
 UNDEFINED = Undefined()
+Answer = tuple[Any, int | None]  # a rule's value, and the state version OPA evaluated it on
 
 
 class VeilOpaClient(OpaClient):  # type: ignore[misc]
@@ -93,9 +106,10 @@ class VeilOpaClient(OpaClient):  # type: ignore[misc]
     input is encoded once with orjson, so it is posted as it is, over the client's session.
     """
 
-    def post_data(self, path: str, body: bytes) -> requests.Response:
+    def post_query(self, body: bytes) -> requests.Response:
+        """``POST /v1/query`` (an ad-hoc query with ``{"query", "input"}``)."""
         response: requests.Response = self._session.post(
-            f"{self.root_url}/data/{path}",
+            f"{self.root_url}/query",
             data=body,
             headers={"Content-Type": "application/json"},
             timeout=self.timeout,
@@ -261,12 +275,12 @@ class OpaEngine:
             epoch, needs_raw = previous._raw_epoch, previous.needs_raw
         return _OpaEvaluation(self, epoch, needs_raw)
 
-    def _evaluate(self, input_json: bytes, path: str = DECISION_PATH) -> Any:
+    def _evaluate(self, input_json: bytes, path: str = DECISION_PATH) -> Answer:
+        """The value at ``path`` and the state version OPA evaluated it on."""
         if self._synced_version < 0:
             raise PolicyError("OPA does not hold Veil's current data.veil (see the log)")
-        body = b'{"input":' + input_json + b"}"
         generation = self._generation
-        result = self._post_decision(body, path)
+        result = self._post_decision(input_json, path)
         if result is UNDEFINED:
             log.warning(
                 "data.veil.privacy.decision is undefined in OPA at %s; loading Veil's "
@@ -275,10 +289,25 @@ class OpaEngine:
                 "data" if self.bundle else "data and policies",
             )
             self._reload(generation)
-            result = self._post_decision(body, path)
-            if result is UNDEFINED:
+            result = self._post_decision(input_json, path)
+            if isinstance(result, Undefined):
                 raise PolicyError(self._undefined_detail())
+        assert not isinstance(result, Undefined)
         return result
+
+    def _write_again(self, expected: int) -> None:
+        """OPA answered from another state version than ``expected`` (another process's write
+        landed meanwhile): write this process's state again."""
+        with self._lock:
+            if self._synced_version != expected:
+                return  # another thread wrote meanwhile
+            if self._load is None:
+                raise PolicyError("no data is known yet to write to OPA")
+            try:
+                self._push_data(self._load)
+            except PolicyError:
+                self._synced_version = -1
+                raise
 
     def reload(self, modules: Sequence[PolicyModule]) -> None:
         """Load a new policy set into OPA; on PolicyError the previous set is put back.
@@ -306,7 +335,7 @@ class OpaEngine:
             self._modules = policy
             try:
                 self._load_policies()
-                if Decision.read(self._post_decision(PROBE_INPUT), 0).failed:
+                if Decision.read(_value(self._post_decision(PROBE_INPUT)), 0).failed:
                     raise PolicyError(
                         f"{DECISION_PATH} gives no well-formed decision with the new policy"
                     )
@@ -346,18 +375,20 @@ class OpaEngine:
         except PolicyError as exc:
             log.warning("OPA engine not ready: %s", exc.detail)
             return False
-        return not Decision.read(result, 0).failed
+        return not Decision.read(_value(result), 0).failed
 
     def close(self) -> None:
         self._client.close_connection()
 
     # ---- talking to OPA --------------------------------------------------------------
 
-    def _post_decision(self, body: bytes, path: str = DECISION_PATH) -> Any:
-        """The value at ``path`` (the decision), or UNDEFINED; PolicyError when OPA does not
-        answer well."""
+    def _post_decision(self, input_json: bytes, path: str = DECISION_PATH) -> Answer | Undefined:
+        """The value at ``path`` (the decision) and the state version OPA evaluated it on, or
+        UNDEFINED (either is undefined); PolicyError when OPA does not answer well."""
+        query = ANSWER_QUERY % ("data." + path.replace("/", "."))
+        body = b'{"query":' + orjson.dumps(query) + b',"input":' + input_json + b"}"
         try:
-            response = self._client.post_data(path, body)
+            response = self._client.post_query(body)
         except requests.Timeout as exc:
             raise PolicyError(
                 f"OPA at {self.opa_url} did not answer within {self.timeout_s:g} s"
@@ -378,7 +409,16 @@ class OpaEngine:
             ) from exc
         if not isinstance(document, dict):
             raise PolicyError("OPA answered the decision query with a body that is not an object")
-        return document.get("result", UNDEFINED)
+        bindings = document.get("result", [])
+        if not isinstance(bindings, list):
+            raise PolicyError("OPA answered the decision query with a result that is not a list")
+        if not bindings:
+            return UNDEFINED
+        first = bindings[0]
+        if not isinstance(first, dict) or "result" not in first:
+            raise PolicyError("OPA answered the decision query without the rule's value")
+        version = first.get("version")
+        return first["result"], version if type(version) is int else None
 
     def _held_version(self) -> int | None:
         """The state version in OPA's data.veil, or None when OPA holds none."""
@@ -417,6 +457,20 @@ class OpaEngine:
         """
         version, data = load()
         for _ in range(MAX_PUSHES):
+            held = self._held_version()
+            if held is not None and held > version:
+                # Another process wrote a newer state: never put an older one over it.
+                latest, latest_data = load()
+                if latest > version:
+                    version, data = latest, latest_data
+                    continue
+                log.warning(
+                    "OPA at %s holds state version %d, newer than the store's %d: "
+                    "writing the store's",
+                    self.opa_url,
+                    held,
+                    version,
+                )
             self._write_data(version, data)
             latest, latest_data = load()
             if latest == version:
@@ -518,21 +572,52 @@ class _OpaEvaluation:
         self._raw_epoch = raw_epoch
         self.needs_raw = needs_raw
         self.plan = owner._plan
-        self.key: Hashable = (owner._policy_serial, owner._synced_version)
+        self._version = owner._synced_version  # what OPA must answer from
+        self.key: Hashable = (owner._policy_serial, self._version)
 
     def evaluate(self, rule: str, input_json: bytes) -> Any:
         owner = self._owner
-        result = owner._evaluate(input_json, rule.removeprefix("data.").replace(".", "/"))
+        path = rule.removeprefix("data.").replace(".", "/")
+        expected = self._version
+        result, version = owner._evaluate(input_json, path)
+        if version != expected:
+            # Another process's write landed between the check and the query: OPA answered
+            # from a state this hold is not for. Write this one's state again, ask once more.
+            log.warning(
+                "OPA at %s answered from data.veil version %s, not %s; writing Veil's data "
+                "again and asking once more",
+                owner.opa_url,
+                version,
+                expected,
+            )
+            self._check_held()
+            owner._write_again(expected)
+            self._check_held()
+            result, version = owner._evaluate(input_json, path)
+            if version != expected:
+                raise PolicyError(
+                    f"OPA answered from data.veil version {version}, not {expected}: "
+                    "another process's write is in the way"
+                )
         if not self.needs_raw and owner._raw_epoch != self._raw_epoch:
             raise PolicyError(
                 "the policy was reloaded while this answer was prepared (the new "
                 "one reads raw rows, which the input does not carry)"
             )
+        self._check_held()
+        return result
+
+    def _check_held(self) -> None:
+        owner = self._owner
         if (owner._policy_serial, owner._synced_version) != self.key:
             raise PolicyError(
                 "the policy or data.veil in OPA changed while this answer was decided"
             )
-        return result
+
+
+def _value(answer: Answer | Undefined) -> Any:
+    """The rule's value of an answer (UNDEFINED stays UNDEFINED)."""
+    return answer if isinstance(answer, Undefined) else answer[0]
 
 
 def _opa_plan(modules: Sequence[PolicyModule]) -> RowPlan | None:
