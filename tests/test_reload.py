@@ -80,6 +80,18 @@ def reloads(client: FlaskClient) -> list[dict[str, Any]]:
     return [record["details"] for record in page["records"]]
 
 
+def since_start_up(client: FlaskClient) -> list[dict[str, Any]]:
+    """The ``policy_reloaded`` records after the one the app wrote when it started serving
+    (the first: a fresh log has never named the set)."""
+    first, *rest = reloads(client)
+    assert (first["trigger"], first["outcome"], first["previous_digest"]) == (
+        "start-up",
+        "accepted",
+        None,
+    )
+    return rest
+
+
 def file_hashes(policies: Path) -> dict[str, str]:
     import hashlib
 
@@ -105,7 +117,7 @@ def test_reload_that_checks_and_passes_its_tests_is_served(
     body = response.get_json()
     assert body["outcome"] == "accepted" and body["trigger"] == "api"
     assert ids(client.get("/api/activities", headers=A)) == ["act-2"]
-    (record,) = reloads(client)
+    (record,) = since_start_up(client)
     assert record["outcome"] == "accepted"
     assert record["files"] == file_hashes(policies)
     assert record["tests"]["failed"] == 0 and record["tests"]["passed"] >= 20
@@ -119,14 +131,14 @@ def test_reload_of_unchanged_files_is_a_no_op(client: FlaskClient) -> None:
     response = client.post("/veil/v1/policy/reload", headers=A)
     assert response.status_code == 200
     assert response.get_json()["outcome"] == "unchanged"
-    assert reloads(client) == []
+    assert since_start_up(client) == []
 
 
 def test_only_admins_may_reload(client: FlaskClient, policies: Path) -> None:
     add_example(policies)
     response = client.post("/veil/v1/policy/reload", headers=auth("bob@contoso.com"))
     assert response.status_code == 403
-    assert reloads(client) == []
+    assert since_start_up(client) == []
 
 
 # ---- refused -----------------------------------------------------------------------------
@@ -177,7 +189,7 @@ def test_broken_change_is_refused_and_the_old_policy_keeps_serving(
     assert status["digest"] == before
     assert status["last_reload"]["outcome"] == "refused"
     assert reason in status["last_reload"]["reason"]
-    (record,) = reloads(client)
+    (record,) = since_start_up(client)
     assert record["outcome"] == "refused" and reason in record["reason"]
     assert record["files"] == file_hashes(policies)
 
@@ -336,9 +348,10 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def last_outcome(app: Flask) -> str | None:
+def last_reload(app: Flask) -> tuple[str, str] | None:
+    """The newest record's (trigger, outcome)."""
     last = app.extensions[reload.EXTENSION].status()["last_reload"]
-    return None if last is None else str(last["outcome"])
+    return None if last is None else (str(last["trigger"]), str(last["outcome"]))
 
 
 def test_file_watch_reloads_a_good_change_and_refuses_a_broken_one(
@@ -349,20 +362,24 @@ def test_file_watch_reloads_a_good_change_and_refuses_a_broken_one(
     triggers.start()
     try:
         add_example(policies)
-        wait_for(lambda: last_outcome(served) == "accepted")
+        wait_for(lambda: last_reload(served) == ("file_watch", "accepted"))
         assert ids(client.get("/api/activities", headers=A)) == ["act-2"]
         (policies / PRIVACY / "broken.rego").write_text(HEADER + "x := {\n")
-        wait_for(lambda: last_outcome(served) == "refused")
+        wait_for(lambda: last_reload(served) == ("file_watch", "refused"))
         assert ids(client.get("/api/activities", headers=A)) == ["act-2"]
     finally:
         triggers.stop()
-    records = reloads(client)
+    records = since_start_up(client)
     assert [(r["outcome"], r["trigger"]) for r in records] == [
         ("accepted", "file_watch"),
         ("refused", "file_watch"),
     ]
     log = client.get("/veil/v1/governance-log?action=policy_reloaded", headers=A).get_json()
-    assert {r["actor"] for r in log["records"]} == {reload.ACTOR_WATCH}
+    assert [r["actor"] for r in log["records"]] == [
+        reload.ACTOR_START,
+        reload.ACTOR_WATCH,
+        reload.ACTOR_WATCH,
+    ]
 
 
 def test_sighup_reloads(
@@ -374,11 +391,11 @@ def test_sighup_reloads(
     try:
         add_example(policies)
         os.kill(os.getpid(), signal.SIGHUP)
-        wait_for(lambda: last_outcome(served) == "accepted")
+        wait_for(lambda: last_reload(served) == ("sighup", "accepted"))
     finally:
         triggers.stop()
     assert signal.getsignal(signal.SIGHUP) == before
-    (record,) = reloads(client)
+    (record,) = since_start_up(client)
     assert record["trigger"] == "sighup"
 
 
@@ -390,7 +407,146 @@ def test_readyz_names_the_policy_being_served(client: FlaskClient, policies: Pat
     import hashlib
 
     assert status["digest"] == hashlib.sha256(expected.encode()).hexdigest()
-    assert status["last_reload"] is None
+    # the newest record is the one this app wrote when it started serving these files
+    last = status["last_reload"]
+    assert (last["trigger"], last["outcome"]) == ("start-up", "accepted")
+    assert last["digest"] == status["digest"]
+
+
+# ---- start-up: the log names every set a process serves ------------------------------------
+
+
+@pytest.fixture
+def start(store: LoopbackStore, storage_url: str, policies: Path) -> Iterator[Callable[[], Flask]]:
+    """Start an app (a process, a worker, a replica) on the shared storage and ``policies``."""
+    apps: list[Flask] = []
+
+    def started() -> Flask:
+        apps.append(create_app(make_config(store.url, storage_url, policy={"dir": str(policies)})))
+        return apps[-1]
+
+    yield started
+    for app in apps:
+        reload.stop(app)
+        app.extensions["veil"].storage.close()
+
+
+def digests(client: FlaskClient) -> list[tuple[str, str, str | None, str | None]]:
+    """Each ``policy_reloaded`` record as (trigger, outcome, digest, previous digest)."""
+    return [
+        (r["trigger"], r["outcome"], r["digest"], r["previous_digest"]) for r in reloads(client)
+    ]
+
+
+def serving(app: Flask) -> str:
+    digest: str = app.extensions[reload.EXTENSION].status()["digest"]
+    return digest
+
+
+def test_a_reload_after_a_restart_on_older_files_is_recorded(
+    start: Callable[[], Flask], policies: Path
+) -> None:
+    """A->B is recorded, the files go back to A and the process restarts, then A->B again:
+    that second change is a record of its own (the restart on A is one too), not hidden
+    behind the older "accepted B"."""
+    first = start()
+    a = serving(first)
+    add_example(policies)
+    assert first.extensions[reload.EXTENSION].reload("file_watch", reload.ACTOR_WATCH).outcome == (
+        "accepted"
+    )
+    b = serving(first)
+    reload.stop(first)
+
+    for name in ("file_downloads.rego", "file_downloads_test.rego"):
+        (policies / PRIVACY / name).unlink()
+    second = start()  # the restart, serving A again
+    client = second.test_client()
+    assert serving(second) == a
+    add_example(policies)
+    outcome = second.extensions[reload.EXTENSION].reload("file_watch", reload.ACTOR_WATCH)
+    assert outcome.outcome == "accepted" and serving(second) == b
+
+    assert digests(client) == [
+        ("start-up", "accepted", a, None),
+        ("file_watch", "accepted", b, a),
+        ("start-up", "accepted", a, None),
+        ("file_watch", "accepted", b, a),
+    ]
+    log = client.get("/veil/v1/governance-log?action=policy_reloaded", headers=A).get_json()
+    assert [r["actor"] for r in log["records"]][::2] == [reload.ACTOR_START] * 2
+
+
+def test_processes_starting_on_the_newest_recorded_set_add_no_record(
+    start: Callable[[], Flask], policies: Path
+) -> None:
+    first = start()
+    start(), start()  # more workers on the same files: the log already names the set
+    client = first.test_client()
+    assert digests(client) == [("start-up", "accepted", serving(first), None)]
+    add_example(policies)
+    assert first.extensions[reload.EXTENSION].reload("api", ADMIN).outcome == "accepted"
+    restarted = start()  # a worker replaced after the reload: serves what the log says last
+    assert serving(restarted) == serving(first)
+    assert [r[0] for r in digests(client)] == ["start-up", "api"]
+
+
+def test_a_process_coming_from_another_set_records_its_own_change(
+    start: Callable[[], Flask], policies: Path
+) -> None:
+    """Two processes reach B, one from A and one from C: the newest record ("accepted B from
+    A") does not say what the second did, so it writes its own."""
+    on_a = start()
+    extra = policies / PRIVACY / "extra.rego"
+    extra.write_text(HEADER + "extra_marker := 1\n")
+    on_c = start()
+    a, c = serving(on_a), serving(on_c)
+    assert a != c
+    extra.unlink()
+    add_example(policies)
+    for app in (on_a, on_c):
+        assert app.extensions[reload.EXTENSION].reload(
+            "file_watch", reload.ACTOR_WATCH
+        ).outcome == ("accepted")
+    b = serving(on_a)
+    assert serving(on_c) == b
+    on_a.extensions[reload.EXTENSION].reload("sighup", reload.ACTOR_SIGNAL)  # unchanged: none
+    assert digests(on_a.test_client()) == [
+        ("start-up", "accepted", a, None),
+        ("start-up", "accepted", c, None),
+        ("file_watch", "accepted", b, a),
+        ("file_watch", "accepted", b, c),
+    ]
+
+
+def test_a_start_up_that_cannot_be_recorded_serves_with_a_warning(
+    store: LoopbackStore,
+    storage_url: str,
+    policies: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from veil.storage import Storage
+
+    def unavailable(*_args: Any, **_kwargs: Any) -> dict[str, Any]:
+        raise StorageError("storage is down")
+
+    monkeypatch.setattr(Storage, "record", unavailable)
+    with caplog.at_level("WARNING", logger="veil.reload"):
+        app = create_app(make_config(store.url, storage_url, policy={"dir": str(policies)}))
+    try:
+        assert any(
+            "could not be recorded in the governance log at start-up" in r.getMessage()
+            for r in caplog.records
+        )
+        monkeypatch.undo()
+        store.state.rows = rows_now()
+        client = app.test_client()
+        assert client.get("/api/activities", headers=A).status_code == 200
+        assert reloads(client) == []
+    finally:
+        reload.stop(app)
+        app.extensions["veil"].storage.close()
 
 
 def test_policy_reloaded_is_a_governance_action() -> None:

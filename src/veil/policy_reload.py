@@ -8,7 +8,12 @@ it; otherwise the running policy keeps serving. Queries are answered throughout.
 
 Every attempt that is not a no-op is written to the governance log as ``policy_reloaded``
 (outcome ``accepted`` or ``refused``, the reason, and the SHA-256 of every file). An accepted
-set whose record cannot be written is rolled back: an unaudited policy is never served.
+set whose record cannot be written is rolled back: an unaudited policy is never served. A
+process that starts serving a set other than the newest record's writes one too (trigger
+``start-up``), so the records are a history of every set served, and a later reload is
+compared against what was really served before it. If that start-up record cannot be written
+the process serves anyway, with a warning: there is no earlier policy to keep serving, and
+under ``veil serve`` the set was checked and tested before the worker started.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ log = logging.getLogger("veil.reload")
 EXTENSION = "veil_reload"
 ACTOR_WATCH = "system:policy-watch"
 ACTOR_SIGNAL = "system:sighup"
+ACTOR_START = "system:start-up"
+START_UP = "start-up"
 MAX_RECORDED_PROBLEMS = 20
 
 
@@ -69,7 +76,7 @@ class ReloadOutcome:
     """What one reload attempt did."""
 
     outcome: str  # accepted | refused | unchanged
-    trigger: str  # file_watch | sighup | api
+    trigger: str  # file_watch | sighup | api | start-up
     actor: str
     at: str
     policy_set: PolicySet | None
@@ -94,17 +101,26 @@ class ReloadOutcome:
         }
 
     def recorded_already(self, last: dict[str, Any]) -> bool:
-        """Whether ``last`` (the newest ``policy_reloaded`` record) already says this: the
-        same outcome for the same files, from a trigger that reaches every process (the
-        broadcast after an admin's POST, SIGHUP, each worker's file watch), so a change is
-        one record, not one per worker or replica. An admin's POST is always recorded."""
+        """Whether ``last`` (the newest ``policy_reloaded`` record) already says this, so a
+        change is one record, not one per worker or replica. An admin's POST is always
+        recorded. A reload (the broadcast after a POST, SIGHUP, each worker's file watch) is
+        recorded already when ``last`` has the same outcome for the same files *from the same
+        set*: every process that made that change saw the same record, while one that was
+        serving something else made another change, which gets its own record. A start-up
+        is recorded already when ``last`` names the set it serves (accepted or a start-up):
+        the log's newest word is then what this process serves.
+        """
         details = last.get("details") or {}
-        return (
-            self.trigger != "api"
-            and self.policy_set is not None
-            and details.get("outcome") == self.outcome
+        if self.trigger == "api" or self.policy_set is None:
+            return False
+        same = (
+            details.get("outcome") == self.outcome
             and details.get("digest") == self.policy_set.digest
         )
+        if self.trigger == START_UP:
+            return same
+        previous = self.previous.digest if self.previous else None
+        return same and details.get("previous_digest") == previous
 
     def summary(self) -> dict[str, Any]:
         """For /readyz and the API: no policy text, no file names."""
@@ -140,6 +156,36 @@ class PolicyReloader:
         except PolicyError as exc:  # e.g. OPA with a bundle: no local policy directory
             log.info("policy directory not readable for hot reload: %s", exc.detail)
         self._loaded_at = rfc3339(now_ns())
+
+    def record_start_up(self) -> ReloadOutcome | None:
+        """Write a ``start-up`` record unless the newest ``policy_reloaded`` record already
+        names the set this process serves (one record when several workers start together).
+        A log that cannot be written is a warning: the process serves regardless (there is
+        nothing earlier to fall back on; ``veil serve`` checked and tested the set first)."""
+        if self._serving is None:
+            return None
+        started = ReloadOutcome(
+            "accepted",
+            START_UP,
+            ACTOR_START,
+            self._loaded_at,
+            self._serving,
+            None,
+            "the policy set this process started serving",
+        )
+        try:
+            self.storage.record(
+                "policy_reloaded", ACTOR_START, started.record(), unless=started.recorded_already
+            )
+        except StorageError as exc:
+            log.warning(
+                "the policy set this process serves (%s) could not be recorded in the "
+                "governance log at start-up; serving it anyway: %s",
+                self._serving.digest[:12],
+                exc.detail,
+            )
+            return None
+        return started
 
     def on_disk_differs(self) -> bool:
         """Did the files change since the engine read them (e.g. while a worker started)?"""
@@ -405,6 +451,7 @@ def init_app(
     policy = services.config.policy
     reloader = PolicyReloader(policy.dir, services.engine, services.storage)
     reloader.serving_from(modules)
+    reloader.record_start_up()
     app.extensions[EXTENSION] = reloader
     interval = watch_interval_s if watch_interval_s is not None else policy.watch_s
     on_signal = sighup if sighup is not None else policy.reload_on_sighup
