@@ -22,7 +22,6 @@ A = auth(ADMIN)
 
 
 def make_records(client: FlaskClient, n: int = 6) -> None:
-    """``n`` records after the app's own first one (``policy_reloaded``, its start-up)."""
     for i in range(n):
         r = client.put(f"/veil/v1/groups/g{i}", json={"name": f"G{i}", "members": []}, headers=A)
         assert r.status_code == 201
@@ -52,7 +51,7 @@ def tamper(db: Path, *statements: str) -> None:
 @pytest.mark.storage
 def test_chain_verifies(client: FlaskClient) -> None:
     make_records(client)
-    assert verify(client) == {"ok": True, "records": 7}  # the start-up record and six
+    assert verify(client) == {"ok": True, "records": 6}
 
 
 def test_log_is_append_only_in_the_database(client: FlaskClient, db: Path) -> None:
@@ -98,11 +97,11 @@ def test_deleted_tail_record_cannot_hide_in_a_renumbered_chain(
 
 def test_deleted_newest_record_is_found(client: FlaskClient, db: Path) -> None:
     make_records(client)
-    tamper(db, "DELETE FROM governance_log WHERE seq = 7")
+    tamper(db, "DELETE FROM governance_log WHERE seq = 6")
     result = verify(client)
     assert (result["ok"], result["first_bad_seq"], result["problem"]) == (
         False,
-        7,
+        6,
         "missing_record",
     )
 
@@ -206,11 +205,11 @@ def test_cli_verify_export_and_offline_check(
     cfg.write_text(yaml.safe_dump(config_doc("http://127.0.0.1:9", f"sqlite:///{db}")))
     ok = _cli("governance", "verify", "--config", str(cfg))
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout) == {"ok": True, "records": 7}
+    assert json.loads(ok.stdout) == {"ok": True, "records": 6}
     export = tmp_path / "log.jsonl"
     assert _cli("governance", "export", "--config", str(cfg), "-o", str(export)).returncode == 0
     lines = export.read_text().splitlines()
-    assert len(lines) == 7
+    assert len(lines) == 6
     offline = _cli("governance", "verify", "--file", str(export))
     assert offline.returncode == 0 and json.loads(offline.stdout)["ok"] is True
     # the documented procedure: sha256 of the canonical record without its hash and signature
@@ -226,9 +225,9 @@ def test_cli_verify_export_and_offline_check(
         == first["hash"]
     )
     edited = tmp_path / "edited.jsonl"
-    edited.write_text("\n".join([*lines[:2], lines[2].replace("G1", "G9"), *lines[3:]]) + "\n")
+    edited.write_text("\n".join([lines[0], lines[1].replace("G1", "G9"), *lines[2:]]) + "\n")
     bad = _cli("governance", "verify", "--file", str(edited))
-    assert bad.returncode == 1 and json.loads(bad.stdout)["first_bad_seq"] == 3
+    assert bad.returncode == 1 and json.loads(bad.stdout)["first_bad_seq"] == 2
     tamper(db, "UPDATE governance_log SET details = '{}' WHERE seq = 5")
     broken = _cli("governance", "verify", "--config", str(cfg))
     assert broken.returncode == 1
@@ -258,9 +257,9 @@ def test_upgrading_a_version_1_log_keeps_it_verifiable(client: FlaskClient, db: 
         conn.execute("DELETE FROM schema_version WHERE version > 1")
     storage = open_storage(f"sqlite:///{db}", 5)
     try:
-        assert storage.verify_log().as_dict() == {"ok": True, "records": 4}
+        assert storage.verify_log().as_dict() == {"ok": True, "records": 3}
         storage.record("admin_added", "x", {"principal": "y"})
-        assert storage.verify_log().as_dict() == {"ok": True, "records": 5}
+        assert storage.verify_log().as_dict() == {"ok": True, "records": 4}
     finally:
         storage.close()
 

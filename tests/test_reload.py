@@ -80,18 +80,6 @@ def reloads(client: FlaskClient) -> list[dict[str, Any]]:
     return [record["details"] for record in page["records"]]
 
 
-def since_start_up(client: FlaskClient) -> list[dict[str, Any]]:
-    """The ``policy_reloaded`` records after the one the app wrote when it started serving
-    (the first: a fresh log has never named the set)."""
-    first, *rest = reloads(client)
-    assert (first["trigger"], first["outcome"], first["previous_digest"]) == (
-        "start-up",
-        "accepted",
-        None,
-    )
-    return rest
-
-
 def file_hashes(policies: Path) -> dict[str, str]:
     import hashlib
 
@@ -117,7 +105,7 @@ def test_reload_that_checks_and_passes_its_tests_is_served(
     body = response.get_json()
     assert body["outcome"] == "accepted" and body["trigger"] == "api"
     assert ids(client.get("/api/activities", headers=A)) == ["act-2"]
-    (record,) = since_start_up(client)
+    (record,) = reloads(client)
     assert record["outcome"] == "accepted"
     assert record["files"] == file_hashes(policies)
     assert record["tests"]["failed"] == 0 and record["tests"]["passed"] >= 20
@@ -131,14 +119,14 @@ def test_reload_of_unchanged_files_is_a_no_op(client: FlaskClient) -> None:
     response = client.post("/veil/v1/policy/reload", headers=A)
     assert response.status_code == 200
     assert response.get_json()["outcome"] == "unchanged"
-    assert since_start_up(client) == []
+    assert reloads(client) == []
 
 
 def test_only_admins_may_reload(client: FlaskClient, policies: Path) -> None:
     add_example(policies)
     response = client.post("/veil/v1/policy/reload", headers=auth("bob@contoso.com"))
     assert response.status_code == 403
-    assert since_start_up(client) == []
+    assert reloads(client) == []
 
 
 # ---- refused -----------------------------------------------------------------------------
@@ -189,7 +177,7 @@ def test_broken_change_is_refused_and_the_old_policy_keeps_serving(
     assert status["digest"] == before
     assert status["last_reload"]["outcome"] == "refused"
     assert reason in status["last_reload"]["reason"]
-    (record,) = since_start_up(client)
+    (record,) = reloads(client)
     assert record["outcome"] == "refused" and reason in record["reason"]
     assert record["files"] == file_hashes(policies)
 
@@ -348,10 +336,9 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def last_reload(app: Flask) -> tuple[str, str] | None:
-    """The newest record's (trigger, outcome)."""
+def last_outcome(app: Flask) -> str | None:
     last = app.extensions[reload.EXTENSION].status()["last_reload"]
-    return None if last is None else (str(last["trigger"]), str(last["outcome"]))
+    return None if last is None else str(last["outcome"])
 
 
 def test_file_watch_reloads_a_good_change_and_refuses_a_broken_one(
@@ -362,24 +349,20 @@ def test_file_watch_reloads_a_good_change_and_refuses_a_broken_one(
     triggers.start()
     try:
         add_example(policies)
-        wait_for(lambda: last_reload(served) == ("file_watch", "accepted"))
+        wait_for(lambda: last_outcome(served) == "accepted")
         assert ids(client.get("/api/activities", headers=A)) == ["act-2"]
         (policies / PRIVACY / "broken.rego").write_text(HEADER + "x := {\n")
-        wait_for(lambda: last_reload(served) == ("file_watch", "refused"))
+        wait_for(lambda: last_outcome(served) == "refused")
         assert ids(client.get("/api/activities", headers=A)) == ["act-2"]
     finally:
         triggers.stop()
-    records = since_start_up(client)
+    records = reloads(client)
     assert [(r["outcome"], r["trigger"]) for r in records] == [
         ("accepted", "file_watch"),
         ("refused", "file_watch"),
     ]
     log = client.get("/veil/v1/governance-log?action=policy_reloaded", headers=A).get_json()
-    assert [r["actor"] for r in log["records"]] == [
-        reload.ACTOR_START,
-        reload.ACTOR_WATCH,
-        reload.ACTOR_WATCH,
-    ]
+    assert {r["actor"] for r in log["records"]} == {reload.ACTOR_WATCH}
 
 
 def test_sighup_reloads(
@@ -391,11 +374,11 @@ def test_sighup_reloads(
     try:
         add_example(policies)
         os.kill(os.getpid(), signal.SIGHUP)
-        wait_for(lambda: last_reload(served) == ("sighup", "accepted"))
+        wait_for(lambda: last_outcome(served) == "accepted")
     finally:
         triggers.stop()
     assert signal.getsignal(signal.SIGHUP) == before
-    (record,) = since_start_up(client)
+    (record,) = reloads(client)
     assert record["trigger"] == "sighup"
 
 
@@ -407,13 +390,10 @@ def test_readyz_names_the_policy_being_served(client: FlaskClient, policies: Pat
     import hashlib
 
     assert status["digest"] == hashlib.sha256(expected.encode()).hexdigest()
-    # the newest record is the one this app wrote when it started serving these files
-    last = status["last_reload"]
-    assert (last["trigger"], last["outcome"]) == ("start-up", "accepted")
-    assert last["digest"] == status["digest"]
+    assert status["last_reload"] is None
 
 
-# ---- start-up: the log names every set a process serves ------------------------------------
+# ---- start-up: the log's newest word is what a process serves ------------------------------
 
 
 @pytest.fixture
@@ -443,52 +423,54 @@ def serving(app: Flask) -> str:
     return digest
 
 
+def remove_example(policies: Path) -> None:
+    for name in ("file_downloads.rego", "file_downloads_test.rego"):
+        (policies / PRIVACY / name).unlink()
+
+
 def test_a_reload_after_a_restart_on_older_files_is_recorded(
     start: Callable[[], Flask], policies: Path
 ) -> None:
     """A->B is recorded, the files go back to A and the process restarts, then A->B again:
-    that second change is a record of its own (the restart on A is one too), not hidden
-    behind the older "accepted B"."""
+    the restart on A is recorded (the log's newest record named B), so the second change is
+    a record of its own, not hidden behind the older "accepted B"."""
     first = start()
     a = serving(first)
     add_example(policies)
-    assert first.extensions[reload.EXTENSION].reload("file_watch", reload.ACTOR_WATCH).outcome == (
-        "accepted"
-    )
+    outcome = first.extensions[reload.EXTENSION].reload("file_watch", reload.ACTOR_WATCH)
+    assert outcome.outcome == "accepted"
     b = serving(first)
     reload.stop(first)
-
-    for name in ("file_downloads.rego", "file_downloads_test.rego"):
-        (policies / PRIVACY / name).unlink()
+    remove_example(policies)
     second = start()  # the restart, serving A again
     client = second.test_client()
     assert serving(second) == a
     add_example(policies)
     outcome = second.extensions[reload.EXTENSION].reload("file_watch", reload.ACTOR_WATCH)
     assert outcome.outcome == "accepted" and serving(second) == b
-
     assert digests(client) == [
-        ("start-up", "accepted", a, None),
         ("file_watch", "accepted", b, a),
         ("start-up", "accepted", a, None),
         ("file_watch", "accepted", b, a),
     ]
     log = client.get("/veil/v1/governance-log?action=policy_reloaded", headers=A).get_json()
-    assert [r["actor"] for r in log["records"]][::2] == [reload.ACTOR_START] * 2
+    assert log["records"][1]["actor"] == reload.ACTOR_START
 
 
 def test_processes_starting_on_the_newest_recorded_set_add_no_record(
     start: Callable[[], Flask], policies: Path
 ) -> None:
+    """A fresh log has nothing to contradict: workers starting on it write nothing; after a
+    change, a worker replaced on the set the log names last writes nothing either."""
     first = start()
-    start(), start()  # more workers on the same files: the log already names the set
+    start(), start()  # more workers on the same files
     client = first.test_client()
-    assert digests(client) == [("start-up", "accepted", serving(first), None)]
+    assert digests(client) == []
     add_example(policies)
     assert first.extensions[reload.EXTENSION].reload("api", ADMIN).outcome == "accepted"
-    restarted = start()  # a worker replaced after the reload: serves what the log says last
+    restarted = start()
     assert serving(restarted) == serving(first)
-    assert [r[0] for r in digests(client)] == ["start-up", "api"]
+    assert [r[0] for r in digests(client)] == ["api"]
 
 
 def test_a_process_coming_from_another_set_records_its_own_change(
@@ -505,48 +487,46 @@ def test_a_process_coming_from_another_set_records_its_own_change(
     extra.unlink()
     add_example(policies)
     for app in (on_a, on_c):
-        assert app.extensions[reload.EXTENSION].reload(
-            "file_watch", reload.ACTOR_WATCH
-        ).outcome == ("accepted")
+        outcome = app.extensions[reload.EXTENSION].reload("file_watch", reload.ACTOR_WATCH)
+        assert outcome.outcome == "accepted"
     b = serving(on_a)
     assert serving(on_c) == b
     on_a.extensions[reload.EXTENSION].reload("sighup", reload.ACTOR_SIGNAL)  # unchanged: none
     assert digests(on_a.test_client()) == [
-        ("start-up", "accepted", a, None),
-        ("start-up", "accepted", c, None),
         ("file_watch", "accepted", b, a),
         ("file_watch", "accepted", b, c),
     ]
 
 
 def test_a_start_up_that_cannot_be_recorded_serves_with_a_warning(
-    store: LoopbackStore,
-    storage_url: str,
+    start: Callable[[], Flask],
     policies: Path,
+    store: LoopbackStore,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from veil.storage import Storage
+
+    first = start()
+    add_example(policies)
+    assert first.extensions[reload.EXTENSION].reload("api", ADMIN).outcome == "accepted"
+    remove_example(policies)  # a restart on other files than the log's newest record names
 
     def unavailable(*_args: Any, **_kwargs: Any) -> dict[str, Any]:
         raise StorageError("storage is down")
 
     monkeypatch.setattr(Storage, "record", unavailable)
     with caplog.at_level("WARNING", logger="veil.reload"):
-        app = create_app(make_config(store.url, storage_url, policy={"dir": str(policies)}))
-    try:
-        assert any(
-            "could not be recorded in the governance log at start-up" in r.getMessage()
-            for r in caplog.records
-        )
-        monkeypatch.undo()
-        store.state.rows = rows_now()
-        client = app.test_client()
-        assert client.get("/api/activities", headers=A).status_code == 200
-        assert reloads(client) == []
-    finally:
-        reload.stop(app)
-        app.extensions["veil"].storage.close()
+        app = start()
+    assert any(
+        "could not be recorded in the governance log at start-up" in r.getMessage()
+        for r in caplog.records
+    )
+    monkeypatch.undo()
+    store.state.rows = rows_now()
+    client = app.test_client()
+    assert client.get("/api/activities", headers=A).status_code == 200
+    assert [r[0] for r in digests(client)] == ["api"]
 
 
 def test_policy_reloaded_is_a_governance_action() -> None:

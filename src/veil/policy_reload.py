@@ -158,11 +158,20 @@ class PolicyReloader:
         self._loaded_at = rfc3339(now_ns())
 
     def record_start_up(self) -> ReloadOutcome | None:
-        """Write a ``start-up`` record unless the newest ``policy_reloaded`` record already
-        names the set this process serves (one record when several workers start together).
-        A log that cannot be written is a warning: the process serves regardless (there is
-        nothing earlier to fall back on; ``veil serve`` checked and tested the set first)."""
+        """Write a ``start-up`` record when the newest ``policy_reloaded`` record names another
+        set than the one this process serves (one record when several workers start
+        together). A log without such a record has nothing to contradict, so nothing is
+        written: the set a deployment starts with is its configuration's, and the log speaks
+        from the first change on. A log that cannot be written is a warning: the process
+        serves regardless (there is nothing earlier to fall back on; ``veil serve`` checked
+        and tested the set first)."""
         if self._serving is None:
+            return None
+        try:
+            if self.storage.last_record("policy_reloaded") is None:
+                return None
+        except StorageError as exc:
+            log.warning("the governance log cannot be read at start-up: %s", exc.detail)
             return None
         started = ReloadOutcome(
             "accepted",
