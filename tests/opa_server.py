@@ -357,24 +357,13 @@ class FakeOpa:
             raise OpaHttpError(400, "invalid_parameter", "missing required 'query' value")
         if self.decision_delay_s:
             time.sleep(self.decision_delay_s)
-        try:
-            bindings = self._engine().eval_query(request["query"], request.get("input"))
-        except self.opa.OpaError as exc:
-            raise OpaHttpError(
-                500,
-                "internal_error",
-                "error(s) occurred while evaluating query",
-                errors=_opa_errors(exc, "eval_error"),
-            ) from exc
+        bindings = self._query(request["query"], request.get("input"))
         return _json({"result": bindings} if bindings else {})
 
-    def _evaluate(self, parts: list[str], input_document: Any, warn: bool) -> Response:
-        engine = self._engine()
+    def _query(self, query: str, input_document: Any) -> Any:
+        """OPA's evaluator on one query; its errors as OPA's server answers them."""
         try:
-            bindings = engine.eval_query(
-                f"result := {rego_ref(parts)}",
-                None if input_document is MISSING else input_document,
-            )
+            return self._engine().eval_query(query, input_document)
         except self.opa.OpaError as exc:
             raise OpaHttpError(
                 500,
@@ -382,6 +371,11 @@ class FakeOpa:
                 "error(s) occurred while evaluating query",
                 errors=_opa_errors(exc, "eval_error"),
             ) from exc
+
+    def _evaluate(self, parts: list[str], input_document: Any, warn: bool) -> Response:
+        bindings = self._query(
+            f"result := {rego_ref(parts)}", None if input_document is MISSING else input_document
+        )
         body: dict[str, Any] = {}
         if bindings:
             body["result"] = bindings[0]["result"]

@@ -52,6 +52,18 @@ QUERY = "/v1/query"  # the decision or actor_windows, with the state version it 
 POLICY_QUERY = re.compile(r".*/v1/query$")
 
 
+def bob_row_document() -> dict[str, Any]:
+    """A policy input with one row of BOB's, at time 1."""
+    return {
+        "caller": BOB,
+        "request": {},
+        "reveal_session_id": None,
+        "session": None,
+        "now_ns": 1,
+        "rows": [{"index": 0, "id": "a", "actor": BOB, "actor_type": "user", "ts_ns": 1}],
+    }
+
+
 @pytest.fixture
 def opa() -> Iterator[FakeOpa]:
     server = FakeOpa()
@@ -721,14 +733,7 @@ def test_input_without_raw_rows_is_not_decided_by_a_policy_reloaded_meanwhile(
     (directory / "veil/privacy/secret.rego").write_text(RAW_RULE)
     engine.reload(load_modules(directory))  # ...a policy reading raw rows arrives meanwhile
     assert engine.needs_raw is True
-    document: dict[str, Any] = {
-        "caller": BOB,
-        "request": {},
-        "reveal_session_id": None,
-        "session": None,
-        "now_ns": 1,
-        "rows": [{"index": 0, "id": "a", "actor": BOB, "actor_type": "user", "ts_ns": 1}],
-    }
+    document = bob_row_document()
     with pytest.raises(PolicyError, match="reloaded while this answer was prepared"):
         held.evaluate("data.veil.privacy.decision", orjson.dumps(document))
     # deciding the same answer again (a reveal on newer state) keeps failing closed
@@ -836,13 +841,6 @@ def test_policy_files_that_use_each_other_load_in_any_order(
     assert "veil/veil/privacy/aaa_uses_later.rego" in opa.policy_ids()
     puts = opa.calls("PUT", "/v1/policies/")
     assert puts == len(SHIPPED_FILES) + 2 if ordered else puts > len(SHIPPED_FILES) + 2
-    document: dict[str, Any] = {
-        "caller": BOB,
-        "request": {},
-        "reveal_session_id": None,
-        "session": None,
-        "now_ns": 1,
-        "rows": [{"index": 0, "id": "a", "actor": BOB, "actor_type": "user", "ts_ns": 1}],
-    }
+    document = bob_row_document()
     assert engine.evaluate(orjson.dumps(document))["private_rows"] == [0]
     engine.close()
