@@ -467,7 +467,7 @@ class Directory:
                     "UPDATE groups SET deleted_ns = ?, updated_ns = ?, updated_by = ? WHERE id = ?",
                     (ts, ts, actor, group_id),
                 )
-                self.storage._changed(tx)
+                self.storage.state_changed(tx)
             tx.execute("DELETE FROM scim_members WHERE group_id = ?", (group_id,))
             if not private:
                 tx.execute("DELETE FROM scim_former WHERE group_id = ?", (group_id,))
@@ -649,7 +649,7 @@ class Directory:
             }
         self._left(tx, group_id, gone, ts)
         if (add or gone or changed) and self._is_or_was_private(tx, group_id):
-            self.storage._changed(tx)  # data.veil carries this group: the engine reloads it
+            self.storage.state_changed(tx)  # data.veil carries this group: the engine reloads it
         return add, gone
 
     @staticmethod

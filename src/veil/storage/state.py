@@ -185,7 +185,7 @@ class Storage:
                     json.dumps(former, sort_keys=True),
                 ),
             )
-            self._changed(tx)
+            self.state_changed(tx)
             self.log.append(
                 tx,
                 "group_imported",
@@ -215,7 +215,7 @@ class Storage:
                     "the activities it keeps private"
                 )
             tx.execute("DELETE FROM groups WHERE id = ?", (group_id,))
-            self._changed(tx)
+            self.state_changed(tx)
             self.log.append(tx, "group_deleted", actor, {"group": group_id})
 
     # ---- privacy groups --------------------------------------------------------------
@@ -271,7 +271,7 @@ class Storage:
                 "VALUES (?, ?, NULL, ?)",
                 (group_id, ts, actor),
             )
-            self._changed(tx)
+            self.state_changed(tx)
             self.log.append(
                 tx,
                 "privacy_group_added",
@@ -295,7 +295,7 @@ class Storage:
                 "WHERE group_id = ? AND end_ns IS NULL",
                 (end, actor, group_id),
             )
-            self._changed(tx)
+            self.state_changed(tx)
             self.log.append(
                 tx,
                 "privacy_group_removed",
@@ -336,7 +336,7 @@ class Storage:
                 "INSERT INTO admins (principal, added_ns, added_by) VALUES (?, ?, ?)",
                 (principal, now_ns(), actor),
             )
-            self._changed(tx)
+            self.state_changed(tx)
             self.log.append(tx, "admin_added", actor, {"principal": principal})
 
     def remove_admin(self, principal: str, actor: str) -> None:
@@ -361,7 +361,7 @@ class Storage:
                     "an admin)"
                 )
             tx.execute("DELETE FROM admins WHERE principal = ?", (principal,))
-            self._changed(tx)
+            self.state_changed(tx)
             self.log.append(tx, "admin_removed", actor, {"principal": principal})
             self._revoke_viewer(tx, principal, actor, "admin role removed")
 
@@ -410,7 +410,7 @@ class Storage:
             "INSERT INTO viewers (principal, granted_ns, granted_by) VALUES (?, ?, ?)",
             (principal, now_ns(), actor),
         )
-        self._changed(tx)
+        self.state_changed(tx)
         self.log.append(tx, "permission_granted", actor, {"principal": principal})
 
     def revoke_viewer(self, principal: str, actor: str) -> None:
@@ -423,7 +423,7 @@ class Storage:
         had = tx.one("SELECT 1 FROM viewers WHERE principal = ?", (principal,)) is not None
         if had:
             tx.execute("DELETE FROM viewers WHERE principal = ?", (principal,))
-            self._changed(tx)
+            self.state_changed(tx)
             self.log.append(
                 tx, "permission_revoked", actor, {"principal": principal, "reason": reason}
             )
@@ -720,5 +720,7 @@ class Storage:
         return sorted(reasons)
 
     @staticmethod
-    def _changed(tx: Tx) -> None:
+    def state_changed(tx: Tx) -> None:
+        """Move the state version on in ``tx``: every engine reloads data.veil before its next
+        decision (R11). Every change to what data.veil holds calls it, SCIM's included."""
         tx.execute("UPDATE state_version SET version = version + 1 WHERE id = 1")
