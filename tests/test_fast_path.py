@@ -816,3 +816,50 @@ def test_actor_windows_reading_a_rule_of_another_package_are_evaluated_on_the_an
     for caller, hidden in (("bob@contoso.com", {0}), ("carl@contoso.com", set())):
         answer = {**document(rows), "caller": caller}
         assert RowDecider().decide(engine.begin(), answer, rows).hidden(2) == hidden
+
+
+CONTRACTOR = 'if input.caller == "bob@contoso.com"\n'
+WINDOWS_LINE = "\tsome actor in actors & with_windows\n"
+# actor_windows made to read the caller, or the answer as a whole, in spellings a check by
+# name could miss: each must leave R1 to the engine, which then decides as the policy says.
+READS_MORE = {
+    "child package": (
+        "\tdata.veil.privacy.sub.from_contractor\n",
+        {"lib.rego": "package veil.privacy.sub\n\nimport rego.v1\n\nfrom_contractor " + CONTRACTOR},
+    ),
+    "ref head through data": (
+        "\tdata.veil.privacy.sub.f\n",
+        {"veil/privacy/lib.rego": HEADER + "sub.f " + CONTRACTOR},
+    ),
+    "ref head by name": ("\tsub.f\n", {"veil/privacy/lib.rego": HEADER + "sub.f " + CONTRACTOR}),
+    "the whole answer": ("\tcount(input.rows) < 2\n", {}),
+}
+
+
+@pytest.mark.parametrize("variant", list(READS_MORE))
+def test_actor_windows_that_read_more_in_other_spellings_are_evaluated_on_the_answer(
+    variant: str, tmp_path: Path
+) -> None:
+    line, files = READS_MORE[variant]
+    policy_set(tmp_path, [])
+    path = tmp_path / "policies/veil/privacy/private_windows.rego"
+    assert WINDOWS_LINE in path.read_text()
+    path.write_text(path.read_text().replace(WINDOWS_LINE, WINDOWS_LINE + line))
+    for name, text in files.items():
+        (tmp_path / "policies" / name).write_text(text)
+    modules = load_modules(tmp_path / "policies")
+    found = plan(modules)
+    assert found is not None and R1_WINDOW not in found.shipped
+    engine = EmbeddedEngine(tmp_path / "policies", modules)
+    engine.sync(1, lambda: (1, FINANCE))
+    decider = RowDecider()
+    both = rows_of(("ann@contoso.com", "user", T0 + HOUR), ("bob@contoso.com", "user", T0))
+    alone = rows_of(("ann@contoso.com", "user", T0 + HOUR))
+    for caller in ("bob@contoso.com", "carl@contoso.com"):
+        for rows in (both, alone):
+            answer = {**document(rows), "caller": caller}
+            plain = new_engine([m for m in modules if not m.is_test])
+            plain.add_data_json(orjson.dumps({"veil": FINANCE}).decode())
+            plain.set_input_json(orjson.dumps(answer).decode())
+            expected = Decision.read(plain.eval_rule(DECISION), len(rows)).hidden(len(rows))
+            assert decider.decide(engine.begin(), answer, rows).hidden(len(rows)) == expected

@@ -222,17 +222,19 @@ def plan(modules: Sequence[PolicyModule]) -> RowPlan | None:
 
 
 # What actor_windows may not read: anything of the input but the rows, the rows' other fields.
+# The rows may only be iterated (``some row in input.rows``): ``count(input.rows)`` or
+# ``input.rows[0]`` read the answer as a whole, which differs from one answer to the next.
 _NOT_PER_ACTOR = re.compile(
-    r"\binput\b(?!\.rows\b)|\b(?:ts_ns|raw|index|id|now_ns|caller|"
-    r"session|request|reveal_session_id)\b|\bwalk\b|\bobject\.keys\b"
+    r"\binput\b(?!\.rows\b)|(?<!\bin )\binput\.rows\b|\b(?:ts_ns|raw|index|id|now_ns|"
+    r"caller|session|request|reveal_session_id)\b|\bwalk\b|\bobject\.keys\b"
 )
 _NAME = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
-# What actor_windows may read of the data document: the state (data.veil's parts) and the
-# rules of its own package, which are followed by name; a rule of any other package is not
-# followed, so reading one (``data.lib.f``) keeps R1 with the engine.
+# What actor_windows may read of the data document: the state (data.veil's parts) only; the
+# rules of its own package are read by name (and followed), never through ``data.`` (a child
+# package's rule, ``data.veil.privacy.sub.f``, is not followed), so any other ``data``
+# reference keeps R1 with the engine.
 _OTHER_DATA = re.compile(
-    r"\bdata\b(?!\s*\.\s*veil\s*\.\s*"
-    r"(?:groups|privacy_groups|admins|viewers|managed_domains|privacy)\b)"
+    r"\bdata\b(?!\s*\.\s*veil\s*\.\s*(?:groups|privacy_groups|admins|viewers|managed_domains)\b)"
 )
 
 
@@ -256,8 +258,12 @@ def reads_only_actors(
         for text in texts.get(name, []):
             if _NOT_PER_ACTOR.search(text) or _OTHER_DATA.search(text):
                 return False
+            mentioned = set(_NAME.findall(text))
+            # a rule is reached by its name, or a ref-head rule (``sub.f``) by its first part
             todo.extend(
-                found for found in _NAME.findall(text) if found in texts and found not in seen
+                rule
+                for rule in texts
+                if rule not in seen and (rule in mentioned or rule.split(".")[0] in mentioned)
             )
     return True
 
