@@ -529,6 +529,34 @@ def test_a_start_up_that_cannot_be_recorded_serves_with_a_warning(
     assert [r[0] for r in digests(client)] == ["api"]
 
 
+def test_a_change_after_an_unrecorded_start_up_is_recorded(
+    start: Callable[[], Flask], policies: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log's newest record is "accepted B from A"; a restart on A cannot write its
+    start-up record; the next A -> B of that process is recorded all the same."""
+    from veil.storage import Storage
+
+    first = start()
+    a = serving(first)
+    add_example(policies)
+    assert first.extensions[reload.EXTENSION].reload("api", ADMIN).outcome == "accepted"
+    reload.stop(first)
+    remove_example(policies)
+    recorded = Storage.record
+
+    def unavailable(*_args: Any, **_kwargs: Any) -> dict[str, Any]:
+        raise StorageError("storage is down")
+
+    monkeypatch.setattr(Storage, "record", unavailable)
+    second = start()  # serves A; the log still says B
+    monkeypatch.setattr(Storage, "record", recorded)
+    assert serving(second) == a
+    add_example(policies)
+    outcome = second.extensions[reload.EXTENSION].reload("file_watch", reload.ACTOR_WATCH)
+    assert outcome.outcome == "accepted"
+    assert [r[0] for r in digests(second.test_client())] == ["api", "file_watch"]
+
+
 def test_policy_reloaded_is_a_governance_action() -> None:
     assert "policy_reloaded" in governance.ACTIONS
 

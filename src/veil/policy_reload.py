@@ -145,6 +145,9 @@ class PolicyReloader:
     _serving: PolicySet | None = field(default=None, init=False)
     _loaded_at: str = field(default="", init=False)
     _last: ReloadOutcome | None = field(default=None, init=False)
+    # The log may not name what this process serves (its start-up could not be recorded):
+    # its next change is then recorded whatever the newest record says.
+    _log_behind: bool = field(default=False, init=False)
     seen: tuple[tuple[str, int, int], ...] = field(default=(), init=False)
 
     def serving_from(self, modules: Sequence[PolicyModule] | None) -> None:
@@ -172,6 +175,7 @@ class PolicyReloader:
                 return None
         except StorageError as exc:
             log.warning("the governance log cannot be read at start-up: %s", exc.detail)
+            self._log_behind = True
             return None
         started = ReloadOutcome(
             "accepted",
@@ -193,8 +197,16 @@ class PolicyReloader:
                 self._serving.digest[:12],
                 exc.detail,
             )
+            self._log_behind = True
             return None
         return started
+
+    def _record(self, outcome: ReloadOutcome) -> None:
+        """Append ``outcome``'s record, once per change (see ``recorded_already``), or always
+        while the log may not name what this process serves; StorageError if it cannot."""
+        unless = None if self._log_behind else outcome.recorded_already
+        self.storage.record("policy_reloaded", outcome.actor, outcome.record(), unless=unless)
+        self._log_behind = False
 
     def on_disk_differs(self) -> bool:
         """Did the files change since the engine read them (e.g. while a worker started)?"""
@@ -305,9 +317,7 @@ class PolicyReloader:
             )
         accepted = outcome("accepted", validation.summary, validation=validation)
         try:
-            self.storage.record(
-                "policy_reloaded", actor, accepted.record(), unless=accepted.recorded_already
-            )
+            self._record(accepted)
         except StorageError as exc:
             self._rollback()
             return outcome(
@@ -321,9 +331,7 @@ class PolicyReloader:
 
     def _refused(self, outcome: ReloadOutcome) -> ReloadOutcome:
         try:
-            self.storage.record(
-                "policy_reloaded", outcome.actor, outcome.record(), unless=outcome.recorded_already
-            )
+            self._record(outcome)
         except StorageError as exc:
             log.error("could not record a refused policy reload: %s", exc.detail)
         return outcome
