@@ -53,7 +53,16 @@ from veil.storage import open_storage
 from veil.storage.directory import former_of, members_of
 
 # run as a script, this folder is on sys.path: one veil serve, token and port for both benches
-from bench_latency import ADMIN, CALLER, ROOT, SECRET_ENV, free_port, median, token, veil_server
+from bench_latency import (
+    ADMIN,
+    CALLER,
+    ROOT,
+    config_document,
+    free_port,
+    median,
+    token,
+    veil_server,
+)
 
 TOKEN_ENV, TOKEN = "VEIL_BENCH_SCIM_TOKEN", "benchmark-scim-token-0123456789"
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -97,33 +106,7 @@ def scim_veil(store_url: str, workdir: Path) -> Iterator[str]:
     """bench_latency's ``veil serve`` with SCIM switched on, on SQLite in ``workdir``."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "upstream": {
-            "url": store_url,
-            "routes": ["/api/activities"],
-            "rows": "/data",
-            "fields": {
-                "id": "/id",
-                "actor": "/user",
-                "actor_type": "/actorType",
-                "timestamp": "/timestamp",
-            },
-        },
-        "organization": {"managed_domains": ["contoso.com"]},
-        "identity": {
-            "mode": "jwt",
-            "jwt": {
-                "issuer": "https://idp.bench",
-                "audience": "veil",
-                "hs256_secret_env": SECRET_ENV,
-            },
-            "bootstrap_admins": [ADMIN],
-        },
-        "policy": {"engine": "embedded", "dir": str(ROOT / "policies")},
-        "server": {"host": "127.0.0.1", "port": port, "workers": 2, "threads": 8},
-        "storage": {"url": f"sqlite:///{workdir / 'veil.db'}"},
-        "scim": {"token_env": TOKEN_ENV},
-    }
+    doc = {**config_document(store_url, workdir, port, 2), "scim": {"token_env": TOKEN_ENV}}
     (workdir / "veil.yaml").write_text(yaml.safe_dump(doc))
     with veil_server(
         workdir / "veil.yaml", port, workdir / "veil.log", extra_env={TOKEN_ENV: TOKEN}, start_s=60
