@@ -1,13 +1,16 @@
-"""The fast reading of a store's answer against the reference path, over awkward JSON.
+"""The fast readings of a store's answer against the reference path, over awkward JSON.
 
-``parse_answer`` decodes with orjson and proves the row boundaries at C speed; ``fast=False``
-is the reference (the standard library's scanner, row by row). Both must give the same rows,
-spans, unreadable verdicts (R2), rendering (R9) and normalized fields, or the same refusal.
+``parse_answer`` reads the usual answer with the C extension ``veil._rowscan`` (native),
+else decodes with orjson and proves the row boundaries at C speed (``native=False``);
+``fast=False`` is the reference (the standard library's scanner, row by row). All must give
+the same rows, spans, unreadable verdicts (R2), rendering (R9) and normalized fields (from the
+native reader's columns, or from decoded rows), or the same refusal.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Callable
 from typing import Any
@@ -132,8 +135,9 @@ def deep(levels: int) -> str:
     return "[" * levels + "1" + "]" * levels
 
 
-def row(rng: random.Random, nested: bool, rare: bool) -> str:
-    """One row: mostly an activity with the fields Veil reads, sometimes something else."""
+def row(rng: random.Random, nested: bool, rare: bool, plain: bool = False) -> str:
+    """One row: mostly an activity with the fields Veil reads, sometimes something else;
+    ``plain``: names mostly written without escapes (as the native reader reads them)."""
     roll = rng.random()
     if roll < 0.03:
         return value(rng, 2, rare)  # a row that is not an object
@@ -163,19 +167,25 @@ def row(rng: random.Random, nested: bool, rare: bool) -> str:
             ('"at"', stamp),
         ]
     else:
+
+        def spelling(name: str) -> str:
+            if plain and rng.random() < 0.97:
+                return KEY_SPELLINGS[name][0]
+            return rng.choice(KEY_SPELLINGS[name])
+
         fields += [
-            (rng.choice(KEY_SPELLINGS["id"]), ident),
-            (rng.choice(KEY_SPELLINGS["user"]), actor),
-            (rng.choice(KEY_SPELLINGS["actorType"]), kind),
-            (rng.choice(KEY_SPELLINGS["timestamp"]), stamp),
+            (spelling("id"), ident),
+            (spelling("user"), actor),
+            (spelling("actorType"), kind),
+            (spelling("timestamp"), stamp),
         ]
+    extra = ['"note"', '"x"', '"obj"', '"list"', '"caf\u00e9"']
     for _ in range(rng.randint(0, 4)):
-        fields.append(
-            (rng.choice(['"note"', '"n\\u006fte"', '"x"', '"obj"', '"list"']), value(rng, 1, rare))
-        )
-    if rng.random() < 0.08:  # a repeated name, spelled plainly or escaped
+        name = '"n\\u006fte"' if rng.random() < (0.01 if plain else 0.2) else rng.choice(extra)
+        fields.append((name, value(rng, 1, rare)))
+    if rng.random() < (0.01 if plain else 0.08):  # a repeated name, spelled plainly or escaped
         fields.append(rng.choice(fields))
-    if rng.random() < 0.05:
+    if rng.random() < (0.01 if plain else 0.05):
         fields.append((rng.choice(KEY_SPELLINGS["user"]), rng.choice(['"mallory@x"', "null"])))
     rng.shuffle(fields)
     return (
@@ -185,7 +195,9 @@ def row(rng: random.Random, nested: bool, rare: bool) -> str:
     )
 
 
-def body_of(rng: random.Random, nested: bool, rare: bool) -> tuple[bytes, tuple[str, ...]]:
+def body_of(
+    rng: random.Random, nested: bool, rare: bool, plain: bool = False
+) -> tuple[bytes, tuple[str, ...]]:
     """A whole answer: the rows array in one of several envelopes."""
     count = rng.choice([0, 1, 2, 3, 5, 8, 20])
     separators = [blank(rng) + "," + blank(rng) for _ in range(3)]
@@ -193,7 +205,8 @@ def body_of(rng: random.Random, nested: bool, rare: bool) -> tuple[bytes, tuple[
         "["
         + blank(rng)
         + "".join(
-            (rng.choice(separators) if i else "") + row(rng, nested, rare) for i in range(count)
+            (rng.choice(separators) if i else "") + row(rng, nested, rare, plain)
+            for i in range(count)
         )
         + blank(rng)
         + "]"
@@ -214,13 +227,24 @@ def body_of(rng: random.Random, nested: bool, rare: bool) -> tuple[bytes, tuple[
 
 
 def outcome(
-    body: bytes, pointer: tuple[str, ...], read: Any, raw: bool, fast: bool, normalizer: Normalizer
+    body: bytes,
+    pointer: tuple[str, ...],
+    read: Any,
+    raw: bool,
+    fast: bool,
+    normalizer: Normalizer,
+    native: bool = False,
 ) -> tuple[Any, ...]:
     try:
-        answer = parse_answer(body, pointer, [("next",)], read=read, raw=raw, fast=fast)
+        answer = parse_answer(
+            body, pointer, [("next",)], read=read, raw=raw, fast=fast, native=native
+        )
     except VeilError as exc:
         return ("refused", type(exc).__name__, str(exc))
-    normalized = normalizer.rows(answer.rows, include_raw=raw, unreadable=answer.unreadable)
+    if read is None:
+        normalized = normalizer.rows(answer.rows, include_raw=raw, unreadable=answer.unreadable)
+    else:  # from the native reader's columns when it read the answer
+        normalized = normalizer.rows_of(answer, include_raw=raw)
     hidden = set(range(0, len(answer.rows), 2))
     return (
         "read",
@@ -233,6 +257,27 @@ def outcome(
         render(answer, ()),
         repr(normalized),
     )
+
+
+@pytest.fixture
+def native_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each call of the native reader read the answer (False: handed it back)."""
+    if not rows_module.NATIVE:
+        if os.environ.get("CI"):
+            pytest.fail("veil._rowscan is not built: CI runs the native reader's tests")
+        pytest.skip("veil._rowscan is not built (no C compiler at install)")
+    from veil import _rowscan
+
+    calls: list[bool] = []
+    original = _rowscan.scan
+
+    def counted(*args: Any) -> Any:
+        found = original(*args)
+        calls.append(found is not None)
+        return found
+
+    monkeypatch.setattr(_rowscan, "scan", counted)
+    return calls
 
 
 @pytest.fixture
@@ -270,7 +315,7 @@ def test_fast_reading_matches_the_reference(
                 assert got == expected, (case, body, read, raw)
                 kinds.add(expected[0])
         try:
-            answer = parse_answer(body, pointer, [("next",)], read=reads[0])
+            answer = parse_answer(body, pointer, [("next",)], read=reads[0], native=False)
         except VeilError:
             continue
         if len(answer.rows) > 1 and answer.row_spans is None:
@@ -317,23 +362,146 @@ def test_hand_written_awkward_bodies(text: str) -> None:
     normalizer = Normalizer(FieldPointers(), frozenset())
     for read in (READ, None):
         for raw in (False, True):
-            assert outcome(body, pointer, read, raw, True, normalizer) == outcome(
-                body, pointer, read, raw, False, normalizer
-            )
+            expected = outcome(body, pointer, read, raw, False, normalizer)
+            assert outcome(body, pointer, read, raw, True, normalizer) == expected
+            if rows_module.NATIVE:
+                assert outcome(body, pointer, read, raw, True, normalizer, True) == expected
 
 
 def test_a_plain_answer_takes_the_fast_path(fast_calls: list[bool]) -> None:
     rows = [{"id": i, "user": f"u{i}@x", "note": "},{"} for i in range(50)]
     body = json.dumps({"data": rows, "next": None}).encode()
-    answer = parse_answer(body, ("data",), read=READ)
+    answer = parse_answer(body, ("data",), read=READ, native=False)
     assert fast_calls == [False]  # "},{" in the strings: more candidates than boundaries
     fast_calls.clear()
     body = json.dumps({"data": [{"id": i, "user": f"u{i}@x"} for i in range(50)]}).encode()
-    answer = parse_answer(body, ("data",), read=READ)
+    answer = parse_answer(body, ("data",), read=READ, native=False)
     assert fast_calls == [True]
     text = body.decode()
     assert [json.loads(text[s:e]) for s, e in answer.spans] == answer.rows
     assert isinstance(answer, Answer)
+
+
+@pytest.mark.parametrize("rare", [False, True])
+def test_native_reading_matches_the_reference(rare: bool, native_calls: list[bool]) -> None:
+    """The C extension against the reference and the orjson reading, over answers written
+    mostly as it reads them (and, ``rare``, with NaN, lone surrogates and deep nesting)."""
+    rng = random.Random(f"veil-native-{rare}")
+    normalizer = Normalizer(FieldPointers(), frozenset({"application"}))
+    for case in range(1500):
+        body, pointer = body_of(rng, False, rare, plain=True)
+        expected = outcome(body, pointer, READ, False, False, normalizer)
+        assert outcome(body, pointer, READ, False, True, normalizer, True) == expected, (
+            case,
+            body,
+        )
+        assert outcome(body, pointer, READ, False, True, normalizer) == expected, (case, body)
+    read, handed_back = native_calls.count(True), native_calls.count(False)
+    # both ways are taken: answers it reads, and answers it leaves to the Python reader
+    assert read > (380 if rare else 450) and handed_back > 500, (read, handed_back)
+
+
+def mutated(rng: random.Random, text: str) -> str:
+    """``text`` with one to three JSON-significant characters inserted, deleted or replaced."""
+    alphabet = '{}[],:"\\ 0-1.eE+tfnu\x00\x1f\u00e9'
+    chars = list(text)
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(len(chars) + 1)
+        roll = rng.random()
+        if roll < 0.4 or not chars:
+            chars.insert(at, rng.choice(alphabet))
+        elif roll < 0.7:
+            del chars[min(at, len(chars) - 1)]
+        else:
+            chars[min(at, len(chars) - 1)] = rng.choice(alphabet)
+    return "".join(chars)
+
+
+def test_native_reading_refuses_and_reads_broken_json_as_the_reference(
+    native_calls: list[bool],
+) -> None:
+    """Bodies broken at random, one to three characters each: the C extension must never
+    read what the reference refuses, and where it reads, read as the reference does."""
+    rng = random.Random("veil-native-mutations")
+    normalizer = Normalizer(FieldPointers(), frozenset({"application"}))
+    refused = 0
+    for case in range(4000):
+        body, pointer = body_of(rng, False, False, plain=True)
+        broken = mutated(rng, body.decode()).encode()
+        expected = outcome(broken, pointer, READ, False, False, normalizer)
+        got = outcome(broken, pointer, READ, False, True, normalizer, True)
+        assert got == expected, (case, broken)
+        refused += expected[0] == "refused"
+    assert refused > 2500 and native_calls.count(True) > 250, (refused, native_calls.count(True))
+
+
+@pytest.mark.parametrize(
+    ("text", "native"),
+    [
+        ('{"data": [{"id": 1, "user": "a@x"}, {"id": 2, "user": "b@x"}], "next": null}', True),
+        # values it leaves to Python's decoder: escapes, long and other numbers, literals
+        ('{"data": [{"user": "\\u0041nn@x", "id": 12345678901234567890}]}', True),
+        ('{"data": [{"id": -999999999999999999, "timestamp": 1764097086480.5}]}', True),
+        ('{"data": [{"id": true, "user": {"a": 1}, "actorType": [1], "timestamp": false}]}', True),
+        (
+            '{"data": [{"id": -9223372036854775809, "user": "a"}, {"id": 9223372036854775807}]}',
+            True,
+        ),
+        # code points, not bytes: text before and inside the rows outside ASCII
+        ('{"m": "\u00e5\u00e4\U0001f600", "data": [{"user": "\u00e9\U0001f600@x"}, {}]}', True),
+        ('[{"user": "a"}, {"user": "b"}]', True),
+        ('{"data": [], "next": "c"}', True),
+        ('{"next": {"c": [1, {"d": null}]}, "data": [{"x": [[[]]]}], "z": -0.5e-3}', True),
+        # left to the Python reader, which refuses or judges these
+        ('{"data": [{"user": "a", "user": "b"}, {"id": 2}]}', False),
+        ('{"data": [{"\\u0075ser": "a"}]}', False),
+        ('{"d\\u0061ta": [{"user": "a"}]}', False),
+        ('{"data": [{"user": "a"}], "data": []}', False),
+        ('{"data": [{"user": "a"}], "next": 1, "next": 2}', False),
+        ('{"data": [{"user": "\\ud800"}]}', False),
+        ('{"data": [{"n": NaN}]}', False),
+        ('{"data": [{"n": -Infinity}]}', False),
+        ('{"data": [1, {"user": "a"}]}', False),
+        ('{"data": {"user": "a"}}', False),
+        ('{"rows": [{"user": "a"}]}', False),
+        ('{"data": [{"user": "a"},]}', False),
+        ('{"data": [{"id": 01}]}', False),
+        ('{"data": [{"user": "a\tb"}]}', False),
+        ('{"data": [{"user": "a"}]} x', False),
+        ('{"data": [{"user": "a"}]', False),
+        ('{"data": [{"user" "a"}]}', False),
+        ('{"data": [{"d": ' + "[" * 250 + "]" * 250 + "}]}", False),
+        ('\ufeff{"data": []}', False),
+    ],
+)
+def test_native_reading_of_hand_written_bodies(
+    text: str, native: bool, native_calls: list[bool]
+) -> None:
+    body = text.encode()
+    pointer = ("data",) if text.startswith("{") else ()
+    normalizer = Normalizer(FieldPointers(), frozenset({"application"}))
+    expected = outcome(body, pointer, READ, False, False, normalizer)
+    assert outcome(body, pointer, READ, False, True, normalizer, True) == expected
+    if expected[0] == "read":
+        answer = parse_answer(body, pointer, [("next",)], read=READ)
+        assert (answer.columns is not None) == native
+    else:
+        assert not native
+
+
+def test_a_plain_answer_is_read_by_the_native_reader_into_columns(
+    native_calls: list[bool],
+) -> None:
+    rows = [{"id": i, "user": f"u{i}@x", "note": "},{", "timestamp": "x"} for i in range(50)]
+    body = json.dumps({"data": rows, "next": None}).encode()
+    answer = parse_answer(body, ("data",), [("next",)], read=READ)
+    assert native_calls == [True]
+    assert answer.columns is not None and answer.decoded is None
+    assert answer.columns[("user",)] == [f"u{i}@x" for i in range(50)]
+    assert answer.columns[("actorType",)] == [None] * 50
+    assert answer.rows == rows  # decoded only when asked for
+    facts = Normalizer(FieldPointers(), frozenset()).facts_of(answer)
+    assert facts.actors == [f"u{i}@x" for i in range(50)] and facts.ids == list(range(50))
 
 
 def test_the_normalizer_reads_millisecond_utc_times_as_timestamp_ns_does() -> None:

@@ -94,9 +94,7 @@ class QueryService:
         )
         extra: list[tuple[str, str]] = [("Cache-Control", "no-store")]
         if session_id is not None:
-            rows = self.normalizer.rows(
-                answer.rows, include_raw=needs_raw, unreadable=answer.unreadable
-            )
+            rows = self.normalizer.rows_of(answer, include_raw=needs_raw)
             return self._reveal(
                 caller,
                 path,
@@ -112,13 +110,11 @@ class QueryService:
             )
         if evaluation is not None and evaluation.plan is not None and not needs_raw:
             # the policy Veil follows: no dict per row, and no input unless authors' rules ask
-            facts = self.normalizer.facts(answer.rows, answer.unreadable)
+            facts = self.normalizer.facts_of(answer)
             decision = self._decide_facts(caller, path, query_string, evaluation, facts, answer)
             row_count = len(facts.ids)
         else:
-            rows = self.normalizer.rows(
-                answer.rows, include_raw=needs_raw, unreadable=answer.unreadable
-            )
+            rows = self.normalizer.rows_of(answer, include_raw=needs_raw)
             decision = self._decide(caller, path, query_string, None, None, rows, evaluation)
             row_count = len(rows)
         if decision.failed:
@@ -276,9 +272,7 @@ class QueryService:
         rows' facts; the whole input is built only if the policy's authors' rules need it."""
 
         def document() -> bytes:
-            rows = self.normalizer.rows(
-                answer.rows, include_raw=False, unreadable=answer.unreadable
-            )
+            rows = self.normalizer.rows_of(answer, include_raw=False)
             return orjson.dumps(self._document(caller, path, query_string, None, None, rows))
 
         return self._timed(

@@ -1,5 +1,14 @@
 """Reading the store's answer: rows, their spans, and what Veil cannot read, in one pass.
 
+Native path: the usual answer (strict JSON, the rows array the document or one of its
+top-level members, every row an object, the fields Veil reads one level down, written
+plainly) is read by ``veil._rowscan``, a small C extension, in one pass over the bytes that
+validates the whole document and yields each row's span and the values of the fields Veil
+reads, column by column (``Answer.columns``), and nothing else. Whatever it leaves to Python
+(escaped member names, a read name repeated in a row, lone surrogates, NaN, deep nesting,
+anything not strict JSON, other shapes) takes the paths below, as does every answer when the
+extension is not built (``NATIVE`` is then False) or when the policy reads whole rows.
+
 Fast path: orjson decodes the whole body once; when every row is an object, the row
 boundaries are the ``}``-``,``-``{`` sequences after the array's first row, found at C speed,
 and they are exact when there are as many of them in the rest of the body as the array has
@@ -38,6 +47,11 @@ from typing import Any, NamedTuple
 import orjson
 
 from veil import principal
+
+try:
+    from veil import _rowscan
+except ImportError:  # built without a C compiler: every answer is read by the paths below
+    _rowscan = None  # type: ignore[assignment]
 from veil.config import FieldPointers
 from veil.errors import UpstreamBadBody, UpstreamNoRows
 
@@ -63,6 +77,7 @@ _LONG_DIGITS = re.compile(r"[0-9]{19}")
 # orjson reads up to 1,024 levels, the standard library's scanner fewer (Python's recursion
 # limit): a row with more openers than this is scanned by the latter too, to refuse alike.
 _DEEP = 256
+NATIVE = _rowscan is not None  # whether the usual answer is read by the C extension
 _scan_string = json.decoder.scanstring  # type: ignore[attr-defined]
 _skip_value = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
@@ -99,10 +114,12 @@ class Answer:
     """A parsed store answer: its rows, where each sits in the text, and which are unreadable.
 
     Rows that are objects split at their proven boundaries carry ``inners`` (each row's text
-    without its braces) instead of spans, which are then computed only when asked for."""
+    without its braces) instead of spans, which are then computed only when asked for. The
+    native reader's answer carries ``columns`` (the values of the fields read, per pointer)
+    instead of decoded rows, which are then decoded only when asked for."""
 
     text: str
-    rows: list[Any]
+    decoded: list[Any] | None  # None: see ``columns``
     row_spans: list[tuple[int, int]] | None  # None: see ``inners``
     array_start: int  # index of "["
     array_end: int  # index just past "]"
@@ -111,6 +128,15 @@ class Answer:
     inners: list[str] | None = None
     first: int = 0  # with ``inners``: where the first row starts
     gap: int = 0  # with ``inners``: characters between a row's "}" and the next row's "{"
+    columns: dict[Tokens, list[Any]] | None = None  # per read pointer, each row's value
+
+    @cached_property
+    def rows(self) -> list[Any]:
+        """Each row, decoded (by the reference scanner when the native reader read them)."""
+        if self.decoded is not None:
+            return self.decoded
+        text = self.text
+        return [_skip_value(text, start)[0] for start, _ in self.spans]
 
     @cached_property
     def spans(self) -> list[tuple[int, int]]:
@@ -159,6 +185,7 @@ def parse_answer(
     read: Sequence[Tokens] | None = None,
     raw: bool = False,
     fast: bool = True,
+    native: bool = True,
 ) -> Answer:
     """Parse the store's body in one pass; raise UpstreamBadBody unless the pointer names an array.
 
@@ -166,12 +193,16 @@ def parse_answer(
     reads (None: every key counts), whose repetition makes a row unreadable; ``raw``: the
     policy reads whole rows, so any repeated key, any integer beyond 64 bits and any nesting
     deeper than ``MAX_RAW_DEPTH`` make a row unreadable too. ``fast=False``: the reference
-    path only (the tests compare both).
+    path only; ``native=False``: not the C extension (the tests compare all three).
     """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UpstreamBadBody("the store's answer is not UTF-8 JSON") from exc
+    if native and fast and not raw and _rowscan is not None and read is not None:
+        answer = _native(body, text, rows_pointer, keep, read)
+        if answer is not None:
+            return answer
     try:
         document: Any = orjson.loads(body) if fast else _UNREAD
     except orjson.JSONDecodeError:
@@ -202,6 +233,42 @@ def parse_answer(
         found.inners,
         found.first,
         found.gap,
+    )
+
+
+def _native(
+    body: bytes, text: str, rows_pointer: Tokens, keep: Sequence[Tokens], read: Sequence[Tokens]
+) -> Answer | None:
+    """The answer as ``veil._rowscan`` reads it, or None when the pointers are not of the
+    shape it reads or it leaves the body to the Python reader (see the module's docstring)."""
+    if len(rows_pointer) > 1 or any(len(t) != 1 for t in keep) or any(len(t) != 1 for t in read):
+        return None
+    fields = tuple(dict.fromkeys(read))  # each pointer once, in order
+    found = _rowscan.scan(
+        body, rows_pointer[0] if rows_pointer else None, tuple(t[0] for t in fields)
+    )
+    if found is None:
+        return None
+    start, end, spans, columns, deferred, members = found
+    envelope: Any = ROWS
+    if members is not None:
+        targets = {rows_pointer[0]: ROWS, **{t[0]: None for t in keep}}
+        envelope = _Members()
+        for name, value_start, value_end in members:
+            if name in targets:
+                if name in envelope:  # a repeated member: the Python reader refuses it
+                    return None
+                envelope[name] = ROWS if targets[name] is ROWS else _Span(value_start, value_end)
+    for row, column, value_start in deferred:  # values left to the reference decoder
+        columns[column][row] = _skip_value(text, value_start)[0]
+    return Answer(
+        text,
+        None,
+        spans,
+        start,
+        end,
+        columns=dict(zip(fields, columns, strict=True)),
+        envelope=envelope,
     )
 
 
@@ -738,10 +805,9 @@ class Normalizer:
 
     def __init__(self, fields: FieldPointers, application_values: frozenset[str]) -> None:
         self.application_values = frozenset(principal.fold(v) for v in application_values)
-        self._id = getter(fields.id)
-        self._actor = getter(fields.actor)
-        self._type = getter(fields.actor_type)
-        self._ts = getter(fields.timestamp)
+        self._getters = tuple(
+            getter(p) for p in (fields.id, fields.actor, fields.actor_type, fields.timestamp)
+        )
         tokens = tuple(
             pointer_tokens(p)
             for p in (fields.id, fields.actor, fields.actor_type, fields.timestamp)
@@ -763,16 +829,34 @@ class Normalizer:
         and a time turned into nanoseconds only when asked (``RowFacts.ns``). An unreadable
         row (``unreadable``, or an id Veil cannot represent) gets no id, actor nor time, so it
         is private (R2)."""
-        get_id, get_actor, get_type, get_ts = self._id, self._actor, self._type, self._ts
+        if self._flat is not None:  # every field one level down: read the dicts directly
+            columns = [
+                [row.get(key) if type(row) is dict else None for row in rows] for key in self._flat
+            ]
+        else:
+            columns = [[get(row) for row in rows] for get in self._getters]
+        return self._facts(columns, unreadable)
+
+    def facts_of(self, answer: Answer) -> RowFacts:
+        """``facts`` of a parsed answer (``parse_answer`` with ``read=self.pointers``), from
+        its columns when the native reader read it."""
+        if answer.columns is None:
+            return self.facts(answer.rows, answer.unreadable)
+        columns = answer.columns
+        return self._facts([columns[tokens] for tokens in self._pointers], answer.unreadable)
+
+    def _facts(
+        self, columns: Sequence[list[Any]], unreadable: frozenset[int] | set[int]
+    ) -> RowFacts:
+        """``facts`` from the columns of the id, actor, actor type and time."""
+        id_column, actor_column, type_column, ts_column = columns
         apps = self.application_values
-        flat = self._flat  # every field one level down: read the dict directly (hot loop)
         to_ns, key, fold = timestamp_ns, principal.key, principal.fold
         actors, kinds = self._actors, self._kinds  # keyed once, then remembered
         if len(actors) > MAX_REMEMBERED or len(kinds) > MAX_REMEMBERED:
             actors.clear()
             kinds.clear()
         fromiso = _fromisoformat
-        k_id, k_actor, k_type, k_ts = flat if flat is not None else ("", "", "", "")
         ids: list[Any] = []
         who_list: list[str | None] = []
         kind_list: list[str] = []
@@ -785,16 +869,10 @@ class Normalizer:
         )
         late: list[int] = []
         index = -1
-        for raw in rows:
+        for row_id, actor, kind, ts in zip(
+            id_column, actor_column, type_column, ts_column, strict=True
+        ):
             index += 1
-            if flat is not None:
-                if type(raw) is dict:
-                    get = raw.get
-                    row_id, actor, kind, ts = get(k_id), get(k_actor), get(k_type), get(k_ts)
-                else:
-                    row_id = actor = kind = ts = None
-            else:
-                row_id, actor, kind, ts = get_id(raw), get_actor(raw), get_type(raw), get_ts(raw)
             if type(row_id) is not str:
                 if type(row_id) is not int:
                     row_id = None
@@ -847,7 +925,14 @@ class Normalizer:
     ) -> list[dict[str, Any]]:
         """The rows as the policy sees them (``input.rows``), from ``facts``; an unreadable
         row has no raw either."""
-        facts = self.facts(rows, unreadable)
+        return self._rows(self.facts(rows, unreadable), rows if include_raw else None)
+
+    def rows_of(self, answer: Answer, include_raw: bool) -> list[dict[str, Any]]:
+        """``rows`` of a parsed answer (``parse_answer`` with ``read=self.pointers``)."""
+        return self._rows(self.facts_of(answer), answer.rows if include_raw else None)
+
+    @staticmethod
+    def _rows(facts: RowFacts, raws: Sequence[Any] | None) -> list[dict[str, Any]]:
         ns = RowFacts.ns
         out = [
             {"index": index, "id": row_id, "actor": actor, "actor_type": kind, "ts_ns": ns(stamp)}
@@ -855,8 +940,8 @@ class Normalizer:
                 zip(facts.ids, facts.actors, facts.kinds, facts.stamps, strict=True)
             )
         ]
-        if include_raw:
-            for row, raw in zip(out, rows, strict=True):
+        if raws is not None:
+            for row, raw in zip(out, raws, strict=True):
                 row["raw"] = raw
             for index in facts.unreadable:
                 out[index]["raw"] = None

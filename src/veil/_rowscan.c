@@ -1,0 +1,498 @@
+/* veil._rowscan: the store's answer read in one pass, for the usual shape of answer.
+ *
+ * scan(body, rows_key, keys) reads a UTF-8 JSON body (the caller has checked that it is
+ * UTF-8) whose rows array is the whole document (rows_key None) or the value of a member
+ * of the top-level object (rows_key), every row an object. In that one pass it validates
+ * the whole document as strict JSON and records, for each row, where it starts and ends
+ * (in code points, as Python indexes the decoded text) and the values of the members named
+ * in ``keys`` (top-level names of the row), and whether a row names one of them twice.
+ *
+ * It answers None whenever the body is not that usual shape or holds anything it leaves to
+ * the Python reader (veil.rows), which then reads the body as before: anything not strict
+ * JSON, NaN or Infinity, an integer of more than MAX_INT_DIGITS digits, a lone surrogate
+ * escape anywhere, a member name written with an
+ * escape (in the envelope or at a row's top level), a read name repeated in a row, a row
+ * that is not an object, nesting deeper than MAX_DEPTH, a rows array missing or not an
+ * array. None is never a verdict: only the Python reader refuses a body, or finds a row
+ * unreadable (R2). So this reader may hand back more than the Python one refuses, never
+ * accept what it refuses, and where it answers, it answers as that reader would
+ * (tests/test_rows_fast.py compares the two over a generated corpus).
+ *
+ * The result is a tuple:
+ *   (array_start, array_end, spans, columns, deferred, members)
+ * - array_start, array_end: where "[" is and just past "]";
+ * - spans: a list of (start, end) per row, "{" to just past "}";
+ * - columns: a tuple of one list per key: the member's value when it is a string without
+ *   escapes, null (None), or an integer of at most 18 digits; else None with an entry in
+ *   deferred; None when the row has no such member;
+ * - deferred: (row, column, start) of values left to Python's decoder (strings with escapes,
+ *   other numbers, true, false, objects, arrays), start being where the value begins;
+ * - members: None when the document is the array; else a list of (name, start, end) of the
+ *   top-level object's members in order, names as written (they hold no escape).
+ *
+ * Every read is bounds-checked against the body's length; nothing is written outside the
+ * Python objects it creates.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#define MAX_DEPTH 200
+#define MAX_KEYS 16
+#define SHORT_INT_DIGITS 18
+#define MAX_INT_DIGITS 4000
+
+enum { OK = 0, GIVE_UP = 1, FAILED = -1 };
+
+typedef struct {
+    const unsigned char *s;
+    Py_ssize_t n;
+    Py_ssize_t p;    /* byte position */
+    Py_ssize_t cont; /* UTF-8 continuation bytes before p: code point index = p - cont */
+} Scan;
+
+static inline Py_ssize_t at(const Scan *sc) { return sc->p - sc->cont; }
+
+static inline void skip_ws(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t p = sc->p, n = sc->n;
+    while (p < n && (s[p] == ' ' || s[p] == '\n' || s[p] == '\r' || s[p] == '\t')) p++;
+    sc->p = p;
+}
+
+/* Bytes that are string content as they stand: not '"', not '\\', not a control
+ * character, not part of a multi-byte UTF-8 sequence (those are counted one by one). */
+static unsigned char PLAIN[256];
+
+static void init_plain(void) {
+    for (int c = 0; c < 256; c++) PLAIN[c] = c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+}
+
+static inline int hex4(const unsigned char *s, Py_ssize_t p, Py_ssize_t n, unsigned *out) {
+    unsigned v = 0;
+    if (p + 4 > n) return 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned char c = s[p + i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
+        else return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+/* A string at s[p] == '"'; p ends just past the closing quote. *escaped: it holds an escape.
+ * GIVE_UP on anything not strict JSON and on a lone surrogate escape. */
+static int scan_string(Scan *sc, int *escaped) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t p = sc->p + 1, n = sc->n, cont = sc->cont;
+    int esc = 0;
+    for (;;) {
+        while (p < n && PLAIN[s[p]]) p++; /* the bulk of a string, one table look-up a byte */
+        if (p >= n) return GIVE_UP;
+        unsigned char c = s[p];
+        if (c == '"') break;
+        if (c == '\\') {
+            esc = 1;
+            if (p + 1 >= n) return GIVE_UP;
+            unsigned char e = s[p + 1];
+            if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n' ||
+                e == 'r' || e == 't') {
+                p += 2;
+                continue;
+            }
+            if (e != 'u') return GIVE_UP;
+            unsigned u;
+            if (!hex4(s, p + 2, n, &u)) return GIVE_UP;
+            p += 6;
+            if (u >= 0xDC00 && u <= 0xDFFF) return GIVE_UP; /* a lone low surrogate */
+            if (u >= 0xD800 && u <= 0xDBFF) {                /* must pair with a low one */
+                unsigned low;
+                if (p + 1 >= n || s[p] != '\\' || s[p + 1] != 'u') return GIVE_UP;
+                if (!hex4(s, p + 2, n, &low) || low < 0xDC00 || low > 0xDFFF) return GIVE_UP;
+                p += 6;
+            }
+            continue;
+        }
+        if (c < 0x20) return GIVE_UP; /* a control character: not strict JSON */
+        if ((c & 0xC0) == 0x80) cont++;
+        p++;
+    }
+    sc->p = p + 1;
+    sc->cont = cont;
+    *escaped = esc;
+    return OK;
+}
+
+/* A number at s[p]; strict JSON grammar. *digits: its digit count when it is an integer
+ * (no fraction, no exponent), else -1. */
+static int scan_number(Scan *sc, int *digits) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t p = sc->p, n = sc->n, first;
+    int integer = 1;
+    if (p < n && s[p] == '-') p++;
+    first = p;
+    if (p >= n) return GIVE_UP;
+    if (s[p] == '0') p++;
+    else if (s[p] >= '1' && s[p] <= '9') {
+        while (p < n && s[p] >= '0' && s[p] <= '9') p++;
+    } else return GIVE_UP; /* -Infinity, or not a number */
+    Py_ssize_t int_digits = p - first;
+    if (p < n && s[p] == '.') {
+        integer = 0;
+        p++;
+        if (p >= n || s[p] < '0' || s[p] > '9') return GIVE_UP;
+        while (p < n && s[p] >= '0' && s[p] <= '9') p++;
+    }
+    if (p < n && (s[p] == 'e' || s[p] == 'E')) {
+        integer = 0;
+        p++;
+        if (p < n && (s[p] == '+' || s[p] == '-')) p++;
+        if (p >= n || s[p] < '0' || s[p] > '9') return GIVE_UP;
+        while (p < n && s[p] >= '0' && s[p] <= '9') p++;
+    }
+    /* Python converts integers of up to 4,300 digits (sys.get_int_max_str_digits()); the
+     * Python reader finds a row holding a longer one unreadable: its to judge */
+    if (integer && int_digits > MAX_INT_DIGITS) return GIVE_UP;
+    sc->p = p;
+    *digits = integer ? (int)int_digits : -1;
+    return OK;
+}
+
+static int scan_literal(Scan *sc, const char *word, Py_ssize_t len) {
+    if (sc->p + len > sc->n || memcmp(sc->s + sc->p, word, (size_t)len) != 0) return GIVE_UP;
+    sc->p += len;
+    return OK;
+}
+
+static int scan_value(Scan *sc, int depth);
+
+static int scan_container(Scan *sc, int depth) {
+    unsigned char close = sc->s[sc->p] == '{' ? '}' : ']';
+    int object = close == '}', escaped, r;
+    if (depth > MAX_DEPTH) return GIVE_UP;
+    sc->p++;
+    skip_ws(sc);
+    if (sc->p < sc->n && sc->s[sc->p] == close) {
+        sc->p++;
+        return OK;
+    }
+    for (;;) {
+        if (object) {
+            if (sc->p >= sc->n || sc->s[sc->p] != '"') return GIVE_UP;
+            if ((r = scan_string(sc, &escaped)) != OK) return r;
+            skip_ws(sc);
+            if (sc->p >= sc->n || sc->s[sc->p] != ':') return GIVE_UP;
+            sc->p++;
+            skip_ws(sc);
+        }
+        if ((r = scan_value(sc, depth + 1)) != OK) return r;
+        skip_ws(sc);
+        if (sc->p >= sc->n) return GIVE_UP;
+        if (sc->s[sc->p] == ',') {
+            sc->p++;
+            skip_ws(sc);
+            continue;
+        }
+        if (sc->s[sc->p] == close) {
+            sc->p++;
+            return OK;
+        }
+        return GIVE_UP;
+    }
+}
+
+static int scan_value(Scan *sc, int depth) {
+    int escaped, digits;
+    if (sc->p >= sc->n) return GIVE_UP;
+    switch (sc->s[sc->p]) {
+    case '"': return scan_string(sc, &escaped);
+    case '{':
+    case '[': return scan_container(sc, depth);
+    case 't': return scan_literal(sc, "true", 4);
+    case 'f': return scan_literal(sc, "false", 5);
+    case 'n': return scan_literal(sc, "null", 4);
+    default: return scan_number(sc, &digits);
+    }
+}
+
+typedef struct {
+    PyObject *spans, *columns[MAX_KEYS], *deferred;
+    const char *keys[MAX_KEYS];
+    Py_ssize_t key_lens[MAX_KEYS];
+    int nkeys;
+} Out;
+
+static int append_new(PyObject *list, PyObject *item) {
+    if (item == NULL) return FAILED;
+    int r = PyList_Append(list, item);
+    Py_DECREF(item);
+    return r < 0 ? FAILED : OK;
+}
+
+/* The value of a read member at s[p], as the columns hold it (see the top). */
+static int read_member(Scan *sc, Out *out, Py_ssize_t row, const int *keys, int nkeys) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t start = sc->p, start_at = at(sc);
+    PyObject *value = NULL;
+    int r, escaped, digits;
+    if (start >= sc->n) return GIVE_UP;
+    unsigned char c = s[start];
+    if (c == '"') {
+        if ((r = scan_string(sc, &escaped)) != OK) return r;
+        if (!escaped) {
+            value = PyUnicode_DecodeUTF8((const char *)s + start + 1, sc->p - start - 2, "strict");
+            if (value == NULL) return FAILED;
+        }
+    } else if (c == 'n') {
+        if ((r = scan_literal(sc, "null", 4)) != OK) return r;
+        value = Py_NewRef(Py_None);
+    } else if (c == '-' || (c >= '0' && c <= '9')) {
+        if ((r = scan_number(sc, &digits)) != OK) return r;
+        if (digits >= 1 && digits <= SHORT_INT_DIGITS) {
+            long long v = 0;
+            Py_ssize_t q = start + (c == '-');
+            for (; q < sc->p; q++) v = v * 10 + (s[q] - '0');
+            value = PyLong_FromLongLong(c == '-' ? -v : v);
+            if (value == NULL) return FAILED;
+        }
+    } else if ((r = scan_value(sc, 2)) != OK) {
+        return r;
+    }
+    for (int i = 0; i < nkeys; i++) {
+        if (value == NULL) { /* left to Python's decoder; the column keeps its None */
+            PyObject *entry = Py_BuildValue("(nin)", row, keys[i], start_at);
+            if (append_new(out->deferred, entry) != OK) return FAILED;
+        } else {
+            /* PyList_SetItem steals a reference and frees the None it replaces */
+            PyList_SetItem(out->columns[keys[i]], row, Py_NewRef(value));
+        }
+    }
+    Py_XDECREF(value);
+    return OK;
+}
+
+static int scan_row(Scan *sc, Out *out, Py_ssize_t row) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t start_at = at(sc);
+    int seen[MAX_KEYS] = {0}, r, escaped;
+    for (int k = 0; k < out->nkeys; k++) {
+        if (PyList_Append(out->columns[k], Py_None) < 0) return FAILED;
+    }
+    sc->p++; /* "{" */
+    skip_ws(sc);
+    if (sc->p < sc->n && s[sc->p] == '}') {
+        sc->p++;
+    } else {
+        for (;;) {
+            if (sc->p >= sc->n || s[sc->p] != '"') return GIVE_UP;
+            Py_ssize_t name = sc->p + 1;
+            if ((r = scan_string(sc, &escaped)) != OK) return r;
+            if (escaped) return GIVE_UP; /* names compared after unescaping: Python's work */
+            Py_ssize_t name_len = sc->p - 1 - name;
+            skip_ws(sc);
+            if (sc->p >= sc->n || s[sc->p] != ':') return GIVE_UP;
+            sc->p++;
+            skip_ws(sc);
+            int matches[MAX_KEYS], found = 0;
+            for (int k = 0; k < out->nkeys; k++) {
+                if (out->key_lens[k] == name_len &&
+                    memcmp(s + name, out->keys[k], (size_t)name_len) == 0) {
+                    if (seen[k]) return GIVE_UP; /* a read name repeated: Python's to judge */
+                    seen[k] = 1;
+                    matches[found++] = k;
+                }
+            }
+            if (found && (r = read_member(sc, out, row, matches, found)) != OK) return r;
+            if (!found && (r = scan_value(sc, 2)) != OK) return r;
+            skip_ws(sc);
+            if (sc->p >= sc->n) return GIVE_UP;
+            if (s[sc->p] == ',') {
+                sc->p++;
+                skip_ws(sc);
+                continue;
+            }
+            if (s[sc->p] == '}') {
+                sc->p++;
+                break;
+            }
+            return GIVE_UP;
+        }
+    }
+    PyObject *span = Py_BuildValue("(nn)", start_at, at(sc));
+    return append_new(out->spans, span);
+}
+
+/* The rows array at s[p] == '['. */
+static int scan_rows(Scan *sc, Out *out, Py_ssize_t *start, Py_ssize_t *end) {
+    Py_ssize_t row = 0;
+    int r;
+    *start = at(sc);
+    sc->p++;
+    skip_ws(sc);
+    if (sc->p < sc->n && sc->s[sc->p] == ']') {
+        sc->p++;
+        *end = at(sc);
+        return OK;
+    }
+    for (;;) {
+        if (sc->p >= sc->n || sc->s[sc->p] != '{') return GIVE_UP; /* not an object row */
+        if ((r = scan_row(sc, out, row)) != OK) return r;
+        row++;
+        skip_ws(sc);
+        if (sc->p >= sc->n) return GIVE_UP;
+        if (sc->s[sc->p] == ',') {
+            sc->p++;
+            skip_ws(sc);
+            continue;
+        }
+        if (sc->s[sc->p] == ']') {
+            sc->p++;
+            *end = at(sc);
+            return OK;
+        }
+        return GIVE_UP;
+    }
+}
+
+/* The top-level object: each member's (name, start, end); the rows array read where the
+ * member is named rows_key (once; a second one is Python's to refuse). */
+static int scan_envelope(Scan *sc, Out *out, const char *rows_key, Py_ssize_t rows_len,
+                         PyObject *members, Py_ssize_t *start, Py_ssize_t *end) {
+    const unsigned char *s = sc->s;
+    int found = 0, r, escaped;
+    if (sc->p >= sc->n || s[sc->p] != '{') return GIVE_UP;
+    sc->p++;
+    skip_ws(sc);
+    if (sc->p < sc->n && s[sc->p] == '}') return GIVE_UP; /* no rows array */
+    for (;;) {
+        if (sc->p >= sc->n || s[sc->p] != '"') return GIVE_UP;
+        Py_ssize_t name = sc->p + 1;
+        if ((r = scan_string(sc, &escaped)) != OK) return r;
+        if (escaped) return GIVE_UP;
+        Py_ssize_t name_len = sc->p - 1 - name;
+        skip_ws(sc);
+        if (sc->p >= sc->n || s[sc->p] != ':') return GIVE_UP;
+        sc->p++;
+        skip_ws(sc);
+        Py_ssize_t value_at = at(sc);
+        if (name_len == rows_len && memcmp(s + name, rows_key, (size_t)rows_len) == 0) {
+            if (found || sc->p >= sc->n || s[sc->p] != '[') return GIVE_UP;
+            found = 1;
+            if ((r = scan_rows(sc, out, start, end)) != OK) return r;
+        } else if ((r = scan_value(sc, 1)) != OK) {
+            return r;
+        }
+        PyObject *member = Py_BuildValue(
+            "(Nnn)", PyUnicode_DecodeUTF8((const char *)s + name, name_len, "strict"),
+            value_at, at(sc));
+        if (append_new(members, member) != OK) return FAILED;
+        skip_ws(sc);
+        if (sc->p >= sc->n) return GIVE_UP;
+        if (s[sc->p] == ',') {
+            sc->p++;
+            skip_ws(sc);
+            continue;
+        }
+        if (s[sc->p] == '}') {
+            sc->p++;
+            return found ? OK : GIVE_UP;
+        }
+        return GIVE_UP;
+    }
+}
+
+static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer body;
+    PyObject *rows_key_obj, *keys, *result = NULL, *members = NULL, *columns = NULL;
+    Out out = {0};
+    Scan sc = {NULL, 0, 0, 0};
+    Py_ssize_t start = 0, end = 0;
+    int r = FAILED;
+    if (!PyArg_ParseTuple(args, "y*OO!", &body, &rows_key_obj, &PyTuple_Type, &keys)) return NULL;
+    Py_ssize_t nkeys = PyTuple_GET_SIZE(keys);
+    if (nkeys > MAX_KEYS) {
+        PyBuffer_Release(&body);
+        Py_RETURN_NONE;
+    }
+    out.nkeys = (int)nkeys;
+    for (int k = 0; k < out.nkeys; k++) {
+        PyObject *key = PyTuple_GET_ITEM(keys, k);
+        if (!PyUnicode_Check(key)) {
+            PyErr_SetString(PyExc_TypeError, "keys must be str");
+            goto done;
+        }
+        out.keys[k] = PyUnicode_AsUTF8AndSize(key, &out.key_lens[k]);
+        if (out.keys[k] == NULL) goto done;
+    }
+    out.spans = PyList_New(0);
+    out.deferred = PyList_New(0);
+    if (!out.spans || !out.deferred) goto done;
+    for (int k = 0; k < out.nkeys; k++) {
+        if ((out.columns[k] = PyList_New(0)) == NULL) goto done;
+    }
+    sc.s = (const unsigned char *)body.buf;
+    sc.n = body.len;
+    skip_ws(&sc);
+    if (rows_key_obj == Py_None) {
+        if (sc.p >= sc.n || sc.s[sc.p] != '[') {
+            r = GIVE_UP;
+        } else {
+            r = scan_rows(&sc, &out, &start, &end);
+        }
+    } else {
+        Py_ssize_t rows_len;
+        const char *rows_key;
+        if (!PyUnicode_Check(rows_key_obj)) {
+            PyErr_SetString(PyExc_TypeError, "rows_key must be str or None");
+            goto done;
+        }
+        rows_key = PyUnicode_AsUTF8AndSize(rows_key_obj, &rows_len);
+        if (rows_key == NULL || (members = PyList_New(0)) == NULL) goto done;
+        r = scan_envelope(&sc, &out, rows_key, rows_len, members, &start, &end);
+    }
+    if (r == OK) {
+        skip_ws(&sc);
+        if (sc.p != sc.n) r = GIVE_UP; /* trailing data */
+    }
+    if (r == GIVE_UP) {
+        result = Py_NewRef(Py_None);
+    } else if (r == OK) {
+        if ((columns = PyTuple_New(nkeys)) == NULL) goto done;
+        for (int k = 0; k < out.nkeys; k++) {
+            PyTuple_SET_ITEM(columns, k, out.columns[k]);
+            out.columns[k] = NULL;
+        }
+        result = Py_BuildValue("(nnOOOO)", start, end, out.spans, columns, out.deferred,
+                               members ? members : Py_None);
+    }
+done:
+    PyBuffer_Release(&body);
+    Py_XDECREF(out.spans);
+    Py_XDECREF(out.deferred);
+    for (int k = 0; k < MAX_KEYS; k++) Py_XDECREF(out.columns[k]);
+    Py_XDECREF(columns);
+    Py_XDECREF(members);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS,
+     "scan(body, rows_key, keys): the rows of a usual store answer in one pass, or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "veil._rowscan",
+    .m_doc = "The store's answer read in one pass, for the usual shape of answer (see veil.rows).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__rowscan(void) {
+    init_plain();
+    return PyModule_Create(&module);
+}
