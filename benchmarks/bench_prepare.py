@@ -57,33 +57,34 @@ def median_ms(step: Callable[[], object], runs: int, clock: Callable[[], float])
 def measure(
     body: bytes, size: int, normalizer: Normalizer, runs: int, clock: Callable[[], float]
 ) -> list[float]:
-    """Median ms of (prepare, parse, normalize, encode, render, reference parse, facts) for
-    one body; the reference parse is the standard library's scanner row by row, which the fast
-    reading (orjson and proven row boundaries) is tested against."""
+    """Median ms of (prepare, parse, normalize, encode, render, orjson parse, reference parse,
+    facts) for one body. Parse is the native reader (``veil._rowscan``) when it is built; the
+    orjson parse is the reading without it (orjson and proven row boundaries); the reference
+    parse is the standard library's scanner row by row, which both are tested against."""
     rows_pointer, keep = pointer_tokens("/data"), [pointer_tokens("/next")]
 
-    def parse(fast: bool = True) -> Any:
-        return parse_answer(body, rows_pointer, keep, normalizer.pointers, raw=False, fast=fast)
-
-    def prepare() -> bytes:
-        answer = parse()
-        return input_document(
-            normalizer.rows(answer.rows, include_raw=False, unreadable=answer.unreadable)
+    def parse(fast: bool = True, native: bool = True) -> Any:
+        return parse_answer(
+            body, rows_pointer, keep, normalizer.pointers, raw=False, fast=fast, native=native
         )
 
+    def prepare() -> bytes:
+        return input_document(normalizer.rows_of(parse(), include_raw=False))
+
     answer = parse()
-    rows = normalizer.rows(answer.rows, include_raw=False, unreadable=answer.unreadable)
+    rows = normalizer.rows_of(answer, include_raw=False)
     hidden = range(0, size, 3)
     return [
         median_ms(step, runs, clock)
         for step in (
             prepare,
             parse,
-            lambda: normalizer.rows(answer.rows, include_raw=False, unreadable=answer.unreadable),
+            lambda: normalizer.rows_of(answer, include_raw=False),
             lambda: input_document(rows),
             lambda: render(answer, hidden),
+            lambda: parse(native=False),
             lambda: parse(fast=False),
-            lambda: normalizer.facts(answer.rows, answer.unreadable),
+            lambda: normalizer.facts_of(answer),
         )
     ]
 
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     now = time.time_ns()
     print(
         f"{'rows':>6} {'body KB':>8} | {'prepare':>8} = {'parse':>7} {'normalize':>9} "
-        f"{'encode':>7} | {'render':>7} | {'reference parse':>15} | {'facts':>6}  (ms, median)"
+        f"{'encode':>7} | {'render':>7} | {'orjson parse':>12} {'reference parse':>15} | "
+        f"{'facts':>6}  (ms, median)"
     )
     for size in sorted(int(s) for s in args.sizes.split(",") if s.strip()):
         body = json.dumps(
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{size:>6} {len(body) / 1024:>8.0f} | {figures[0]:>8.2f} = {figures[1]:>7.2f} "
             f"{figures[2]:>9.2f} {figures[3]:>7.2f} | {figures[4]:>7.2f} | "
-            f"{figures[5]:>15.2f} | {figures[6]:>6.2f}"
+            f"{figures[5]:>12.2f} {figures[6]:>15.2f} | {figures[7]:>6.2f}"
         )
     return 0
 

@@ -19,6 +19,8 @@ import pytest
 import requests
 import yaml
 
+from veil import rows
+
 from conftest import ADMIN, POLICIES, SECRET, LoopbackStore, activity, auth, config_doc, iso
 from netutil import free_port, veil_serve
 
@@ -272,6 +274,8 @@ def test_serve_logs_what_it_loaded(store: LoopbackStore, tmp_path: Path) -> None
         re.M,
     ), text
     assert re.search(r"veil: engine embedded \(regorus [\d.]+, in-process\)$", text, re.M)
+    reader = "in one pass by veil._rowscan" if rows.NATIVE else "in Python only"
+    assert f"veil: store answers read {reader}" in text, text
     assert f"veil: storage sqlite:///{tmp_path / 'veil.db'}" in text
     assert "veil: identity jwt (HS256 secret; issuer" in text
     assert f"veil: listening on http://127.0.0.1:{port} with 1 worker(s) x 2 thread(s)" in text

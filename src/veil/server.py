@@ -32,6 +32,7 @@ from gunicorn.arbiter import Arbiter
 from veil import config as config_module
 from veil.config import Config
 from veil.errors import PolicyError, VeilError
+from veil.rows import NATIVE
 
 log = logging.getLogger("veil.server")
 
@@ -116,6 +117,12 @@ def startup_lines(config_path: str, config: Config, policy: str, bind: str) -> l
         f"configuration {config_path}",
         f"policy {policy}",
         f"engine {engine}",
+        (
+            "store answers read in one pass by veil._rowscan (C), the rest in Python"
+            if NATIVE
+            else "store answers read in Python only: veil._rowscan was not built (no C "
+            "compiler at install), so each answer takes longer; decisions are the same"
+        ),
         f"storage {redacted(config.storage.url)}",
         f"identity {who}; {len(identity.bootstrap_admins)} bootstrap admin(s)",
         _governance_line(config),
