@@ -42,7 +42,7 @@
 #define SHORT_INT_DIGITS 18
 #define MAX_INT_DIGITS 4000
 
-enum { OK = 0, GIVE_UP = 1, FAILED = -1 };
+enum { OK = 0, GIVE_UP = 1, FAILED = -1, MORE = 2 };
 
 typedef struct {
     const unsigned char *s;
@@ -167,11 +167,43 @@ static int scan_literal(Scan *sc, const char *word, Py_ssize_t len) {
     return OK;
 }
 
+/* After an item or a member: MORE on ",", OK past the closing character, else GIVE_UP. */
+static int next_or_close(Scan *sc, unsigned char close) {
+    skip_ws(sc);
+    if (sc->p >= sc->n) return GIVE_UP;
+    if (sc->s[sc->p] == ',') {
+        sc->p++;
+        skip_ws(sc);
+        return MORE;
+    }
+    if (sc->s[sc->p] == close) {
+        sc->p++;
+        return OK;
+    }
+    return GIVE_UP;
+}
+
+/* A member's name and its ":" at s[p]; p ends at its value. *name, *len: the name as
+ * written (between the quotes); *escaped: it holds an escape. */
+static int member_name(Scan *sc, Py_ssize_t *name, Py_ssize_t *len, int *escaped) {
+    int r;
+    if (sc->p >= sc->n || sc->s[sc->p] != '"') return GIVE_UP;
+    *name = sc->p + 1;
+    if ((r = scan_string(sc, escaped)) != OK) return r;
+    *len = sc->p - 1 - *name;
+    skip_ws(sc);
+    if (sc->p >= sc->n || sc->s[sc->p] != ':') return GIVE_UP;
+    sc->p++;
+    skip_ws(sc);
+    return OK;
+}
+
 static int scan_value(Scan *sc, int depth);
 
 static int scan_container(Scan *sc, int depth) {
     unsigned char close = sc->s[sc->p] == '{' ? '}' : ']';
     int object = close == '}', escaped, r;
+    Py_ssize_t name, len;
     if (depth > MAX_DEPTH) return GIVE_UP;
     sc->p++;
     skip_ws(sc);
@@ -179,29 +211,11 @@ static int scan_container(Scan *sc, int depth) {
         sc->p++;
         return OK;
     }
-    for (;;) {
-        if (object) {
-            if (sc->p >= sc->n || sc->s[sc->p] != '"') return GIVE_UP;
-            if ((r = scan_string(sc, &escaped)) != OK) return r;
-            skip_ws(sc);
-            if (sc->p >= sc->n || sc->s[sc->p] != ':') return GIVE_UP;
-            sc->p++;
-            skip_ws(sc);
-        }
+    do {
+        if (object && (r = member_name(sc, &name, &len, &escaped)) != OK) return r;
         if ((r = scan_value(sc, depth + 1)) != OK) return r;
-        skip_ws(sc);
-        if (sc->p >= sc->n) return GIVE_UP;
-        if (sc->s[sc->p] == ',') {
-            sc->p++;
-            skip_ws(sc);
-            continue;
-        }
-        if (sc->s[sc->p] == close) {
-            sc->p++;
-            return OK;
-        }
-        return GIVE_UP;
-    }
+    } while ((r = next_or_close(sc, close)) == MORE);
+    return r;
 }
 
 static int scan_value(Scan *sc, int depth) {
@@ -286,16 +300,10 @@ static int scan_row(Scan *sc, Out *out, Py_ssize_t row) {
     if (sc->p < sc->n && s[sc->p] == '}') {
         sc->p++;
     } else {
-        for (;;) {
-            if (sc->p >= sc->n || s[sc->p] != '"') return GIVE_UP;
-            Py_ssize_t name = sc->p + 1;
-            if ((r = scan_string(sc, &escaped)) != OK) return r;
+        do {
+            Py_ssize_t name, name_len;
+            if ((r = member_name(sc, &name, &name_len, &escaped)) != OK) return r;
             if (escaped) return GIVE_UP; /* names compared after unescaping: Python's work */
-            Py_ssize_t name_len = sc->p - 1 - name;
-            skip_ws(sc);
-            if (sc->p >= sc->n || s[sc->p] != ':') return GIVE_UP;
-            sc->p++;
-            skip_ws(sc);
             int matches[MAX_KEYS], found = 0;
             for (int k = 0; k < out->nkeys; k++) {
                 if (out->key_lens[k] == name_len &&
@@ -307,19 +315,8 @@ static int scan_row(Scan *sc, Out *out, Py_ssize_t row) {
             }
             if (found && (r = read_member(sc, out, row, matches, found)) != OK) return r;
             if (!found && (r = scan_value(sc, 2)) != OK) return r;
-            skip_ws(sc);
-            if (sc->p >= sc->n) return GIVE_UP;
-            if (s[sc->p] == ',') {
-                sc->p++;
-                skip_ws(sc);
-                continue;
-            }
-            if (s[sc->p] == '}') {
-                sc->p++;
-                break;
-            }
-            return GIVE_UP;
-        }
+        } while ((r = next_or_close(sc, '}')) == MORE);
+        if (r != OK) return r;
     }
     PyObject *span = Py_BuildValue("(nn)", start_at, at(sc));
     return append_new(out->spans, span);
@@ -337,24 +334,13 @@ static int scan_rows(Scan *sc, Out *out, Py_ssize_t *start, Py_ssize_t *end) {
         *end = at(sc);
         return OK;
     }
-    for (;;) {
+    do {
         if (sc->p >= sc->n || sc->s[sc->p] != '{') return GIVE_UP; /* not an object row */
         if ((r = scan_row(sc, out, row)) != OK) return r;
         row++;
-        skip_ws(sc);
-        if (sc->p >= sc->n) return GIVE_UP;
-        if (sc->s[sc->p] == ',') {
-            sc->p++;
-            skip_ws(sc);
-            continue;
-        }
-        if (sc->s[sc->p] == ']') {
-            sc->p++;
-            *end = at(sc);
-            return OK;
-        }
-        return GIVE_UP;
-    }
+    } while ((r = next_or_close(sc, ']')) == MORE);
+    *end = at(sc);
+    return r;
 }
 
 /* The top-level object: each member's (name, start, end); the rows array read where the
@@ -367,16 +353,10 @@ static int scan_envelope(Scan *sc, Out *out, const char *rows_key, Py_ssize_t ro
     sc->p++;
     skip_ws(sc);
     if (sc->p < sc->n && s[sc->p] == '}') return GIVE_UP; /* no rows array */
-    for (;;) {
-        if (sc->p >= sc->n || s[sc->p] != '"') return GIVE_UP;
-        Py_ssize_t name = sc->p + 1;
-        if ((r = scan_string(sc, &escaped)) != OK) return r;
+    do {
+        Py_ssize_t name, name_len;
+        if ((r = member_name(sc, &name, &name_len, &escaped)) != OK) return r;
         if (escaped) return GIVE_UP;
-        Py_ssize_t name_len = sc->p - 1 - name;
-        skip_ws(sc);
-        if (sc->p >= sc->n || s[sc->p] != ':') return GIVE_UP;
-        sc->p++;
-        skip_ws(sc);
         Py_ssize_t value_at = at(sc);
         if (name_len == rows_len && memcmp(s + name, rows_key, (size_t)rows_len) == 0) {
             if (found || sc->p >= sc->n || s[sc->p] != '[') return GIVE_UP;
@@ -389,19 +369,8 @@ static int scan_envelope(Scan *sc, Out *out, const char *rows_key, Py_ssize_t ro
             "(Nnn)", PyUnicode_DecodeUTF8((const char *)s + name, name_len, "strict"),
             value_at, at(sc));
         if (append_new(members, member) != OK) return FAILED;
-        skip_ws(sc);
-        if (sc->p >= sc->n) return GIVE_UP;
-        if (s[sc->p] == ',') {
-            sc->p++;
-            skip_ws(sc);
-            continue;
-        }
-        if (s[sc->p] == '}') {
-            sc->p++;
-            return found ? OK : GIVE_UP;
-        }
-        return GIVE_UP;
-    }
+    } while ((r = next_or_close(sc, '}')) == MORE);
+    return r == OK && !found ? GIVE_UP : r;
 }
 
 static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
