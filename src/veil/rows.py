@@ -259,8 +259,11 @@ def _native(
                 if name in envelope:  # a repeated member: the Python reader refuses it
                     return None
                 envelope[name] = ROWS if targets[name] is ROWS else _Span(value_start, value_end)
-    for row, column, value_start in deferred:  # values left to the reference decoder
-        columns[column][row] = _skip_value(text, value_start)[0]
+    try:
+        for row, column, value_start in deferred:  # values left to the reference decoder
+            columns[column][row] = _skip_value(text, value_start)[0]
+    except (ValueError, RecursionError):  # not expected of what it read: the Python reader's
+        return None
     return Answer(
         text,
         None,
