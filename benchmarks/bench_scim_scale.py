@@ -394,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
 
     directory = Directory.generate(seed=7, employees=234, guests=10)  # 250 distinct actors
     names, small_groups, large_groups = organisation(args.users, args.groups, directory)
+    if "team-0000" not in large_groups:  # the 25-member group whose PATCHes are timed
+        parser.error(
+            f"--groups {args.groups} is too few: the large state holds the small state's "
+            f"{len(small_groups)} groups, all-staff and at least one 25-member team "
+            f"(--groups {len(small_groups) + 2} or more)"
+        )
     body: list[bytes] = [b""]
     with (
         tempfile.TemporaryDirectory(prefix="veil-scim-bench-") as tmp,
