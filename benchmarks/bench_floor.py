@@ -43,6 +43,7 @@ from bench_latency import (
     setup_privacy,
     token,
     veil_server,
+    wait_healthz,
 )
 
 # The bare proxy, as a module gunicorn loads (the store's URL and the mode from the env).
@@ -89,16 +90,7 @@ def bare_proxy(workdir: Path, store_url: str, mode: str) -> Iterator[str]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the {mode} proxy did not start")
-            time.sleep(0.1)
+        wait_healthz(url, process, 30, f"the {mode} proxy")
         yield url
     finally:
         process.terminate()

@@ -217,6 +217,23 @@ def token(principal: str) -> str:
     )
 
 
+def wait_healthz(url: str, process: subprocess.Popen[bytes], start_s: float, what: str) -> None:
+    """Wait for ``url/healthz`` to answer 200, retrying any request error; stop the benchmark
+    if ``process`` exits first or ``start_s`` passes."""
+    deadline = time.monotonic() + start_s
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited ({process.returncode})")
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not start in {start_s:g} s")
+        time.sleep(0.1)
+
+
 @contextmanager
 def veil_server(
     config_path: Path,
@@ -238,18 +255,7 @@ def veil_server(
         url = f"http://127.0.0.1:{port}"
         SERVED[url] = process.pid
         try:
-            deadline = time.monotonic() + start_s
-            while True:
-                if process.poll() is not None:
-                    raise SystemExit(f"veil serve exited ({process.returncode}); see {log_path}")
-                try:
-                    if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"veil serve did not start in {start_s:g} s; see {log_path}")
-                time.sleep(0.1)
+            wait_healthz(url, process, start_s, f"veil serve (see {log_path})")
             yield url
         finally:
             process.send_signal(signal.SIGTERM)
