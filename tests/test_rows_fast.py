@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -487,6 +488,29 @@ def test_native_reading_of_hand_written_bodies(
         assert (answer.columns is not None) == native
     else:
         assert not native
+
+
+@pytest.mark.parametrize("limit", [640, 4300, 0])
+def test_native_reading_follows_pythons_limit_on_converting_integers(
+    limit: int, native_calls: list[bool]
+) -> None:
+    """An integer Python will not convert (``sys.set_int_max_str_digits``, which an operator
+    may lower) makes the reference find its row unreadable, even in a field Veil does not
+    read: the native reader hands such a body back, whatever the limit is now."""
+    row = '{"id": 1, "user": "alice@x", "timestamp": "2026-11-25T18:58:06.480Z", "n": %s}'
+    body = ('{"data": [' + row % ("1" * 1000) + ", " + row % "2" + '], "next": null}').encode()
+    normalizer = Normalizer(FieldPointers(), frozenset({"application"}))
+    before = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(limit)
+    try:
+        expected = outcome(body, ("data",), READ, False, False, normalizer)
+        assert outcome(body, ("data",), READ, False, True, normalizer, True) == expected
+        answer = parse_answer(body, ("data",), [("next",)], read=READ)
+        facts = normalizer.facts_of(answer)
+    finally:
+        sys.set_int_max_str_digits(before)
+    assert native_calls[-1] == (limit == 0 or limit > 1000)
+    assert facts.actors[0] == ("alice@x" if limit == 0 or limit > 1000 else None)
 
 
 def test_a_plain_answer_is_read_by_the_native_reader_into_columns(

@@ -1,6 +1,6 @@
 /* veil._rowscan: the store's answer read in one pass, for the usual shape of answer.
  *
- * scan(body, rows_key, keys) reads a UTF-8 JSON body (the caller has checked that it is
+ * scan(body, rows_key, keys, max_digits) reads a UTF-8 JSON body (the caller has checked that it is
  * UTF-8) whose rows array is the whole document (rows_key None) or the value of a member
  * of the top-level object (rows_key), every row an object. In that one pass it validates
  * the whole document as strict JSON and records, for each row, where it starts and ends
@@ -9,7 +9,8 @@
  *
  * It answers None whenever the body is not that usual shape or holds anything it leaves to
  * the Python reader (veil.rows), which then reads the body as before: anything not strict
- * JSON, NaN or Infinity, an integer of more than MAX_INT_DIGITS digits, a lone surrogate
+ * JSON, NaN or Infinity, an integer of max_digits digits or more (Python's limit on
+ * converting integers, sys.get_int_max_str_digits(), which the caller passes), a lone surrogate
  * escape anywhere, a member name written with an
  * escape (in the envelope or at a row's top level), a read name repeated in a row, a row
  * that is not an object, nesting deeper than MAX_DEPTH, a rows array missing or not an
@@ -40,7 +41,6 @@
 #define MAX_DEPTH 200
 #define MAX_KEYS 16
 #define SHORT_INT_DIGITS 18
-#define MAX_INT_DIGITS 4000
 
 enum { OK = 0, GIVE_UP = 1, FAILED = -1, MORE = 2 };
 
@@ -49,6 +49,7 @@ typedef struct {
     Py_ssize_t n;
     Py_ssize_t p;    /* byte position */
     Py_ssize_t cont; /* UTF-8 continuation bytes before p: code point index = p - cont */
+    Py_ssize_t max_digits; /* an integer of this many digits or more: Python's to judge */
 } Scan;
 
 static inline Py_ssize_t at(const Scan *sc) { return sc->p - sc->cont; }
@@ -153,11 +154,13 @@ static int scan_number(Scan *sc, int *digits) {
         if (p >= n || s[p] < '0' || s[p] > '9') return GIVE_UP;
         while (p < n && s[p] >= '0' && s[p] <= '9') p++;
     }
-    /* Python converts integers of up to 4,300 digits (sys.get_int_max_str_digits()); the
-     * Python reader finds a row holding a longer one unreadable: its to judge */
-    if (integer && int_digits > MAX_INT_DIGITS) return GIVE_UP;
+    /* Python converts integers of fewer digits than its limit (sys.get_int_max_str_digits(),
+     * passed in as max_digits); the Python reader finds a row holding a longer one
+     * unreadable: its to judge */
+    if (integer && int_digits >= sc->max_digits) return GIVE_UP;
     sc->p = p;
-    *digits = integer ? (int)int_digits : -1;
+    *digits = integer ? (int_digits > SHORT_INT_DIGITS ? SHORT_INT_DIGITS + 1 : (int)int_digits)
+                      : -1;
     return OK;
 }
 
@@ -377,10 +380,14 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_buffer body;
     PyObject *rows_key_obj, *keys, *result = NULL, *members = NULL, *columns = NULL;
     Out out = {0};
-    Scan sc = {NULL, 0, 0, 0};
+    Scan sc = {NULL, 0, 0, 0, 0};
     Py_ssize_t start = 0, end = 0;
     int r = FAILED;
-    if (!PyArg_ParseTuple(args, "y*OO!", &body, &rows_key_obj, &PyTuple_Type, &keys)) return NULL;
+    Py_ssize_t max_digits;
+    if (!PyArg_ParseTuple(args, "y*OO!n", &body, &rows_key_obj, &PyTuple_Type, &keys,
+                          &max_digits)) {
+        return NULL;
+    }
     Py_ssize_t nkeys = PyTuple_GET_SIZE(keys);
     if (nkeys > MAX_KEYS) {
         PyBuffer_Release(&body);
@@ -404,6 +411,7 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
     }
     sc.s = (const unsigned char *)body.buf;
     sc.n = body.len;
+    sc.max_digits = max_digits;
     skip_ws(&sc);
     if (rows_key_obj == Py_None) {
         if (sc.p >= sc.n || sc.s[sc.p] != '[') {
@@ -449,7 +457,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
-     "scan(body, rows_key, keys): the rows of a usual store answer in one pass, or None."},
+     "scan(body, rows_key, keys, max_digits): the rows of a usual store answer in one pass, or None."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,8 +6,9 @@ plainly) is read by ``veil._rowscan``, a small C extension, in one pass over the
 validates the whole document and yields each row's span and the values of the fields Veil
 reads, column by column (``Answer.columns``), and nothing else. Whatever it leaves to Python
 (escaped member names, a read name repeated in a row, lone surrogates, NaN, deep nesting,
-anything not strict JSON, other shapes) takes the paths below, as does every answer when the
-extension is not built (``NATIVE`` is then False) or when the policy reads whole rows.
+integers at Python's conversion limit, anything not strict JSON, other shapes) takes the
+paths below, as does every answer when the extension is not built (``NATIVE`` is then False)
+or when the policy reads whole rows.
 
 Fast path: orjson decodes the whole body once; when every row is an object, the row
 boundaries are the ``}``-``,``-``{`` sequences after the array's first row, found at C speed,
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -78,6 +80,8 @@ _LONG_DIGITS = re.compile(r"[0-9]{19}")
 # limit): a row with more openers than this is scanned by the latter too, to refuse alike.
 _DEEP = 256
 NATIVE = _rowscan is not None  # whether the usual answer is read by the C extension
+# With Python's integer limit off (0), the C reader still hands back integers this long.
+_DEFAULT_INT_DIGITS = 4300
 _scan_string = json.decoder.scanstring  # type: ignore[attr-defined]
 _skip_value = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
@@ -244,8 +248,13 @@ def _native(
     if len(rows_pointer) > 1 or any(len(t) != 1 for t in keep) or any(len(t) != 1 for t in read):
         return None
     fields = tuple(dict.fromkeys(read))  # each pointer once, in order
+    # Python's limit on converting integers, read now (an operator may lower it): a longer
+    # integer makes the reference reader find its row unreadable, so the C reader hands it back
     found = _rowscan.scan(
-        body, rows_pointer[0] if rows_pointer else None, tuple(t[0] for t in fields)
+        body,
+        rows_pointer[0] if rows_pointer else None,
+        tuple(t[0] for t in fields),
+        sys.get_int_max_str_digits() or _DEFAULT_INT_DIGITS,
     )
     if found is None:
         return None
