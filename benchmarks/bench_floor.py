@@ -7,7 +7,8 @@ against the same loopback store as ``bench_latency.py``:
 
 - ``direct``: the store itself;
 - ``pass-through``: Flask under gunicorn gthread (2 workers, 8 threads) forwarding with
-  urllib3 and returning the store's bytes unread;
+  ``http.client`` on a kept-alive connection (as Veil's store client) and returning the
+  store's bytes unread;
 - ``orjson``: the same, decoding the answer with orjson, dropping every other row and
   encoding it again (the cheapest "filter" there is);
 - ``veil``: ``veil serve`` with the shipped policy, as ``bench_latency.py`` runs it.
@@ -48,22 +49,28 @@ from bench_latency import (
 
 # The bare proxy, as a module gunicorn loads (the store's URL and the mode from the env).
 PROXY = """
+import http.client
 import os
+import threading
+from urllib.parse import urlsplit
 
 import orjson
-import urllib3
 from flask import Flask, Response, request
 
 app = Flask("floor")
-pool = urllib3.PoolManager(maxsize=8)
-STORE, MODE = os.environ["FLOOR_STORE"], os.environ["FLOOR_MODE"]
+STORE, MODE = urlsplit(os.environ["FLOOR_STORE"]), os.environ["FLOOR_MODE"]
+local = threading.local()  # one kept-alive connection per thread, as Veil's pool gives
 
 
 @app.get("/api/activities")
 def activities():
-    answer = pool.request("GET", f"{STORE}/api/activities?{request.query_string.decode()}",
-                          headers={"Authorization": request.headers.get("Authorization", "")})
-    body = answer.data
+    connection = getattr(local, "connection", None)
+    if connection is None:
+        connection = local.connection = http.client.HTTPConnection(STORE.hostname, STORE.port)
+    connection.request("GET", f"/api/activities?{request.query_string.decode()}",
+                       headers={"Authorization": request.headers.get("Authorization", "")})
+    answer = connection.getresponse()
+    body = answer.read()
     if MODE == "orjson":
         document = orjson.loads(body)
         document["data"] = document["data"][::2]

@@ -14,6 +14,7 @@ import os
 import random
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ import pytest
 from veil import rows as rows_module
 from veil.config import FieldPointers
 from veil.errors import VeilError
-from veil.rows import Answer, Normalizer, parse_answer, pointer_tokens, render
+from veil.rows import Answer, Normalizer, RowFacts, parse_answer, pointer_tokens, render
 
 READ = (("id",), ("user",), ("actorType",), ("timestamp",))
 NESTED = FieldPointers(id="/meta/id", actor="/who/upn", actor_type="/who/kind", timestamp="/at")
@@ -554,3 +555,110 @@ def test_the_normalizer_reads_millisecond_utc_times_as_timestamp_ns_does() -> No
     assert [row["ts_ns"] for row in out] == [timestamp_ns(value) for value in values]
     read = [row["ts_ns"] for row in out]
     assert read.count(None) > 100 and len(set(read)) > 150  # both outcomes, many instants
+
+
+@pytest.fixture
+def native_facts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of rows each call of ``veil._rowscan.facts`` read."""
+    if not rows_module.NATIVE:
+        if os.environ.get("CI"):
+            pytest.fail("veil._rowscan is not built: CI runs the native reader's tests")
+        pytest.skip("veil._rowscan is not built (no C compiler at install)")
+    from veil import _rowscan
+
+    calls: list[int] = []
+    original = _rowscan.facts
+
+    def counted(*args: Any) -> Any:
+        calls.append(len(args[0]))
+        return original(*args)
+
+    monkeypatch.setattr(_rowscan, "facts", counted)
+    return calls
+
+
+CALENDAR_EDGES = (
+    *(f"{year}-02-29" for year in (2000, 1900, 2100, 2004, 2001, 1700, 1800, 2200)),
+    *("2024-02-30", "2024-04-31", "2024-04-30", "2024-12-31", "2024-12-32", "2023-02-28"),
+    *("2024-00-10", "2024-13-10", "2024-01-00", "1677-12-31", "2262-01-01", "1970-01-01"),
+)
+
+
+def _time(rng: random.Random) -> Any:
+    """A time as a store may write it: mostly the usual spelling, valid or broken at random."""
+    roll = rng.random()
+    if roll < 0.45:  # a valid instant anywhere in 1600-2400, in the usual spelling
+        seconds = rng.randrange(-11_676_096_000, 13_569_465_600)
+        moment = datetime.fromtimestamp(0, UTC) + timedelta(seconds=seconds)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{rng.randrange(1000):03d}Z"
+    if roll < 0.75:  # the usual spelling with one to three characters changed
+        chars = list(f"{rng.randrange(1600, 2400):04d}-{rng.choice(['02', '04', '12', '13'])}-"
+                     f"{rng.choice(['28', '29', '30', '31', '00'])}T23:59:59.999Z")  # fmt: skip
+        for _ in range(rng.randint(0, 3)):
+            chars[rng.randrange(24)] = rng.choice("0123456789" * 4 + ":-.+TtZz ,\u0663")
+        return "".join(chars)
+    return rng.choice(
+        [
+            None,
+            True,
+            1_764_000_000_000,
+            -5,
+            2**70,
+            1.5e12,
+            float("nan"),
+            "2026-11-25T18:58:06Z",
+            "2026-11-25T18:58:06.480123456+01:00",
+            # the calendar's edges: leap years by 4, 100 and 400, months' last days
+            *(f"{day}T12:00:00.000Z" for day in CALENDAR_EDGES),
+            "2026-11-25 18:58:06.480z",
+            "2026-11-25T18:58:06.480",
+            "",
+            {"at": 1},
+            ["2026-11-25T18:58:06.480Z"],
+        ]
+    )
+
+
+def test_native_facts_match_the_python_loop(native_facts: list[int]) -> None:
+    """``veil._rowscan.facts`` against ``Normalizer._facts_in_python`` (the reference) over
+    generated columns: ids of every JSON type and size, actors valid, odd, repeated and not
+    strings, actor types of both kinds, and times valid and broken (including every date of a
+    wide span of years, so the calendar arithmetic is checked)."""
+    rng = random.Random("veil-native-facts")
+    actors = ["Ann@Contoso.COM", "ann@contoso.com", "Åsa@contoso.com", "bad actor", "", "x" * 300]
+    kinds = ["application", "APPLICATION", "Application\u3000", "user", "", "Service"]
+    ids = ["a-1", "", 0, -(2**63), 2**63 - 1, True, 1.5, None, {}]
+    beyond = [2**63, -(2**63) - 1, 10**30]  # beyond 64 bits: the row is unreadable (R2)
+    n = 6000
+    columns: list[list[Any]] = [
+        [rng.choice(beyond if rng.random() < 0.03 else ids) for _ in range(n)],
+        [rng.choice([*actors, None, 7, ["a"]]) for _ in range(n)],
+        [rng.choice([*kinds, None, 3]) for _ in range(n)],
+        [_time(rng) for _ in range(n)],
+    ]
+    unreadable = {rng.randrange(n) for _ in range(50)}
+    native = Normalizer(FieldPointers(), frozenset({"application", "service"}))
+    python = Normalizer(FieldPointers(), frozenset({"application", "service"}))
+    got = native._facts(columns, unreadable)
+    want = python._facts_in_python(columns, unreadable)
+    assert native_facts == [n]
+    assert got.ids == want.ids and got.actors == want.actors and got.kinds == want.kinds
+    assert [RowFacts.ns(s) for s in got.stamps] == [RowFacts.ns(s) for s in want.stamps]
+    assert sorted(got.unreadable) == sorted(want.unreadable)
+    assert native._actors == python._actors and native._kinds == python._kinds
+    # both outcomes, in quantity: the corpus reaches each branch
+    assert sum(s is None for s in got.stamps) > 1000 and len(set(got.stamps)) > 2000
+    assert len(got.unreadable) > len(unreadable) + 100  # ids beyond 64 bits were found
+    assert {"application", "user"} == set(got.kinds) and None in got.actors
+
+
+def test_native_facts_fail_as_their_callbacks_do(native_facts: list[int]) -> None:
+    from veil import _rowscan
+
+    def broken(_: str) -> str:
+        raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        _rowscan.facts([1], ["a"], ["k"], [None], {}, {}, broken, str, int, "user")
+    with pytest.raises(ValueError, match="differ in length"):
+        _rowscan.facts([1], [], [], [], {}, {}, str, str, int, "user")

@@ -52,7 +52,7 @@ from conftest import (
     iso,
     make_config,
 )
-from netutil import free_port, wait_until_ready
+from netutil import free_port, self_signed, wait_until_ready
 
 ANN = "ann@contoso.com"
 SEC = 1_000_000_000
@@ -1077,45 +1077,6 @@ def test_three_replicas_keep_one_signed_chain(
 # ---- an HTTPS witness ---------------------------------------------------------------------
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "witness.crt", tmp_path / "witness.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_https_witness(
     store: LoopbackStore,
     storage_url: str,
@@ -1136,7 +1097,7 @@ def test_https_witness(
             received.append(json.loads(incoming.get_data()))
         return "", status["code"]
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server = make_server("127.0.0.1", 0, endpoint, threaded=True, ssl_context=(str(cert), str(key)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))

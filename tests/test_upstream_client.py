@@ -1,5 +1,7 @@
-"""Veil's client for the store (urllib3): kept-alive connections, one retry on a connection the
-store closed, redirects not followed, headers as sent before, gzip, errors as Veil errors.
+"""Veil's client for the store (http.client and a pool of its own): kept-alive connections, one
+retry on a connection the store closed, redirects not followed, headers as sent before, gzip
+and deflate decoded (any other coding refused), a size limit that holds for decoded answers,
+HTTPS verified, errors as Veil errors.
 
 The store here is a real HTTP/1.1 server on loopback, written on sockets so that each test
 can decide how it treats its connections.
@@ -10,18 +12,23 @@ from __future__ import annotations
 import gzip
 import socket
 import socketserver
+import ssl
 import threading
+import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from werkzeug.datastructures import Headers
 
+from veil import upstream as upstream_module
 from veil.config import UpstreamConfig
-from veil.errors import UpstreamBadBody, UpstreamUnavailable
+from veil.errors import UpstreamBadBody, UpstreamTimeout, UpstreamUnavailable
 from veil.upstream import Upstream
 
-from netutil import free_port
+from netutil import free_port, self_signed
 
 BODY = b'{"data": [{"id": 1}], "next": null}'
 
@@ -29,11 +36,14 @@ BODY = b'{"data": [{"id": 1}], "next": null}'
 @dataclass
 class Seen:
     connections: int = 0
+    closed_by_client: int = 0
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
 
-Answer = Callable[[int, str], bytes | None]  # (request number on this connection, path)
-Serve = Callable[[Answer], tuple[str, Seen]]
+# (request number on this connection, path) -> the bytes to send: one write, or a list of
+# writes sent 50 ms apart; None (alone or at the end of the list) closes the connection
+Answer = Callable[[int, str], bytes | list[bytes | None] | None]
+Serve = Callable[..., tuple[str, Seen]]
 
 
 def http_answer(body: bytes, status: str = "200 OK", extra: str = "") -> bytes:
@@ -47,7 +57,7 @@ def http_answer(body: bytes, status: str = "200 OK", extra: str = "") -> bytes:
 def serve() -> Iterator[Callable[[Answer], tuple[str, Seen]]]:
     servers: list[socketserver.ThreadingTCPServer] = []
 
-    def start(answer: Answer) -> tuple[str, Seen]:
+    def start(answer: Answer, tls: ssl.SSLContext | None = None) -> tuple[str, Seen]:
         seen = Seen()
 
         class Handler(socketserver.StreamRequestHandler):
@@ -57,6 +67,7 @@ def serve() -> Iterator[Callable[[Answer], tuple[str, Seen]]]:
                 while True:
                     line = self.rfile.readline()
                     if not line:
+                        seen.closed_by_client += 1
                         return
                     path = line.split()[1].decode()
                     headers: dict[str, str] = {}
@@ -69,14 +80,27 @@ def serve() -> Iterator[Callable[[Answer], tuple[str, Seen]]]:
                     if reply is None:  # close without a word, as a keep-alive timeout does
                         self.connection.shutdown(socket.SHUT_RDWR)
                         return
-                    self.wfile.write(reply)
-                    self.wfile.flush()
+                    for piece, part in enumerate(reply if isinstance(reply, list) else [reply]):
+                        if part is None:
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                            return
+                        if piece:
+                            time.sleep(0.05)  # the client reads what arrived so far
+                        self.wfile.write(part)
+                        self.wfile.flush()
 
-        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+
+            def get_request(self) -> tuple[socket.socket, object]:
+                sock, address = super().get_request()
+                return (tls.wrap_socket(sock, server_side=True) if tls else sock), address
+
+        server = Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}", seen
+        scheme = "https" if tls else "http"
+        return f"{scheme}://127.0.0.1:{server.server_address[1]}", seen
 
     yield start
     for server in servers:
@@ -162,3 +186,160 @@ def test_nothing_listening_is_unavailable_and_not_reachable() -> None:
 def test_reachable_on_any_answer(serve: Serve) -> None:
     url, _ = serve(lambda number, path: http_answer(b"", "404 Not Found"))
     assert client(url).reachable() is True
+
+
+def test_a_chunked_answer_is_read_whole_and_its_connection_kept(serve: Serve) -> None:
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (BODY[:9], BODY[9:]))
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    url, seen = serve(lambda number, path: [head + chunked[:20], chunked[20:] + b"0\r\n\r\n"])
+    upstream = client(url)
+    for _ in range(3):
+        assert upstream.get("/api/activities", "", Headers()).body == BODY
+    assert seen.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("coding", "packed"),
+    [
+        ("gzip", gzip.compress(BODY)),
+        ("x-gzip", gzip.compress(BODY)),
+        ("deflate", zlib.compress(BODY)),
+        ("identity", BODY),
+    ],
+)
+def test_an_answer_arriving_in_pieces_is_decoded_whole(
+    serve: Serve, coding: str, packed: bytes
+) -> None:
+    # the first piece is shorter than a gzip header: it decodes to nothing, and is not the end
+    extra = f"Content-Encoding: {coding}\r\n"
+    whole = http_answer(packed, extra=extra)
+    head = len(whole) - len(packed)
+    url, seen = serve(lambda number, path: [whole[: head + 4], whole[head + 4 :]])
+    upstream = client(url)
+    assert upstream.get("/api/activities", "", Headers()).body == BODY
+    assert upstream.get("/api/activities", "", Headers()).body == BODY
+    assert seen.connections == 1
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd", "compress", "gzip, gzip"])
+def test_an_answer_in_a_coding_veil_cannot_decode_is_refused(serve: Serve, coding: str) -> None:
+    url, _ = serve(lambda number, path: http_answer(BODY, extra=f"Content-Encoding: {coding}\r\n"))
+    with pytest.raises(UpstreamBadBody, match="Content-Encoding"):
+        client(url).get("/api/activities", "", Headers())
+
+
+def test_a_compressed_answer_that_is_garbage_is_refused(serve: Serve) -> None:
+    url, _ = serve(
+        lambda number, path: http_answer(b"\x1f\x8b not gzip", extra="Content-Encoding: gzip\r\n")
+    )
+    with pytest.raises(UpstreamBadBody, match="could not be decoded"):
+        client(url).get("/api/activities", "", Headers())
+
+
+def test_the_size_limit_holds_for_the_decoded_answer(serve: Serve) -> None:
+    bomb = gzip.compress(b"[" + b"1," * 1_000_000 + b"1]")  # 2 MB that packs into a few KB
+    url, seen = serve(
+        lambda number, path: (
+            http_answer(bomb, extra="Content-Encoding: gzip\r\n")
+            if path.endswith("bomb")
+            else http_answer(BODY)
+        )
+    )
+    upstream = client(url, max_body_bytes=50_000)
+    assert len(bomb) < 50_000
+    with pytest.raises(UpstreamBadBody, match="larger than 50000 bytes"):
+        upstream.get("/api/activities", "bomb", Headers())
+    assert upstream.get("/api/activities", "", Headers()).body == BODY
+    assert seen.connections == 2  # the refused answer's connection was not reused
+
+
+def test_an_answer_cut_short_is_unavailable(serve: Serve) -> None:
+    # the store says Content-Length N, sends fewer bytes and closes the connection
+    url, _ = serve(
+        lambda number, path: (
+            [http_answer(BODY)[:-5], None] if path.endswith("cut") else http_answer(BODY)
+        )
+    )
+    upstream = client(url)
+    with pytest.raises(UpstreamUnavailable, match="IncompleteRead"):
+        upstream.get("/api/activities", "cut", Headers())
+    assert upstream.get("/api/activities", "", Headers()).body == BODY
+
+
+def test_an_answer_cut_short_on_an_open_connection_times_out(serve: Serve) -> None:
+    url, _ = serve(lambda number, path: http_answer(BODY)[:-5])
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        client(url, timeout_s=0.5).get("/api/activities", "", Headers())
+    assert time.monotonic() - started < 5
+
+
+def test_the_path_in_the_store_url_prefixes_each_request(serve: Serve) -> None:
+    url, seen = serve(lambda number, path: http_answer(BODY))
+    assert client(url + "/v2").get("/api/activities", "a=1", Headers()).body == BODY
+    assert client(url + "/v2").reachable() is True
+    assert [path for path, _ in seen.requests] == ["/v2/api/activities?a=1", "/v2/"]
+
+
+def test_close_closes_the_kept_alive_connections(serve: Serve) -> None:
+    url, seen = serve(lambda number, path: http_answer(BODY))
+    upstream = client(url)
+    upstream.get("/api/activities", "", Headers())
+    upstream.close()
+    upstream.get("/api/activities", "", Headers())
+    assert seen.connections == 2
+
+
+def _tls(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+    cert, key = self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context, cert
+
+
+def test_https_verifies_the_stores_certificate(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context, cert = _tls(tmp_path)
+    url, seen = serve(lambda number, path: http_answer(BODY), tls=context)
+    # a certificate no CA in the bundle signed: refused before any request is sent
+    with pytest.raises(UpstreamUnavailable, match="SSLCertVerificationError"):
+        client(url).get("/api/activities", "", Headers())
+    assert seen.requests == []
+    monkeypatch.setattr(upstream_module, "CA_BUNDLE", str(cert))
+    upstream = client(url)
+    for _ in range(2):
+        assert upstream.get("/api/activities", "", Headers()).body == BODY
+    assert len(seen.requests) == 2
+    # the right CA, the wrong name: the certificate is for 127.0.0.1, not localhost
+    with pytest.raises(UpstreamUnavailable, match="SSLCertVerificationError"):
+        client(url.replace("127.0.0.1", "localhost")).get("/api/activities", "", Headers())
+
+
+def test_at_most_pool_size_connections_are_kept_idle(serve: Serve) -> None:
+    together = threading.Barrier(3, timeout=30)  # the first three are answered together
+
+    def answer(number: int, path: str) -> bytes:
+        if path.endswith("together"):
+            together.wait()
+        return http_answer(BODY)
+
+    url, seen = serve(answer)
+    upstream = client(url, pool_size=1)
+    threads = [
+        threading.Thread(target=upstream.get, args=("/api/activities", "together", Headers()))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen.connections == 3  # three at once
+    deadline = time.monotonic() + 10
+    while seen.closed_by_client < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen.closed_by_client == 2  # one kept for the next request
+    upstream.get("/api/activities", "", Headers())
+    assert seen.connections == 3

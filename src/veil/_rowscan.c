@@ -455,9 +455,159 @@ done:
     return result;
 }
 
+/* ---- facts(): what Veil reads of each row, from the columns ---------------------------- */
+
+/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar (H. Hinnant's
+ * days_from_civil). */
+static long long days_from_civil(long long y, unsigned m, unsigned d) {
+    y -= m <= 2;
+    const long long era = (y >= 0 ? y : y - 399) / 400;
+    const unsigned yoe = (unsigned)(y - era * 400);
+    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (long long)doe - 719468;
+}
+
+static int digits(const char *s, int from, int to, int *value) {
+    int v = 0;
+    for (int i = from; i < to; i++) {
+        if (s[i] < '0' || s[i] > '9') return 0;
+        v = v * 10 + (s[i] - '0');
+    }
+    *value = v;
+    return 1;
+}
+
+/* RFC 3339 in UTC to the millisecond, "2026-11-25T18:58:06.480Z" (the usual spelling), with
+ * a year in 1678-2261 (so within a signed 64-bit count of nanoseconds): its nanoseconds since
+ * the epoch in *ns. 0 for anything else, which veil.rows.timestamp_ns then reads. */
+static int usual_time(PyObject *text, long long *ns) {
+    static const unsigned char month_days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (!PyUnicode_IS_ASCII(text) || PyUnicode_GET_LENGTH(text) != 24) return 0;
+    const char *s = (const char *)PyUnicode_DATA(text);
+    int year, month, day, hour, minute, second, milli;
+    if (s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' ||
+        s[19] != '.' || s[23] != 'Z')
+        return 0;
+    if (!digits(s, 0, 4, &year) || !digits(s, 5, 7, &month) || !digits(s, 8, 10, &day) ||
+        !digits(s, 11, 13, &hour) || !digits(s, 14, 16, &minute) ||
+        !digits(s, 17, 19, &second) || !digits(s, 20, 23, &milli))
+        return 0;
+    if (year < 1678 || year > 2261 || month < 1 || month > 12 || day < 1 || hour > 23 ||
+        minute > 59 || second > 59)
+        return 0;
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    if (day > month_days[month - 1] + (month == 2 && leap)) return 0;
+    long long seconds = days_from_civil(year, (unsigned)month, (unsigned)day) * 86400LL +
+                        hour * 3600LL + minute * 60LL + second;
+    *ns = seconds * 1000000000LL + milli * 1000000LL;
+    return 1;
+}
+
+/* cache[value], else cache.setdefault(value, make(value)); a new reference, NULL on error. */
+static PyObject *remembered(PyObject *cache, PyObject *value, PyObject *make) {
+    PyObject *found = PyDict_GetItemWithError(cache, value);
+    if (found != NULL) return Py_NewRef(found);
+    if (PyErr_Occurred()) return NULL;
+    PyObject *made = PyObject_CallOneArg(make, value);
+    if (made == NULL) return NULL;
+    found = PyDict_SetDefault(cache, value, made);
+    Py_DECREF(made);
+    return Py_XNewRef(found);
+}
+
+static PyObject *facts(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *ids, *actors, *kinds, *stamps, *actor_keys, *kind_names, *key_of, *kind_of, *to_ns,
+        *user;
+    PyObject *out_ids = NULL, *out_who = NULL, *out_kinds = NULL, *out_stamps = NULL,
+             *late = NULL, *result = NULL;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!OOOU", &PyList_Type, &ids, &PyList_Type, &actors,
+                          &PyList_Type, &kinds, &PyList_Type, &stamps, &PyDict_Type, &actor_keys,
+                          &PyDict_Type, &kind_names, &key_of, &kind_of, &to_ns, &user)) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(ids);
+    if (PyList_GET_SIZE(actors) != n || PyList_GET_SIZE(kinds) != n ||
+        PyList_GET_SIZE(stamps) != n) {
+        PyErr_SetString(PyExc_ValueError, "the columns differ in length");
+        return NULL;
+    }
+    if (!(out_ids = PyList_New(n)) || !(out_who = PyList_New(n)) ||
+        !(out_kinds = PyList_New(n)) || !(out_stamps = PyList_New(n)) ||
+        !(late = PyList_New(0)))
+        goto done;
+    /* each list item is set exactly once below (PyList_SET_ITEM steals the reference) */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyList_GET_SIZE(ids) != n || PyList_GET_SIZE(actors) != n ||
+            PyList_GET_SIZE(kinds) != n || PyList_GET_SIZE(stamps) != n) {
+            PyErr_SetString(PyExc_RuntimeError, "a column changed while it was read");
+            goto done;
+        }
+        PyObject *id = PyList_GET_ITEM(ids, i), *value;
+        if (PyUnicode_CheckExact(id)) {
+            value = Py_NewRef(id);
+        } else if (PyLong_CheckExact(id)) {
+            int overflow;
+            (void)PyLong_AsLongLongAndOverflow(id, &overflow); /* MIN_INT..MAX_INT, 64 bits */
+            if (overflow) {
+                PyObject *index = PyLong_FromSsize_t(i);
+                if (index == NULL || PyList_Append(late, index) < 0) {
+                    Py_XDECREF(index);
+                    goto done;
+                }
+                Py_DECREF(index);
+            }
+            value = Py_NewRef(id);
+        } else {
+            value = Py_NewRef(Py_None);
+        }
+        PyList_SET_ITEM(out_ids, i, value);
+
+        /* the callbacks get references of their own: items outlive anything they do */
+        PyObject *actor = Py_NewRef(PyList_GET_ITEM(actors, i));
+        value = PyUnicode_CheckExact(actor) ? remembered(actor_keys, actor, key_of)
+                                            : Py_NewRef(Py_None);
+        Py_DECREF(actor);
+        if (value == NULL) goto done;
+        PyList_SET_ITEM(out_who, i, value);
+
+        PyObject *kind = Py_NewRef(PyList_GET_ITEM(kinds, i));
+        value = PyUnicode_CheckExact(kind) ? remembered(kind_names, kind, kind_of)
+                                           : Py_NewRef(user);
+        Py_DECREF(kind);
+        if (value == NULL) goto done;
+        PyList_SET_ITEM(out_kinds, i, value);
+
+        PyObject *stamp = Py_NewRef(PyList_GET_ITEM(stamps, i));
+        long long ns;
+        if (stamp == Py_None) {
+            value = Py_NewRef(Py_None);
+        } else if (PyUnicode_CheckExact(stamp) && usual_time(stamp, &ns)) {
+            value = PyLong_FromLongLong(ns);
+        } else {
+            value = PyObject_CallOneArg(to_ns, stamp);
+        }
+        Py_DECREF(stamp);
+        if (value == NULL) goto done;
+        PyList_SET_ITEM(out_stamps, i, value);
+    }
+    result = PyTuple_Pack(5, out_ids, out_who, out_kinds, out_stamps, late);
+done:
+    /* a list left part-filled on error holds NULLs, which list deallocation skips */
+    Py_XDECREF(out_ids);
+    Py_XDECREF(out_who);
+    Py_XDECREF(out_kinds);
+    Py_XDECREF(out_stamps);
+    Py_XDECREF(late);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(body, rows_key, keys, max_digits): the rows of a usual store answer in one pass, or None."},
+    {"facts", facts, METH_VARARGS,
+     "facts(ids, actors, kinds, stamps, actor_keys, kind_names, key_of, kind_of, to_ns, user): "
+     "veil.rows.Normalizer's facts of each row, from its columns."},
     {NULL, NULL, 0, NULL},
 };
 

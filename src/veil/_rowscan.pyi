@@ -1,5 +1,6 @@
 """Types of the C extension ``veil._rowscan`` (see its source, ``_rowscan.c``)."""
 
+from collections.abc import Callable
 from typing import Any
 
 Span = tuple[int, int]
@@ -10,3 +11,19 @@ def scan(
     body: bytes, rows_key: str | None, keys: tuple[str, ...], max_digits: int, /
 ) -> tuple[int, int, list[Span], tuple[list[Any], ...], list[Deferred], list[Member] | None] | None:
     """The rows of a usual store answer in one pass, or None (then veil.rows reads it)."""
+
+def facts(
+    ids: list[Any],
+    actors: list[Any],
+    kinds: list[Any],
+    stamps: list[Any],
+    actor_keys: dict[str, str | None],
+    kind_names: dict[str, str],
+    key_of: Callable[[str], str | None],
+    kind_of: Callable[[str], str],
+    to_ns: Callable[[Any], int | None],
+    user: str,
+    /,
+) -> tuple[list[Any], list[str | None], list[str], list[int | None], list[int]]:
+    """veil.rows.Normalizer's facts of each row from its columns: (ids, actors' keys, kinds,
+    times in nanoseconds, indices of ids beyond 64 bits)."""

@@ -857,17 +857,44 @@ class Normalizer:
         columns = answer.columns
         return self._facts([columns[tokens] for tokens in self._pointers], answer.unreadable)
 
+    def _kind(self, kind: str) -> str:
+        """What an actor type as written means: "application" or "user"."""
+        return "application" if principal.fold(kind) in self.application_values else "user"
+
     def _facts(
         self, columns: Sequence[list[Any]], unreadable: frozenset[int] | set[int]
     ) -> RowFacts:
-        """``facts`` from the columns of the id, actor, actor type and time."""
-        id_column, actor_column, type_column, ts_column = columns
-        apps = self.application_values
-        to_ns, key, fold = timestamp_ns, principal.key, principal.fold
+        """``facts`` from the columns of the id, actor, actor type and time: by
+        ``veil._rowscan.facts`` when it is built, else by ``_facts_in_python``, the reference
+        the tests hold it to."""
         actors, kinds = self._actors, self._kinds  # keyed once, then remembered
         if len(actors) > MAX_REMEMBERED or len(kinds) > MAX_REMEMBERED:
             actors.clear()
             kinds.clear()
+        id_column, actor_column, type_column, ts_column = columns
+        if _rowscan is not None:
+            found = _rowscan.facts(
+                id_column,
+                actor_column,
+                type_column,
+                ts_column,
+                actors,
+                kinds,
+                principal.key,
+                self._kind,
+                timestamp_ns,
+                "user",
+            )
+            return self._drop(*found[:4], (*unreadable, *found[4]))
+        return self._facts_in_python(columns, unreadable)
+
+    def _facts_in_python(
+        self, columns: Sequence[list[Any]], unreadable: frozenset[int] | set[int]
+    ) -> RowFacts:
+        """``_facts`` without the C extension (and the tests' reference for it)."""
+        id_column, actor_column, type_column, ts_column = columns
+        actors, kinds = self._actors, self._kinds
+        to_ns, key, kind_of = timestamp_ns, principal.key, self._kind
         fromiso = _fromisoformat
         ids: list[Any] = []
         who_list: list[str | None] = []
@@ -902,9 +929,7 @@ class Normalizer:
                 try:
                     add_kind(kinds[kind])
                 except KeyError:
-                    add_kind(
-                        kinds.setdefault(kind, "application" if fold(kind) in apps else "user")
-                    )
+                    add_kind(kinds.setdefault(kind, kind_of(kind)))
             else:
                 add_kind("user")
             # RFC 3339 in UTC to the millisecond ("2026-11-25T18:58:06.480Z"), the usual
@@ -924,10 +949,20 @@ class Normalizer:
                         add_stamp(_in_range((moment - _EPOCH) // _MICROSECOND * 1000))
             else:
                 add_stamp(to_ns(ts))
-        dropped = (*unreadable, *late)
+        return self._drop(ids, who_list, kind_list, stamps, (*unreadable, *late))
+
+    @staticmethod
+    def _drop(
+        ids: list[Any],
+        who: list[str | None],
+        kinds: list[str],
+        stamps: list[Any],
+        dropped: tuple[int, ...],
+    ) -> RowFacts:
+        """The facts, with the ``dropped`` rows' id, actor and time None: private (R2)."""
         for index in dropped:
-            ids[index] = who_list[index] = stamps[index] = None  # private (R2)
-        return RowFacts(ids, who_list, kind_list, stamps, dropped)
+            ids[index] = who[index] = stamps[index] = None
+        return RowFacts(ids, who, kinds, stamps, dropped)
 
     def rows(
         self,
