@@ -9,6 +9,7 @@ native reader's columns, or from decoded rows), or the same refusal.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -558,12 +559,17 @@ def test_the_normalizer_reads_millisecond_utc_times_as_timestamp_ns_does() -> No
 
 
 @pytest.fixture
-def native_facts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The number of rows each call of ``veil._rowscan.facts`` read."""
+def native_built() -> None:
+    """Fails in CI, skips elsewhere, when ``veil._rowscan`` is not built."""
     if not rows_module.NATIVE:
         if os.environ.get("CI"):
             pytest.fail("veil._rowscan is not built: CI runs the native reader's tests")
         pytest.skip("veil._rowscan is not built (no C compiler at install)")
+
+
+@pytest.fixture
+def native_facts(native_built: None, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of rows each call of ``veil._rowscan.facts`` read."""
     from veil import _rowscan
 
     calls: list[int] = []
@@ -662,3 +668,88 @@ def test_native_facts_fail_as_their_callbacks_do(native_facts: list[int]) -> Non
         _rowscan.facts([1], ["a"], ["k"], [None], {}, {}, broken, str, int, "user")
     with pytest.raises(ValueError, match="differ in length"):
         _rowscan.facts([1], [], [], [], {}, {}, str, str, int, "user")
+
+
+@pytest.mark.usefixtures("native_built")
+def test_native_matching_of_rows_to_windows_matches_the_python_loop() -> None:
+    """``veil._rowscan.private_rows`` against ``match``'s loop (the reference) over generated
+    facts and window tables: times as ints (in and beyond 64 bits) and datetimes, windows with
+    int and float bounds, open-ended, empty, and pairs the table does not hold, with each of
+    the shipped rules on or off."""
+    from veil.policy import decide
+
+    rng = random.Random("veil-native-match")
+    base = 1_764_000_000_000_000_000
+    actors = [f"u{n}@contoso.com" for n in range(12)]
+    kinds = ["user", "application"]
+
+    def bound() -> int | float:
+        return rng.choice(
+            [
+                base + rng.randrange(-(10**12), 10**12),
+                float(base + rng.randrange(-(10**12), 10**12)),
+                2**63 - 1,
+                -(2**63),
+                2**70,
+                float("inf"),
+                float("-inf"),
+            ]
+        )
+
+    table: dict[tuple[Any, str], Any] = {}
+    for kind in kinds:
+        for actor in actors[:9]:  # the last three are not cached
+            windows = sorted((bound(), bound()) for _ in range(rng.randrange(3)))
+            table[(kind, actor)] = tuple(windows)
+
+    def stamp() -> Any:
+        roll = rng.random()
+        if roll < 0.1:
+            return None
+        if roll < 0.2:
+            return datetime.fromtimestamp(base / 1e9, UTC) + timedelta(
+                microseconds=rng.randrange(-(10**9), 10**9)
+            )
+        if roll < 0.25:
+            return rng.choice([2**63 - 1, 2**64, -(2**63)])
+        return base + rng.randrange(-(10**12), 10**12)
+
+    n = 5000
+    facts = (
+        [rng.choice([*actors, None, None]) for _ in range(n)],
+        [rng.choice(kinds) for _ in range(n)],
+        [stamp() for _ in range(n)],
+    )
+    outcomes = set()
+    for flags in [
+        (True, True, True),
+        (False, True, True),
+        (True, False, True),
+        (True, True, False),
+    ]:
+        got = decide.match(*facts, table, *flags)
+        want = decide.match(*facts, table, *flags, native=False)
+        assert got == want
+        outcomes.add((len(got[0]), len(got[1])))
+    private, waiting = decide.match(*facts, table, True, True, True)
+    assert 1000 < len(private) < n - 1000 and len(waiting) > 500  # both outcomes, in quantity
+    assert len(outcomes) == 4  # each rule changes the answer
+
+
+@pytest.mark.usefixtures("native_built")
+def test_native_joining_of_kept_rows_matches_the_python_join() -> None:
+    """``veil._rowscan.join_rows`` against ``rows._join_in_python`` (the reference) over
+    generated texts, spans and dropped rows: none, some, all, and indices beyond the rows; a
+    text that is not ASCII is left to Python."""
+    rng = random.Random("veil-native-join")
+    for _ in range(300):
+        text = "".join(rng.choice('{}[],:"ab 0\\') for _ in range(rng.randrange(200)))
+        cuts = sorted(rng.randrange(len(text) + 1) for _ in range(2 * rng.randrange(12)))
+        spans = list(itertools.pairwise(cuts))[::2]
+        drop = {rng.randrange(len(spans) + 2) for _ in range(rng.randrange(len(spans) + 2))}
+        joined = rows_module._join_rows(text, spans, drop)
+        assert joined == rows_module._join_in_python(text, spans, drop)
+        assert joined is not None and joined.isascii()
+    assert rows_module._join_rows('[{"a": "é"}]', [(1, 11)], set()) is None
+    with pytest.raises(ValueError, match="outside the text"):
+        rows_module._join_rows("[{}]", [(1, 9)], set())

@@ -602,12 +602,185 @@ done:
     return result;
 }
 
+/* ---- private_rows(): R2 and R1 applied to the facts ------------------------------------- */
+
+/* Whether bound <= ts (below: ts < bound): exact, as Python compares an int with an int or a
+ * float; int64 arithmetic when both are ints that fit in 64 bits. -1 on error. */
+static int in_order(PyObject *low, PyObject *high, int strict) {
+    if (PyLong_CheckExact(low) && PyLong_CheckExact(high)) {
+        int o1, o2;
+        long long a = PyLong_AsLongLongAndOverflow(low, &o1);
+        long long b = PyLong_AsLongLongAndOverflow(high, &o2);
+        if (!o1 && !o2) return strict ? a < b : a <= b;
+        if (PyErr_Occurred()) return -1;
+    }
+    return PyObject_RichCompareBool(low, high, strict ? Py_LT : Py_LE);
+}
+
+static PyObject *private_rows(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *actors, *kinds, *stamps, *table, *to_ns;
+    int no_actor, no_time, in_window;
+    PyObject *private = NULL, *pending = NULL, *result = NULL;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!pppO", &PyList_Type, &actors, &PyList_Type, &kinds,
+                          &PyList_Type, &stamps, &PyDict_Type, &table, &no_actor, &no_time,
+                          &in_window, &to_ns)) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(actors);
+    if (PyList_GET_SIZE(kinds) != n || PyList_GET_SIZE(stamps) != n) {
+        PyErr_SetString(PyExc_ValueError, "the facts differ in length");
+        return NULL;
+    }
+    if (!(private = PyList_New(0)) || !(pending = PyList_New(0))) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyList_GET_SIZE(actors) != n || PyList_GET_SIZE(kinds) != n ||
+            PyList_GET_SIZE(stamps) != n) {
+            PyErr_SetString(PyExc_RuntimeError, "the facts changed while they were read");
+            goto done;
+        }
+        PyObject *actor = PyList_GET_ITEM(actors, i), *stamp = PyList_GET_ITEM(stamps, i);
+        PyObject *into = NULL; /* private, pending, or neither */
+        if (actor == Py_None || stamp == Py_None) {
+            if ((no_actor && actor == Py_None) || (no_time && stamp == Py_None)) into = private;
+        } else if (in_window && PyUnicode_CheckExact(actor)) {
+            PyObject *pair = PyTuple_Pack(2, PyList_GET_ITEM(kinds, i), actor);
+            if (pair == NULL) goto done;
+            PyObject *windows = PyDict_GetItemWithError(table, pair);
+            Py_DECREF(pair);
+            if (windows == NULL) {
+                if (PyErr_Occurred()) goto done;
+                into = pending;
+            } else {
+                Py_INCREF(windows);
+                PyObject *ts = PyLong_CheckExact(stamp) ? Py_NewRef(stamp)
+                                                        : PyObject_CallOneArg(to_ns, stamp);
+                PyObject *iter = ts ? PyObject_GetIter(windows) : NULL;
+                PyObject *window;
+                int failed = iter == NULL;
+                while (!failed && (window = PyIter_Next(iter)) != NULL) {
+                    int inside = -1;
+                    if (PyTuple_CheckExact(window) && PyTuple_GET_SIZE(window) == 2) {
+                        inside = in_order(PyTuple_GET_ITEM(window, 0), ts, 0);
+                        if (inside == 1) inside = in_order(ts, PyTuple_GET_ITEM(window, 1), 1);
+                    } else {
+                        PyErr_SetString(PyExc_TypeError, "a window is not a (start, end) tuple");
+                    }
+                    Py_DECREF(window);
+                    if (inside < 0) failed = 1;
+                    else if (inside) {
+                        into = private;
+                        break;
+                    }
+                }
+                if (!failed && PyErr_Occurred()) failed = 1; /* the iteration itself failed */
+                Py_XDECREF(iter);
+                Py_XDECREF(ts);
+                Py_DECREF(windows);
+                if (failed) goto done;
+            }
+        }
+        if (into != NULL) {
+            PyObject *index = PyLong_FromSsize_t(i);
+            if (index == NULL || PyList_Append(into, index) < 0) {
+                Py_XDECREF(index);
+                goto done;
+            }
+            Py_DECREF(index);
+        }
+    }
+    result = PyTuple_Pack(2, private, pending);
+done:
+    Py_XDECREF(private);
+    Py_XDECREF(pending);
+    return result;
+}
+
+/* ---- join_rows(): the rows array Veil sends ----------------------------------------------- */
+
+/* One span (start, end) of the text, checked; 0 on error. */
+static int span_of(PyObject *spans, Py_ssize_t i, Py_ssize_t length, Py_ssize_t *start,
+                   Py_ssize_t *end) {
+    PyObject *span = PyList_GET_ITEM(spans, i);
+    if (!PyTuple_CheckExact(span) || PyTuple_GET_SIZE(span) != 2) {
+        PyErr_SetString(PyExc_TypeError, "a span is not a (start, end) tuple");
+        return 0;
+    }
+    *start = PyLong_AsSsize_t(PyTuple_GET_ITEM(span, 0));
+    *end = PyLong_AsSsize_t(PyTuple_GET_ITEM(span, 1));
+    if (PyErr_Occurred()) return 0;
+    if (*start < 0 || *start > *end || *end > length) {
+        PyErr_SetString(PyExc_ValueError, "a span is outside the text");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *join_rows(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *text, *spans, *drop;
+    if (!PyArg_ParseTuple(args, "UO!O!", &text, &PyList_Type, &spans, &PyList_Type, &drop)) {
+        return NULL;
+    }
+    if (!PyUnicode_IS_ASCII(text)) Py_RETURN_NONE; /* veil.rows.render joins it in Python */
+    const char *source = (const char *)PyUnicode_DATA(text);
+    Py_ssize_t length = PyUnicode_GET_LENGTH(text), n = PyList_GET_SIZE(spans);
+    Py_ssize_t ndrop = PyList_GET_SIZE(drop), total = 2, kept = 0, start, end;
+    /* which rows are dropped: drop is ascending; each index read once, in both passes */
+    char *dropped = PyMem_Calloc(n ? (size_t)n : 1, 1);
+    PyObject *result = NULL;
+    if (dropped == NULL) return PyErr_NoMemory();
+    for (Py_ssize_t d = 0; d < ndrop; d++) {
+        Py_ssize_t index = PyLong_AsSsize_t(PyList_GET_ITEM(drop, d));
+        if (index == -1 && PyErr_Occurred()) goto done;
+        if (index >= 0 && index < n) dropped[index] = 1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (dropped[i]) continue;
+        if (!span_of(spans, i, length, &start, &end)) goto done;
+        total += (end - start) + (kept++ ? 1 : 0);
+    }
+    result = PyUnicode_New(total, 127);
+    if (result == NULL) goto done;
+    char *out = (char *)PyUnicode_DATA(result);
+    Py_ssize_t at = 0;
+    out[at++] = '[';
+    kept = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (dropped[i]) continue;
+        if (!span_of(spans, i, length, &start, &end)) { /* the list changed between passes */
+            Py_CLEAR(result);
+            goto done;
+        }
+        if (kept++) out[at++] = ',';
+        if (at + (end - start) > total - 1) {
+            PyErr_SetString(PyExc_RuntimeError, "the spans changed while they were joined");
+            Py_CLEAR(result);
+            goto done;
+        }
+        memcpy(out + at, source + start, (size_t)(end - start));
+        at += end - start;
+    }
+    out[at++] = ']';
+    if (at != total) {
+        PyErr_SetString(PyExc_RuntimeError, "the spans changed while they were joined");
+        Py_CLEAR(result);
+    }
+done:
+    PyMem_Free(dropped);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(body, rows_key, keys, max_digits): the rows of a usual store answer in one pass, or None."},
     {"facts", facts, METH_VARARGS,
      "facts(ids, actors, kinds, stamps, actor_keys, kind_names, key_of, kind_of, to_ns, user): "
      "veil.rows.Normalizer's facts of each row, from its columns."},
+    {"private_rows", private_rows, METH_VARARGS,
+     "private_rows(actors, kinds, stamps, table, no_actor, no_time, in_window, to_ns): "
+     "veil.policy.decide.RowDecider's private rows and the rows whose windows are not cached."},
+    {"join_rows", join_rows, METH_VARARGS,
+     "join_rows(text, spans, drop): '[' + ','.join(the text of each span not in drop) + ']' "
+     "for an ASCII text, else None."},
     {NULL, NULL, 0, NULL},
 };
 

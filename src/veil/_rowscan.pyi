@@ -27,3 +27,21 @@ def facts(
 ) -> tuple[list[Any], list[str | None], list[str], list[int | None], list[int]]:
     """veil.rows.Normalizer's facts of each row from its columns: (ids, actors' keys, kinds,
     times in nanoseconds, indices of ids beyond 64 bits)."""
+
+def private_rows(
+    actors: list[Any],
+    kinds: list[Any],
+    stamps: list[Any],
+    table: dict[Any, Any],
+    no_actor: bool,
+    no_time: bool,
+    in_window: bool,
+    to_ns: Callable[[Any], int],
+    /,
+) -> tuple[list[int], list[int]]:
+    """veil.policy.decide.RowDecider.match: (private rows, rows whose (kind, actor) the
+    table does not hold yet)."""
+
+def join_rows(text: str, spans: list[Span], drop: list[int], /) -> str | None:
+    """ "[" + ",".join(text[start:end] for each span not dropped) + "]" for an ASCII text;
+    None for another (veil.rows.render joins it)."""

@@ -293,19 +293,28 @@ def render(answer: Answer, hidden: Iterable[int]) -> str:
     if inners is not None:  # object rows: "[{" + "},{".join(their texts within braces) + "}]"
         kept = [inner for i, inner in enumerate(inners) if i not in drop] if drop else inners
         array = "[{" + "},{".join(kept) + "}]" if kept else "[]"
-    elif drop:
-        array = (
-            "["
-            + ",".join([text[s:e] for i, (s, e) in enumerate(answer.spans) if i not in drop])
-            + "]"
-        )
     else:
-        array = "[" + ",".join([text[s:e] for s, e in answer.spans]) + "]"
+        joined = _join_rows(text, answer.spans, drop)
+        array = joined if joined is not None else _join_in_python(text, answer.spans, drop)
     if answer.envelope is ROWS:
         return array
     out: list[str] = []
     _emit(answer.envelope, array, text, out)
     return "".join(out)
+
+
+def _join_rows(text: str, spans: list[tuple[int, int]], drop: set[int]) -> str | None:
+    """The rows array of the spans not dropped, joined by ``veil._rowscan`` (ASCII texts)."""
+    if _rowscan is None or type(spans) is not list:
+        return None
+    return _rowscan.join_rows(text, spans, sorted(drop))
+
+
+def _join_in_python(text: str, spans: Sequence[tuple[int, int]], drop: set[int]) -> str:
+    """``"[" + ",".join(the text of each span not dropped) + "]"`` (the reference)."""
+    if drop:
+        return "[" + ",".join([text[s:e] for i, (s, e) in enumerate(spans) if i not in drop]) + "]"
+    return "[" + ",".join([text[s:e] for s, e in spans]) + "]"
 
 
 def _emit(node: Any, rows: str, text: str, out: list[str]) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable, Sequence
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -31,6 +30,11 @@ from veil.policy.plan import (
     RowPlan,
 )
 from veil.rows import RowFacts, stamp_ns
+
+try:
+    from veil import _rowscan
+except ImportError:  # built without a C compiler: the loop in ``match``
+    _rowscan = None  # type: ignore[assignment]
 
 Windows = tuple[tuple[int | float, int | float], ...]
 MAX_CACHED_ACTORS = 200_000  # per policy set and state version; the cache starts over beyond
@@ -88,34 +92,17 @@ class RowDecider:
             R2_TIME in shipped,
             R1_WINDOW in shipped,
         )
-        private: set[int] = set()
-        add = private.add
         table = self._table(evaluation.key) if in_window else {}
-        cached = table.get
-        ns = stamp_ns
+        actors: list[Any] = facts.actors
         kinds, stamps = facts.kinds, facts.stamps
-        pending: list[tuple[int, tuple[str, str], int | datetime]] = []  # pair not cached yet
-        missing: dict[tuple[Any, str], None] = {}
-        i = -1
-        for actor in facts.actors:  # one pass: R2, then R1 from the cache
-            i += 1
-            stamp = stamps[i]
-            if actor is None or stamp is None:
-                if (no_actor and actor is None) or (no_time and stamp is None):
-                    add(i)
-                continue  # R1 compares a time, of an actor: neither is here
-            if in_window and type(actor) is str:
-                pair = (kinds[i], actor)
-                windows = cached(pair)
-                if windows is None:
-                    pending.append((i, pair, stamp))
-                    missing[pair] = None
-                elif windows:
-                    ts = ns(stamp)
-                    for start, end in windows:
-                        if start <= ts < end:
-                            add(i)
-                            break
+        found, waiting = match(actors, kinds, stamps, table, no_actor, no_time, in_window)
+        private = set(found)
+        add = private.add
+        ns = stamp_ns
+        pending: list[tuple[int, tuple[Any, str], Any]] = [
+            (i, (kinds[i], actors[i]), stamps[i]) for i in waiting
+        ]
+        missing = dict.fromkeys(pair for _, pair, _ in pending)  # pairs not cached yet
         custom: Any = None
         if missing:
             pairs = list(missing)
@@ -157,6 +144,48 @@ class RowDecider:
                         self._tables.pop(next(iter(self._tables)))
                     table = self._tables[key] = {}
         return table
+
+
+def match(
+    actors: list[Any],
+    kinds: list[str],
+    stamps: list[Any],
+    table: dict[tuple[Any, str], Windows],
+    no_actor: bool,
+    no_time: bool,
+    in_window: bool,
+    native: bool = True,
+) -> tuple[list[int], list[int]]:
+    """The shipped rules on each row's facts: (the rows R2 or R1 make private, the rows whose
+    (actor type, actor) ``table`` does not hold yet, for R1 to judge once it does). By
+    ``veil._rowscan.private_rows`` when it is built (``native``), else by the loop below, the
+    reference the tests hold it to."""
+    if native and _rowscan is not None:
+        return _rowscan.private_rows(
+            actors, kinds, stamps, table, no_actor, no_time, in_window, stamp_ns
+        )
+    private: list[int] = []
+    waiting: list[int] = []
+    cached, ns = table.get, stamp_ns
+    i = -1
+    for actor in actors:  # one pass: R2, then R1 from the cache
+        i += 1
+        stamp = stamps[i]
+        if actor is None or stamp is None:
+            if (no_actor and actor is None) or (no_time and stamp is None):
+                private.append(i)
+            continue  # R1 compares a time, of an actor: neither is here
+        if in_window and type(actor) is str:
+            windows = cached((kinds[i], actor))
+            if windows is None:
+                waiting.append(i)
+            elif windows:
+                ts = ns(stamp)
+                for start, end in windows:
+                    if start <= ts < end:
+                        private.append(i)
+                        break
+    return private, waiting
 
 
 def _probe(pairs: list[tuple[Any, str]]) -> bytes:
