@@ -516,6 +516,17 @@ static PyObject *remembered(PyObject *cache, PyObject *value, PyObject *make) {
     return Py_XNewRef(found);
 }
 
+/* column[i] as ``cache`` keys it when it is a str (see remembered), else ``otherwise``; a
+ * new reference, NULL on error. The callback gets a reference of its own to the item. */
+static PyObject *keyed(PyObject *column, Py_ssize_t i, PyObject *cache, PyObject *make,
+                       PyObject *otherwise) {
+    PyObject *item = Py_NewRef(PyList_GET_ITEM(column, i));
+    PyObject *found =
+        PyUnicode_CheckExact(item) ? remembered(cache, item, make) : Py_NewRef(otherwise);
+    Py_DECREF(item);
+    return found;
+}
+
 static PyObject *facts(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *ids, *actors, *kinds, *stamps, *actor_keys, *kind_names, *key_of, *kind_of, *to_ns,
         *user;
@@ -563,21 +574,12 @@ static PyObject *facts(PyObject *Py_UNUSED(self), PyObject *args) {
         }
         PyList_SET_ITEM(out_ids, i, value);
 
-        /* the callbacks get references of their own: items outlive anything they do */
-        PyObject *actor = Py_NewRef(PyList_GET_ITEM(actors, i));
-        value = PyUnicode_CheckExact(actor) ? remembered(actor_keys, actor, key_of)
-                                            : Py_NewRef(Py_None);
-        Py_DECREF(actor);
-        if (value == NULL) goto done;
+        if ((value = keyed(actors, i, actor_keys, key_of, Py_None)) == NULL) goto done;
         PyList_SET_ITEM(out_who, i, value);
-
-        PyObject *kind = Py_NewRef(PyList_GET_ITEM(kinds, i));
-        value = PyUnicode_CheckExact(kind) ? remembered(kind_names, kind, kind_of)
-                                           : Py_NewRef(user);
-        Py_DECREF(kind);
-        if (value == NULL) goto done;
+        if ((value = keyed(kinds, i, kind_names, kind_of, user)) == NULL) goto done;
         PyList_SET_ITEM(out_kinds, i, value);
 
+        /* the callback gets a reference of its own: the item outlives anything it does */
         PyObject *stamp = Py_NewRef(PyList_GET_ITEM(stamps, i));
         long long ns;
         if (stamp == Py_None) {
