@@ -753,3 +753,47 @@ def test_native_joining_of_kept_rows_matches_the_python_join() -> None:
     assert rows_module._join_rows('[{"a": "é"}]', [(1, 11)], set()) is None
     with pytest.raises(ValueError, match="outside the text"):
         rows_module._join_rows("[{}]", [(1, 9)], set())
+
+
+@pytest.mark.usefixtures("native_built")
+def test_native_functions_read_their_lists_as_they_were_when_called() -> None:
+    """A callback that empties the lists being read changes nothing read (no freed items are
+    read: the C reads a copy of each list taken at the call)."""
+    import gc
+
+    from veil import _rowscan
+    from veil.rows import timestamp_ns
+
+    kinds, stamps = ["k" * 40 + "0", "k" * 40 + "1"], ["2026-11-25T18:58:06.480Z", None]
+
+    def key_of(actor: str) -> str:
+        kinds.clear()
+        stamps.clear()
+        gc.collect()
+        return actor
+
+    got = _rowscan.facts([1, 2], ["a", "b"], kinds, stamps, {}, {}, key_of, str, timestamp_ns, "u")
+    assert got == (
+        [1, 2],
+        ["a", "b"],
+        ["k" * 40 + "0", "k" * 40 + "1"],
+        [timestamp_ns("2026-11-25T18:58:06.480Z"), None],
+        [],
+    )
+
+    # the first time is not an int (to_ns is asked), the second a naive datetime
+    actors, times = ["a", "b"], [5.0, datetime(2026, 1, 1)]
+
+    def to_ns(stamp: Any) -> int:
+        if isinstance(stamp, datetime):
+            raise TypeError("a naive time has no instant")  # as stamp_ns's arithmetic
+        actors.clear()
+        times.clear()
+        gc.collect()
+        return 5
+
+    table = {("user", "a"): ((0, 10),), ("user", "b"): ()}
+    # the naive time is never converted: its actor has no windows (as in the Python loop)
+    assert _rowscan.private_rows(
+        actors, ["user", "user"], times, table, True, True, True, to_ns
+    ) == ([0], [])

@@ -15,6 +15,7 @@ import socketserver
 import ssl
 import threading
 import time
+import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -343,3 +344,147 @@ def test_at_most_pool_size_connections_are_kept_idle(serve: Serve) -> None:
     assert seen.closed_by_client == 2  # one kept for the next request
     upstream.get("/api/activities", "", Headers())
     assert seen.connections == 3
+
+
+def test_idle_connections_the_store_closed_are_dropped_before_use(serve: Serve) -> None:
+    # the store closes each connection right after its answer (no "Connection: close")
+    url, seen = serve(lambda number, path: [http_answer(BODY), None])
+    upstream = client(url)
+    for _ in range(3):
+        time.sleep(0.1)  # the close reaches the client's idle connection
+        assert upstream.get("/api/activities", "", Headers()).body == BODY
+    assert len(seen.requests) == 3 and seen.connections == 3  # none sent on a closed one
+
+
+def test_a_retry_goes_to_a_new_connection_not_another_idle_one(serve: Serve) -> None:
+    # three idle connections, each dropping its next request without a word: the retry of
+    # the first must not land on the second
+    together = threading.Barrier(3, timeout=30)
+
+    def answer(number: int, path: str) -> bytes | None:
+        if path.endswith("together"):
+            together.wait()
+        if path.endswith("drop") and number > 1:
+            return None
+        return http_answer(BODY)
+
+    url, seen = serve(answer)
+    upstream = client(url, pool_size=3)
+    threads = [
+        threading.Thread(target=upstream.get, args=("/api/activities", "together", Headers()))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert upstream.get("/api/activities", "drop", Headers()).body == BODY  # on a new one
+    assert seen.connections == 4
+
+
+def test_an_answer_is_never_read_as_the_next_requests(serve: Serve) -> None:
+    # an informational answer (the final one follows later), a 204 with a body after it, and
+    # bytes after a complete answer: the connection is not used again for another request
+    def answer(number: int, path: str) -> bytes | list[bytes | None]:
+        late = http_answer(b'{"late": "' + path.encode() + b'"}')
+        if path.endswith("early"):
+            return [b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n", late]
+        if path.endswith("empty"):
+            return [b"HTTP/1.1 204 No Content\r\n\r\n", late]
+        if path.endswith("extra"):
+            return [http_answer(BODY), late]
+        return http_answer(b'{"for": "' + path.encode() + b'"}')
+
+    url, seen = serve(answer)
+    upstream = client(url)
+    assert upstream.get("/api/activities", "early", Headers()).status == 103  # then 502
+    assert upstream.get("/api/activities", "empty", Headers()).status == 204
+    assert upstream.get("/api/activities", "extra", Headers()).body == BODY
+    time.sleep(0.2)  # the stray answers arrive
+    for name in ("a", "b"):
+        got = upstream.get("/api/activities", name, Headers()).body
+        assert got == b'{"for": "/api/activities?' + name.encode() + b'"}'
+    assert seen.connections == 4
+
+
+def test_reachable_does_not_keep_its_connection(serve: Serve) -> None:
+    url, seen = serve(lambda number, path: http_answer(BODY))
+    upstream = client(url)
+    assert upstream.reachable() is True
+    assert upstream.get("/api/activities", "", Headers()).body == BODY
+    assert seen.connections == 2
+
+
+def test_the_request_target_is_sent_as_received_with_what_http_forbids_encoded(
+    serve: Serve,
+) -> None:
+    url, seen = serve(lambda number, path: http_answer(BODY))
+    upstream = client(url)
+    # the query string arrives as the caller's bytes decoded as latin-1 (proxy.py)
+    query = 'name=caf\xc3\xa9&a b=1\x7f&esc=%41&q="<x>"'
+    assert upstream.get("/api/activities", query, Headers()).body == BODY
+    assert seen.requests[0][0] == (
+        "/api/activities?name=caf%C3%A9&a%20b=1%7F&esc=%41&q=%22%3Cx%3E%22"
+    )
+
+
+def test_the_deadline_holds_for_a_head_sent_a_byte_at_a_time(serve: Serve) -> None:
+    head = http_answer(BODY)
+    url, _ = serve(lambda number, path: [bytes([b]) for b in head])  # 50 ms a byte
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        client(url, timeout_s=0.5).get("/api/activities", "", Headers())
+    assert time.monotonic() - started < 1.5  # each byte came well within a socket timeout
+
+
+def test_the_deadline_holds_for_chunk_trailers_sent_a_byte_at_a_time(serve: Serve) -> None:
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    body = b"%x\r\n%s\r\n0\r\n" % (len(BODY), BODY)
+    trailer = b"X-Trailer: " + b"x" * 40 + b"\r\n\r\n"
+    url, _ = serve(lambda number, path: [head + body, *(bytes([b]) for b in trailer)])
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        client(url, timeout_s=0.5).get("/api/activities", "", Headers())
+    assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize(
+    ("packed", "problem"),
+    [
+        (gzip.compress(BODY)[:-8], "ended before its end"),  # without its CRC and size
+        (gzip.compress(BODY)[:15], "ended before its end"),
+        (gzip.compress(BODY) + b"junk", "could not be decoded"),
+        (zlib.compress(BODY) + b"junk", "data follows"),
+    ],
+)
+def test_a_compressed_answer_that_does_not_end_as_its_format_says_is_refused(
+    serve: Serve, packed: bytes, problem: str
+) -> None:
+    coding = "deflate" if packed[:1] == b"x" else "gzip"
+    url, _ = serve(
+        lambda number, path: http_answer(packed, extra=f"Content-Encoding: {coding}\r\n")
+    )
+    with pytest.raises(UpstreamBadBody, match=problem):
+        client(url).get("/api/activities", "", Headers())
+
+
+def test_gzip_members_one_after_another_are_decoded_whole(serve: Serve) -> None:
+    packed = gzip.compress(BODY[:10]) + gzip.compress(BODY[10:])
+    url, _ = serve(lambda number, path: http_answer(packed, extra="Content-Encoding: gzip\r\n"))
+    assert client(url).get("/api/activities", "", Headers()).body == BODY
+
+
+def test_a_compressed_bomb_is_stopped_without_inflating_it(serve: Serve) -> None:
+    bomb = gzip.compress(b"\0" * 200_000_000, compresslevel=9)  # 200 MB in about 200 KB
+    url, _ = serve(lambda number, path: http_answer(bomb, extra="Content-Encoding: gzip\r\n"))
+    upstream = client(url, max_body_bytes=1_000_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UpstreamBadBody, match="larger than 1000000 bytes"):
+            upstream.get("/api/activities", "", Headers())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000

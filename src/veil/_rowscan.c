@@ -516,45 +516,47 @@ static PyObject *remembered(PyObject *cache, PyObject *value, PyObject *make) {
     return Py_XNewRef(found);
 }
 
-/* column[i] as ``cache`` keys it when it is a str (see remembered), else ``otherwise``; a
- * new reference, NULL on error. The callback gets a reference of its own to the item. */
-static PyObject *keyed(PyObject *column, Py_ssize_t i, PyObject *cache, PyObject *make,
-                       PyObject *otherwise) {
-    PyObject *item = Py_NewRef(PyList_GET_ITEM(column, i));
-    PyObject *found =
-        PyUnicode_CheckExact(item) ? remembered(cache, item, make) : Py_NewRef(otherwise);
-    Py_DECREF(item);
-    return found;
+/* Tuples holding what the lists hold now, all of one length (in *n): read from these,
+ * items stay alive and in place whatever the callbacks do to the lists. 0 on error. */
+static int snapshot(PyObject **columns, int count, Py_ssize_t *n, PyObject **copies) {
+    for (int k = 0; k < count; k++) {
+        if ((copies[k] = PyList_AsTuple(columns[k])) == NULL) return 0;
+        if (k == 0) *n = PyTuple_GET_SIZE(copies[0]);
+        if (PyTuple_GET_SIZE(copies[k]) != *n) {
+            PyErr_SetString(PyExc_ValueError, "the columns differ in length");
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* item as ``cache`` keys it when it is a str (see remembered), else ``otherwise``; a new
+ * reference, NULL on error. */
+static PyObject *keyed(PyObject *item, PyObject *cache, PyObject *make, PyObject *otherwise) {
+    return PyUnicode_CheckExact(item) ? remembered(cache, item, make) : Py_NewRef(otherwise);
 }
 
 static PyObject *facts(PyObject *Py_UNUSED(self), PyObject *args) {
-    PyObject *ids, *actors, *kinds, *stamps, *actor_keys, *kind_names, *key_of, *kind_of, *to_ns,
-        *user;
+    PyObject *lists[4], *actor_keys, *kind_names, *key_of, *kind_of, *to_ns, *user;
+    PyObject *columns[4] = {NULL, NULL, NULL, NULL};
     PyObject *out_ids = NULL, *out_who = NULL, *out_kinds = NULL, *out_stamps = NULL,
              *late = NULL, *result = NULL;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!OOOU", &PyList_Type, &ids, &PyList_Type, &actors,
-                          &PyList_Type, &kinds, &PyList_Type, &stamps, &PyDict_Type, &actor_keys,
-                          &PyDict_Type, &kind_names, &key_of, &kind_of, &to_ns, &user)) {
+    Py_ssize_t n = 0;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!OOOU", &PyList_Type, &lists[0], &PyList_Type,
+                          &lists[1], &PyList_Type, &lists[2], &PyList_Type, &lists[3],
+                          &PyDict_Type, &actor_keys, &PyDict_Type, &kind_names, &key_of,
+                          &kind_of, &to_ns, &user)) {
         return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(ids);
-    if (PyList_GET_SIZE(actors) != n || PyList_GET_SIZE(kinds) != n ||
-        PyList_GET_SIZE(stamps) != n) {
-        PyErr_SetString(PyExc_ValueError, "the columns differ in length");
-        return NULL;
-    }
+    if (!snapshot(lists, 4, &n, columns)) goto done;
+    PyObject *ids = columns[0], *actors = columns[1], *kinds = columns[2], *stamps = columns[3];
     if (!(out_ids = PyList_New(n)) || !(out_who = PyList_New(n)) ||
         !(out_kinds = PyList_New(n)) || !(out_stamps = PyList_New(n)) ||
         !(late = PyList_New(0)))
         goto done;
     /* each list item is set exactly once below (PyList_SET_ITEM steals the reference) */
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (PyList_GET_SIZE(ids) != n || PyList_GET_SIZE(actors) != n ||
-            PyList_GET_SIZE(kinds) != n || PyList_GET_SIZE(stamps) != n) {
-            PyErr_SetString(PyExc_RuntimeError, "a column changed while it was read");
-            goto done;
-        }
-        PyObject *id = PyList_GET_ITEM(ids, i), *value;
+        PyObject *id = PyTuple_GET_ITEM(ids, i), *value;
         if (PyUnicode_CheckExact(id)) {
             value = Py_NewRef(id);
         } else if (PyLong_CheckExact(id)) {
@@ -574,13 +576,14 @@ static PyObject *facts(PyObject *Py_UNUSED(self), PyObject *args) {
         }
         PyList_SET_ITEM(out_ids, i, value);
 
-        if ((value = keyed(actors, i, actor_keys, key_of, Py_None)) == NULL) goto done;
+        value = keyed(PyTuple_GET_ITEM(actors, i), actor_keys, key_of, Py_None);
+        if (value == NULL) goto done;
         PyList_SET_ITEM(out_who, i, value);
-        if ((value = keyed(kinds, i, kind_names, kind_of, user)) == NULL) goto done;
+        if ((value = keyed(PyTuple_GET_ITEM(kinds, i), kind_names, kind_of, user)) == NULL)
+            goto done;
         PyList_SET_ITEM(out_kinds, i, value);
 
-        /* the callback gets a reference of its own: the item outlives anything it does */
-        PyObject *stamp = Py_NewRef(PyList_GET_ITEM(stamps, i));
+        PyObject *stamp = PyTuple_GET_ITEM(stamps, i);
         long long ns;
         if (stamp == Py_None) {
             value = Py_NewRef(Py_None);
@@ -589,13 +592,13 @@ static PyObject *facts(PyObject *Py_UNUSED(self), PyObject *args) {
         } else {
             value = PyObject_CallOneArg(to_ns, stamp);
         }
-        Py_DECREF(stamp);
         if (value == NULL) goto done;
         PyList_SET_ITEM(out_stamps, i, value);
     }
     result = PyTuple_Pack(5, out_ids, out_who, out_kinds, out_stamps, late);
 done:
     /* a list left part-filled on error holds NULLs, which list deallocation skips */
+    for (int k = 0; k < 4; k++) Py_XDECREF(columns[k]);
     Py_XDECREF(out_ids);
     Py_XDECREF(out_who);
     Py_XDECREF(out_kinds);
@@ -619,33 +622,54 @@ static int in_order(PyObject *low, PyObject *high, int strict) {
     return PyObject_RichCompareBool(low, high, strict ? Py_LT : Py_LE);
 }
 
+/* Whether the time ``stamp`` falls in one of ``windows``, each (start, end) with
+ * start <= time < end; -1 on error. The time is asked of ``to_ns`` only when there are
+ * windows, as the Python loop asks it. */
+static int in_windows(PyObject *windows, PyObject *stamp, PyObject *to_ns) {
+    int any = PyObject_IsTrue(windows), inside = 0;
+    if (any <= 0) return any;
+    PyObject *ts = PyLong_CheckExact(stamp) ? Py_NewRef(stamp) : PyObject_CallOneArg(to_ns, stamp);
+    PyObject *iter = ts ? PyObject_GetIter(windows) : NULL, *window;
+    if (iter == NULL) {
+        Py_XDECREF(ts);
+        return -1;
+    }
+    while (inside == 0 && (window = PyIter_Next(iter)) != NULL) {
+        if (PyTuple_CheckExact(window) && PyTuple_GET_SIZE(window) == 2) {
+            inside = in_order(PyTuple_GET_ITEM(window, 0), ts, 0);
+            if (inside == 1) inside = in_order(ts, PyTuple_GET_ITEM(window, 1), 1);
+        } else {
+            PyErr_SetString(PyExc_TypeError, "a window is not a (start, end) tuple");
+            inside = -1;
+        }
+        Py_DECREF(window);
+    }
+    if (inside == 0 && PyErr_Occurred()) inside = -1; /* the iteration itself failed */
+    Py_DECREF(iter);
+    Py_DECREF(ts);
+    return inside;
+}
+
 static PyObject *private_rows(PyObject *Py_UNUSED(self), PyObject *args) {
-    PyObject *actors, *kinds, *stamps, *table, *to_ns;
+    PyObject *lists[3], *table, *to_ns;
+    PyObject *facts[3] = {NULL, NULL, NULL};
     int no_actor, no_time, in_window;
     PyObject *private = NULL, *pending = NULL, *result = NULL;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!pppO", &PyList_Type, &actors, &PyList_Type, &kinds,
-                          &PyList_Type, &stamps, &PyDict_Type, &table, &no_actor, &no_time,
-                          &in_window, &to_ns)) {
+    Py_ssize_t n = 0;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!pppO", &PyList_Type, &lists[0], &PyList_Type,
+                          &lists[1], &PyList_Type, &lists[2], &PyDict_Type, &table, &no_actor,
+                          &no_time, &in_window, &to_ns)) {
         return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(actors);
-    if (PyList_GET_SIZE(kinds) != n || PyList_GET_SIZE(stamps) != n) {
-        PyErr_SetString(PyExc_ValueError, "the facts differ in length");
-        return NULL;
-    }
+    if (!snapshot(lists, 3, &n, facts)) goto done;
     if (!(private = PyList_New(0)) || !(pending = PyList_New(0))) goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (PyList_GET_SIZE(actors) != n || PyList_GET_SIZE(kinds) != n ||
-            PyList_GET_SIZE(stamps) != n) {
-            PyErr_SetString(PyExc_RuntimeError, "the facts changed while they were read");
-            goto done;
-        }
-        PyObject *actor = PyList_GET_ITEM(actors, i), *stamp = PyList_GET_ITEM(stamps, i);
+        PyObject *actor = PyTuple_GET_ITEM(facts[0], i), *stamp = PyTuple_GET_ITEM(facts[2], i);
         PyObject *into = NULL; /* private, pending, or neither */
         if (actor == Py_None || stamp == Py_None) {
             if ((no_actor && actor == Py_None) || (no_time && stamp == Py_None)) into = private;
         } else if (in_window && PyUnicode_CheckExact(actor)) {
-            PyObject *pair = PyTuple_Pack(2, PyList_GET_ITEM(kinds, i), actor);
+            PyObject *pair = PyTuple_Pack(2, PyTuple_GET_ITEM(facts[1], i), actor);
             if (pair == NULL) goto done;
             PyObject *windows = PyDict_GetItemWithError(table, pair);
             Py_DECREF(pair);
@@ -653,32 +677,11 @@ static PyObject *private_rows(PyObject *Py_UNUSED(self), PyObject *args) {
                 if (PyErr_Occurred()) goto done;
                 into = pending;
             } else {
-                Py_INCREF(windows);
-                PyObject *ts = PyLong_CheckExact(stamp) ? Py_NewRef(stamp)
-                                                        : PyObject_CallOneArg(to_ns, stamp);
-                PyObject *iter = ts ? PyObject_GetIter(windows) : NULL;
-                PyObject *window;
-                int failed = iter == NULL;
-                while (!failed && (window = PyIter_Next(iter)) != NULL) {
-                    int inside = -1;
-                    if (PyTuple_CheckExact(window) && PyTuple_GET_SIZE(window) == 2) {
-                        inside = in_order(PyTuple_GET_ITEM(window, 0), ts, 0);
-                        if (inside == 1) inside = in_order(ts, PyTuple_GET_ITEM(window, 1), 1);
-                    } else {
-                        PyErr_SetString(PyExc_TypeError, "a window is not a (start, end) tuple");
-                    }
-                    Py_DECREF(window);
-                    if (inside < 0) failed = 1;
-                    else if (inside) {
-                        into = private;
-                        break;
-                    }
-                }
-                if (!failed && PyErr_Occurred()) failed = 1; /* the iteration itself failed */
-                Py_XDECREF(iter);
-                Py_XDECREF(ts);
+                Py_INCREF(windows); /* the table may change while it is read */
+                int inside = in_windows(windows, stamp, to_ns);
                 Py_DECREF(windows);
-                if (failed) goto done;
+                if (inside < 0) goto done;
+                if (inside) into = private;
             }
         }
         if (into != NULL) {
@@ -692,6 +695,7 @@ static PyObject *private_rows(PyObject *Py_UNUSED(self), PyObject *args) {
     }
     result = PyTuple_Pack(2, private, pending);
 done:
+    for (int k = 0; k < 3; k++) Py_XDECREF(facts[k]);
     Py_XDECREF(private);
     Py_XDECREF(pending);
     return result;
