@@ -33,6 +33,13 @@
  *
  * Every read is bounds-checked against the body's length; nothing is written outside the
  * Python objects it creates.
+ *
+ * Three more functions do per-row work for the answers read: facts() (veil.rows.Normalizer's
+ * facts of each row, from the columns), private_rows() (veil.policy.decide.match: the shipped
+ * R1 and R2 on those facts) and join_rows() (veil.rows.render's join of the kept rows). Each
+ * answers exactly as the Python loop it stands for (tests/test_rows_fast.py holds them to
+ * it), and reads copies of the lists it is given, so the callbacks it makes cannot change
+ * what it reads.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

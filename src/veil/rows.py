@@ -30,6 +30,11 @@ unreadable, so private (R2).
 The answer Veil sends is rebuilt from these parts in one layout (R9): the rows array written
 as ``[row,row,...]`` with each kept row byte-for-byte as the store sent it, and around it only
 the members named in ``upstream.keep``, also as sent. Nothing else the store wrote is returned.
+
+The same extension reads each row's facts from the columns (``Normalizer._facts``: the
+actor's key and kind, the time in nanoseconds) and joins the kept rows (``render``, for an
+ASCII text); ``_facts_in_python`` and ``_join_in_python`` do the same without it, and the
+tests hold the two to each other.
 """
 
 from __future__ import annotations
