@@ -43,6 +43,14 @@ def base() -> dict[str, Any]:
         ),
         (lambda d: d["storage"].update(url="mysql://x"), "storage.url:"),
         (
+            lambda d: d["upstream"].update(url="http://127.0.0.1:99999"),
+            "upstream.url: 'http://127.0.0.1:99999' is not a usable URL",
+        ),
+        (
+            lambda d: d["upstream"].update(url="http://:8080/x"),
+            "upstream.url: 'http://:8080/x' names no host",
+        ),
+        (
             lambda d: (
                 d["reveal"].update(session_ttl_s=0)
                 if "reveal" in d
@@ -61,6 +69,8 @@ def base() -> dict[str, Any]:
         "jwt-audience",
         "secret-env",
         "storage-url",
+        "store-port",
+        "store-host",
         "ttl",
     ],
 )

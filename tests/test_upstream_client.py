@@ -10,6 +10,7 @@ can decide how it treats its connections.
 from __future__ import annotations
 
 import gzip
+import http.client
 import socket
 import socketserver
 import ssl
@@ -20,6 +21,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from werkzeug.datastructures import Headers
@@ -227,7 +229,7 @@ def test_an_answer_arriving_in_pieces_is_decoded_whole(
 @pytest.mark.parametrize("coding", ["br", "zstd", "compress", "gzip, gzip"])
 def test_an_answer_in_a_coding_veil_cannot_decode_is_refused(serve: Serve, coding: str) -> None:
     url, _ = serve(lambda number, path: http_answer(BODY, extra=f"Content-Encoding: {coding}\r\n"))
-    with pytest.raises(UpstreamBadBody, match="Content-Encoding"):
+    with pytest.raises(UpstreamBadBody, match="a Content-Encoding Veil does not decode"):
         client(url).get("/api/activities", "", Headers())
 
 
@@ -346,14 +348,25 @@ def test_at_most_pool_size_connections_are_kept_idle(serve: Serve) -> None:
     assert seen.connections == 3
 
 
-def test_idle_connections_the_store_closed_are_dropped_before_use(serve: Serve) -> None:
+def test_idle_connections_the_store_closed_are_dropped_before_use(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # the store closes each connection right after its answer (no "Connection: close")
     url, seen = serve(lambda number, path: [http_answer(BODY), None])
+    sent: list[str] = []
+    request = http.client.HTTPConnection.request
+
+    def counted(self: http.client.HTTPConnection, method: str, target: str, **kw: Any) -> None:
+        sent.append(target)
+        request(self, method, target, **kw)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "request", counted)
     upstream = client(url)
     for _ in range(3):
         time.sleep(0.1)  # the close reaches the client's idle connection
         assert upstream.get("/api/activities", "", Headers()).body == BODY
-    assert len(seen.requests) == 3 and seen.connections == 3  # none sent on a closed one
+    assert len(sent) == 3  # none was sent on a closed connection (and retried)
+    assert len(seen.requests) == 3 and seen.connections == 3
 
 
 def test_a_retry_goes_to_a_new_connection_not_another_idle_one(serve: Serve) -> None:
@@ -488,3 +501,26 @@ def test_a_compressed_bomb_is_stopped_without_inflating_it(serve: Serve) -> None
     finally:
         tracemalloc.stop()
     assert peak < 20_000_000
+
+
+def test_over_https_bytes_after_an_answer_are_not_read_as_the_next(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bytes sent with the end of an answer, in one write, so one TLS record: decrypted inside
+    # TLS already, where the socket cannot show them
+    big = b'{"data": [' + b",".join(b'{"id": %d}' % n for n in range(5000)) + b"]}"
+    stray = http_answer(b'{"data": [{"id": "for-someone-else"}]}')
+
+    def answer(number: int, path: str) -> bytes:
+        if path.endswith("big"):
+            return http_answer(big) + stray
+        return http_answer(b'{"for": "' + path.encode() + b'"}')
+
+    context, cert = _tls(tmp_path)
+    url, seen = serve(answer, tls=context)
+    monkeypatch.setattr(upstream_module, "CA_BUNDLE", str(cert))
+    upstream = client(url)
+    assert upstream.get("/api/activities", "big", Headers()).body == big
+    got = upstream.get("/api/activities", "next", Headers()).body
+    assert got == b'{"for": "/api/activities?next"}'
+    assert seen.connections == 2

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import yaml
@@ -351,7 +352,7 @@ def from_dict(
     scim_token_env = scim.get("token_env")
     return Config(
         upstream=UpstreamConfig(
-            url=up["url"].rstrip("/"),
+            url=_store_url(up["url"]),
             routes=tuple(up["routes"]),
             rows=up["rows"],
             keep=_keep(up["rows"], up["keep"]),
@@ -507,6 +508,19 @@ def validate(document: Any) -> None:
     if found.kind == "missing":
         raise ConfigError(f"{found.dotted('')}: required key is missing")
     raise ConfigError(f"{found.dotted('(top level)')}: {found.error.message}")
+
+
+def _store_url(url: str) -> str:
+    """``upstream.url`` without a trailing slash; ConfigError naming it when its host or port
+    cannot be used (the schema checks only the scheme)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"upstream.url: {url!r} is not a usable URL ({exc})") from exc
+    if not parts.hostname or port == 0:
+        raise ConfigError(f"upstream.url: {url!r} names no host and port to connect to")
+    return url.rstrip("/")
 
 
 def _keep(rows: str, keep: list[str]) -> tuple[str, ...]:

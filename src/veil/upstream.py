@@ -17,7 +17,8 @@ Veil is held to. What urllib3 gave is kept, each covered by ``tests/test_upstrea
 - the headers ``requests`` sends (User-Agent, Accept-Encoding, Accept, Connection), with the
   configured caller headers added; an answer in gzip (members one after another too) or
   deflate is decoded and must end as its format says; one in any other content coding is
-  refused (Veil cannot read it, so it cannot filter it);
+  refused (Veil cannot read it, so it cannot filter it). Stricter than urllib3: raw deflate
+  (without zlib's wrapper) and bytes after the end of a gzip answer are refused too (502);
 - HTTPS verifies the store's certificate and host name against ``requests``' CA bundle; no
   proxies or settings are taken from the environment.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import logging
 import select
 import socket
 import ssl
@@ -60,6 +62,8 @@ _DROPPED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeErro
 # anything else (space, controls, non-ASCII) is percent-encoded, as urllib3 did.
 _TARGET_SAFE = "!$%&'()*+,-./:;=?@_~"
 _WATCH_TICK_S = 0.05  # how often the deadline watch looks: a deadline holds to within this
+
+log = logging.getLogger("veil.upstream")
 
 
 @dataclass(frozen=True)
@@ -343,9 +347,10 @@ class Upstream:
             return _Decoder(gzip=True)
         if name == "deflate":  # zlib-wrapped, as RFC 9110 says (raw deflate is not accepted)
             return _Decoder(gzip=False)
+        log.warning("the store answered in Content-Encoding %r, which Veil does not decode", coding)
         raise UpstreamBadBody(
-            f"the store answered in Content-Encoding {coding!r}, which Veil does not decode "
-            "(it asks for gzip or deflate)"
+            "the store answered in a Content-Encoding Veil does not decode (it asks for gzip "
+            "or deflate); see Veil's log"
         )
 
     def _fault(
@@ -384,6 +389,8 @@ def _quiet(connection: http.client.HTTPConnection) -> bool:
     sock = connection.sock
     if sock is None:
         return False
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return False  # decrypted bytes already inside TLS, which the socket cannot show
     try:
         poller = select.poll()
         poller.register(sock, select.POLLIN)
