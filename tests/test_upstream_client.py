@@ -321,16 +321,19 @@ def test_https_verifies_the_stores_certificate(
         client(url.replace("127.0.0.1", "localhost")).get("/api/activities", "", Headers())
 
 
-def test_at_most_pool_size_connections_are_kept_idle(serve: Serve) -> None:
-    together = threading.Barrier(3, timeout=30)  # the first three are answered together
+def three_at_once(serve: Serve, pool_size: int, then: Answer) -> tuple[Upstream, Seen]:
+    """A client that had three requests in flight at once (three connections, answered
+    together); the store answers later requests with ``then``."""
+    together = threading.Barrier(3, timeout=30)
 
-    def answer(number: int, path: str) -> bytes:
+    def answer(number: int, path: str) -> bytes | list[bytes | None] | None:
         if path.endswith("together"):
             together.wait()
-        return http_answer(BODY)
+            return http_answer(BODY)
+        return then(number, path)
 
     url, seen = serve(answer)
-    upstream = client(url, pool_size=1)
+    upstream = client(url, pool_size=pool_size)
     threads = [
         threading.Thread(target=upstream.get, args=("/api/activities", "together", Headers()))
         for _ in range(3)
@@ -339,7 +342,12 @@ def test_at_most_pool_size_connections_are_kept_idle(serve: Serve) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert seen.connections == 3  # three at once
+    assert seen.connections == 3
+    return upstream, seen
+
+
+def test_at_most_pool_size_connections_are_kept_idle(serve: Serve) -> None:
+    upstream, seen = three_at_once(serve, 1, lambda number, path: http_answer(BODY))
     deadline = time.monotonic() + 10
     while seen.closed_by_client < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -372,25 +380,11 @@ def test_idle_connections_the_store_closed_are_dropped_before_use(
 def test_a_retry_goes_to_a_new_connection_not_another_idle_one(serve: Serve) -> None:
     # three idle connections, each dropping its next request without a word: the retry of
     # the first must not land on the second
-    together = threading.Barrier(3, timeout=30)
-
-    def answer(number: int, path: str) -> bytes | None:
-        if path.endswith("together"):
-            together.wait()
-        if path.endswith("drop") and number > 1:
-            return None
-        return http_answer(BODY)
-
-    url, seen = serve(answer)
-    upstream = client(url, pool_size=3)
-    threads = [
-        threading.Thread(target=upstream.get, args=("/api/activities", "together", Headers()))
-        for _ in range(3)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    upstream, seen = three_at_once(
+        serve,
+        3,
+        lambda number, path: None if path.endswith("drop") and number > 1 else http_answer(BODY),
+    )
     assert upstream.get("/api/activities", "drop", Headers()).body == BODY  # on a new one
     assert seen.connections == 4
 
