@@ -206,6 +206,34 @@ def auth(principal: str, **kwargs: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {token(principal, **kwargs)}"}
 
 
+def open_session(client: FlaskClient, who: str = ADMIN, why: str = "case INC-42") -> str:
+    """A reveal session opened by ``who`` (who holds the permission: see ``permit``)."""
+    r = client.post(
+        "/veil/v1/reveal-sessions",
+        json={"acknowledge_audit": True, "justification": why},
+        headers=auth(who),
+    )
+    assert r.status_code == 201, r.get_json()
+    session_id: str = r.get_json()["id"]
+    return session_id
+
+
+def permit(client: FlaskClient, who: str = ADMIN) -> None:
+    """``who`` made a registry admin (unless ADMIN, a bootstrap one) and granted the
+    view-private permission by GRANTOR (never by themselves)."""
+    if who != ADMIN:
+        assert (
+            client.post("/veil/v1/admins", json={"principal": who}, headers=auth(ADMIN)).status_code
+            == 201
+        )
+    assert (
+        client.post(
+            "/veil/v1/private-viewers", json={"principal": who}, headers=auth(GRANTOR)
+        ).status_code
+        == 201
+    )
+
+
 def activity(
     i: int, user: str | None, timestamp: Any, actor_type: str = "user", **extra: Any
 ) -> dict[str, Any]:

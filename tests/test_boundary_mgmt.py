@@ -35,6 +35,7 @@ from conftest import (
     ids,
     iso,
     make_config,
+    permit,
 )
 
 A = auth(ADMIN)
@@ -519,12 +520,7 @@ def test_last_registry_admin_may_go_when_a_bootstrap_admin_stays(client: FlaskCl
     "why", ["\u200b", " \u200b\u200c\u2060 ", "\ufeff", "\u3000", "\n\t", "case\x1b[2J"]
 )
 def test_a_justification_needs_visible_text(client: FlaskClient, why: str) -> None:
-    assert (
-        client.post(
-            "/veil/v1/private-viewers", json={"principal": ADMIN}, headers=auth(GRANTOR)
-        ).status_code
-        == 201
-    )
+    permit(client)
     r = client.post(
         "/veil/v1/reveal-sessions",
         headers=A,
@@ -551,7 +547,7 @@ def test_optional_justification_still_needs_visible_text(
         )
     )
     client = app.test_client()
-    client.post("/veil/v1/private-viewers", json={"principal": ADMIN}, headers=auth(GRANTOR))
+    permit(client)
     assert (
         client.post(
             "/veil/v1/reveal-sessions", json={"acknowledge_audit": True}, headers=A

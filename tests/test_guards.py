@@ -26,7 +26,6 @@ from veil.rows import timestamp_ns
 from conftest import (
     ADMIN,
     AUDIENCE,
-    GRANTOR,
     ISSUER,
     SECRET,
     LoopbackStore,
@@ -35,6 +34,8 @@ from conftest import (
     ids,
     iso,
     make_config,
+    open_session,
+    permit,
 )
 
 A = auth(ADMIN)
@@ -88,20 +89,8 @@ def fixed(store: LoopbackStore, tmp_path: Path) -> Iterator[tuple[Flask, FixedEn
 
 
 def _session(client: FlaskClient) -> str:
-    assert (
-        client.post(
-            "/veil/v1/private-viewers", json={"principal": ADMIN}, headers=auth(GRANTOR)
-        ).status_code
-        == 201
-    )
-    r = client.post(
-        "/veil/v1/reveal-sessions",
-        headers=A,
-        json={"acknowledge_audit": True, "justification": "case INC-9"},
-    )
-    assert r.status_code == 201
-    sid: str = r.get_json()["id"]
-    return sid
+    permit(client)
+    return open_session(client, why="case INC-9")
 
 
 @pytest.mark.parametrize("reveal", [False, None, "true", 1])

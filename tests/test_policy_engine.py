@@ -20,7 +20,18 @@ from veil.errors import PolicyError
 from veil.policy import EMPTY_INPUT
 from veil.policy.embedded import EmbeddedEngine
 
-from conftest import ADMIN, GRANTOR, POLICIES, LoopbackStore, activity, auth, ids, iso, make_config
+from conftest import (
+    ADMIN,
+    POLICIES,
+    LoopbackStore,
+    activity,
+    auth,
+    ids,
+    iso,
+    make_config,
+    open_session,
+    permit,
+)
 
 A = auth(ADMIN)
 HEADER = "\nimport rego.v1\n"
@@ -143,12 +154,8 @@ def test_engine_faults_fail_closed(
     assert r.status_code == 200
     assert ids(r) == []
     assert r.headers["Veil-Degraded"] == "policy"
-    client.post("/veil/v1/private-viewers", json={"principal": ADMIN}, headers=auth(GRANTOR))
-    sid = client.post(
-        "/veil/v1/reveal-sessions",
-        json={"acknowledge_audit": True, "justification": "x"},
-        headers=A,
-    ).get_json()["id"]
+    permit(client)
+    sid = open_session(client, why="x")
     r = client.get("/api/activities", headers={**A, "Veil-Reveal-Session": sid})
     assert r.status_code == 503
     assert b"act-" not in r.data

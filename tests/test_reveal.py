@@ -17,7 +17,17 @@ from werkzeug.test import TestResponse
 
 from veil.app import create_app
 
-from conftest import ADMIN, GRANTOR, LoopbackStore, activity, auth, ids, iso, make_config
+from conftest import (
+    ADMIN,
+    LoopbackStore,
+    activity,
+    auth,
+    ids,
+    iso,
+    make_config,
+    open_session,
+    permit,
+)
 
 A = auth(ADMIN)
 ANN = "ann@contoso.com"
@@ -33,28 +43,6 @@ def private_rows(client: FlaskClient, store: LoopbackStore) -> list[str]:
     later = iso(time.time_ns() + 60 * SEC)
     store.state.rows = [activity(1, ANN, later), activity(2, "bob@contoso.com", later)]
     return ["act-1"]
-
-
-def open_session(client: FlaskClient, who: str = ADMIN, why: str = "case INC-42") -> str:
-    r = client.post(
-        "/veil/v1/reveal-sessions",
-        json={"acknowledge_audit": True, "justification": why},
-        headers=auth(who),
-    )
-    assert r.status_code == 201, r.get_json()
-    session_id: str = r.get_json()["id"]
-    return session_id
-
-
-def permit(client: FlaskClient, who: str = ADMIN) -> None:
-    if who != ADMIN:
-        assert client.post("/veil/v1/admins", json={"principal": who}, headers=A).status_code == 201
-    assert (
-        client.post(
-            "/veil/v1/private-viewers", json={"principal": who}, headers=auth(GRANTOR)
-        ).status_code
-        == 201
-    )
 
 
 def reveal(client: FlaskClient, session_id: str, who: str = ADMIN, query: str = "") -> TestResponse:
