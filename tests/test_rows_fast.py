@@ -263,12 +263,17 @@ def outcome(
 
 
 @pytest.fixture
-def native_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Whether each call of the native reader read the answer (False: handed it back)."""
+def native_built() -> None:
+    """Fails in CI, skips elsewhere, when ``veil._rowscan`` is not built."""
     if not rows_module.NATIVE:
         if os.environ.get("CI"):
             pytest.fail("veil._rowscan is not built: CI runs the native reader's tests")
         pytest.skip("veil._rowscan is not built (no C compiler at install)")
+
+
+@pytest.fixture
+def native_calls(native_built: None, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each call of the native reader read the answer (False: handed it back)."""
     from veil import _rowscan
 
     calls: list[bool] = []
@@ -556,15 +561,6 @@ def test_the_normalizer_reads_millisecond_utc_times_as_timestamp_ns_does() -> No
     assert [row["ts_ns"] for row in out] == [timestamp_ns(value) for value in values]
     read = [row["ts_ns"] for row in out]
     assert read.count(None) > 100 and len(set(read)) > 150  # both outcomes, many instants
-
-
-@pytest.fixture
-def native_built() -> None:
-    """Fails in CI, skips elsewhere, when ``veil._rowscan`` is not built."""
-    if not rows_module.NATIVE:
-        if os.environ.get("CI"):
-            pytest.fail("veil._rowscan is not built: CI runs the native reader's tests")
-        pytest.skip("veil._rowscan is not built (no C compiler at install)")
 
 
 @pytest.fixture

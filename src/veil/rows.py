@@ -56,7 +56,7 @@ import orjson
 from veil import principal
 
 try:
-    from veil import _rowscan
+    from veil import _rowscan as _rowscan  # (decide.py reads it here too)
 except ImportError:  # built without a C compiler: every answer is read by the paths below
     _rowscan = None  # type: ignore[assignment]
 from veil.config import FieldPointers

@@ -175,12 +175,12 @@ class Upstream:
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
         parts = urlsplit(config.url)
-        self._https = parts.scheme == "https"
+        https = parts.scheme == "https"
         self._host = parts.hostname or ""
-        self._port = parts.port or (443 if self._https else 80)
+        self._port = parts.port or (443 if https else 80)
         # what follows the host in upstream.url prefixes every path, as it is written
         self._prefix = _target(config.url[len(f"{parts.scheme}://{parts.netloc}") :], "utf-8")
-        self._context = ssl.create_default_context(cafile=CA_BUNDLE) if self._https else None
+        self._context = ssl.create_default_context(cafile=CA_BUNDLE) if https else None
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
         # an Upstream dropped without close() closes its idle connections when collected

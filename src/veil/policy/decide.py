@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from veil import rows as rows_module
 from veil.policy import DECISION, Decision, Evaluation
 from veil.policy.plan import (
     BOTH_RULE,
@@ -30,11 +31,6 @@ from veil.policy.plan import (
     RowPlan,
 )
 from veil.rows import RowFacts, stamp_ns
-
-try:
-    from veil import _rowscan
-except ImportError:  # built without a C compiler: the loop in ``match``
-    _rowscan = None  # type: ignore[assignment]
 
 Windows = tuple[tuple[int | float, int | float], ...]
 MAX_CACHED_ACTORS = 200_000  # per policy set and state version; the cache starts over beyond
@@ -160,8 +156,9 @@ def match(
     (actor type, actor) ``table`` does not hold yet, for R1 to judge once it does). By
     ``veil._rowscan.private_rows`` when it is built (``native``), else by the loop below, the
     reference the tests hold it to."""
-    if native and _rowscan is not None:
-        return _rowscan.private_rows(
+    native_module = rows_module._rowscan  # None when built without a C compiler
+    if native and native_module is not None:
+        return native_module.private_rows(
             actors, kinds, stamps, table, no_actor, no_time, in_window, stamp_ns
         )
     private: list[int] = []
